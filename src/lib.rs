@@ -1,0 +1,2 @@
+//! flannel-rs: a wire-compatible replacement for flannel's VXLAN mode.
+pub mod netlink;
