@@ -1,1 +1,6 @@
+//! Integration tests against the real kernel, each inside network namespaces it creates.
+//!
+//! These tests need root and iproute2. They fail (never skip) when a namespace cannot be made.
 
+mod harness;
+mod harness_tests;
