@@ -5,7 +5,7 @@
 
 use std::sync::Once;
 
-pub use flannel_rs::netns::{NetnsFile, NetnsGuard};
+pub use flannel_rs::netns::NetnsGuard;
 use serde_json::Value;
 
 static STALE_CLEANUP: Once = Once::new();
