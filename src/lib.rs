@@ -1,3 +1,5 @@
 //! flannel-rs: a wire-compatible replacement for flannel's VXLAN mode.
+#[path = "cni-plugin/mod.rs"]
+pub mod cni;
 pub mod netlink;
 pub mod netns;
