@@ -4,7 +4,11 @@
 //! so the integration tests and the benchmark can reach it.
 
 pub mod config;
+pub mod delegate;
 pub mod env;
 pub mod ipam;
+pub mod ipmasq;
+pub mod state;
 pub mod subnet_env;
+pub mod sysctl;
 pub mod types;
