@@ -147,12 +147,11 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
+        std::env::temp_dir().join(format!(
             "frs-state-{}-{tag}-{}",
             std::process::id(),
             rand::random::<u32>()
-        ));
-        p
+        ))
     }
 
     #[test]
