@@ -178,6 +178,37 @@ pub fn open_netns(env: &RuntimeEnv) -> Result<NetnsFile, CniError> {
     Ok(ns)
 }
 
+/// DEL's view of `CNI_NETNS`: optional, and a namespace that no longer exists (missing path,
+/// or a stale file that is no longer a namespace mount) means there is nothing to delete in it.
+pub fn open_netns_for_del(env: &RuntimeEnv) -> Result<Option<NetnsFile>, CniError> {
+    let Some(path) = env.netns.clone().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let ns = match NetnsFile::open(&path) {
+        Ok(ns) => ns,
+        Err(NetnsError::NotNetns { .. }) => return Ok(None),
+        Err(NetnsError::Open { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(other) => {
+            return Err(CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!("CNI_NETNS {path:?} cannot be opened"),
+            )
+            .with_details(other.to_string()));
+        }
+    };
+    if !env.netns_override && same_namespace(ns.path(), Path::new("/proc/self/ns/net")) {
+        return Err(CniError::new(
+            ErrorCode::InvalidNetns,
+            format!(
+                "CNI_NETNS {path:?} is the plugin's own network namespace (set CNI_NETNS_OVERRIDE=1 if that is intended)"
+            ),
+        ));
+    }
+    Ok(Some(ns))
+}
+
 fn same_namespace(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -257,6 +288,15 @@ mod tests {
         let mut env = with("/proc/self/ns/net");
         env.netns_override = true;
         open_netns(&env).unwrap();
+
+        assert!(open_netns_for_del(&with("/nonexistent/netns")).unwrap().is_none());
+        assert!(open_netns_for_del(&with("/proc/self/status")).unwrap().is_none());
+        assert!(open_netns_for_del(&RuntimeEnv::default()).unwrap().is_none());
+        assert_eq!(
+            open_netns_for_del(&with("/proc/self/ns/net")).unwrap_err().code,
+            8,
+            "DEL must never delete CNI_IFNAME in the node's own namespace"
+        );
     }
 
     #[test]

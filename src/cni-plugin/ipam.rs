@@ -440,6 +440,30 @@ impl IpamConf {
         })
     }
 
+    /// Where reservations live, for DEL and GC: ranges are parsed when they are valid and
+    /// left empty otherwise (releasing needs only the directory).
+    pub fn for_release(network_name: &str, ipam: &Map<String, Value>) -> Self {
+        if let Ok(conf) = Self::from_ipam(network_name, ipam) {
+            return conf;
+        }
+        let data_dir = ipam
+            .get("dataDir")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .unwrap_or(DEFAULT_IPAM_DATA_DIR);
+        Self {
+            ranges: Vec::new(),
+            routes: Vec::new(),
+            dir: Path::new(data_dir).join(network_name),
+            resolv_conf: None,
+            durability: if ipam.get("fsync").and_then(Value::as_bool) == Some(true) {
+                Durability::Fsync
+            } else {
+                Durability::PageCache
+            },
+        }
+    }
+
     /// DNS from `resolvConf`, parsed like host-local (nameserver, domain, search, options).
     pub fn dns(&self) -> Result<Dns, IpamError> {
         let Some(path) = &self.resolv_conf else {

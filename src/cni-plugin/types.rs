@@ -330,7 +330,8 @@ struct WireResult1<'a> {
     ips: Vec<WireIpConfig>,
     #[serde(skip_serializing_if = "<[Route]>::is_empty")]
     routes: &'a [Route],
-    #[serde(skip_serializing_if = "Dns::is_empty")]
+    // Measured: the reference (Debian containernetworking-plugins 1.1.1) prints `"dns":{}`
+    // in 1.0.0 results as well, so we do too.
     dns: &'a Dns,
 }
 
@@ -512,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn version_field_only_before_1_0_and_dns_only_when_set() {
+    fn version_field_only_before_1_0_and_dns_always() {
         for v in [CniVersion::V0_3_0, CniVersion::V0_4_0] {
             let json: Value = serde_json::from_str(&sample().render(v)).unwrap();
             assert_eq!(json["ips"][0]["version"], "4", "{v}");
@@ -523,7 +524,7 @@ mod tests {
             let json: Value = serde_json::from_str(&sample().render(v)).unwrap();
             assert_eq!(json["cniVersion"], v.as_str());
             assert!(json["ips"][0].get("version").is_none(), "{v}");
-            assert!(json.get("dns").is_none(), "{v}");
+            assert_eq!(json["dns"], serde_json::json!({}), "{v}");
             assert_eq!(json["ips"][0]["interface"], 2);
         }
         let v1_0: Value = serde_json::from_str(&sample().render(CniVersion::V1_0_0)).unwrap();

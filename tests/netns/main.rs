@@ -4,3 +4,6 @@
 
 mod harness;
 mod harness_tests;
+mod cni_plugin;
+mod cni_reference;
+mod cni_support;
