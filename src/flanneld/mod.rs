@@ -1,0 +1,2 @@
+//! The flanneld daemon's library: everything but the thin `main.rs`.
+pub mod health;
