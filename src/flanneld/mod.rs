@@ -1,2 +1,3 @@
 //! The flanneld daemon's library: everything but the thin `main.rs`.
 pub mod health;
+pub mod kube;
