@@ -1,3 +1,4 @@
 //! The flanneld daemon's library: everything but the thin `main.rs`.
 pub mod health;
 pub mod kube;
+pub mod node_cache;
