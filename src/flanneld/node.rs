@@ -296,7 +296,8 @@ mod tests {
         let hb = NodeInfo::from_slim(serde_json::from_value(j).unwrap(), &prefix);
         assert_eq!(hb.relevant_fingerprint(), fp);
 
-        let changes: Vec<Box<dyn Fn(&mut NodeInfo)>> = vec![
+        type Change = Box<dyn Fn(&mut NodeInfo)>;
+        let changes: Vec<Change> = vec![
             Box::new(|n| n.pod_cidrs = vec!["10.244.2.0/24".into()]),
             Box::new(|n| {
                 n.annotations.insert(
