@@ -27,6 +27,7 @@ pub const ENV_PREFIX: &str = "FLANNELD_";
 #[command(
     name = "flanneld",
     about = "flannel-rs: wire-compatible flanneld (kube-subnet-mgr + vxlan)",
+    long_about = None,
     disable_version_flag = true
 )]
 pub struct Flags {
