@@ -8,7 +8,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::types::{Family, PodSubnets, is_within, parse_cidr_v4, parse_cidr_v6};
+use super::types::{Family, PodCidrError, PodSubnets, is_within, parse_cidr_v4, parse_cidr_v6};
 
 /// Kernel default VXLAN port, used when `Backend.Port` is 0 or absent.
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -112,6 +112,8 @@ pub struct NetConf {
 /// The node's podCIDR does not fit the configured network.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LeaseError {
+    #[error("node {node:?}: {error}")]
+    PodCidr { node: String, error: PodCidrError },
     #[error("node {node:?} pod cidr not assigned ({family} is enabled in net-conf.json)")]
     NotAssigned { node: String, family: Family },
     #[error(
@@ -122,6 +124,21 @@ pub enum LeaseError {
         pod_cidr: String,
         node: String,
     },
+}
+
+impl LeaseError {
+    /// No podCIDR yet: wait for the controller-manager to assign one (readiness stays false)
+    /// instead of treating it as fatal.
+    pub fn is_not_assigned(&self) -> bool {
+        matches!(
+            self,
+            LeaseError::NotAssigned { .. }
+                | LeaseError::PodCidr {
+                    error: PodCidrError::NotAssigned,
+                    ..
+                }
+        )
+    }
 }
 
 impl NetConf {
@@ -215,6 +232,20 @@ impl NetConf {
             IpAddr::V4(v4) => self.network_v4.is_some_and(|n| n.contains(v4)),
             IpAddr::V6(v6) => self.network_v6.is_some_and(|n| n.contains(v6)),
         }
+    }
+
+    /// Our lease from our node's raw podCIDRs (`spec.podCIDRs`, else `spec.podCIDR`; see
+    /// [`super::node::NodeInfo::pod_cidrs`]), checked against the config.
+    pub fn lease_from_pod_cidrs<S: AsRef<str>>(
+        &self,
+        node: &str,
+        pod_cidrs: &[S],
+    ) -> Result<PodSubnets, LeaseError> {
+        let lease = PodSubnets::from_pod_cidrs(pod_cidrs).map_err(|error| LeaseError::PodCidr {
+            node: node.to_string(),
+            error,
+        })?;
+        self.check_lease(node, &lease)
     }
 
     /// Checks our own node's lease against the config (spec §2.1/§4.2): every enabled family
@@ -644,6 +675,21 @@ mod tests {
             c.check_lease("n1", &wider),
             Err(LeaseError::NotContained { .. })
         ));
+
+        // from raw podCIDRs
+        assert_eq!(
+            c.lease_from_pod_cidrs("n1", &["10.244.3.0/24", "fd00:10:0:3::/64"])
+                .unwrap(),
+            both
+        );
+        let e = c.lease_from_pod_cidrs::<&str>("n1", &[]).unwrap_err();
+        assert!(e.is_not_assigned());
+        assert_eq!(e.to_string(), "node \"n1\": pod cidr not assigned");
+        assert!(c.check_lease("n1", &only4).unwrap_err().is_not_assigned());
+        let e = c.lease_from_pod_cidrs("n1", &["bogus"]).unwrap_err();
+        assert!(!e.is_not_assigned());
+        assert!(e.to_string().contains("invalid podCIDR \"bogus\""));
+        assert!(!c.check_lease("n1", &outside).unwrap_err().is_not_assigned());
 
         // v4-only config ignores an extra v6 podCIDR.
         let c4 = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();

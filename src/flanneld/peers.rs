@@ -523,6 +523,31 @@ where
     out
 }
 
+/// Remembers each node's last rejection so that a rejection is logged and counted once per
+/// change, not on every reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct RejectionTracker {
+    last: std::collections::HashMap<String, Rejection>,
+}
+
+impl RejectionTracker {
+    /// Records the current rejections; returns those that are new or whose reason changed.
+    /// Nodes no longer rejected (accepted or gone) are forgotten, so a later relapse reports
+    /// again.
+    pub fn update<'a>(&mut self, current: &'a [RejectedNode]) -> Vec<&'a RejectedNode> {
+        let mut next = std::collections::HashMap::with_capacity(current.len());
+        let mut changed = Vec::new();
+        for r in current {
+            if self.last.get(&r.name) != Some(&r.reason) {
+                changed.push(r);
+            }
+            next.insert(r.name.clone(), r.reason.clone());
+        }
+        self.last = next;
+        changed
+    }
+}
+
 fn conflict(cand: &Peer, accepted: &[Peer]) -> Option<Rejection> {
     for (family, ep) in cand.endpoints() {
         for holder in accepted {
@@ -1005,6 +1030,39 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn rejections_reported_once_per_change() {
+        let r = |name: &str, reason: Rejection| RejectedNode {
+            name: name.into(),
+            reason,
+        };
+        let mut t = RejectionTracker::default();
+        let first = vec![
+            r("a", Rejection::NotManaged { value: None }),
+            r("b", Rejection::NoPodCidr { family: Family::V4 }),
+        ];
+        assert_eq!(t.update(&first).len(), 2);
+        assert!(t.update(&first).is_empty(), "unchanged ⇒ silent");
+        let changed = vec![
+            r(
+                "a",
+                Rejection::NotManaged {
+                    value: Some("false".into()),
+                },
+            ),
+            r("b", Rejection::NoPodCidr { family: Family::V4 }),
+        ];
+        let out = t.update(&changed);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name, "a");
+        assert!(t.update(&[]).is_empty());
+        assert_eq!(
+            t.update(&changed).len(),
+            2,
+            "relapse after recovery reports again"
+        );
     }
 
     #[test]
