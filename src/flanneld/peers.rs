@@ -6,6 +6,7 @@
 //! with the older creationTimestamp (then the smaller name) keeps its entries, so a newcomer can
 //! never displace or cut into an established peer.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -509,13 +510,17 @@ where
     candidates.sort_by(|a, b| {
         (a.created.is_none(), a.created, &a.name).cmp(&(b.created.is_none(), b.created, &b.name))
     });
+    let mut held = Holdings::default();
     for cand in candidates {
-        match conflict(&cand, &out.peers) {
+        match held.conflict(&cand, &out.peers) {
             Some(reason) => out.rejected.push(RejectedNode {
                 name: cand.name,
                 reason,
             }),
-            None => out.peers.push(cand),
+            None => {
+                held.hold(&cand, out.peers.len());
+                out.peers.push(cand);
+            }
         }
     }
     out.peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -527,7 +532,7 @@ where
 /// change, not on every reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct RejectionTracker {
-    last: std::collections::HashMap<String, Rejection>,
+    last: HashMap<String, Rejection>,
 }
 
 impl RejectionTracker {
@@ -535,7 +540,7 @@ impl RejectionTracker {
     /// Nodes no longer rejected (accepted or gone) are forgotten, so a later relapse reports
     /// again.
     pub fn update<'a>(&mut self, current: &'a [RejectedNode]) -> Vec<&'a RejectedNode> {
-        let mut next = std::collections::HashMap::with_capacity(current.len());
+        let mut next = HashMap::with_capacity(current.len());
         let mut changed = Vec::new();
         for r in current {
             if self.last.get(&r.name) != Some(&r.reason) {
@@ -548,35 +553,72 @@ impl RejectionTracker {
     }
 }
 
-fn conflict(cand: &Peer, accepted: &[Peer]) -> Option<Rejection> {
-    for (family, ep) in cand.endpoints() {
-        for holder in accepted {
-            let Some(hep) = holder.endpoint(family) else {
-                continue;
-            };
-            if overlaps(ep.subnet, hep.subnet) {
+/// Subnets and MACs held by accepted peers, for O(log n) conflict checks (a full-cluster
+/// selection at 5000 nodes must not be quadratic).
+#[derive(Debug, Default)]
+struct Holdings {
+    /// Per family: range start → (range end, index of the holder). Held ranges are disjoint.
+    ranges: [BTreeMap<u128, (u128, usize)>; 2],
+    macs: [HashMap<VtepMac, usize>; 2],
+}
+
+fn family_slot(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
+}
+
+/// First and last address of a network as integers.
+fn bounds(net: IpNetwork) -> (u128, u128) {
+    match net {
+        IpNetwork::V4(n) => (
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
+        IpNetwork::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+impl Holdings {
+    fn conflict(&self, cand: &Peer, accepted: &[Peer]) -> Option<Rejection> {
+        for (family, ep) in cand.endpoints() {
+            let slot = family_slot(family);
+            let (start, end) = bounds(ep.subnet);
+            // Disjoint held ranges: only the one starting last at or before our end can reach us.
+            if let Some((_, &(held_end, idx))) = self.ranges[slot].range(..=end).next_back()
+                && held_end >= start
+            {
                 return Some(Rejection::SubnetConflict {
                     family,
                     subnet: ep.subnet,
-                    holder: holder.name.clone(),
+                    holder: accepted[idx].name.clone(),
                 });
             }
-            if ep.vtep_mac == hep.vtep_mac {
+            if let Some(&idx) = self.macs[slot].get(&ep.vtep_mac) {
                 return Some(Rejection::VtepMacConflict {
                     family,
                     mac: ep.vtep_mac,
-                    holder: holder.name.clone(),
+                    holder: accepted[idx].name.clone(),
                 });
             }
         }
+        None
     }
-    None
+
+    fn hold(&mut self, peer: &Peer, idx: usize) {
+        for (family, ep) in peer.endpoints() {
+            let slot = family_slot(family);
+            let (start, end) = bounds(ep.subnet);
+            self.ranges[slot].insert(start, (end, idx));
+            self.macs[slot].insert(ep.vtep_mac, idx);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     pub(crate) const K: &str = "flannel.alpha.coreos.com/";
 
@@ -1030,6 +1072,65 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// The indexed conflict check agrees with a brute-force pairwise check on random subnets
+    /// of all sizes (nested, equal, adjacent, disjoint).
+    #[test]
+    fn indexed_conflicts_match_brute_force() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        let c = ctx(false);
+        let mut conflicts = 0;
+        for _ in 0..200 {
+            let mut nodes = Vec::new();
+            for i in 0..40u32 {
+                let prefix = rng.random_range(20..=28u8);
+                let third = rng.random_range(1..=255u8);
+                let fourth = rng.random_range(0..=255u8);
+                let mut n = node(&format!("n{i:02}"), 2, i64::from(rng.random_range(0..10u8)));
+                n.pod_cidrs = vec![format!("10.244.{third}.{fourth}/{prefix}")];
+                n.annotations.insert(
+                    format!("{K}backend-data"),
+                    format!(
+                        r#"{{"VNI":1,"VtepMAC":"02:00:00:00:00:{:02x}"}}"#,
+                        rng.random_range(2..60u8)
+                    ),
+                );
+                nodes.push(n);
+            }
+            let sel = select_peers(&nodes, &keys(), &c);
+            // reference: greedy in the same age order with pairwise checks
+            let mut cands: Vec<Peer> = nodes
+                .iter()
+                .filter_map(|n| parse_peer(n, &keys(), &c).ok())
+                .collect();
+            cands.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+            let mut accepted: Vec<Peer> = Vec::new();
+            for cand in cands {
+                let e = cand.v4.unwrap();
+                let clash = accepted.iter().any(|h| {
+                    let he = h.v4.unwrap();
+                    overlaps(e.subnet, he.subnet) || e.vtep_mac == he.vtep_mac
+                });
+                if !clash {
+                    accepted.push(cand);
+                }
+            }
+            accepted.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(sel.peers, accepted);
+            conflicts += sel
+                .rejected
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.reason.kind(),
+                        RejectKind::SubnetConflict | RejectKind::VtepMacConflict
+                    )
+                })
+                .count();
+        }
+        assert!(conflicts > 1000, "conflicts exercised: {conflicts}");
     }
 
     #[test]
