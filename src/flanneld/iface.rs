@@ -8,9 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
+use super::annotations::OwnAdvertisement;
 use super::config::IfaceSelectors;
 use super::desired::Underlay;
-use super::types::{Family, go_ip_string, normalize};
+use super::types::{Family, VtepMac, go_ip_string, normalize};
 
 /// Address flags that matter for the choice (from `IFA_F_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,6 +103,40 @@ impl ExternalInterface {
             local_v6: self.ext_addr_v6,
             connected: self.connected.clone(),
         }
+    }
+
+    /// What we advertise for `family` (before `public-ip-overwrite` is applied by
+    /// [`super::annotations::desired_annotations`]); `None` if the family is not in use.
+    pub fn advertisement(
+        &self,
+        family: Family,
+        vni: u32,
+        mac: VtepMac,
+    ) -> Option<OwnAdvertisement> {
+        let public_ip = match family {
+            Family::V4 => self.ext_addr_v4.map(IpAddr::V4),
+            Family::V6 => self.ext_addr_v6.map(IpAddr::V6),
+        }?;
+        Some(OwnAdvertisement {
+            vni,
+            vtep_mac: mac,
+            public_ip,
+        })
+    }
+
+    /// Our own underlay addresses (interface and external): a peer claiming one is refused.
+    pub fn own_ips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = [
+            self.iface_addr_v4.map(IpAddr::V4),
+            self.ext_addr_v4.map(IpAddr::V4),
+            self.iface_addr_v6.map(IpAddr::V6),
+            self.ext_addr_v6.map(IpAddr::V6),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        out.dedup();
+        out
     }
 }
 
@@ -463,6 +498,11 @@ mod tests {
         let u = e.underlay();
         assert_eq!(u.local_v4, Some("10.0.2.15".parse().unwrap()));
         assert_eq!(u.ifindex, 2);
+        assert_eq!(e.own_ips(), vec!["10.0.2.15".parse::<IpAddr>().unwrap()]);
+        let mac = VtepMac([2, 0, 0, 0, 0, 1]);
+        let adv = e.advertisement(Family::V4, 1, mac).unwrap();
+        assert_eq!(adv.public_ip, "10.0.2.15".parse::<IpAddr>().unwrap());
+        assert_eq!(e.advertisement(Family::V6, 1, mac), None);
 
         let mut h = host();
         h.default_v4 = None;
