@@ -375,6 +375,25 @@ pub fn annotations_patch(
     })
 }
 
+/// Body of the `NetworkUnavailable=False` condition patch (spec §4.8) for
+/// `PATCH nodes/NAME/status`. Must be sent as a **strategic** merge patch
+/// (`application/strategic-merge-patch+json`): conditions merge by `type` there, whereas a JSON
+/// merge patch would replace the whole conditions list. `now` is RFC 3339 (`2024-05-01T10:00:00Z`).
+pub fn network_unavailable_patch(now: &str) -> Value {
+    serde_json::json!({
+        "status": {
+            "conditions": [{
+                "type": "NetworkUnavailable",
+                "status": "False",
+                "reason": "FlannelIsUp",
+                "message": "Flannel is running on this node",
+                "lastTransitionTime": now,
+                "lastHeartbeatTime": now,
+            }]
+        }
+    })
+}
+
 /// Our VTEP MAC for `family` as recorded in our own node's `backend-data` annotation, if it is a
 /// usable unicast MAC. Uses the real JSON decoder (upstream's string surgery only understands
 /// its own exact shape).
@@ -701,6 +720,14 @@ mod tests {
         assert_eq!(p.metadata.annotations, desired);
         let body = serde_json::to_string(&p).unwrap();
         assert!(body.contains(r#""flannel.alpha.coreos.com/backend-data":"{\"VNI\":1,\"VtepMAC\":\"12:c6:65:89:b4:e3\"}""#), "{body}");
+    }
+
+    #[test]
+    fn network_unavailable_condition() {
+        assert_eq!(
+            serde_json::to_string(&network_unavailable_patch("2024-05-01T10:00:00Z")).unwrap(),
+            r#"{"status":{"conditions":[{"lastHeartbeatTime":"2024-05-01T10:00:00Z","lastTransitionTime":"2024-05-01T10:00:00Z","message":"Flannel is running on this node","reason":"FlannelIsUp","status":"False","type":"NetworkUnavailable"}]}}"#
+        );
     }
 
     #[test]

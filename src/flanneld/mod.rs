@@ -24,6 +24,7 @@
 //!    [`masq`].
 
 pub mod annotations;
+pub mod backoff;
 pub mod config;
 pub mod desired;
 pub mod iface;
