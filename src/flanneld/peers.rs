@@ -291,6 +291,11 @@ impl Rejection {
             Rejection::SubnetOverlapsOwn { .. } => RejectKind::SubnetOverlapsOwn,
             Rejection::SubnetConflict { .. } => RejectKind::SubnetConflict,
             Rejection::MissingAnnotation { .. } => RejectKind::MissingAnnotation,
+            // A MAC that does not parse is a MAC problem, not a JSON problem.
+            Rejection::BackendData {
+                error: BackendDataError::Mac(_),
+                ..
+            } => RejectKind::BadVtepMac,
             Rejection::BackendData { .. } => RejectKind::BadBackendData,
             Rejection::VniMismatch { .. } => RejectKind::VniMismatch,
             Rejection::VtepMac { .. } => RejectKind::BadVtepMac,
@@ -825,8 +830,22 @@ mod tests {
                 RejectKind::BadBackendData,
             ),
             (
-                "bad mac",
+                "malformed mac",
                 with(n(), "backend-data", Some(r#"{"VNI":1,"VtepMAC":"02:00"}"#)),
+                RejectKind::BadVtepMac,
+            ),
+            (
+                "64-bit mac",
+                with(
+                    n(),
+                    "backend-data",
+                    Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:00:00:01"}"#),
+                ),
+                RejectKind::BadVtepMac,
+            ),
+            (
+                "mac not a string",
+                with(n(), "backend-data", Some(r#"{"VNI":1,"VtepMAC":7}"#)),
                 RejectKind::BadBackendData,
             ),
             (
