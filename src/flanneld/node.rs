@@ -273,6 +273,22 @@ mod tests {
         assert_eq!(n, NodeInfo::default());
     }
 
+    /// Compile-time check: kube-rs accepts SlimNode for list/watch/patch (never called).
+    #[allow(dead_code)]
+    fn kube_accepts_slim_node(client: kube::Client) {
+        let api: kube::Api<SlimNode> = kube::Api::all(client);
+        let _stream = kube::runtime::watcher(api, kube::runtime::watcher::Config::default());
+    }
+
+    #[test]
+    fn resource_identity() {
+        use kube::Resource;
+        assert_eq!(SlimNode::kind(&()), "Node");
+        assert_eq!(SlimNode::plural(&()), "nodes");
+        assert_eq!(SlimNode::api_version(&()), "v1");
+        assert_eq!(SlimNode::url_path(&(), None), "/api/v1/nodes");
+    }
+
     #[test]
     fn deletion_timestamp_is_tracked() {
         let slim: SlimNode = serde_json::from_value(json!({
