@@ -11,16 +11,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::kube::{NodeStatusWriter, SlimNode};
+use super::annotations::AnnotationPrefix;
+use super::backoff::{Backoff, HealGovernor};
+use super::kube::NodeStatusWriter;
+use super::node::NodeInfo;
 use super::node_cache::NodeCache;
 
 /// Computes the patch that would bring a view of our Node to the desired annotations, or
 /// `None` when it already carries them. The patch must include
 /// `metadata.resourceVersion` of the view it was computed from.
-pub type PatchFor = Arc<dyn Fn(&SlimNode) -> Option<serde_json::Value> + Send + Sync>;
+pub type PatchFor = Arc<dyn Fn(&NodeInfo) -> Option<serde_json::Value> + Send + Sync>;
 
 /// Counters the status page and metrics expose.
 #[derive(Debug, Default)]
@@ -37,27 +42,18 @@ pub struct KeeperStats {
     pub last_heal_ms: AtomicU64,
 }
 
-/// Backoff policy; the defaults suit production, tests shorten them.
+/// Pacing: API errors back off exponentially; heals back off while clobbers keep coming.
 #[derive(Debug, Clone)]
 pub struct KeeperTiming {
-    /// First retry delay after an API error; doubles up to `max_error_backoff`.
-    pub error_backoff: Duration,
-    pub max_error_backoff: Duration,
-    /// Heals within this window count as a fight with another writer.
-    pub fight_window: Duration,
-    /// Heals allowed within the window before backing off.
-    pub fight_threshold: u32,
-    pub max_fight_backoff: Duration,
+    pub errors: Backoff,
+    pub heals: HealGovernor,
 }
 
 impl Default for KeeperTiming {
     fn default() -> Self {
         Self {
-            error_backoff: Duration::from_millis(500),
-            max_error_backoff: Duration::from_secs(30),
-            fight_window: Duration::from_secs(300),
-            fight_threshold: 3,
-            max_fight_backoff: Duration::from_secs(300),
+            errors: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            heals: HealGovernor::standard(),
         }
     }
 }
@@ -66,6 +62,7 @@ pub struct AnnotationKeeper {
     pub writer: NodeStatusWriter,
     pub cache: Arc<NodeCache>,
     pub patch_for: PatchFor,
+    pub prefix: AnnotationPrefix,
     pub stats: Arc<KeeperStats>,
     pub timing: KeeperTiming,
     /// Fires (value `true`) once our annotations are published as desired.
@@ -74,20 +71,21 @@ pub struct AnnotationKeeper {
 
 impl AnnotationKeeper {
     /// Runs until `shutdown`; wakes on every change of our own Node.
-    pub async fn run(self, mut own_changed: watch::Receiver<u64>, shutdown: CancellationToken) {
+    pub async fn run(mut self, mut own_changed: watch::Receiver<u64>, shutdown: CancellationToken) {
         let node = self.writer.node().to_string();
+        let mut rng = rand::rngs::StdRng::from_os_rng();
         // The freshest view we know of: the cache, or the object a patch/GET returned when
         // that is newer than what the watch has delivered so far.
-        let mut newer: Option<SlimNode> = None;
-        let mut error_delay = self.timing.error_backoff;
-        let mut heal_times: Vec<Instant> = Vec::new();
+        let mut newer: Option<NodeInfo> = None;
         // Set once we saw our annotations in place: a later difference is someone's removal.
         let mut converged_once = false;
+        // When the current difference was first noticed (heal time is measured from here).
         let mut noticed: Option<Instant> = None;
+        // The heal delay for the current difference was already served.
+        let mut paced = false;
 
         loop {
-            let view = freshest(self.cache.get(&node), newer.take());
-            let Some(view) = view else {
+            let Some(view) = freshest(self.cache.get(&node), newer.take()) else {
                 // Our Node is not in the cache yet (initial list, or it was deleted).
                 if !wait(&mut own_changed, &shutdown, None).await {
                     return;
@@ -100,57 +98,55 @@ impl AnnotationKeeper {
                 }
                 converged_once = true;
                 noticed = None;
-                error_delay = self.timing.error_backoff;
+                paced = false;
+                self.timing.errors.reset();
                 let _ = self.published.send(true);
                 if !wait(&mut own_changed, &shutdown, None).await {
                     return;
                 }
-                newer = None;
                 continue;
             };
             let noticed_at = *noticed.get_or_insert_with(Instant::now);
 
-            if converged_once {
-                // Someone removed or changed what we published. Heal — but if that keeps
-                // happening, back off so two controllers never fight in a hot loop.
-                heal_times.retain(|t| t.elapsed() < self.timing.fight_window);
-                let streak = heal_times.len() as u32;
-                if streak >= self.timing.fight_threshold {
-                    let exp = (streak - self.timing.fight_threshold).min(16);
-                    let delay =
-                        (Duration::from_secs(1) * 2u32.pow(exp)).min(self.timing.max_fight_backoff);
-                    tracing::error!(
-                        node = %node,
-                        heals_in_window = streak,
-                        backoff_secs = delay.as_secs_f64(),
-                        "another writer keeps removing or changing flannel's node annotations; \
-                         backing off before re-asserting them (find the controller that \
-                         replaces the Node's annotations without a resourceVersion)"
-                    );
-                    if !wait(&mut own_changed, &shutdown, Some(delay)).await {
+            if converged_once && !paced {
+                // Someone removed or changed what we published. Heal at once — unless that
+                // keeps happening: then back off so two controllers never fight in a hot loop.
+                paced = true;
+                let delay = self.timing.heals.delay_for_heal(Instant::now(), &mut rng);
+                if !delay.is_zero() {
+                    let level_loud = self.timing.heals.is_fighting();
+                    if level_loud {
+                        tracing::error!(
+                            node = %node,
+                            heals_in_a_row = self.timing.heals.streak(),
+                            backoff_ms = delay.as_millis() as u64,
+                            "another writer keeps removing or changing flannel's node annotations; \
+                             backing off before re-asserting them (look for a controller that \
+                             replaces the Node's annotations without a resourceVersion)"
+                        );
+                    } else {
+                        tracing::warn!(node = %node, backoff_ms = delay.as_millis() as u64,
+                            "node annotations changed again soon after a heal; pacing the re-assertion");
+                    }
+                    if !sleep_or_shutdown(delay, &shutdown).await {
                         return;
                     }
-                    // Re-evaluate with whatever is current after the pause.
-                    if let Some(view) = self.cache.get(&node)
-                        && (self.patch_for)(&view).is_none()
-                    {
-                        continue;
-                    }
+                    // Re-evaluate against whatever is current after the pause.
+                    continue;
                 }
             }
 
-            let rv = view.metadata.resource_version.clone().unwrap_or_default();
+            let rv = view.resource_version.clone();
             match self.writer.merge_patch_status(&patch).await {
                 Ok(updated) => {
                     self.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    error_delay = self.timing.error_backoff;
+                    self.timing.errors.reset();
                     if converged_once {
                         let took = noticed_at.elapsed();
                         self.stats.heals.fetch_add(1, Ordering::Relaxed);
                         self.stats
                             .last_heal_ms
                             .store(took.as_millis() as u64, Ordering::Relaxed);
-                        heal_times.push(Instant::now());
                         tracing::warn!(
                             node = %node,
                             resource_version = %rv,
@@ -160,30 +156,32 @@ impl AnnotationKeeper {
                     } else {
                         tracing::info!(node = %node, resource_version = %rv, "published node annotations");
                     }
-                    noticed = None;
-                    newer = Some(updated);
+                    newer = Some(NodeInfo::from_slim(updated, &self.prefix));
                 }
                 Err(err) if err.is_conflict() => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(node = %node, resource_version = %rv, "annotation patch conflicted (409); re-reading the node");
+                    tracing::info!(node = %node, resource_version = %rv,
+                        "annotation patch conflicted (409); re-reading the node");
                     match self.writer.get().await {
-                        Ok(fresh) => newer = Some(fresh),
+                        Ok(fresh) => newer = Some(NodeInfo::from_slim(fresh, &self.prefix)),
                         Err(err) => {
-                            tracing::warn!(node = %node, error = %err, "re-reading our node failed");
-                            if !sleep_or_shutdown(error_delay, &shutdown).await {
+                            let delay = self.timing.errors.next_delay(&mut rng);
+                            tracing::warn!(node = %node, error = %err, retry_in_ms = delay.as_millis() as u64,
+                                "re-reading our node failed");
+                            if !sleep_or_shutdown(delay, &shutdown).await {
                                 return;
                             }
-                            error_delay = (error_delay * 2).min(self.timing.max_error_backoff);
                         }
                     }
                 }
                 Err(err) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(node = %node, error = %err, retry_in_ms = error_delay.as_millis() as u64, "annotation patch failed");
-                    if !sleep_or_shutdown(error_delay, &shutdown).await {
+                    let delay = self.timing.errors.next_delay(&mut rng);
+                    tracing::warn!(node = %node, error = %err, retry_in_ms = delay.as_millis() as u64,
+                        "annotation patch failed");
+                    if !sleep_or_shutdown(delay, &shutdown).await {
                         return;
                     }
-                    error_delay = (error_delay * 2).min(self.timing.max_error_backoff);
                 }
             }
         }
@@ -192,15 +190,10 @@ impl AnnotationKeeper {
 
 /// The newer of two views of the same Node by resourceVersion (numeric when both parse, as
 /// with etcd-backed servers; otherwise the cache wins, since it follows the watch).
-fn freshest(cached: Option<SlimNode>, other: Option<SlimNode>) -> Option<SlimNode> {
+fn freshest(cached: Option<NodeInfo>, other: Option<NodeInfo>) -> Option<NodeInfo> {
     match (cached, other) {
         (Some(c), Some(o)) => {
-            let rv = |n: &SlimNode| {
-                n.metadata
-                    .resource_version
-                    .as_deref()
-                    .and_then(|v| v.parse::<u64>().ok())
-            };
+            let rv = |n: &NodeInfo| n.resource_version.parse::<u64>().ok();
             match (rv(&c), rv(&o)) {
                 (Some(a), Some(b)) if b > a => Some(o),
                 _ => Some(c),
@@ -247,16 +240,16 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 mod tests {
     use super::*;
 
-    fn with_rv(rv: &str) -> SlimNode {
-        serde_json::from_value(
-            serde_json::json!({"metadata": {"name": "n", "resourceVersion": rv}}),
-        )
-        .unwrap()
+    fn with_rv(rv: &str) -> NodeInfo {
+        NodeInfo {
+            name: "n".into(),
+            resource_version: rv.into(),
+            ..NodeInfo::default()
+        }
     }
 
-    fn rv(n: &Option<SlimNode>) -> Option<&str> {
-        n.as_ref()
-            .and_then(|n| n.metadata.resource_version.as_deref())
+    fn rv(n: &Option<NodeInfo>) -> Option<&str> {
+        n.as_ref().map(|n| n.resource_version.as_str())
     }
 
     #[test]

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use serde::Deserialize;
+
+use super::node::SlimNode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -89,57 +89,6 @@ pub async fn build_client(
     // Fail fast on a dead API server; watches carry their own server-side timeout.
     config.connect_timeout = Some(Duration::from_secs(5));
     Client::try_from(config).map_err(KubeError::Client)
-}
-
-/// The parts of a Node the daemon reads. Deserializing into this skips `status` (images,
-/// conditions, …) without allocating it, which keeps a 5000-node cache small.
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-pub struct SlimNode {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: SlimNodeSpec,
-    #[serde(default)]
-    pub status: SlimNodeStatus,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-pub struct SlimNodeSpec {
-    #[serde(default, rename = "podCIDR")]
-    pub pod_cidr: Option<String>,
-    #[serde(default, rename = "podCIDRs")]
-    pub pod_cidrs: Option<Vec<String>>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-pub struct SlimNodeStatus {
-    #[serde(default)]
-    pub addresses: Option<Vec<SlimNodeAddress>>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-pub struct SlimNodeAddress {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub address: String,
-}
-
-impl k8s_openapi::Resource for SlimNode {
-    const API_VERSION: &'static str = "v1";
-    const GROUP: &'static str = "";
-    const KIND: &'static str = "Node";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "nodes";
-    type Scope = k8s_openapi::ClusterResourceScope;
-}
-
-impl k8s_openapi::Metadata for SlimNode {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
 }
 
 /// Writes to `nodes/NAME/status` — the only write upstream's ClusterRole grants.
@@ -221,35 +170,6 @@ impl NodeStatusWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slim_node_keeps_what_flannel_needs_and_drops_the_rest() {
-        let node: SlimNode = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": "n1", "resourceVersion": "42",
-                "annotations": {"flannel.alpha.coreos.com/public-ip": "192.0.2.1"}},
-            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00::/64"],
-                "taints": [{"key": "k", "effect": "NoSchedule"}]},
-            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
-                "images": [{"names": ["a"], "sizeBytes": 1}],
-                "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .unwrap();
-        assert_eq!(node.metadata.name.as_deref(), Some("n1"));
-        assert_eq!(node.spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
-        assert_eq!(node.spec.pod_cidrs.as_ref().map(Vec::len), Some(2));
-        let addrs = node.status.addresses.unwrap();
-        assert_eq!(addrs[0].kind, "InternalIP");
-        assert_eq!(addrs[0].address, "192.0.2.1");
-    }
-
-    #[test]
-    fn slim_node_tolerates_missing_spec_and_status() {
-        let node: SlimNode =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "bare"}})).unwrap();
-        assert!(node.spec.pod_cidr.is_none());
-        assert!(node.status.addresses.is_none());
-    }
 
     #[tokio::test]
     async fn a_bad_api_url_is_a_clear_error() {

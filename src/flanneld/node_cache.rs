@@ -16,7 +16,8 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::kube::SlimNode;
+use super::annotations::AnnotationPrefix;
+use super::node::{NodeInfo, SlimNode};
 
 /// Snapshot of the cluster's nodes as the daemon needs them.
 #[derive(Debug, Default)]
@@ -26,7 +27,7 @@ pub struct NodeCache {
 
 #[derive(Debug, Default)]
 struct CacheState {
-    nodes: BTreeMap<String, SlimNode>,
+    nodes: BTreeMap<String, NodeInfo>,
     /// The initial list completed at least once.
     synced: bool,
 }
@@ -50,7 +51,7 @@ impl NodeCache {
         self.read().synced
     }
 
-    pub fn get(&self, name: &str) -> Option<SlimNode> {
+    pub fn get(&self, name: &str) -> Option<NodeInfo> {
         self.read().nodes.get(name).cloned()
     }
 
@@ -63,7 +64,7 @@ impl NodeCache {
     }
 
     /// Calls `f` with every cached node, in name order, under one read lock.
-    pub fn with_nodes<T>(&self, f: impl FnOnce(&BTreeMap<String, SlimNode>) -> T) -> T {
+    pub fn with_nodes<T>(&self, f: impl FnOnce(&BTreeMap<String, NodeInfo>) -> T) -> T {
         f(&self.read().nodes)
     }
 
@@ -77,14 +78,13 @@ impl NodeCache {
     }
 
     /// Inserts or replaces a node; returns whether anything flannel cares about changed.
-    fn upsert(&self, node: SlimNode) -> bool {
-        let name = node.metadata.name.clone().unwrap_or_default();
+    fn upsert(&self, node: NodeInfo) -> bool {
         let mut state = self.write();
-        let relevant = match state.nodes.get(&name) {
-            Some(old) => !same_relevant_fields(old, &node),
+        let relevant = match state.nodes.get(&node.name) {
+            Some(old) => old.relevant_fingerprint() != node.relevant_fingerprint(),
             None => true,
         };
-        state.nodes.insert(name, node);
+        state.nodes.insert(node.name.clone(), node);
         relevant
     }
 
@@ -92,44 +92,17 @@ impl NodeCache {
         self.write().nodes.remove(name).is_some()
     }
 
-    fn replace_all(&self, nodes: BTreeMap<String, SlimNode>) {
+    fn replace_all(&self, nodes: BTreeMap<String, NodeInfo>) {
         let mut state = self.write();
         state.nodes = nodes;
         state.synced = true;
     }
 }
 
-/// Drops everything but what flannel reads: annotations under our prefix, podCIDRs, the
-/// addresses, and identity metadata.
-pub fn strip(mut node: SlimNode, annotation_prefix: &str) -> SlimNode {
-    let meta = &mut node.metadata;
-    meta.managed_fields = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with(annotation_prefix));
-    }
-    node
-}
-
-fn same_relevant_fields(a: &SlimNode, b: &SlimNode) -> bool {
-    a.metadata.annotations == b.metadata.annotations
-        && a.metadata.uid == b.metadata.uid
-        && a.metadata.deletion_timestamp == b.metadata.deletion_timestamp
-        && a.spec.pod_cidr == b.spec.pod_cidr
-        && a.spec.pod_cidrs == b.spec.pod_cidrs
-        && addresses(a) == addresses(b)
-}
-
-fn addresses(n: &SlimNode) -> Vec<(&str, &str)> {
-    n.status
-        .addresses
-        .iter()
-        .flatten()
-        .map(|a| (a.kind.as_str(), a.address.as_str()))
-        .collect()
+/// Converts a watched Node into the cached form (foreign annotations, labels, managedFields
+/// and status beyond addresses are dropped here).
+fn slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
+    NodeInfo::from_slim(node, prefix)
 }
 
 /// The sending half of [`NodeSignals`].
@@ -151,7 +124,7 @@ impl Signaller {
 pub fn spawn_node_watcher(
     client: Client,
     own_node: String,
-    annotation_prefix: String,
+    annotation_prefix: AnnotationPrefix,
     page_size: u32,
     cache: Arc<NodeCache>,
     shutdown: CancellationToken,
@@ -171,7 +144,7 @@ pub fn spawn_node_watcher(
         let config = watcher::Config::default().page_size(page_size);
         let stream = watcher::watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
-        let mut relist: Option<BTreeMap<String, SlimNode>> = None;
+        let mut relist: Option<BTreeMap<String, NodeInfo>> = None;
         let mut failing = false;
         loop {
             let next = tokio::select! {
@@ -199,9 +172,9 @@ pub fn spawn_node_watcher(
             match event {
                 Event::Init => relist = Some(BTreeMap::new()),
                 Event::InitApply(node) => {
-                    let node = strip(node, &annotation_prefix);
-                    if let (Some(buf), Some(name)) = (relist.as_mut(), node.metadata.name.clone()) {
-                        buf.insert(name, node);
+                    let node = slim(node, &annotation_prefix);
+                    if let Some(buf) = relist.as_mut() {
+                        buf.insert(node.name.clone(), node);
                     }
                 }
                 Event::InitDone => {
@@ -212,8 +185,8 @@ pub fn spawn_node_watcher(
                     signaller.own();
                 }
                 Event::Apply(node) => {
-                    let node = strip(node, &annotation_prefix);
-                    let is_own = node.metadata.name.as_deref() == Some(own_node.as_str());
+                    let node = slim(node, &annotation_prefix);
+                    let is_own = node.name == own_node;
                     if cache.upsert(node) {
                         signaller.peers();
                     }
@@ -241,8 +214,8 @@ pub fn spawn_node_watcher(
 mod tests {
     use super::*;
 
-    fn node(name: &str, annotations: &[(&str, &str)], rv: &str) -> SlimNode {
-        serde_json::from_value(serde_json::json!({
+    fn node(name: &str, annotations: &[(&str, &str)], rv: &str) -> NodeInfo {
+        let slim: SlimNode = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name,
                 "resourceVersion": rv,
@@ -253,67 +226,32 @@ mod tests {
             "spec": {"podCIDR": "10.244.1.0/24"},
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}
         }))
-        .unwrap()
+        .unwrap();
+        slim_default(slim)
     }
 
-    const P: &str = "flannel.alpha.coreos.com/";
-
-    #[test]
-    fn strip_keeps_only_flannel_annotations_and_identity() {
-        let n = strip(
-            node(
-                "n1",
-                &[
-                    ("flannel.alpha.coreos.com/public-ip", "192.0.2.1"),
-                    ("node.alpha.kubernetes.io/ttl", "0"),
-                ],
-                "1",
-            ),
-            P,
-        );
-        let ann = n.metadata.annotations.unwrap();
-        assert_eq!(ann.len(), 1);
-        assert!(ann.contains_key("flannel.alpha.coreos.com/public-ip"));
-        assert!(n.metadata.labels.is_none());
-        assert!(n.metadata.managed_fields.is_none());
-        assert_eq!(n.metadata.resource_version.as_deref(), Some("1"));
+    fn slim_default(n: SlimNode) -> NodeInfo {
+        slim(
+            n,
+            &AnnotationPrefix::new("flannel.alpha.coreos.com").unwrap(),
+        )
     }
 
     #[test]
     fn heartbeat_only_changes_are_not_relevant_but_refresh_the_resource_version() {
         let cache = NodeCache::new();
-        assert!(cache.upsert(strip(
-            node(
-                "n1",
-                &[("flannel.alpha.coreos.com/public-ip", "192.0.2.1",)],
-                "1"
-            ),
-            P
+        let ours = ("flannel.alpha.coreos.com/public-ip", "192.0.2.1");
+        assert!(cache.upsert(node("n1", &[ours], "1")));
+        // A kubelet heartbeat: a foreign annotation and the RV change only.
+        assert!(!cache.upsert(node(
+            "n1",
+            &[ours, ("node.alpha.kubernetes.io/ttl", "0")],
+            "2"
         )));
-        // A kubelet heartbeat: other annotation and RV change only.
-        let beat = strip(
-            node(
-                "n1",
-                &[
-                    ("flannel.alpha.coreos.com/public-ip", "192.0.2.1"),
-                    ("node.alpha.kubernetes.io/ttl", "0"),
-                ],
-                "2",
-            ),
-            P,
-        );
-        assert!(!cache.upsert(beat));
-        assert_eq!(
-            cache
-                .get("n1")
-                .unwrap()
-                .metadata
-                .resource_version
-                .as_deref(),
-            Some("2")
-        );
+        assert_eq!(cache.get("n1").unwrap().resource_version, "2");
+        assert_eq!(cache.get("n1").unwrap().annotations.len(), 1);
         // Our annotation removed: relevant.
-        assert!(cache.upsert(strip(node("n1", &[], "3"), P)));
+        assert!(cache.upsert(node("n1", &[], "3")));
     }
 
     #[test]
