@@ -4,3 +4,5 @@
 
 mod harness;
 mod harness_tests;
+mod netlink_links;
+mod netlink_util;
