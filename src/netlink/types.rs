@@ -389,7 +389,7 @@ impl NeighbourEntry {
             ifindex: msg.header.ifindex,
             ip: ip?,
             mac,
-            permanent: msg.header.state == NeighbourState::Permanent,
+            permanent: is_permanent(msg.header.state),
         })
     }
 
@@ -444,10 +444,16 @@ impl FdbRecord {
                 mac: mac?,
                 dst: dst?,
             },
-            permanent: msg.header.state == NeighbourState::Permanent,
+            permanent: is_permanent(msg.header.state),
             own: msg.header.flags.contains(NeighbourFlags::Own),
         })
     }
+}
+
+/// NUD states are a bit mask (`bridge fdb add ... permanent` gives PERMANENT|NOARP).
+fn is_permanent(state: NeighbourState) -> bool {
+    const NUD_PERMANENT: u16 = 0x80;
+    u16::from(state) & NUD_PERMANENT != 0
 }
 
 /// NDA_DST: in AF_BRIDGE messages the parser cannot know the family and hands back raw bytes.
@@ -742,6 +748,14 @@ mod tests {
         );
         assert_eq!(MacAddr::from_slice(&[1, 2, 3]), None);
         assert!(MacAddr::ZERO.is_zero());
+    }
+
+    #[test]
+    fn permanent_is_a_bit_of_the_state_mask() {
+        assert!(is_permanent(NeighbourState::Permanent));
+        assert!(is_permanent(NeighbourState::Other(0xc0)));
+        assert!(!is_permanent(NeighbourState::Noarp));
+        assert!(!is_permanent(NeighbourState::Reachable));
     }
 
     #[test]

@@ -4,5 +4,8 @@
 
 mod harness;
 mod harness_tests;
+mod netlink_addrs;
 mod netlink_links;
+mod netlink_neigh;
+mod netlink_routes;
 mod netlink_util;

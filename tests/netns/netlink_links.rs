@@ -35,8 +35,16 @@ fn vxlan_is_created_then_adopted() {
         assert_eq!(seen["ifindex"], created.index);
 
         // Drift in MTU and MAC is repaired in place; the device is kept.
-        ns.ip(&["link", "set", "flannel.1", "mtu", "1400", "address", "0e:00:00:00:09:09"])
-            .unwrap();
+        ns.ip(&[
+            "link",
+            "set",
+            "flannel.1",
+            "mtu",
+            "1400",
+            "address",
+            "0e:00:00:00:09:09",
+        ])
+        .unwrap();
         let adopted = match nl.ensure_vxlan(&spec).await.unwrap() {
             VxlanOutcome::Adopted(link) => link,
             other => panic!("expected Adopted, got {other:?}"),
@@ -50,7 +58,11 @@ fn vxlan_is_created_then_adopted() {
         // A second create of the same name is refused with EEXIST, naming the device.
         let err = nl.create_vxlan(&spec).await.unwrap_err();
         assert_eq!(err.errno(), Some(17), "{err}");
-        assert!(err.to_string().starts_with("create vxlan flannel.1: File exists"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("create vxlan flannel.1: File exists"),
+            "{err}"
+        );
     });
 }
 
@@ -165,7 +177,10 @@ fn bridge_is_ensured_and_kept() {
         assert_eq!(again.index, br.index);
         let seen = ip_link(&ns, "cni0").unwrap();
         assert_eq!(seen["mtu"], 1400);
-        assert_eq!(seen["address"], "0e:00:00:00:0b:0b", "MAC kept when not given");
+        assert_eq!(
+            seen["address"], "0e:00:00:00:0b:0b",
+            "MAC kept when not given"
+        );
         assert!(has_flag(&seen, "UP"));
 
         let err = nl.ensure_bridge("taken0", 1450, None).await.unwrap_err();
@@ -202,7 +217,10 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
         assert_eq!(host_side["master"], "cni0");
         assert_eq!(host_side["mtu"], 1450);
         assert!(has_flag(&host_side, "UP"));
-        assert!(ip_link(&host, "eth0").is_none(), "peer must not be in the host ns");
+        assert!(
+            ip_link(&host, "eth0").is_none(),
+            "peer must not be in the host ns"
+        );
 
         let pod_side = ip_link(&pod, "eth0").expect("peer end in pod ns");
         assert_eq!(pod_side["mtu"], 1450);
@@ -220,11 +238,18 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
             .await
             .unwrap_err();
         assert_eq!(err.errno(), Some(17));
-        assert!(err.to_string().starts_with("create veth veth0123 (peer eth1 in "), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("create veth veth0123 (peer eth1 in "),
+            "{err}"
+        );
 
         nl.delete_link(veth.index).await.unwrap();
         assert!(ip_link(&host, "veth0123").is_none());
-        assert!(ip_link(&pod, "eth0").is_none(), "deleting one end removes the pair");
+        assert!(
+            ip_link(&pod, "eth0").is_none(),
+            "deleting one end removes the pair"
+        );
     });
 }
 
@@ -267,7 +292,11 @@ fn link_attributes_are_set() {
 
         let err = nl.set_link_mtu(a, 10).await.unwrap_err();
         assert_eq!(err.errno(), Some(22));
-        assert!(err.to_string().starts_with("set mtu link la0: Invalid argument"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("set mtu link la0: Invalid argument"),
+            "{err}"
+        );
     });
 }
 

@@ -38,11 +38,7 @@ pub fn ifindex(ns: &NetnsGuard, name: &str) -> u32 {
 }
 
 pub fn has_flag(link: &Value, flag: &str) -> bool {
-    link["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f == flag)
+    link["flags"].as_array().unwrap().iter().any(|f| f == flag)
 }
 
 /// An underlay for VXLAN devices: veth `under0` (192.168.77.1/24, up) whose peer stays in the
