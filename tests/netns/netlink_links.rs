@@ -11,9 +11,9 @@ use crate::netlink_util::*;
 fn vxlan_is_created_then_adopted() {
     let ns = netns("vx");
     let ns = &ns;
-    let under = underlay(&ns);
+    let under = underlay(ns);
     let spec = flannel_spec(under);
-    with_netlink(&ns, |nl| async move {
+    with_netlink(ns, |nl| async move {
         let created = match nl.ensure_vxlan(&spec).await.unwrap() {
             VxlanOutcome::Created(link) => link,
             other => panic!("expected Created, got {other:?}"),
@@ -21,7 +21,7 @@ fn vxlan_is_created_then_adopted() {
         assert_eq!(created.name, "flannel.1");
         assert_eq!(created.vxlan.as_ref().unwrap().vni, 1);
 
-        let seen = ip_link(&ns, "flannel.1").expect("ip sees flannel.1");
+        let seen = ip_link(ns, "flannel.1").expect("ip sees flannel.1");
         let data = &seen["linkinfo"]["info_data"];
         assert_eq!(seen["linkinfo"]["info_kind"], "vxlan");
         assert_eq!(data["id"], 1);
@@ -50,7 +50,7 @@ fn vxlan_is_created_then_adopted() {
             other => panic!("expected Adopted, got {other:?}"),
         };
         assert_eq!(adopted.index, created.index);
-        let seen = ip_link(&ns, "flannel.1").unwrap();
+        let seen = ip_link(ns, "flannel.1").unwrap();
         assert_eq!(seen["mtu"], 1450);
         assert_eq!(seen["address"], "0e:00:00:00:01:01");
         assert_eq!(seen["ifindex"], created.index);
@@ -70,9 +70,9 @@ fn vxlan_is_created_then_adopted() {
 fn vxlan_with_other_parameters_needs_recreate() {
     let ns = netns("vr");
     let ns = &ns;
-    let under = underlay(&ns);
+    let under = underlay(ns);
     let spec = flannel_spec(under);
-    with_netlink(&ns, |nl| async move {
+    with_netlink(ns, |nl| async move {
         nl.create_vxlan(&spec).await.unwrap();
         let cases = [
             ("vni", {
@@ -114,7 +114,7 @@ fn vxlan_with_other_parameters_needs_recreate() {
                 other => panic!("{what}: expected NeedsRecreate, got {other:?}"),
             }
             // Nothing was changed behind the caller's back.
-            let seen = ip_link(&ns, "flannel.1").unwrap();
+            let seen = ip_link(ns, "flannel.1").unwrap();
             assert_eq!(seen["linkinfo"]["info_data"]["id"], 1);
             assert_eq!(seen["linkinfo"]["info_data"]["port"], 8472);
         }
@@ -127,7 +127,7 @@ fn vxlan_with_other_parameters_needs_recreate() {
         nl.delete_link(old.index).await.unwrap();
         let created = nl.create_vxlan(&new_spec).await.unwrap();
         assert_ne!(created.index, old.index);
-        let seen = ip_link(&ns, "flannel.1").unwrap();
+        let seen = ip_link(ns, "flannel.1").unwrap();
         assert_eq!(seen["linkinfo"]["info_data"]["id"], 7);
         assert_eq!(seen["linkinfo"]["info_data"]["gbp"], true);
         assert!(matches!(
@@ -141,10 +141,10 @@ fn vxlan_with_other_parameters_needs_recreate() {
 fn vxlan_made_by_ip_is_adopted() {
     let ns = netns("va");
     let ns = &ns;
-    let index = ip_flannel(&ns);
-    let mut spec = flannel_spec(ifindex(&ns, "under0"));
+    let index = ip_flannel(ns);
+    let mut spec = flannel_spec(ifindex(ns, "under0"));
     spec.mac = None;
-    with_netlink(&ns, |nl| async move {
+    with_netlink(ns, |nl| async move {
         match nl.ensure_vxlan(&spec).await.unwrap() {
             VxlanOutcome::Adopted(link) => {
                 assert_eq!(link.index, index);
@@ -159,14 +159,14 @@ fn vxlan_made_by_ip_is_adopted() {
 fn bridge_is_ensured_and_kept() {
     let ns = netns("br");
     let ns = &ns;
-    veth_pair(&ns, "taken0", "taken1");
-    with_netlink(&ns, |nl| async move {
+    veth_pair(ns, "taken0", "taken1");
+    with_netlink(ns, |nl| async move {
         let br = nl
             .ensure_bridge("cni0", 1450, Some(mac("0e:00:00:00:0b:0b")))
             .await
             .unwrap();
         assert_eq!(br.kind.as_deref(), Some("bridge"));
-        let seen = ip_link(&ns, "cni0").unwrap();
+        let seen = ip_link(ns, "cni0").unwrap();
         assert_eq!(seen["linkinfo"]["info_kind"], "bridge");
         assert_eq!(seen["mtu"], 1450);
         assert_eq!(seen["address"], "0e:00:00:00:0b:0b");
@@ -175,7 +175,7 @@ fn bridge_is_ensured_and_kept() {
         ns.ip(&["link", "set", "cni0", "down"]).unwrap();
         let again = nl.ensure_bridge("cni0", 1400, None).await.unwrap();
         assert_eq!(again.index, br.index);
-        let seen = ip_link(&ns, "cni0").unwrap();
+        let seen = ip_link(ns, "cni0").unwrap();
         assert_eq!(seen["mtu"], 1400);
         assert_eq!(
             seen["address"], "0e:00:00:00:0b:0b",
@@ -196,7 +196,7 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
     let host = &host;
     let pod = netns("vp");
     let pod = &pod;
-    with_netlink(&host, |nl| async move {
+    with_netlink(host, |nl| async move {
         let br = nl.ensure_bridge("cni0", 1450, None).await.unwrap();
         let pod_ns = NetnsFile::open(pod.path()).unwrap();
         let veth = nl
@@ -213,20 +213,20 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
         assert_eq!(veth.master, Some(br.index));
         assert!(veth.up);
 
-        let host_side = ip_link(&host, "veth0123").expect("host end in host ns");
+        let host_side = ip_link(host, "veth0123").expect("host end in host ns");
         assert_eq!(host_side["master"], "cni0");
         assert_eq!(host_side["mtu"], 1450);
         assert!(has_flag(&host_side, "UP"));
         assert!(
-            ip_link(&host, "eth0").is_none(),
+            ip_link(host, "eth0").is_none(),
             "peer must not be in the host ns"
         );
 
-        let pod_side = ip_link(&pod, "eth0").expect("peer end in pod ns");
+        let pod_side = ip_link(pod, "eth0").expect("peer end in pod ns");
         assert_eq!(pod_side["mtu"], 1450);
         assert_eq!(pod_side["address"], "0e:00:00:00:0a:0a");
         assert_eq!(pod_side["linkinfo"]["info_kind"], "veth");
-        assert!(ip_link(&pod, "veth0123").is_none());
+        assert!(ip_link(pod, "veth0123").is_none());
 
         // The pod side is reachable through a handle on the pod namespace.
         let pod_nl = Netlink::in_netns(&pod_ns).unwrap();
@@ -245,9 +245,9 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
         );
 
         nl.delete_link(veth.index).await.unwrap();
-        assert!(ip_link(&host, "veth0123").is_none());
+        assert!(ip_link(host, "veth0123").is_none());
         assert!(
-            ip_link(&pod, "eth0").is_none(),
+            ip_link(pod, "eth0").is_none(),
             "deleting one end removes the pair"
         );
     });
@@ -257,38 +257,38 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
 fn link_attributes_are_set() {
     let ns = netns("la");
     let ns = &ns;
-    let a = veth_pair(&ns, "la0", "la1");
+    let a = veth_pair(ns, "la0", "la1");
     ns.ip(&["link", "set", "la0", "down"]).unwrap();
-    with_netlink(&ns, |nl| async move {
+    with_netlink(ns, |nl| async move {
         nl.set_link_up(a).await.unwrap();
-        assert!(has_flag(&ip_link(&ns, "la0").unwrap(), "UP"));
+        assert!(has_flag(&ip_link(ns, "la0").unwrap(), "UP"));
         nl.set_link_down(a).await.unwrap();
-        assert!(!has_flag(&ip_link(&ns, "la0").unwrap(), "UP"));
+        assert!(!has_flag(&ip_link(ns, "la0").unwrap(), "UP"));
 
         nl.set_link_mtu(a, 1234).await.unwrap();
-        assert_eq!(ip_link(&ns, "la0").unwrap()["mtu"], 1234);
+        assert_eq!(ip_link(ns, "la0").unwrap()["mtu"], 1234);
         nl.set_link_mac(a, mac("0e:12:34:56:78:9a")).await.unwrap();
-        assert_eq!(ip_link(&ns, "la0").unwrap()["address"], "0e:12:34:56:78:9a");
+        assert_eq!(ip_link(ns, "la0").unwrap()["address"], "0e:12:34:56:78:9a");
 
         let br = nl.ensure_bridge("br0", 1500, None).await.unwrap();
         nl.set_link_master(a, Some(br.index)).await.unwrap();
-        assert_eq!(ip_link(&ns, "la0").unwrap()["master"], "br0");
+        assert_eq!(ip_link(ns, "la0").unwrap()["master"], "br0");
         assert_eq!(
             nl.link_by_index(a).await.unwrap().unwrap().master,
             Some(br.index)
         );
 
         nl.set_hairpin(a, true).await.unwrap();
-        let slave = &ip_link(&ns, "la0").unwrap()["linkinfo"]["info_slave_data"];
+        let slave = &ip_link(ns, "la0").unwrap()["linkinfo"]["info_slave_data"];
         assert_eq!(slave["hairpin"], true, "{slave}");
-        let ports = bridge_json(&ns, &["-d", "link", "show", "dev", "la0"]);
+        let ports = bridge_json(ns, &["-d", "link", "show", "dev", "la0"]);
         assert_eq!(ports[0]["hairpin"], true, "{ports}");
         nl.set_hairpin(a, false).await.unwrap();
-        let slave = &ip_link(&ns, "la0").unwrap()["linkinfo"]["info_slave_data"];
+        let slave = &ip_link(ns, "la0").unwrap()["linkinfo"]["info_slave_data"];
         assert_eq!(slave["hairpin"], false);
 
         nl.set_link_master(a, None).await.unwrap();
-        assert!(ip_link(&ns, "la0").unwrap().get("master").is_none());
+        assert!(ip_link(ns, "la0").unwrap().get("master").is_none());
 
         let err = nl.set_link_mtu(a, 10).await.unwrap_err();
         assert_eq!(err.errno(), Some(22));
@@ -304,8 +304,8 @@ fn link_attributes_are_set() {
 fn links_are_listed_found_and_deleted_idempotently() {
     let ns = netns("ll");
     let ns = &ns;
-    let a = veth_pair(&ns, "ll0", "ll1");
-    with_netlink(&ns, |nl| async move {
+    let a = veth_pair(ns, "ll0", "ll1");
+    with_netlink(ns, |nl| async move {
         let mut ours: Vec<(u32, String)> = nl
             .links()
             .await
@@ -313,7 +313,7 @@ fn links_are_listed_found_and_deleted_idempotently() {
             .into_iter()
             .map(|l| (l.index, l.name))
             .collect();
-        let mut theirs: Vec<(u32, String)> = crate::harness::ip_json(&ns, &["link", "show"])
+        let mut theirs: Vec<(u32, String)> = crate::harness::ip_json(ns, &["link", "show"])
             .as_array()
             .unwrap()
             .iter()
@@ -336,7 +336,7 @@ fn links_are_listed_found_and_deleted_idempotently() {
         assert!(nl.link_by_index(999_999).await.unwrap().is_none());
 
         nl.delete_link(a).await.unwrap();
-        assert!(ip_link(&ns, "ll0").is_none());
+        assert!(ip_link(ns, "ll0").is_none());
         nl.delete_link(a).await.unwrap();
         nl.delete_link_by_name("ll0").await.unwrap();
     });
@@ -346,7 +346,7 @@ fn links_are_listed_found_and_deleted_idempotently() {
 fn handles_open_by_name_path_and_current() {
     let ns = netns("hp");
     let ns = &ns;
-    veth_pair(&ns, "hp0", "hp1");
+    veth_pair(ns, "hp0", "hp1");
     runtime().block_on(async {
         let by_path = Netlink::in_path(ns.path()).unwrap();
         assert!(by_path.link_by_name("hp0").await.unwrap().is_some());
