@@ -99,8 +99,19 @@ pub struct Monitor {
 const RECV_BUF: usize = 256 << 10;
 
 impl Monitor {
-    /// Subscribes to `groups` in the namespace `ns` (socket created inside it).
+    /// Subscribes to `groups` in the namespace `ns` (socket created inside it), with a 32 MiB
+    /// receive buffer.
     pub fn open(ns: &NetnsFile, groups: MonitorGroups) -> Result<Self, NetlinkError> {
+        Self::open_with_buffer(ns, groups, MONITOR_RCVBUF)
+    }
+
+    /// Like [`Monitor::open`] with an explicit socket receive buffer size in bytes (the kernel
+    /// enforces a small minimum). A smaller buffer overflows sooner.
+    pub fn open_with_buffer(
+        ns: &NetnsFile,
+        groups: MonitorGroups,
+        rcvbuf: usize,
+    ) -> Result<Self, NetlinkError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(NetlinkError::NoRuntime);
         }
@@ -109,7 +120,7 @@ impl Monitor {
             netns: netns_label.clone(),
             source,
         };
-        let mut socket = open_socket(ns, MONITOR_RCVBUF, false)?;
+        let mut socket = open_socket(ns, rcvbuf, false)?;
         socket
             .bind(&SocketAddr::new(0, groups.bits()))
             .map_err(sock_err)?;
