@@ -4,3 +4,10 @@
 
 mod harness;
 mod harness_tests;
+mod netlink_addrs;
+mod netlink_batch;
+mod netlink_links;
+mod netlink_monitor;
+mod netlink_neigh;
+mod netlink_routes;
+mod netlink_util;
