@@ -138,29 +138,15 @@ impl NodeStatusWriter {
             })
     }
 
-    /// Sets `NetworkUnavailable=False` (reason FlannelIsUp) like upstream, with a strategic
-    /// merge so the other conditions are kept (conditions merge by `type`).
-    pub async fn set_network_available(&self, now: &str) -> Result<(), KubeError> {
-        let body = serde_json::json!({
-            "status": {"conditions": [{
-                "type": "NetworkUnavailable",
-                "status": "False",
-                "reason": "FlannelIsUp",
-                "message": "Flannel is running on this node",
-                "lastTransitionTime": now,
-                "lastHeartbeatTime": now,
-            }]}
-        });
+    /// Sends a strategic merge patch to the status subresource (conditions merge by `type`,
+    /// so e.g. `NetworkUnavailable=False` leaves the kubelet's conditions alone).
+    pub async fn patch_status_strategic(&self, body: &serde_json::Value) -> Result<(), KubeError> {
         Api::<Node>::all(self.nodes.clone().into_client())
-            .patch_status(
-                &self.node,
-                &PatchParams::default(),
-                &Patch::Strategic(&body),
-            )
+            .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(body))
             .await
             .map(|_| ())
             .map_err(|source| KubeError::Api {
-                op: "set NetworkUnavailable=False on",
+                op: "patch status conditions of",
                 node: self.node.clone(),
                 source,
             })

@@ -26,6 +26,8 @@
 pub mod annotations;
 pub mod backoff;
 pub mod config;
+pub mod daemon;
+pub mod datapath;
 pub mod desired;
 pub mod health;
 pub mod iface;
@@ -38,6 +40,7 @@ pub mod node;
 pub mod node_cache;
 pub mod peers;
 pub mod plan;
+pub mod reconcile;
 pub mod subnet_env;
 pub mod types;
 

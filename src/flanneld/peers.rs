@@ -66,7 +66,7 @@ impl Peer {
         }
     }
 
-    fn endpoints(&self) -> impl Iterator<Item = (Family, &PeerEndpoint)> {
+    pub fn endpoints(&self) -> impl Iterator<Item = (Family, &PeerEndpoint)> {
         [
             (Family::V4, self.v4.as_ref()),
             (Family::V6, self.v6.as_ref()),
