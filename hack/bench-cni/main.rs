@@ -51,8 +51,7 @@ struct Args {
     with_fsync: bool,
 }
 
-const SUBNET_ENV: &str =
-    "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
 
 /// One implementation under test: which binary, with which stdin.
 struct Subject {
@@ -100,10 +99,16 @@ impl Stats {
         m * 1000.0
     }
     fn min(&self) -> f64 {
-        self.samples.iter().min().map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        self.samples
+            .iter()
+            .min()
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     }
     fn max(&self) -> f64 {
-        self.samples.iter().max().map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        self.samples
+            .iter()
+            .max()
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     }
 }
 
@@ -201,7 +206,12 @@ fn count_reservations(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|e| {
             e.flatten()
-                .filter(|e| e.file_name().to_string_lossy().parse::<std::net::IpAddr>().is_ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
                 .count()
         })
         .unwrap_or(0)
@@ -209,19 +219,32 @@ fn count_reservations(dir: &Path) -> usize {
 
 fn ip_of(result: &[u8]) -> Result<String> {
     let v: Value = serde_json::from_slice(result)?;
-    Ok(v["ips"][0]["address"].as_str().unwrap_or_default().to_string())
+    Ok(v["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 fn run_subject(s: &Subject, pods: &[NetnsGuard], args: &Args) -> Result<Results> {
     let node = s.node.open()?;
-    let paths: Vec<String> = pods.iter().map(|p| p.path().display().to_string()).collect();
+    let paths: Vec<String> = pods
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
     let cni_path = args.ref_dir.clone();
 
     // Exec overhead: VERSION does no work.
     let version = in_node(&node, || -> Result<Stats> {
         let mut st = Stats::default();
         for _ in 0..20 {
-            let (d, _) = invoke(&s.binary, "VERSION", "v", "", &cni_path, b"{\"cniVersion\":\"0.3.1\"}")?;
+            let (d, _) = invoke(
+                &s.binary,
+                "VERSION",
+                "v",
+                "",
+                &cni_path,
+                b"{\"cniVersion\":\"0.3.1\"}",
+            )?;
             st.samples.push(d);
         }
         Ok(st)
@@ -232,25 +255,51 @@ fn run_subject(s: &Subject, pods: &[NetnsGuard], args: &Args) -> Result<Results>
         let mut st = Stats::default();
         let mut ips = Vec::new();
         for (i, p) in paths.iter().take(args.n).enumerate() {
-            let (d, out) = invoke(&s.binary, "ADD", &format!("seq-{i}"), p, &cni_path, &s.config)?;
+            let (d, out) = invoke(
+                &s.binary,
+                "ADD",
+                &format!("seq-{i}"),
+                p,
+                &cni_path,
+                &s.config,
+            )?;
             st.samples.push(d);
             ips.push(ip_of(&out)?);
         }
         Ok((st, ips))
     })??;
     let unique: std::collections::HashSet<_> = ips.iter().collect();
-    ensure!(unique.len() == args.n, "{}: duplicate IPs in sequential ADD", s.label);
-    ensure!(count_reservations(&s.ipam_dir) == args.n, "{}: reservation count", s.label);
+    ensure!(
+        unique.len() == args.n,
+        "{}: duplicate IPs in sequential ADD",
+        s.label
+    );
+    ensure!(
+        count_reservations(&s.ipam_dir) == args.n,
+        "{}: reservation count",
+        s.label
+    );
 
     let seq_del = in_node(&node, || -> Result<Stats> {
         let mut st = Stats::default();
         for (i, p) in paths.iter().take(args.n).enumerate() {
-            let (d, _) = invoke(&s.binary, "DEL", &format!("seq-{i}"), p, &cni_path, &s.config)?;
+            let (d, _) = invoke(
+                &s.binary,
+                "DEL",
+                &format!("seq-{i}"),
+                p,
+                &cni_path,
+                &s.config,
+            )?;
             st.samples.push(d);
         }
         Ok(st)
     })??;
-    ensure!(count_reservations(&s.ipam_dir) == 0, "{}: reservations left after DEL", s.label);
+    ensure!(
+        count_reservations(&s.ipam_dir) == 0,
+        "{}: reservations left after DEL",
+        s.label
+    );
 
     // Parallel: PAR workers, each in the node namespace, pulling pod indexes.
     let parallel = |command: &'static str| -> Result<(Duration, Stats, Vec<String>)> {
@@ -263,31 +312,50 @@ fn run_subject(s: &Subject, pods: &[NetnsGuard], args: &Args) -> Result<Results>
         std::thread::scope(|scope| {
             for _ in 0..args.par {
                 scope.spawn(|| {
-                    let r = in_node(&node, || loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= args.par_n {
-                            break;
-                        }
-                        match invoke(&s.binary, command, &format!("par-{i}"), &paths[i], &cni_path, &s.config) {
-                            Ok((d, out)) => {
-                                samples.lock().unwrap_or_else(|e| e.into_inner()).push(d);
-                                if command == "ADD" {
-                                    let ip = ip_of(&out).unwrap_or_default();
-                                    ips.lock().unwrap_or_else(|e| e.into_inner()).push(ip);
-                                }
+                    let r = in_node(&node, || {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= args.par_n {
+                                break;
                             }
-                            Err(e) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string()),
+                            match invoke(
+                                &s.binary,
+                                command,
+                                &format!("par-{i}"),
+                                &paths[i],
+                                &cni_path,
+                                &s.config,
+                            ) {
+                                Ok((d, out)) => {
+                                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+                                    if command == "ADD" {
+                                        let ip = ip_of(&out).unwrap_or_default();
+                                        ips.lock().unwrap_or_else(|e| e.into_inner()).push(ip);
+                                    }
+                                }
+                                Err(e) => failures
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(e.to_string()),
+                            }
                         }
                     });
                     if let Err(e) = r {
-                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string());
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(e.to_string());
                     }
                 });
             }
         });
         let wall = t0.elapsed();
         let failures = failures.into_inner().unwrap_or_default();
-        ensure!(failures.is_empty(), "{} parallel {command}: {failures:?}", s.label);
+        ensure!(
+            failures.is_empty(),
+            "{} parallel {command}: {failures:?}",
+            s.label
+        );
         Ok((
             wall,
             Stats {
@@ -298,9 +366,17 @@ fn run_subject(s: &Subject, pods: &[NetnsGuard], args: &Args) -> Result<Results>
     };
     let (par_add_wall, par_add, ips) = parallel("ADD")?;
     let unique: std::collections::HashSet<_> = ips.iter().collect();
-    ensure!(unique.len() == args.par_n, "{}: duplicate IPs in parallel ADD", s.label);
+    ensure!(
+        unique.len() == args.par_n,
+        "{}: duplicate IPs in parallel ADD",
+        s.label
+    );
     let (par_del_wall, _, _) = parallel("DEL")?;
-    ensure!(count_reservations(&s.ipam_dir) == 0, "{}: reservations left after parallel DEL", s.label);
+    ensure!(
+        count_reservations(&s.ipam_dir) == 0,
+        "{}: reservations left after parallel DEL",
+        s.label
+    );
 
     Ok(Results {
         seq_add,
@@ -314,9 +390,18 @@ fn run_subject(s: &Subject, pods: &[NetnsGuard], args: &Args) -> Result<Results>
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(nix::unistd::geteuid().is_root(), "bench-cni must run as root (network namespaces)");
-    ensure!(args.n >= 1 && args.n <= 250, "--n must be 1..=250 (one /24)");
-    ensure!(args.par_n >= 1 && args.par_n <= 250, "--par-n must be 1..=250");
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "bench-cni must run as root (network namespaces)"
+    );
+    ensure!(
+        args.n >= 1 && args.n <= 250,
+        "--n must be 1..=250 (one /24)"
+    );
+    ensure!(
+        args.par_n >= 1 && args.par_n <= 250,
+        "--par-n must be 1..=250"
+    );
     let plugin = match &args.plugin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -324,9 +409,17 @@ fn main() -> Result<()> {
             .context("binary dir")?
             .join("flannel"),
     };
-    ensure!(plugin.exists(), "{} not found (cargo build --release --bin flannel)", plugin.display());
+    ensure!(
+        plugin.exists(),
+        "{} not found (cargo build --release --bin flannel)",
+        plugin.display()
+    );
     for b in ["bridge", "host-local"] {
-        ensure!(args.ref_dir.join(b).exists(), "{} missing", args.ref_dir.join(b).display());
+        ensure!(
+            args.ref_dir.join(b).exists(),
+            "{} missing",
+            args.ref_dir.join(b).display()
+        );
     }
     flannel_rs::netns::remove_stale_test_namespaces();
 
@@ -393,7 +486,11 @@ fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel.trim()
     );
-    println!("   ours: {}   reference: {}", plugin.display(), args.ref_dir.display());
+    println!(
+        "   ours: {}   reference: {}",
+        plugin.display(),
+        args.ref_dir.display()
+    );
     let mut results = Vec::new();
     for s in &subjects {
         eprintln!("measuring {} ...", s.label);

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::netlink::{Address, Link, MacAddr, Netlink, NetlinkError, Op, Route as NlRoute, RouteFilter, RouteScope};
+use crate::netlink::{
+    Address, Link, MacAddr, Netlink, NetlinkError, Op, Route as NlRoute, RouteFilter, RouteScope,
+};
 use crate::netns::{NetnsError, NetnsFile};
 
 use super::config::BridgeConf;
@@ -212,7 +214,10 @@ async fn ensure_gateway_address(
     wanted: IpNetwork,
 ) -> Result<(), BridgeError> {
     let existing = node.addresses(bridge.index).await?;
-    for a in existing.iter().filter(|a| a.net.is_ipv4() == wanted.is_ipv4()) {
+    for a in existing
+        .iter()
+        .filter(|a| a.net.is_ipv4() == wanted.is_ipv4())
+    {
         if a.net == wanted {
             return Ok(());
         }
@@ -229,7 +234,8 @@ async fn ensure_gateway_address(
             }
         }
     }
-    node.ensure_address(&Address::new(bridge.index, wanted)).await?;
+    node.ensure_address(&Address::new(bridge.index, wanted))
+        .await?;
     Ok(())
 }
 
@@ -256,9 +262,7 @@ fn ipam_result(conf: &BridgeConf, ipam_conf: &IpamConf, allocations: &[Allocatio
                 IpNetwork::new(IpAddr::from([0u16; 8]), 0)
             }
             .unwrap_or(first.address);
-            let present = routes
-                .iter()
-                .any(|r| r.gw.is_some() && r.dst == default);
+            let present = routes.iter().any(|r| r.gw.is_some() && r.dst == default);
             if !present {
                 routes.push(Route::to(default, Some(first.gateway)));
             }
@@ -363,7 +367,14 @@ async fn add_steps(
     for _ in 0..VETH_NAME_TRIES {
         let name = random_veth_name();
         match node
-            .create_veth_with_peer_in(&name, at.ifname, at.netns, mtu, Some(bridge.index), container_mac)
+            .create_veth_with_peer_in(
+                &name,
+                at.ifname,
+                at.netns,
+                mtu,
+                Some(bridge.index),
+                container_mac,
+            )
             .await
         {
             Ok(link) => {
@@ -526,7 +537,10 @@ pub async fn check(
     for (i, iface) in prev.interfaces.iter().enumerate() {
         if iface.name == conf.bridge && iface.sandbox.is_empty() {
             if !same_mac(&iface.mac, bridge.mac) {
-                return fail(format!("bridge {} MAC differs from prevResult", conf.bridge));
+                return fail(format!(
+                    "bridge {} MAC differs from prevResult",
+                    conf.bridge
+                ));
             }
         } else if i != container_pos && iface.sandbox.is_empty() {
             let Some(host) = node.link_by_name(&iface.name).await? else {
@@ -544,7 +558,10 @@ pub async fn check(
     let pod = Netlink::in_netns(at.netns)?;
     let want = &prev.interfaces[container_pos];
     let Some(container) = pod.link_by_name(at.ifname).await? else {
-        return fail(format!("interface {} not found in {}", at.ifname, at.netns_path));
+        return fail(format!(
+            "interface {} not found in {}",
+            at.ifname, at.netns_path
+        ));
     };
     if container.kind.as_deref() != Some("veth") {
         return fail(format!("{} is not a veth", at.ifname));
@@ -562,7 +579,9 @@ pub async fn check(
             return fail(format!("address {} not found on {}", ip.address, at.ifname));
         }
     }
-    let have_routes = pod.routes(&RouteFilter::main().oif(container.index)).await?;
+    let have_routes = pod
+        .routes(&RouteFilter::main().oif(container.index))
+        .await?;
     for r in &prev.routes {
         let family_gw = prev
             .ips

@@ -34,7 +34,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CniError::internal("cannot start the async runtime").with_details(e.to_string()))
+        .map_err(|e| {
+            CniError::internal("cannot start the async runtime").with_details(e.to_string())
+        })
 }
 
 fn check_flanneld_hint(path: &Path) -> String {
@@ -62,7 +64,11 @@ fn load_subnet_env(path: &Path, code: ErrorCode) -> Result<SubnetEnv, CniError> 
         Err(e) => {
             return Err(CniError::new(
                 code,
-                format!("cannot read {}; {}", path.display(), check_flanneld_hint(path)),
+                format!(
+                    "cannot read {}; {}",
+                    path.display(),
+                    check_flanneld_hint(path)
+                ),
             )
             .with_details(e.to_string()));
         }
@@ -70,7 +76,11 @@ fn load_subnet_env(path: &Path, code: ErrorCode) -> Result<SubnetEnv, CniError> 
     SubnetEnv::parse(&text).map_err(|e| {
         CniError::new(
             code,
-            format!("{} is invalid ({e}); {}", path.display(), check_flanneld_hint(path)),
+            format!(
+                "{} is invalid ({e}); {}",
+                path.display(),
+                check_flanneld_hint(path)
+            ),
         )
     })
 }
@@ -102,7 +112,7 @@ fn state_error(e: state::StateError) -> CniError {
 /// What ADD will do, decided before anything is changed.
 enum Prepared {
     Native {
-        bridge: BridgeConf,
+        bridge: Box<BridgeConf>,
         ipam: IpamConf,
         mac: Option<String>,
         requested: Vec<std::net::IpAddr>,
@@ -125,7 +135,7 @@ fn prepare(
             let mac = bridge.requested_mac(args);
             let requested = bridge.requested_ips(args)?;
             Ok(Prepared::Native {
-                bridge,
+                bridge: Box::new(bridge),
                 ipam,
                 mac,
                 requested,
@@ -152,8 +162,13 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
     let prepared = prepare(&delegate, &conf.name, env, &args)?;
 
     // First side effect: the DEL record, so even a crash mid-ADD leaves DEL what it needs.
-    let written = state::write(&conf.data_dir, &at.container_id, &bytes, fsync_wanted(&delegate))
-        .map_err(state_error)?;
+    let written = state::write(
+        &conf.data_dir,
+        &at.container_id,
+        &bytes,
+        fsync_wanted(&delegate),
+    )
+    .map_err(state_error)?;
 
     let outcome: Result<String, (CniError, bool)> = match &prepared {
         Prepared::Native {
@@ -172,7 +187,13 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
             match runtime() {
                 Err(e) => Err((e, true)),
                 Ok(rt) => rt
-                    .block_on(bridge::add(bridge, ipam, &attach, mac.as_deref(), requested))
+                    .block_on(bridge::add(
+                        bridge,
+                        ipam,
+                        &attach,
+                        mac.as_deref(),
+                        requested,
+                    ))
                     .map(|mut result| {
                         let dns = bridge.dns.clone().filter(|d| !d.is_empty());
                         result.dns = match dns {
@@ -542,9 +563,8 @@ fn status(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
     let delegate = conf.render_delegate(&subnet_env)?;
     let bridge = BridgeConf::from_delegate(&delegate)?;
     if let Plan::Exec { plugin, .. } = bridge.plan() {
-        let path = delegate::find(&plugin, env).map_err(|e| {
-            CniError::new(ErrorCode::PluginNotAvailable, e.msg)
-        })?;
+        let path = delegate::find(&plugin, env)
+            .map_err(|e| CniError::new(ErrorCode::PluginNotAvailable, e.msg))?;
         match delegate::exec(&path, "STATUS", env, &delegate_bytes(&delegate)) {
             Ok(_) => {}
             Err(e) if verb_unsupported(&e) => {}
@@ -584,9 +604,13 @@ mod tests {
 
     #[test]
     fn version_needs_no_environment() {
-        let out = run(&RuntimeEnv::default(), "VERSION", br#"{"cniVersion":"0.4.0"}"#)
-            .unwrap()
-            .unwrap();
+        let out = run(
+            &RuntimeEnv::default(),
+            "VERSION",
+            br#"{"cniVersion":"0.4.0"}"#,
+        )
+        .unwrap()
+        .unwrap();
         assert!(out.contains(r#""cniVersion":"0.4.0""#), "{out}");
         assert_eq!(run(&RuntimeEnv::default(), "FOO", b"").unwrap_err().code, 4);
     }

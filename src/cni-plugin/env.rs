@@ -289,11 +289,25 @@ mod tests {
         env.netns_override = true;
         open_netns(&env).unwrap();
 
-        assert!(open_netns_for_del(&with("/nonexistent/netns")).unwrap().is_none());
-        assert!(open_netns_for_del(&with("/proc/self/status")).unwrap().is_none());
-        assert!(open_netns_for_del(&RuntimeEnv::default()).unwrap().is_none());
+        assert!(
+            open_netns_for_del(&with("/nonexistent/netns"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            open_netns_for_del(&with("/proc/self/status"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            open_netns_for_del(&RuntimeEnv::default())
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
-            open_netns_for_del(&with("/proc/self/ns/net")).unwrap_err().code,
+            open_netns_for_del(&with("/proc/self/ns/net"))
+                .unwrap_err()
+                .code,
             8,
             "DEL must never delete CNI_IFNAME in the node's own namespace"
         );

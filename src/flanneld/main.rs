@@ -1,1 +1,98 @@
-fn main() {}
+//! `flanneld` entry point. The daemon's logic lives in the library (`flannel_rs::flanneld`);
+//! this file only turns process arguments and environment into a validated configuration.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use flannel_rs::flanneld::config::{Flags, FlagsError};
+use flannel_rs::flanneld::daemon::{self, DaemonTuning};
+use flannel_rs::flanneld::netconf::NetConf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+fn main() -> ExitCode {
+    let args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
+    let flags = match Flags::parse_with_env(args, env) {
+        Ok(f) => f,
+        // --help and usage errors: clap prints and picks the exit code.
+        Err(FlagsError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("flanneld: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if flags.version {
+        // Upstream prints the version to stderr and exits 0.
+        eprintln!("v{}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    match run(&flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flanneld: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: &Flags) -> anyhow::Result<()> {
+    let config = flags.resolve(env)?;
+    init_logging(config.log_level.as_filter());
+    // Validate net-conf.json before anything else so a typo is one clear line and exit 1.
+    let text = std::fs::read_to_string(&config.net_config_path)
+        .with_context(|| format!("reading {}", config.net_config_path.display()))?;
+    NetConf::parse(&text)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; shutting down");
+            signals.cancel();
+        });
+        daemon::run(config, DaemonTuning::default(), shutdown).await
+    });
+    // Tasks still running (watches, timers) are dropped: nothing in them needs flushing, and
+    // the datapath must stay as it is.
+    runtime.shutdown_timeout(Duration::from_millis(300));
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(default_level: &str) {
+    // RUST_LOG, when set, wins over -v.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -245,7 +245,9 @@ fn del_refuses_the_node_namespace_itself() {
     let node = Node::new("dn");
     // A link named like the pod interface in the node namespace must survive.
     node.ns
-        .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"])
+        .ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ])
         .unwrap();
     let out = node.ours(
         &Call::new("DEL", "c1", "/proc/self/ns/net"),
@@ -282,14 +284,26 @@ fn check_verifies_against_prev_result() {
     p.ip(&["route", "del", "default"]).unwrap();
     let out = node.ours(&check, &conf);
     assert!(out.msg().contains("0.0.0.0/0"), "{}", out.stdout);
-    p.ip(&["route", "add", "default", "via", "10.244.1.1", "dev", "eth0"])
-        .unwrap();
+    p.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.1.1",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
     node.ours(&check, &conf).expect_ok();
 
     // ... and so is a lost reservation.
     std::fs::remove_file(node.ipam_dir().join("10.244.1.2")).unwrap();
     let out = node.ours(&check, &conf);
-    assert!(out.msg().contains("Failed to find address"), "{}", out.stdout);
+    assert!(
+        out.msg().contains("Failed to find address"),
+        "{}",
+        out.stdout
+    );
     node.ours(&Call::new("DEL", "c1", &path_of(&p)), &conf)
         .expect_ok();
     node.assert_clean("after CHECK tests");
@@ -322,7 +336,10 @@ fn status_and_add_while_flanneld_is_not_ready() {
     assert!(msg.contains("flanneld pod on this node"), "{msg}");
     node.assert_clean("ADD without subnet.env");
     assert!(!file_exists(&node.ipam_dir()), "no IPAM dir created");
-    assert!(links_of_kind(&node.ns, "bridge").is_empty(), "no bridge created");
+    assert!(
+        links_of_kind(&node.ns, "bridge").is_empty(),
+        "no bridge created"
+    );
 
     node.write_subnet_env("FLANNEL_NETWORK=10.244.0.0/16\n");
     assert_eq!(node.ours(&status, &node.conf("1.1.0")).code(), 50);
@@ -385,17 +402,37 @@ fn bad_input_leaves_nothing_behind() {
     let base = Call::new("ADD", "ok-id", &path_of(&p));
 
     let mut cases: Vec<(&str, Call, Vec<u8>, u64)> = Vec::new();
-    cases.push(("malformed JSON", base.clone(), b"{\"cniVersion\":".to_vec(), 6));
+    cases.push((
+        "malformed JSON",
+        base.clone(),
+        b"{\"cniVersion\":".to_vec(),
+        6,
+    ));
     cases.push(("not an object", base.clone(), b"[]".to_vec(), 6));
     let mut v = good.clone();
     v["cniVersion"] = "0.2.0".into();
-    cases.push(("unsupported version", base.clone(), v.to_string().into_bytes(), 1));
+    cases.push((
+        "unsupported version",
+        base.clone(),
+        v.to_string().into_bytes(),
+        1,
+    ));
     let mut v = good.clone();
     v["delegate"]["name"] = "x".into();
-    cases.push(("delegate with name", base.clone(), v.to_string().into_bytes(), 7));
+    cases.push((
+        "delegate with name",
+        base.clone(),
+        v.to_string().into_bytes(),
+        7,
+    ));
     let mut v = good.clone();
     v["name"] = "../../etc".into();
-    cases.push(("network name with ..", base.clone(), v.to_string().into_bytes(), 7));
+    cases.push((
+        "network name with ..",
+        base.clone(),
+        v.to_string().into_bytes(),
+        7,
+    ));
     let g = good.to_string().into_bytes();
     let mut c = base.clone();
     c.container_id = None;
@@ -437,7 +474,10 @@ fn bad_input_leaves_nothing_behind() {
         assert_eq!(out.code(), code, "{what}: {}", out.stdout);
         assert!(!out.msg().is_empty(), "{what}: error has a message");
         node.assert_clean(what);
-        assert!(links_of_kind(&p, "veth").is_empty(), "{what}: pod has a veth");
+        assert!(
+            links_of_kind(&p, "veth").is_empty(),
+            "{what}: pod has a veth"
+        );
         assert!(!file_exists(&node.ipam_dir()), "{what}: IPAM dir created");
         assert!(!file_exists(&node.data_dir()), "{what}: data dir created");
         // Nothing escaped the temp dir's known layout (e.g. "../escape" next to the data dir).
@@ -470,7 +510,10 @@ fn repeated_add_fails_without_touching_the_first_attachment() {
     // After the interface is gone (a runtime retrying a half-done ADD), the same IP comes back.
     p.ip(&["link", "del", "eth0"]).unwrap();
     let again = node.ours(&add, &conf);
-    assert_eq!(again.expect_ok().json()["ips"][0]["address"], "10.244.1.2/24");
+    assert_eq!(
+        again.expect_ok().json()["ips"][0]["address"],
+        "10.244.1.2/24"
+    );
     node.ours(&Call::new("DEL", "c1", &path_of(&p)), &conf)
         .expect_ok();
     node.assert_clean("after repeated ADD");
@@ -605,11 +648,13 @@ fn dual_stack_gets_both_families() {
     assert_eq!(pod_addrs, ["10.244.1.2/24", "fd00:10:244:1::2/64"]);
     let v6 = routes(&p, "-6");
     assert!(
-        v6.iter().any(|r| r.starts_with("default via fd00:10:244:1::1 dev eth0")),
+        v6.iter()
+            .any(|r| r.starts_with("default via fd00:10:244:1::1 dev eth0")),
         "{v6:?}"
     );
     assert!(
-        v6.iter().any(|r| r.starts_with("fd00:10:244::/56 via fd00:10:244:1::1 dev eth0")),
+        v6.iter()
+            .any(|r| r.starts_with("fd00:10:244::/56 via fd00:10:244:1::1 dev eth0")),
         "{v6:?}"
     );
     let mut br = global_addrs(&node.ns, "cni0");
@@ -645,7 +690,10 @@ fn ip_masq_installs_and_removes_the_reference_chain() {
         rules.contains(&format!("-A POSTROUTING -s 10.244.1.2/32 -m comment --comment \"name: \\\"cbr0\\\" id: \\\"c1\\\"\" -j {chain}")),
         "{rules}"
     );
-    assert!(rules.contains(&format!("-A {chain} -d 10.244.1.0/24")), "{rules}");
+    assert!(
+        rules.contains(&format!("-A {chain} -d 10.244.1.0/24")),
+        "{rules}"
+    );
     assert!(rules.contains("! -d 224.0.0.0/4"), "{rules}");
     assert!(rules.contains("-j MASQUERADE"), "{rules}");
     node.ours(&Call::new("DEL", "c1", &path_of(&p)), &conf)
@@ -676,7 +724,11 @@ fn portmap_chains_after_us() {
         portmap.to_string().as_bytes(),
     );
     out.expect_ok();
-    assert_eq!(out.json()["ips"][0]["address"], "10.244.1.2/24", "portmap relays our result");
+    assert_eq!(
+        out.json()["ips"][0]["address"],
+        "10.244.1.2/24",
+        "portmap relays our result"
+    );
     let rules = String::from_utf8_lossy(
         &node
             .ns
@@ -688,8 +740,12 @@ fn portmap_chains_after_us() {
     assert!(rules.contains("--dport 8080"), "{rules}");
     assert!(rules.contains("10.244.1.2:80"), "{rules}");
     let del = Call::new("DEL", "c1", &path_of(&p));
-    node.invoke(&format!("{REF_DIR}/portmap"), &del, portmap.to_string().as_bytes())
-        .expect_ok();
+    node.invoke(
+        &format!("{REF_DIR}/portmap"),
+        &del,
+        portmap.to_string().as_bytes(),
+    )
+    .expect_ok();
     node.ours(&del, &conf).expect_ok();
     node.assert_clean("portmap chain");
 }
@@ -705,7 +761,10 @@ fn other_delegate_types_are_executed_from_cni_path() {
         .expect_ok()
         .json();
     assert_eq!(r["ips"][0]["address"], "10.244.1.2/24");
-    assert!(links_of_kind(&node.ns, "bridge").is_empty(), "ptp, not bridge");
+    assert!(
+        links_of_kind(&node.ns, "bridge").is_empty(),
+        "ptp, not bridge"
+    );
     assert_eq!(node.reservations(), ["10.244.1.2"]);
     let record: Value =
         serde_json::from_slice(&std::fs::read(node.data_dir().join("c1")).unwrap()).unwrap();

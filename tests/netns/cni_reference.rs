@@ -57,7 +57,10 @@ fn addr_details(ns: &NetnsGuard, dev: &str) -> Vec<Value> {
 
 /// Everything an attachment leaves on the node and in the pod, per-run values normalised.
 fn snapshot(node: &Node, pod: &NetnsGuard, result: &Value) -> Value {
-    let host_veth = result["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let host_veth = result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let eth0 = link(pod, "eth0");
     let cni0 = link(&node.ns, "cni0");
     let veth = link(&node.ns, &host_veth);
@@ -141,11 +144,17 @@ fn the_same_add_leaves_the_same_state_as_the_reference_chain() {
         let our_pod = pod("oup");
         let cid = "diff-1";
         let r_ref = ref_node
-            .reference(&Call::new("ADD", cid, &path_of(&ref_pod)), &ref_node.reference_delegate(version))
+            .reference(
+                &Call::new("ADD", cid, &path_of(&ref_pod)),
+                &ref_node.reference_delegate(version),
+            )
             .expect_ok()
             .json();
         let r_ours = our_node
-            .ours(&Call::new("ADD", cid, &path_of(&our_pod)), &our_node.conf(version))
+            .ours(
+                &Call::new("ADD", cid, &path_of(&our_pod)),
+                &our_node.conf(version),
+            )
             .expect_ok()
             .json();
         // The bridge port reaches "forwarding" asynchronously in both cases.
@@ -160,17 +169,21 @@ fn the_same_add_leaves_the_same_state_as_the_reference_chain() {
             serde_json::to_string_pretty(&b).unwrap()
         );
         // And our DEL record is exactly what flannel would have handed to the bridge.
-        let record: Value = serde_json::from_slice(
-            &std::fs::read(our_node.data_dir().join(cid)).unwrap(),
-        )
-        .unwrap();
+        let record: Value =
+            serde_json::from_slice(&std::fs::read(our_node.data_dir().join(cid)).unwrap()).unwrap();
         assert_eq!(record, our_node.reference_delegate(version));
 
         ref_node
-            .reference(&Call::new("DEL", cid, &path_of(&ref_pod)), &ref_node.reference_delegate(version))
+            .reference(
+                &Call::new("DEL", cid, &path_of(&ref_pod)),
+                &ref_node.reference_delegate(version),
+            )
             .expect_ok();
         our_node
-            .ours(&Call::new("DEL", cid, &path_of(&our_pod)), &our_node.conf(version))
+            .ours(
+                &Call::new("DEL", cid, &path_of(&our_pod)),
+                &our_node.conf(version),
+            )
             .expect_ok();
         assert!(ref_node.veths().is_empty() && ref_node.reservations().is_empty());
         our_node.assert_clean("after DEL");
@@ -215,13 +228,22 @@ fn reference_and_ours_share_a_node_in_both_directions() {
         .json();
     assert_eq!(
         [ip_of(&r0), ip_of(&r1), ip_of(&o0), ip_of(&o1), ip_of(&r2)],
-        ["10.244.1.2/24", "10.244.1.3/24", "10.244.1.4/24", "10.244.1.5/24", "10.244.1.6/24"]
+        [
+            "10.244.1.2/24",
+            "10.244.1.3/24",
+            "10.244.1.4/24",
+            "10.244.1.5/24",
+            "10.244.1.6/24"
+        ]
     );
     // Pods of both kinds talk to each other over the shared cni0.
     let ping = pods[0].exec("ping", &["-c1", "-W2", "10.244.1.5"]).unwrap();
     assert!(ping.status.success(), "reference pod cannot reach our pod");
     let ping = pods[3].exec("ping", &["-c1", "-W2", "10.244.1.6"]).unwrap();
-    assert!(ping.status.success(), "our pod cannot reach a reference pod");
+    assert!(
+        ping.status.success(),
+        "our pod cannot reach a reference pod"
+    );
 
     // Ours tears down a reference pod (no flannel record: the current config is used).
     node.ours(&Call::new("DEL", "ref-0", &path_of(&pods[0])), &conf)

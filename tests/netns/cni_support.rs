@@ -17,8 +17,7 @@ pub const OURS: &str = env!("CARGO_BIN_EXE_flannel");
 pub const REF_DIR: &str = "/usr/lib/cni";
 pub const NET_NAME: &str = "cbr0";
 
-pub const SUBNET_ENV_V4: &str =
-    "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+pub const SUBNET_ENV_V4: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
 
 /// A temp dir removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -219,7 +218,11 @@ impl Node {
     }
 
     pub fn reference(&self, call: &Call, delegate: &Value) -> Outcome {
-        self.invoke(&format!("{REF_DIR}/bridge"), call, delegate.to_string().as_bytes())
+        self.invoke(
+            &format!("{REF_DIR}/bridge"),
+            call,
+            delegate.to_string().as_bytes(),
+        )
     }
 
     /// Names of the reservation files (IPs) in the IPAM dir.
@@ -278,7 +281,11 @@ impl Node {
             Vec::<String>::new(),
             "{what}: reservations left"
         );
-        assert_eq!(self.records(), Vec::<String>::new(), "{what}: DEL records left");
+        assert_eq!(
+            self.records(),
+            Vec::<String>::new(),
+            "{what}: DEL records left"
+        );
     }
 }
 

@@ -2,8 +2,15 @@
 //!
 //! These tests need root and iproute2. They fail (never skip) when a namespace cannot be made.
 
-mod harness;
-mod harness_tests;
 mod cni_plugin;
 mod cni_reference;
 mod cni_support;
+mod harness;
+mod harness_tests;
+mod netlink_addrs;
+mod netlink_batch;
+mod netlink_links;
+mod netlink_monitor;
+mod netlink_neigh;
+mod netlink_routes;
+mod netlink_util;

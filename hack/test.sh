@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: unit tests, namespace integration tests, fidelity tests — everything.
+# Needs root (network namespaces); installs missing system packages first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "hack/test.sh: the network-namespace tests need root; run it as root (sudo hack/test.sh)" >&2
+    exit 1
+fi
+hack/install-deps.sh
+
+leaks_before=$(ip netns list | grep -c '^frs-' || true)
+cargo build --all-targets --locked
+cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
+
+# A leftover namespace is a bug: fail loudly.
+leaks_after=$(ip netns list | grep -c '^frs-' || true)
+if [ "$leaks_after" -gt "$leaks_before" ]; then
+    echo "hack/test.sh: tests leaked network namespaces:" >&2
+    ip netns list | grep '^frs-' >&2
+    exit 1
+fi

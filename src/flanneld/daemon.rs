@@ -1,0 +1,437 @@
+//! The daemon's life: start-up in upstream's order (health first, though), then the long-running
+//! tasks — node watcher, annotation keeper, reconciler, traffic rules — until SIGTERM/SIGINT.
+//! Shutdown leaves the datapath in place: no flush, no device removal.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use rand::SeedableRng;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::netlink::{Netlink, RouteFilter};
+
+use super::annotations::{self, AnnotationKeys, OwnAdvertisement};
+use super::config::{DaemonConfig, NodeIdentity};
+use super::desired::{self, OwnMacs};
+use super::health::{self, HealthState};
+use super::iface::{
+    self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
+};
+use super::keeper::{AnnotationKeeper, KeeperStats, KeeperTiming, PatchFor};
+use super::kube::{self as kube_io, NodeStatusWriter};
+use super::metrics::Metrics;
+use super::netconf::NetConf;
+use super::node::NodeInfo;
+use super::node_cache::{self, NodeCache};
+use super::peers::ValidationContext;
+use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
+use super::subnet_env::{self, SubnetEnv};
+use super::types::{Family, PodSubnets, VtepMac};
+
+/// Knobs tests and benchmarks may shorten; production uses the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonTuning {
+    pub keeper: KeeperTiming,
+    pub coalesce: Option<Duration>,
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(
+    config: DaemonConfig,
+    tuning: DaemonTuning,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let keeper_stats = Arc::new(KeeperStats::default());
+    let status = Arc::new(std::sync::Mutex::new(StatusDoc::default()));
+
+    // Health first: liveness must answer during a long initial list.
+    let health_state = {
+        let metrics = metrics.clone();
+        let status = status.clone();
+        let keeper_stats = keeper_stats.clone();
+        HealthState::new(
+            Arc::new(move || metrics.render()),
+            Arc::new(move || render_status(&status, &keeper_stats)),
+        )
+    };
+    if let Some(addr) = config.healthz {
+        let (bound, serve) = health::bind(addr, health_state.clone(), shutdown.clone()).await?;
+        tracing::info!(addr = %bound, "health server listening");
+        tokio::spawn(async move {
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "health server failed");
+            }
+        });
+    }
+
+    let netconf_text = std::fs::read_to_string(&config.net_config_path)
+        .with_context(|| format!("read net-conf {}", config.net_config_path.display()))?;
+    let netconf = NetConf::parse(&netconf_text)?;
+    let client = kube_io::build_client(
+        config.kube.kubeconfig_file.as_deref(),
+        config.kube.api_url.as_deref(),
+    )
+    .await?;
+    let node_name = resolve_node_name(&client, &config.node, &shutdown).await?;
+    tracing::info!(node = %node_name, "managing node");
+    set_status(&status, |s| s.node = node_name.clone());
+
+    let keys = config.annotation_keys.clone();
+    let cache = NodeCache::new();
+    let (signals, _watcher) = node_cache::spawn_node_watcher(
+        client.clone(),
+        node_name.clone(),
+        keys.prefix.clone(),
+        500,
+        cache.clone(),
+        shutdown.clone(),
+    );
+
+    // Our lease: wait (not ready) rather than crash-loop while the podCIDR is unassigned.
+    let (own, lease) = match wait_for_lease(
+        &cache,
+        &node_name,
+        &netconf,
+        signals.own_node_changed.clone(),
+        &shutdown,
+    )
+    .await?
+    {
+        Some(v) => v,
+        None => return Ok(()),
+    };
+    tracing::info!(node = %node_name, subnet_v4 = ?lease.v4, subnet_v6 = ?lease.v6, "lease acquired");
+    set_status(&status, |s| s.lease = lease_strings(&lease));
+
+    // The underlay: interface and addresses, honouring node-public-ip annotations.
+    let nl = Netlink::current().context("open netlink")?;
+    let (override_v4, override_v6, warnings) =
+        annotations::node_public_ip_override(&keys, &own.annotations);
+    for w in warnings {
+        tracing::warn!(node = %node_name, warning = ?w, "ignoring node-public-ip annotation");
+    }
+    let host = host_network(&nl, config.selectors.can_reach).await?;
+    let ext = iface::select_external_interface(
+        &SelectionRequest {
+            selectors: &config.selectors,
+            public_ip: override_v4.or(config.public_ip),
+            public_ipv6: override_v6.or(config.public_ipv6),
+            enable_v4: netconf.enabled(Family::V4),
+            enable_v6: netconf.enabled(Family::V6),
+        },
+        &host,
+    )?;
+    tracing::info!(iface = %ext.name, public_ip = ?ext.ext_addr_v4, public_ipv6 = ?ext.ext_addr_v6, "using interface");
+
+    // VTEP MACs: the existing device's, else our annotation's, else a fresh random one.
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut macs = OwnMacs::default();
+    for family in netconf.families() {
+        let name = desired::device_name(family, netconf.backend.vni);
+        let existing = nl
+            .link_by_name(&name)
+            .await?
+            .and_then(|l| l.mac)
+            .map(|m| VtepMac(m.0));
+        let from_annotation =
+            annotations::own_mac_from_annotations(&keys, &own.annotations, family);
+        let (mac, source) = annotations::choose_vtep_mac(existing, from_annotation, &mut rng);
+        tracing::info!(device = %name, mac = %mac, source = ?source, "VTEP MAC chosen");
+        match family {
+            Family::V4 => macs.v4 = Some(mac),
+            Family::V6 => macs.v6 = Some(mac),
+        }
+    }
+
+    // First reconcile: device up with address, peers programmed (or adopted as they are).
+    let validation = ValidationContext::new(
+        &netconf,
+        node_name.clone(),
+        lease,
+        ext.own_ips(),
+        [macs.v4, macs.v6].into_iter().flatten().collect(),
+    );
+    let mut reconciler = Reconciler::new(
+        nl.clone(),
+        ReconcileInputs {
+            keys: keys.clone(),
+            netconf: netconf.clone(),
+            lease,
+            underlay: ext.underlay(),
+            own_macs: macs,
+            validation,
+        },
+        cache.clone(),
+        metrics.clone(),
+        ReconcileTiming {
+            resync: config.resync_period,
+            coalesce: tuning
+                .coalesce
+                .unwrap_or(ReconcileTiming::default().coalesce),
+        },
+    );
+    let first = reconciler.pass(Trigger::Startup).await?;
+    let pod_mtu = reconciler
+        .desired
+        .as_ref()
+        .and_then(|d| d.pod_mtu())
+        .context("no address family enabled in net-conf.json")?;
+    let first_clean = first.errors.is_empty();
+
+    // Annotations, kept forever.
+    let advertisements: Vec<(Family, OwnAdvertisement)> = netconf
+        .families()
+        .filter_map(|f| {
+            let mac = match f {
+                Family::V4 => macs.v4,
+                Family::V6 => macs.v6,
+            }?;
+            ext.advertisement(f, netconf.backend.vni, mac)
+                .map(|a| (f, a))
+        })
+        .collect();
+    let (published_tx, mut published_rx) = watch::channel(false);
+    let keeper = AnnotationKeeper {
+        writer: NodeStatusWriter::new(client.clone(), &node_name),
+        cache: cache.clone(),
+        patch_for: patch_for(keys.clone(), advertisements),
+        prefix: keys.prefix.clone(),
+        stats: keeper_stats.clone(),
+        timing: tuning.keeper.clone(),
+        published: published_tx,
+    };
+    tokio::spawn(keeper.run(signals.own_node_changed.clone(), shutdown.clone()));
+
+    // subnet.env for the CNI plugin.
+    let env = SubnetEnv::for_lease(&netconf, &lease, pod_mtu, config.ip_masq);
+    match subnet_env::write_if_changed(&config.subnet_file, env.render().as_bytes()) {
+        Ok(outcome) => {
+            tracing::info!(path = %config.subnet_file.display(), outcome = ?outcome, "subnet.env")
+        }
+        Err(err) => anyhow::bail!("write {}: {err}", config.subnet_file.display()),
+    }
+
+    // The long-running reconciler; readiness once annotations and datapath are in place.
+    let (first_pass_tx, mut first_pass_rx) = watch::channel(first_clean);
+    let last_pass = reconciler.last.clone();
+    {
+        let status = status.clone();
+        set_status(&status, |s| s.last_pass = Some(last_pass));
+    }
+    tokio::spawn(reconciler.run(
+        signals.peers_changed.clone(),
+        first_pass_tx,
+        shutdown.clone(),
+    ));
+
+    let ready = async {
+        published_rx.wait_for(|p| *p).await.ok();
+        first_pass_rx.wait_for(|p| *p).await.ok();
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = ready => {}
+    }
+    health_state.set_ready(true);
+    tracing::info!(node = %node_name, "flanneld is ready");
+
+    if config.set_node_network_unavailable {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let writer = NodeStatusWriter::new(client.clone(), &node_name);
+        if let Err(err) = writer
+            .patch_status_strategic(&annotations::network_unavailable_patch(&now))
+            .await
+        {
+            tracing::warn!(node = %node_name, error = %err, "could not set NetworkUnavailable=False");
+        }
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("exiting cleanly; the datapath stays in place");
+    Ok(())
+}
+
+/// `NODE_NAME`, or the node of our pod (`POD_NAMESPACE`/`POD_NAME`), retried while the API
+/// server is unreachable.
+async fn resolve_node_name(
+    client: &kube::Client,
+    identity: &NodeIdentity,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<String> {
+    let (namespace, name) = match identity {
+        NodeIdentity::Named(n) => return Ok(n.clone()),
+        NodeIdentity::Pod { namespace, name } => (namespace, name),
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match pods.get(name).await {
+            Ok(pod) => {
+                return pod
+                    .spec
+                    .and_then(|s| s.node_name)
+                    .filter(|n| !n.is_empty())
+                    .with_context(|| format!("pod {namespace}/{name} has no spec.nodeName"));
+            }
+            Err(err) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %err, "looking up our pod's node");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("shutdown while resolving the node name"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Waits until our Node is listed with a podCIDR; `Ok(None)` on shutdown. A podCIDR outside
+/// the Network is fatal (a configuration error no waiting fixes).
+async fn wait_for_lease(
+    cache: &NodeCache,
+    node: &str,
+    netconf: &NetConf,
+    mut own_changed: watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(NodeInfo, PodSubnets)>> {
+    let mut said_missing = false;
+    let mut said_unassigned = false;
+    loop {
+        if let Some(own) = cache.get(node) {
+            match netconf.lease_from_pod_cidrs(node, &own.pod_cidrs) {
+                Ok(lease) => return Ok(Some((own, lease))),
+                Err(err) if err.is_not_assigned() => {
+                    if !said_unassigned {
+                        tracing::warn!(node = %node, "pod cidr not assigned yet; waiting (not ready)");
+                        said_unassigned = true;
+                    }
+                }
+                Err(err) => return Err(err.into()),
+            }
+        } else if cache.is_synced() && !said_missing {
+            tracing::warn!(node = %node, "our Node is not in the API yet; waiting (not ready)");
+            said_missing = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = own_changed.changed() => if r.is_err() { return Ok(None) },
+        }
+    }
+}
+
+/// Links, addresses and default routes of this namespace, for interface selection.
+async fn host_network(nl: &Netlink, can_reach: Option<IpAddr>) -> anyhow::Result<HostNetwork> {
+    let mut host = HostNetwork::default();
+    for link in nl.links().await? {
+        if link.name == "lo" {
+            continue;
+        }
+        let addresses = nl
+            .addresses(link.index)
+            .await?
+            .into_iter()
+            .map(|a| LinkAddress {
+                ip: a.net.ip(),
+                prefix_len: a.net.prefix(),
+                flags: AddrFlags {
+                    permanent: true,
+                    ..AddrFlags::default()
+                },
+            })
+            .collect();
+        host.links.push(LinkInfo {
+            name: link.name,
+            index: link.index,
+            mtu: link.mtu,
+            addresses,
+        });
+    }
+    let routes = nl.routes(&RouteFilter::main()).await?;
+    for r in &routes {
+        if r.dst.prefix() == 0 {
+            match r.dst {
+                IpNetwork::V4(_) if host.default_v4.is_none() => host.default_v4 = r.oif,
+                IpNetwork::V6(_) if host.default_v6.is_none() => host.default_v6 = r.oif,
+                _ => {}
+            }
+        }
+    }
+    if let Some(target) = can_reach {
+        // Longest-prefix match in the main table: what `ip route get` answers without policy rules.
+        host.can_reach = routes
+            .iter()
+            .filter(|r| r.dst.contains(target) && r.oif.is_some())
+            .max_by_key(|r| r.dst.prefix())
+            .map(|r| RouteHint {
+                ifindex: r.oif.unwrap_or_default(),
+                src: r.source,
+            });
+    }
+    Ok(host)
+}
+
+fn patch_for(keys: AnnotationKeys, ads: Vec<(Family, OwnAdvertisement)>) -> PatchFor {
+    Arc::new(move |node: &NodeInfo| {
+        let v4 = ads.iter().find(|(f, _)| *f == Family::V4).map(|(_, a)| a);
+        let v6 = ads.iter().find(|(f, _)| *f == Family::V6).map(|(_, a)| a);
+        let want = annotations::desired_annotations(&keys, v4, v6, &node.annotations);
+        annotations::annotations_patch(&node.annotations, &want.annotations, &node.resource_version)
+            .and_then(|p| serde_json::to_value(p).ok())
+    })
+}
+
+fn lease_strings(lease: &PodSubnets) -> Vec<String> {
+    [
+        lease.v4.map(|n| n.to_string()),
+        lease.v6.map(|n| n.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The `/status` document: what this daemon believes and did, in one place.
+#[derive(Default)]
+struct StatusDoc {
+    node: String,
+    lease: Vec<String>,
+    last_pass: Option<Arc<std::sync::Mutex<PassSummary>>>,
+}
+
+fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDoc)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
+fn render_status(status: &std::sync::Mutex<StatusDoc>, keeper: &KeeperStats) -> String {
+    let Ok(s) = status.lock() else {
+        return "{}".into();
+    };
+    let last = s
+        .last_pass
+        .as_ref()
+        .and_then(|p| p.lock().ok().map(|p| p.clone()));
+    let doc = json!({
+        "node": s.node,
+        "lease": s.lease,
+        "annotations": {
+            "writes": keeper.writes.load(Ordering::Relaxed),
+            "heals": keeper.heals.load(Ordering::Relaxed),
+            "conflicts": keeper.conflicts.load(Ordering::Relaxed),
+            "errors": keeper.errors.load(Ordering::Relaxed),
+            "last_heal_ms": keeper.last_heal_ms.load(Ordering::Relaxed),
+        },
+        "last_reconcile": last,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+}

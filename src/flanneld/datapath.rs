@@ -1,0 +1,424 @@
+//! The kernel side of one reconcile pass: make sure the VXLAN device is right, read what the
+//! kernel holds on it, and apply only the difference to the desired entries.
+//!
+//! Nothing outside the VXLAN device is touched, except DirectRouting routes, which carry
+//! [`DIRECT_ROUTE_PROTOCOL`] so they can be found (and removed when no longer wanted).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::netlink::{
+    self, Address, IpFamily, Link, MacAddr, Netlink, NetlinkError, Op, Route, RouteFilter,
+    RouteProtocol, VxlanOutcome, VxlanSpec,
+};
+
+use super::desired::{DeviceSpec, FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
+use super::plan::{Plan, Step};
+use super::types::{Family, VtepMac};
+
+/// Route protocol marking our DirectRouting routes (an unassigned number in
+/// /etc/iproute2/rt_protos). Tunnel routes keep `proto boot`, as upstream installs them.
+pub const DIRECT_ROUTE_PROTOCOL: u8 = 0x66;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("device {name} vanished right after it was set up")]
+    DeviceVanished { name: String },
+}
+
+/// How the device was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// Present and compatible: adopted as is (its MAC and MTU included).
+    Adopted,
+    Created,
+    /// Present with other VNI/port/local/underlay: deleted and created anew (same MAC).
+    Recreated,
+}
+
+/// Makes the VXLAN device match `spec`: create it, adopt a compatible one without a flap, or
+/// recreate an incompatible one keeping the MAC. Then ensures its address (removing other
+/// addresses of ours inside `pod_network`) and that it is up.
+pub async fn ensure_device(
+    nl: &Netlink,
+    spec: &DeviceSpec,
+    pod_network: Option<IpNetwork>,
+) -> Result<(Link, DeviceAction), DatapathError> {
+    let vx = VxlanSpec {
+        name: spec.name.clone(),
+        vni: spec.vni,
+        local: spec.local,
+        underlay_index: Some(spec.underlay_ifindex),
+        port: spec.port,
+        learning: spec.learning,
+        gbp: spec.gbp,
+        mtu: Some(spec.mtu),
+        mac: Some(MacAddr(spec.mac.0)),
+    };
+    let (link, action) = match nl.ensure_vxlan(&vx).await? {
+        VxlanOutcome::Adopted(link) => (link, DeviceAction::Adopted),
+        VxlanOutcome::Created(link) => (link, DeviceAction::Created),
+        VxlanOutcome::NeedsRecreate {
+            existing,
+            differences,
+        } => {
+            tracing::warn!(
+                device = %spec.name,
+                differences = %differences.join(", "),
+                "device exists with an incompatible configuration; recreating it with the same MAC"
+            );
+            nl.delete_link(existing.index).await?;
+            (nl.create_vxlan(&vx).await?, DeviceAction::Recreated)
+        }
+    };
+
+    // Exactly our /32 (/128) inside the pod network; addresses outside it are someone else's.
+    let addresses = nl.addresses(link.index).await?;
+    let want = Address::new(link.index, spec.address);
+    let mut ops = Vec::new();
+    for a in &addresses {
+        let ours_to_remove = a.net != spec.address
+            && IpFamily::of(&a.net.ip()) == IpFamily::of(&spec.address.ip())
+            && !is_link_local(a.net.ip())
+            && pod_network.is_none_or(|n| n.contains(a.net.ip()));
+        if ours_to_remove {
+            ops.push(Op::RemoveAddress(*a));
+        }
+    }
+    if !addresses.iter().any(|a| a.net == spec.address) {
+        ops.push(Op::EnsureAddress(want));
+    }
+    if !ops.is_empty() {
+        nl.apply_all(&ops).await?;
+    }
+    if !link.up {
+        nl.set_link_up(link.index).await?;
+    }
+    let link =
+        nl.link_by_index(link.index)
+            .await?
+            .ok_or_else(|| DatapathError::DeviceVanished {
+                name: spec.name.clone(),
+            })?;
+    Ok((link, action))
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// What the kernel holds on the device (and our DirectRouting routes), in the same shape as
+/// the desired state.
+pub async fn actual_entries(
+    nl: &Netlink,
+    device: &Link,
+    family: Family,
+) -> Result<KernelEntries, DatapathError> {
+    let fam = ip_family(family);
+    let mut entries = KernelEntries::default();
+    for n in nl.neighbours(device.index).await? {
+        if IpFamily::of(&n.ip) == fam {
+            entries.neighbours.insert(NeighbourEntry {
+                ip: n.ip,
+                mac: VtepMac(n.mac.0),
+            });
+        }
+    }
+    for f in nl.fdb_entries(device.index).await? {
+        if IpFamily::of(&f.dst) == fam {
+            entries.fdb.insert(FdbEntry {
+                mac: VtepMac(f.mac.0),
+                dst: f.dst,
+            });
+        }
+    }
+    let on_device = RouteFilter {
+        table: Some(netlink::RT_TABLE_MAIN),
+        oif: Some(device.index),
+        protocol: None,
+        family: Some(fam),
+    };
+    for r in nl.routes(&on_device).await? {
+        // Kernel-made routes (IPv6 fe80::/64 on the device, …) are not ours to manage.
+        if r.protocol == RouteProtocol::Kernel || r.kind != netlink::RouteType::Unicast {
+            continue;
+        }
+        if let Some(gateway) = r.gateway {
+            entries.routes.insert(RouteEntry {
+                dst: r.dst,
+                gateway,
+                onlink: r.onlink,
+                via_device: true,
+            });
+        }
+    }
+    let direct = RouteFilter {
+        table: Some(netlink::RT_TABLE_MAIN),
+        oif: None,
+        protocol: Some(RouteProtocol::from(DIRECT_ROUTE_PROTOCOL)),
+        family: Some(fam),
+    };
+    for r in nl.routes(&direct).await? {
+        if let Some(gateway) = r.gateway {
+            entries.routes.insert(RouteEntry {
+                dst: r.dst,
+                gateway,
+                onlink: r.onlink,
+                via_device: false,
+            });
+        }
+    }
+    Ok(entries)
+}
+
+fn ip_family(family: Family) -> IpFamily {
+    match family {
+        Family::V4 => IpFamily::V4,
+        Family::V6 => IpFamily::V6,
+    }
+}
+
+/// Translates a plan into netlink operations on the device, in the plan's order.
+pub fn plan_ops(plan: &Plan, ifindex: u32) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(plan.len() + 4);
+    for step in plan.steps() {
+        match step {
+            Step::RemoveRoute(r) => ops.push(Op::RemoveRoute(route(&r, ifindex))),
+            Step::AddNeighbour(n) => ops.push(Op::EnsureNeighbour(neighbour(&n, ifindex))),
+            Step::ReplaceNeighbour { old, new } => {
+                ops.push(Op::EnsureNeighbour(neighbour(&new, ifindex)));
+                if old.ip != new.ip {
+                    ops.push(Op::RemoveNeighbour(neighbour(&old, ifindex)));
+                }
+            }
+            Step::AddFdb(f) => ops.push(Op::EnsureFdb(fdb(&f, ifindex))),
+            Step::ReplaceFdb { old, new } => {
+                ops.push(Op::EnsureFdb(fdb(&new, ifindex)));
+                if old.mac != new.mac {
+                    ops.push(Op::RemoveFdb(fdb(&old, ifindex)));
+                }
+            }
+            Step::AddRoute(r) => ops.push(Op::EnsureRoute(route(&r, ifindex))),
+            Step::ReplaceRoute { old, new } => {
+                if old.via_device != new.via_device {
+                    // A tunnel route and a direct one are different kernel objects.
+                    ops.push(Op::RemoveRoute(route(&old, ifindex)));
+                }
+                ops.push(Op::EnsureRoute(route(&new, ifindex)));
+            }
+            Step::RemoveFdb(f) => ops.push(Op::RemoveFdb(fdb(&f, ifindex))),
+            Step::RemoveNeighbour(n) => ops.push(Op::RemoveNeighbour(neighbour(&n, ifindex))),
+        }
+    }
+    ops
+}
+
+fn neighbour(n: &NeighbourEntry, ifindex: u32) -> netlink::Neighbour {
+    netlink::Neighbour {
+        ifindex,
+        ip: n.ip,
+        mac: MacAddr(n.mac.0),
+    }
+}
+
+fn fdb(f: &FdbEntry, ifindex: u32) -> netlink::FdbEntry {
+    netlink::FdbEntry {
+        ifindex,
+        mac: MacAddr(f.mac.0),
+        dst: f.dst,
+    }
+}
+
+fn route(r: &RouteEntry, ifindex: u32) -> Route {
+    let mut route = Route::new(r.dst).via(r.gateway);
+    if r.via_device {
+        route = route.dev(ifindex);
+    } else {
+        route = route.protocol(RouteProtocol::from(DIRECT_ROUTE_PROTOCOL));
+    }
+    if r.onlink {
+        route = route.onlink();
+    }
+    route
+}
+
+/// Whether a kernel notification about the device contradicts the desired entries (someone
+/// deleted or changed one of ours, or added one nobody wants). Our own writes echo back as
+/// notifications that match the desired state and are ignored here.
+pub fn is_drift(event: &netlink::MonitorEvent, device: u32, desired: &KernelEntries) -> bool {
+    use netlink::MonitorEvent as E;
+    match event {
+        E::Overflow => true,
+        E::LinkDel(l) => l.index == device,
+        E::LinkNew(l) => l.index == device && !l.up,
+        E::AddressDel(a) => a.ifindex == device,
+        E::AddressNew(_) => false,
+        E::NeighbourDel(n) => {
+            n.ifindex == device && desired.neighbours.iter().any(|d| d.ip == n.ip)
+        }
+        E::NeighbourNew(n) => {
+            n.ifindex == device
+                && n.permanent
+                && !n.mac.is_some_and(|m| {
+                    desired.neighbours.contains(&NeighbourEntry {
+                        ip: n.ip,
+                        mac: VtepMac(m.0),
+                    })
+                })
+        }
+        E::FdbDel(f) => {
+            f.ifindex == device
+                && desired.fdb.contains(&FdbEntry {
+                    mac: VtepMac(f.mac.0),
+                    dst: f.dst,
+                })
+        }
+        E::FdbNew(f) => {
+            f.ifindex == device
+                && !desired.fdb.contains(&FdbEntry {
+                    mac: VtepMac(f.mac.0),
+                    dst: f.dst,
+                })
+        }
+        E::RouteDel(r) => {
+            (r.oif == Some(device) || is_direct(r)) && desired.routes.iter().any(|d| d.dst == r.dst)
+        }
+        E::RouteNew(r) => {
+            let ours = r.oif == Some(device) || is_direct(r);
+            ours && r.protocol != RouteProtocol::Kernel
+                && !desired_routes_contain(&desired.routes, r, device)
+        }
+    }
+}
+
+fn is_direct(r: &Route) -> bool {
+    r.protocol == RouteProtocol::from(DIRECT_ROUTE_PROTOCOL)
+}
+
+fn desired_routes_contain(routes: &BTreeSet<RouteEntry>, r: &Route, device: u32) -> bool {
+    let Some(gateway) = r.gateway else {
+        return false;
+    };
+    routes.contains(&RouteEntry {
+        dst: r.dst,
+        gateway,
+        onlink: r.onlink,
+        via_device: r.oif == Some(device) && !is_direct(r),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flanneld::plan;
+
+    fn n(ip: &str, mac: u8) -> NeighbourEntry {
+        NeighbourEntry {
+            ip: ip.parse().unwrap(),
+            mac: VtepMac([2, 0, 0, 0, 0, mac]),
+        }
+    }
+    fn f(mac: u8, dst: &str) -> FdbEntry {
+        FdbEntry {
+            mac: VtepMac([2, 0, 0, 0, 0, mac]),
+            dst: dst.parse().unwrap(),
+        }
+    }
+    fn r(dst: &str, gw: &str) -> RouteEntry {
+        RouteEntry {
+            dst: dst.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+            onlink: true,
+            via_device: true,
+        }
+    }
+
+    fn entries(ns: &[NeighbourEntry], fs: &[FdbEntry], rs: &[RouteEntry]) -> KernelEntries {
+        KernelEntries {
+            neighbours: ns.iter().copied().collect(),
+            fdb: fs.iter().copied().collect(),
+            routes: rs.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_new_peer_is_neighbour_then_fdb_then_route_on_the_device() {
+        let desired = entries(
+            &[n("10.244.2.0", 2)],
+            &[f(2, "192.0.2.2")],
+            &[r("10.244.2.0/24", "10.244.2.0")],
+        );
+        let ops = plan_ops(&plan::diff(&KernelEntries::default(), &desired), 7);
+        let names: Vec<_> = ops.iter().map(Op::name).collect();
+        assert_eq!(
+            names,
+            ["replace neighbour", "replace fdb entry", "replace route"]
+        );
+        assert!(ops.iter().all(|o| o.ifindex() == Some(7)));
+        let Op::EnsureRoute(route) = &ops[2] else {
+            panic!()
+        };
+        assert!(route.onlink);
+        assert_eq!(route.protocol, RouteProtocol::Boot);
+    }
+
+    #[test]
+    fn a_mac_change_replaces_in_place_and_drops_the_old_fdb_entry() {
+        let actual = entries(
+            &[n("10.244.2.0", 2)],
+            &[f(2, "192.0.2.2")],
+            &[r("10.244.2.0/24", "10.244.2.0")],
+        );
+        let desired = entries(
+            &[n("10.244.2.0", 9)],
+            &[f(9, "192.0.2.2")],
+            &[r("10.244.2.0/24", "10.244.2.0")],
+        );
+        let ops = plan_ops(&plan::diff(&actual, &desired), 7);
+        assert!(ops.contains(&Op::EnsureNeighbour(neighbour(&n("10.244.2.0", 9), 7))));
+        assert!(ops.contains(&Op::EnsureFdb(fdb(&f(9, "192.0.2.2"), 7))));
+        assert!(ops.contains(&Op::RemoveFdb(fdb(&f(2, "192.0.2.2"), 7))));
+        assert!(!ops.iter().any(|o| matches!(o, Op::RemoveNeighbour(_))));
+        assert!(!ops.iter().any(|o| matches!(o, Op::EnsureRoute(_))));
+    }
+
+    #[test]
+    fn direct_routes_carry_our_protocol_and_no_device() {
+        let direct = RouteEntry {
+            via_device: false,
+            onlink: false,
+            ..r("10.244.3.0/24", "192.0.2.3")
+        };
+        let rt = route(&direct, 7);
+        assert_eq!(rt.oif, None);
+        assert_eq!(rt.protocol, RouteProtocol::from(DIRECT_ROUTE_PROTOCOL));
+    }
+
+    #[test]
+    fn our_own_writes_are_not_drift_but_deletions_and_foreign_entries_are() {
+        use crate::netlink::MonitorEvent as E;
+        let desired = entries(
+            &[n("10.244.2.0", 2)],
+            &[f(2, "192.0.2.2")],
+            &[r("10.244.2.0/24", "10.244.2.0")],
+        );
+        let echo_route = route(&r("10.244.2.0/24", "10.244.2.0"), 7);
+        assert!(!is_drift(&E::RouteNew(echo_route.clone()), 7, &desired));
+        assert!(is_drift(&E::RouteDel(echo_route), 7, &desired));
+        let echo_fdb = fdb(&f(2, "192.0.2.2"), 7);
+        assert!(!is_drift(&E::FdbNew(echo_fdb), 7, &desired));
+        assert!(is_drift(&E::FdbDel(echo_fdb), 7, &desired));
+        let foreign = fdb(&f(5, "192.0.2.5"), 7);
+        assert!(is_drift(&E::FdbNew(foreign), 7, &desired));
+        let other_device = fdb(&f(5, "192.0.2.5"), 8);
+        assert!(!is_drift(&E::FdbNew(other_device), 7, &desired));
+        assert!(is_drift(&E::Overflow, 7, &desired));
+    }
+}

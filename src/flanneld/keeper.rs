@@ -1,0 +1,272 @@
+//! Keeps our Node's flannel annotations as we want them, forever.
+//!
+//! Upstream writes them once at start-up; when another controller replaced the annotation map
+//! with a stale copy, they were gone until flanneld restarted. Here every change of our own
+//! Node is compared with the desired annotations and a difference is re-asserted with a merge
+//! patch to `nodes/NAME/status` that carries the resourceVersion it was computed from (409 →
+//! re-read, recompute, retry). A writer that keeps undoing us is met with exponential backoff
+//! and loud logs, never a hot loop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::annotations::AnnotationPrefix;
+use super::backoff::{Backoff, HealGovernor};
+use super::kube::NodeStatusWriter;
+use super::node::NodeInfo;
+use super::node_cache::NodeCache;
+
+/// Computes the patch that would bring a view of our Node to the desired annotations, or
+/// `None` when it already carries them. The patch must include
+/// `metadata.resourceVersion` of the view it was computed from.
+pub type PatchFor = Arc<dyn Fn(&NodeInfo) -> Option<serde_json::Value> + Send + Sync>;
+
+/// Counters the status page and metrics expose.
+#[derive(Debug, Default)]
+pub struct KeeperStats {
+    /// Successful annotation patches (the first publish included).
+    pub writes: AtomicU64,
+    /// Patches that restored annotations someone else removed or changed.
+    pub heals: AtomicU64,
+    /// 409 answers (another write happened between our read and our patch).
+    pub conflicts: AtomicU64,
+    /// Other failed patches.
+    pub errors: AtomicU64,
+    /// Milliseconds from noticing the difference to the successful patch, last heal.
+    pub last_heal_ms: AtomicU64,
+}
+
+/// Pacing: API errors back off exponentially; heals back off while clobbers keep coming.
+#[derive(Debug, Clone)]
+pub struct KeeperTiming {
+    pub errors: Backoff,
+    pub heals: HealGovernor,
+}
+
+impl Default for KeeperTiming {
+    fn default() -> Self {
+        Self {
+            errors: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            heals: HealGovernor::standard(),
+        }
+    }
+}
+
+pub struct AnnotationKeeper {
+    pub writer: NodeStatusWriter,
+    pub cache: Arc<NodeCache>,
+    pub patch_for: PatchFor,
+    pub prefix: AnnotationPrefix,
+    pub stats: Arc<KeeperStats>,
+    pub timing: KeeperTiming,
+    /// Fires (value `true`) once our annotations are published as desired.
+    pub published: watch::Sender<bool>,
+}
+
+impl AnnotationKeeper {
+    /// Runs until `shutdown`; wakes on every change of our own Node.
+    pub async fn run(mut self, mut own_changed: watch::Receiver<u64>, shutdown: CancellationToken) {
+        let node = self.writer.node().to_string();
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        // The freshest view we know of: the cache, or the object a patch/GET returned when
+        // that is newer than what the watch has delivered so far.
+        let mut newer: Option<NodeInfo> = None;
+        // Set once we saw our annotations in place: a later difference is someone's removal.
+        let mut converged_once = false;
+        // When the current difference was first noticed (heal time is measured from here).
+        let mut noticed: Option<Instant> = None;
+        // The heal delay for the current difference was already served.
+        let mut paced = false;
+
+        loop {
+            let Some(view) = freshest(self.cache.get(&node), newer.take()) else {
+                // Our Node is not in the cache yet (initial list, or it was deleted).
+                if !wait(&mut own_changed, &shutdown, None).await {
+                    return;
+                }
+                continue;
+            };
+            let Some(patch) = (self.patch_for)(&view) else {
+                if !converged_once {
+                    tracing::info!(node = %node, "node annotations are as desired");
+                }
+                converged_once = true;
+                noticed = None;
+                paced = false;
+                self.timing.errors.reset();
+                let _ = self.published.send(true);
+                if !wait(&mut own_changed, &shutdown, None).await {
+                    return;
+                }
+                continue;
+            };
+            let noticed_at = *noticed.get_or_insert_with(Instant::now);
+
+            if converged_once && !paced {
+                // Someone removed or changed what we published. Heal at once — unless that
+                // keeps happening: then back off so two controllers never fight in a hot loop.
+                paced = true;
+                let delay = self.timing.heals.delay_for_heal(Instant::now(), &mut rng);
+                if !delay.is_zero() {
+                    let level_loud = self.timing.heals.is_fighting();
+                    if level_loud {
+                        tracing::error!(
+                            node = %node,
+                            heals_in_a_row = self.timing.heals.streak(),
+                            backoff_ms = delay.as_millis() as u64,
+                            "another writer keeps removing or changing flannel's node annotations; \
+                             backing off before re-asserting them (look for a controller that \
+                             replaces the Node's annotations without a resourceVersion)"
+                        );
+                    } else {
+                        tracing::warn!(node = %node, backoff_ms = delay.as_millis() as u64,
+                            "node annotations changed again soon after a heal; pacing the re-assertion");
+                    }
+                    if !sleep_or_shutdown(delay, &shutdown).await {
+                        return;
+                    }
+                    // Re-evaluate against whatever is current after the pause.
+                    continue;
+                }
+            }
+
+            let rv = view.resource_version.clone();
+            match self.writer.merge_patch_status(&patch).await {
+                Ok(updated) => {
+                    self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    self.timing.errors.reset();
+                    if converged_once {
+                        let took = noticed_at.elapsed();
+                        self.stats.heals.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .last_heal_ms
+                            .store(took.as_millis() as u64, Ordering::Relaxed);
+                        tracing::warn!(
+                            node = %node,
+                            resource_version = %rv,
+                            heal_ms = took.as_millis() as u64,
+                            "flannel annotations were missing or changed on our Node; re-asserted them"
+                        );
+                    } else {
+                        tracing::info!(node = %node, resource_version = %rv, "published node annotations");
+                    }
+                    newer = Some(NodeInfo::from_slim(updated, &self.prefix));
+                }
+                Err(err) if err.is_conflict() => {
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(node = %node, resource_version = %rv,
+                        "annotation patch conflicted (409); re-reading the node");
+                    match self.writer.get().await {
+                        Ok(fresh) => newer = Some(NodeInfo::from_slim(fresh, &self.prefix)),
+                        Err(err) => {
+                            let delay = self.timing.errors.next_delay(&mut rng);
+                            tracing::warn!(node = %node, error = %err, retry_in_ms = delay.as_millis() as u64,
+                                "re-reading our node failed");
+                            if !sleep_or_shutdown(delay, &shutdown).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let delay = self.timing.errors.next_delay(&mut rng);
+                    tracing::warn!(node = %node, error = %err, retry_in_ms = delay.as_millis() as u64,
+                        "annotation patch failed");
+                    if !sleep_or_shutdown(delay, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The newer of two views of the same Node by resourceVersion (numeric when both parse, as
+/// with etcd-backed servers; otherwise the cache wins, since it follows the watch).
+fn freshest(cached: Option<NodeInfo>, other: Option<NodeInfo>) -> Option<NodeInfo> {
+    match (cached, other) {
+        (Some(c), Some(o)) => {
+            let rv = |n: &NodeInfo| n.resource_version.parse::<u64>().ok();
+            match (rv(&c), rv(&o)) {
+                (Some(a), Some(b)) if b > a => Some(o),
+                _ => Some(c),
+            }
+        }
+        (c, o) => c.or(o),
+    }
+}
+
+/// Waits for a change of our Node, an optional timeout, or shutdown (→ false).
+async fn wait(
+    changed: &mut watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+    timeout: Option<Duration>,
+) -> bool {
+    let sleep = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        res = changed.changed() => {
+            if res.is_err() {
+                // The watcher is gone (shutting down): nothing more will ever change.
+                shutdown.cancelled().await;
+                return false;
+            }
+            true
+        }
+        _ = sleep => true,
+    }
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_rv(rv: &str) -> NodeInfo {
+        NodeInfo {
+            name: "n".into(),
+            resource_version: rv.into(),
+            ..NodeInfo::default()
+        }
+    }
+
+    fn rv(n: &Option<NodeInfo>) -> Option<&str> {
+        n.as_ref().map(|n| n.resource_version.as_str())
+    }
+
+    #[test]
+    fn the_newer_resource_version_wins() {
+        assert_eq!(
+            rv(&freshest(Some(with_rv("5")), Some(with_rv("7")))),
+            Some("7")
+        );
+        assert_eq!(
+            rv(&freshest(Some(with_rv("9")), Some(with_rv("7")))),
+            Some("9")
+        );
+        assert_eq!(rv(&freshest(None, Some(with_rv("7")))), Some("7"));
+        assert_eq!(
+            rv(&freshest(Some(with_rv("x")), Some(with_rv("7")))),
+            Some("x")
+        );
+        assert!(freshest(None, None).is_none());
+    }
+}

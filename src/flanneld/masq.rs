@@ -1,0 +1,407 @@
+//! ip-masq and forward rules (spec §7) as pure text: the upstream rule set in `iptables -S`
+//! form, `iptables-restore --noflush` payloads that rewrite our chains atomically, checks of
+//! `iptables -S` output, and the nftables ruleset for `EnableNFTables`.
+//!
+//! Mechanism note: one `iptables-restore --noflush` transaction per table replaces our chain as a
+//! whole (the `:CHAIN - [0:0]` line flushes it), so stale rules from an old subnet vanish in the
+//! same atomic step and nobody else's rules are touched; the jump rule is appended only when the
+//! caller found it missing, so resyncs never reorder the hook chain.
+
+use ipnetwork::IpNetwork;
+
+use super::types::{Family, go_net_string};
+
+pub const POSTRTG_CHAIN: &str = "FLANNEL-POSTRTG";
+pub const FWD_CHAIN: &str = "FLANNEL-FWD";
+pub const MASQ_COMMENT: &str = "flanneld masq";
+pub const FWD_COMMENT: &str = "flanneld forward";
+
+/// The multicast range excluded from masquerading.
+pub fn multicast_range(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "224.0.0.0/4",
+        Family::V6 => "ff00::/8",
+    }
+}
+
+/// `iptables` or `ip6tables`.
+pub fn iptables_binary(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    }
+}
+
+/// Masquerade inputs for one family: `N` = cluster network, `S` = our pod subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MasqSpec {
+    pub network: IpNetwork,
+    pub subnet: IpNetwork,
+    /// Use `--random-fully` (flag not disabled and supported by iptables).
+    pub fully_random: bool,
+}
+
+impl MasqSpec {
+    pub fn family(&self) -> Family {
+        Family::of_net(self.network)
+    }
+}
+
+/// `-A POSTROUTING … -j FLANNEL-POSTRTG`.
+pub fn masq_jump_rule() -> String {
+    format!("-A POSTROUTING -m comment --comment \"{MASQ_COMMENT}\" -j {POSTRTG_CHAIN}")
+}
+
+/// `-A FORWARD … -j FLANNEL-FWD`.
+pub fn forward_jump_rule() -> String {
+    format!("-A FORWARD -m comment --comment \"{FWD_COMMENT}\" -j {FWD_CHAIN}")
+}
+
+/// The rules of `FLANNEL-POSTRTG` exactly as `iptables -t nat -S FLANNEL-POSTRTG` prints them.
+pub fn masq_rules(spec: &MasqSpec) -> Vec<String> {
+    let n = go_net_string(spec.network);
+    let s = go_net_string(spec.subnet);
+    let mc = multicast_range(spec.family());
+    let c = format!("-m comment --comment \"{MASQ_COMMENT}\"");
+    let masq = if spec.fully_random {
+        "-j MASQUERADE --random-fully"
+    } else {
+        "-j MASQUERADE"
+    };
+    let ch = POSTRTG_CHAIN;
+    vec![
+        format!("-A {ch} -m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+        format!("-A {ch} -s {s} -d {n} {c} -j RETURN"),
+        format!("-A {ch} -s {n} -d {s} {c} -j RETURN"),
+        format!("-A {ch} ! -s {n} -d {s} {c} -j RETURN"),
+        format!("-A {ch} -s {n} ! -d {mc} {c} {masq}"),
+        format!("-A {ch} ! -s {n} -d {n} {c} {masq}"),
+    ]
+}
+
+/// The rules of `FLANNEL-FWD` as `iptables -t filter -S FLANNEL-FWD` prints them.
+pub fn forward_rules(network: IpNetwork) -> Vec<String> {
+    let n = go_net_string(network);
+    let c = format!("-m comment --comment \"{FWD_COMMENT}\"");
+    vec![
+        format!("-A {FWD_CHAIN} -s {n} {c} -j ACCEPT"),
+        format!("-A {FWD_CHAIN} -d {n} {c} -j ACCEPT"),
+    ]
+}
+
+fn restore_payload(table: &str, chain: &str, rules: &[String], jump: Option<String>) -> String {
+    let mut out = format!("*{table}\n:{chain} - [0:0]\n");
+    for r in rules {
+        out.push_str(r);
+        out.push('\n');
+    }
+    if let Some(j) = jump {
+        out.push_str(&j);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// `iptables-restore --noflush` input (table `nat`) that rewrites `FLANNEL-POSTRTG` and appends
+/// the POSTROUTING jump only when `jump_present` is false.
+pub fn masq_restore_payload(spec: &MasqSpec, jump_present: bool) -> String {
+    restore_payload(
+        "nat",
+        POSTRTG_CHAIN,
+        &masq_rules(spec),
+        (!jump_present).then(masq_jump_rule),
+    )
+}
+
+/// `iptables-restore --noflush` input (table `filter`) for `FLANNEL-FWD` and its FORWARD jump.
+pub fn forward_restore_payload(network: IpNetwork, jump_present: bool) -> String {
+    restore_payload(
+        "filter",
+        FWD_CHAIN,
+        &forward_rules(network),
+        (!jump_present).then(forward_jump_rule),
+    )
+}
+
+/// True when `iptables -S <CHAIN>` output holds exactly `expected` as the chain's rules, in
+/// order (the `-N` line is ignored).
+pub fn chain_matches(iptables_s_output: &str, chain: &str, expected: &[String]) -> bool {
+    let prefix = format!("-A {chain} ");
+    let actual: Vec<&str> = iptables_s_output
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.starts_with(&prefix))
+        .collect();
+    actual.len() == expected.len() && actual.iter().zip(expected).all(|(a, e)| a == e)
+}
+
+/// True when `iptables -S <HOOK CHAIN>` output contains `rule` (e.g. [`masq_jump_rule`]).
+pub fn rule_present(iptables_s_output: &str, rule: &str) -> bool {
+    iptables_s_output.lines().any(|l| l.trim_end() == rule)
+}
+
+/// What the nftables table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NftSpec {
+    pub network: IpNetwork,
+    pub subnet: IpNetwork,
+    /// `--ip-masq`: the `postrtg` chain.
+    pub masquerade: bool,
+    /// `--iptables-forward-rules`: the `forward` chain.
+    pub forward: bool,
+    pub fully_random: bool,
+}
+
+/// `flannel-ipv4` / `flannel-ipv6`.
+pub fn nft_table_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "flannel-ipv4",
+        Family::V6 => "flannel-ipv6",
+    }
+}
+
+/// nftables family keyword, which is also the address-match keyword (`ip saddr`, `ip6 saddr`).
+fn nft_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// The table definition as upstream builds it (§7.4). Rule 4 reproduces upstream's nftables rule
+/// (`saddr != S daddr N`), which differs from its iptables rule 4 (`! -s N -d S`); kept identical
+/// so that rule listings match upstream's golden output on mixed clusters.
+pub fn nft_table(spec: &NftSpec) -> String {
+    let family = Family::of_net(spec.network);
+    let table_family = nft_family(family);
+    let m = table_family;
+    let name = nft_table_name(family);
+    let n = go_net_string(spec.network);
+    let s = go_net_string(spec.subnet);
+    let mc = multicast_range(family);
+    let fr = if spec.fully_random {
+        " fully-random"
+    } else {
+        ""
+    };
+    let mut out = format!("table {table_family} {name} {{\n\tcomment \"rules for {name}\"\n");
+    if spec.forward {
+        out.push_str(&format!(
+            "\tchain forward {{\n\
+             \t\tcomment \"chain to accept flannel traffic\"\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\t{m} saddr {n} accept\n\
+             \t\t{m} daddr {n} accept\n\
+             \t}}\n"
+        ));
+    }
+    if spec.masquerade {
+        out.push_str(&format!(
+            "\tchain postrtg {{\n\
+             \t\tcomment \"chain to manage traffic masquerading by flannel\"\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark 0x00004000 return\n\
+             \t\t{m} saddr {s} {m} daddr {n} return\n\
+             \t\t{m} saddr {n} {m} daddr {s} return\n\
+             \t\t{m} saddr != {s} {m} daddr {n} return\n\
+             \t\t{m} saddr {n} {m} daddr != {mc} masquerade{fr}\n\
+             \t\t{m} saddr != {n} {m} daddr {n} masquerade{fr}\n\
+             \t}}\n"
+        ));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// An `nft -f` script that atomically replaces our table (create-if-missing, delete, define —
+/// one transaction), leaving every other table alone.
+pub fn nft_replace_script(spec: &NftSpec) -> String {
+    let family = Family::of_net(spec.network);
+    let table_family = nft_family(family);
+    let name = nft_table_name(family);
+    format!(
+        "table {table_family} {name}\ndelete table {table_family} {name}\n{}",
+        nft_table(spec)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(fully_random: bool) -> MasqSpec {
+        MasqSpec {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            fully_random,
+        }
+    }
+
+    #[test]
+    fn golden_postrtg_rules_v4() {
+        let want = [
+            r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#,
+            r#"-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN"#,
+            r#"-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN"#,
+            r#"-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN"#,
+            r#"-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+            r#"-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+        ];
+        assert_eq!(masq_rules(&v4(true)), want);
+        assert_eq!(
+            masq_jump_rule(),
+            r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#
+        );
+        let plain = masq_rules(&v4(false));
+        assert!(plain[4].ends_with("-j MASQUERADE"));
+        assert!(plain.iter().all(|r| !r.contains("random-fully")));
+    }
+
+    #[test]
+    fn golden_postrtg_rules_v6() {
+        let spec = MasqSpec {
+            network: "fd00:10:0:0::/56".parse().unwrap(),
+            subnet: "fd00:10:0:3::/64".parse().unwrap(),
+            fully_random: true,
+        };
+        let r = masq_rules(&spec);
+        assert_eq!(
+            r[4],
+            r#"-A FLANNEL-POSTRTG -s fd00:10::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#
+        );
+        assert_eq!(
+            r[1],
+            r#"-A FLANNEL-POSTRTG -s fd00:10:0:3::/64 -d fd00:10::/56 -m comment --comment "flanneld masq" -j RETURN"#
+        );
+        assert_eq!(iptables_binary(spec.family()), "ip6tables");
+    }
+
+    #[test]
+    fn golden_forward_rules() {
+        assert_eq!(
+            forward_rules("10.244.0.0/16".parse().unwrap()),
+            [
+                r#"-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+                r#"-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+            ]
+        );
+        assert_eq!(
+            forward_jump_rule(),
+            r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#
+        );
+    }
+
+    #[test]
+    fn restore_payloads() {
+        let p = masq_restore_payload(&v4(true), false);
+        let lines: Vec<&str> = p.lines().collect();
+        assert_eq!(lines[0], "*nat");
+        assert_eq!(lines[1], ":FLANNEL-POSTRTG - [0:0]");
+        assert_eq!(&lines[2..8], masq_rules(&v4(true)).as_slice());
+        assert_eq!(lines[8], masq_jump_rule());
+        assert_eq!(lines[9], "COMMIT");
+        assert!(p.ends_with("COMMIT\n"));
+        let p = masq_restore_payload(&v4(true), true);
+        assert!(!p.contains("POSTROUTING"), "existing jump left in place");
+        assert_eq!(p.lines().count(), 9);
+
+        let f = forward_restore_payload("10.244.0.0/16".parse().unwrap(), false);
+        assert_eq!(
+            f,
+            "*filter\n:FLANNEL-FWD - [0:0]\n\
+             -A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             -A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             -A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn checking_iptables_s_output() {
+        let rules = masq_rules(&v4(true));
+        let mut out = String::from("-N FLANNEL-POSTRTG\n");
+        for r in &rules {
+            out.push_str(r);
+            out.push('\n');
+        }
+        assert!(chain_matches(&out, POSTRTG_CHAIN, &rules));
+        // missing rule, reordered, or extra rule ⇒ not current
+        let missing: String = out
+            .lines()
+            .filter(|l| !l.contains("0x4000"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!chain_matches(&missing, POSTRTG_CHAIN, &rules));
+        let mut reordered = rules.clone();
+        reordered.swap(1, 2);
+        assert!(!chain_matches(&out, POSTRTG_CHAIN, &reordered));
+        let extra = format!("{out}-A FLANNEL-POSTRTG -j ACCEPT\n");
+        assert!(!chain_matches(&extra, POSTRTG_CHAIN, &rules));
+        assert!(!chain_matches("", POSTRTG_CHAIN, &rules));
+
+        let hook = "-P POSTROUTING ACCEPT\n-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n";
+        assert!(rule_present(hook, &masq_jump_rule()));
+        assert!(!rule_present(hook, &forward_jump_rule()));
+    }
+
+    #[test]
+    fn golden_nftables_v4() {
+        let spec = NftSpec {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+            fully_random: true,
+        };
+        assert_eq!(
+            nft_table(&spec),
+            "table ip flannel-ipv4 {\n\
+             \tcomment \"rules for flannel-ipv4\"\n\
+             \tchain forward {\n\
+             \t\tcomment \"chain to accept flannel traffic\"\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip saddr 10.244.0.0/16 accept\n\
+             \t\tip daddr 10.244.0.0/16 accept\n\
+             \t}\n\
+             \tchain postrtg {\n\
+             \t\tcomment \"chain to manage traffic masquerading by flannel\"\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark 0x00004000 return\n\
+             \t\tip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return\n\
+             \t\tip saddr 10.244.0.0/16 ip daddr 10.244.1.0/24 return\n\
+             \t\tip saddr != 10.244.1.0/24 ip daddr 10.244.0.0/16 return\n\
+             \t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\
+             \t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random\n\
+             \t}\n\
+             }\n"
+        );
+        let script = nft_replace_script(&spec);
+        assert!(script.starts_with(
+            "table ip flannel-ipv4\ndelete table ip flannel-ipv4\ntable ip flannel-ipv4 {\n"
+        ));
+    }
+
+    #[test]
+    fn nftables_v6_and_optional_chains() {
+        let spec = NftSpec {
+            network: "fd00:10::/56".parse().unwrap(),
+            subnet: "fd00:10:0:3::/64".parse().unwrap(),
+            masquerade: true,
+            forward: false,
+            fully_random: false,
+        };
+        let t = nft_table(&spec);
+        assert!(t.starts_with("table ip6 flannel-ipv6 {\n\tcomment \"rules for flannel-ipv6\"\n"));
+        assert!(!t.contains("chain forward"));
+        assert!(t.contains("\t\tip6 saddr fd00:10::/56 ip6 daddr != ff00::/8 masquerade\n"));
+        assert!(!t.contains("fully-random"));
+        let only_fwd = NftSpec {
+            masquerade: false,
+            forward: true,
+            ..spec
+        };
+        let t = nft_table(&only_fwd);
+        assert!(t.contains("chain forward") && !t.contains("chain postrtg"));
+    }
+}

@@ -1,0 +1,340 @@
+//! A slim view of a Kubernetes Node: only what flanneld needs (name, identity, age, podCIDRs,
+//! flannel annotations, addresses). Two ways in: [`SlimNode`], a serde type that skips
+//! everything else while decoding list/watch responses (a kube-rs `Api<SlimNode>` works since
+//! it implements the k8s-openapi resource traits), and a conversion from a full
+//! `k8s_openapi::api::core::v1::Node`.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use k8s_openapi::api::core::v1::{Node, NodeAddress};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::annotations::AnnotationPrefix;
+
+/// A Node as decoded from the API with everything flanneld does not need skipped by serde
+/// (images, conditions, capacity, … are never allocated).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct SlimNode {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: SlimNodeSpec,
+    #[serde(default)]
+    pub status: SlimNodeStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct SlimNodeSpec {
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidrs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct SlimNodeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<NodeAddress>>,
+}
+
+impl k8s_openapi::Resource for SlimNode {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Node";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "nodes";
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::Metadata for SlimNode {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl SlimNode {
+    /// Drops what is still large after decoding (managedFields, labels, foreign annotations, …),
+    /// for use in a watcher's `.modify()` before objects are cached.
+    pub fn strip(&mut self, prefix: &AnnotationPrefix) {
+        let m = &mut self.metadata;
+        m.managed_fields = None;
+        m.labels = None;
+        m.owner_references = None;
+        m.finalizers = None;
+        m.generate_name = None;
+        if let Some(a) = m.annotations.as_mut() {
+            a.retain(|k, _| prefix.owns(k));
+        }
+    }
+}
+
+/// The cached form of a Node: everything flanneld decides on, nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub uid: String,
+    pub created: Option<Timestamp>,
+    /// Used only as the optimistic-lock precondition of our own annotation patch.
+    pub resource_version: String,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// Raw `spec.podCIDRs`, or `[spec.podCIDR]` when the list is empty; parsed by the consumer.
+    pub pod_cidrs: Vec<String>,
+    /// Only the annotations under flannel's prefix.
+    pub annotations: BTreeMap<String, String>,
+    pub internal_ips: Vec<String>,
+    pub external_ips: Vec<String>,
+}
+
+impl NodeInfo {
+    /// From a [`SlimNode`] (consumed: no string is copied twice).
+    pub fn from_slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
+        let SlimNode {
+            metadata,
+            spec,
+            status,
+        } = node;
+        NodeInfo::build(
+            metadata,
+            spec.pod_cidr,
+            spec.pod_cidrs,
+            status.addresses,
+            prefix,
+        )
+    }
+
+    /// From a full k8s-openapi Node.
+    pub fn from_node(node: &Node, prefix: &AnnotationPrefix) -> NodeInfo {
+        let spec = node.spec.as_ref();
+        NodeInfo::build(
+            node.metadata.clone(),
+            spec.and_then(|s| s.pod_cidr.clone()),
+            spec.and_then(|s| s.pod_cidrs.clone()),
+            node.status.as_ref().and_then(|s| s.addresses.clone()),
+            prefix,
+        )
+    }
+
+    fn build(
+        metadata: ObjectMeta,
+        pod_cidr: Option<String>,
+        pod_cidrs: Option<Vec<String>>,
+        addresses: Option<Vec<NodeAddress>>,
+        prefix: &AnnotationPrefix,
+    ) -> NodeInfo {
+        let mut cidrs: Vec<String> = pod_cidrs
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect();
+        if cidrs.is_empty()
+            && let Some(c) = pod_cidr.filter(|c| !c.is_empty())
+        {
+            cidrs.push(c);
+        }
+        let mut internal_ips = Vec::new();
+        let mut external_ips = Vec::new();
+        for a in addresses.unwrap_or_default() {
+            match a.type_.as_str() {
+                "InternalIP" => internal_ips.push(a.address),
+                "ExternalIP" => external_ips.push(a.address),
+                _ => {}
+            }
+        }
+        let mut annotations = metadata.annotations.unwrap_or_default();
+        annotations.retain(|k, _| prefix.owns(k));
+        NodeInfo {
+            name: metadata.name.unwrap_or_default(),
+            uid: metadata.uid.unwrap_or_default(),
+            created: metadata.creation_timestamp.map(|t| t.0),
+            resource_version: metadata.resource_version.unwrap_or_default(),
+            deleting: metadata.deletion_timestamp.is_some(),
+            pod_cidrs: cidrs,
+            annotations,
+            internal_ips,
+            external_ips,
+        }
+    }
+
+    /// A hash of everything peer programming and our own annotation handling depend on —
+    /// not the resourceVersion — so a kubelet heartbeat (new resourceVersion, same content)
+    /// yields the same fingerprint and can be dropped before any work.
+    pub fn relevant_fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.name.hash(&mut h);
+        self.uid.hash(&mut h);
+        self.created
+            .map(|t| (t.as_second(), t.subsec_nanosecond()))
+            .hash(&mut h);
+        self.deleting.hash(&mut h);
+        self.pod_cidrs.hash(&mut h);
+        self.annotations.hash(&mut h);
+        self.internal_ips.hash(&mut h);
+        self.external_ips.hash(&mut h);
+        h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn full_node_json() -> serde_json::Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": "node-a",
+                "uid": "1234-5678",
+                "resourceVersion": "1001",
+                "creationTimestamp": "2024-05-01T10:00:00Z",
+                "labels": {"kubernetes.io/hostname": "node-a"},
+                "annotations": {
+                    "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"12:c6:65:89:b4:e3\"}",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                    "flannel.alpha.coreos.com/public-ip": "192.168.1.10",
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "volumes.kubernetes.io/controller-managed-attach-detach": "true"
+                },
+                "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}]
+            },
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:1::/64"], "providerID": "x://y"},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "192.168.1.10"},
+                    {"type": "Hostname", "address": "node-a"},
+                    {"type": "ExternalIP", "address": "203.0.113.10"}
+                ],
+                "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2024-05-01T10:00:00Z"}],
+                "images": [{"names": ["registry/x:1"], "sizeBytes": 123}],
+                "capacity": {"cpu": "2"},
+                "nodeInfo": {"kubeletVersion": "v1.33.0", "machineID": "m", "systemUUID": "s", "bootID": "b",
+                    "kernelVersion": "k", "osImage": "o", "containerRuntimeVersion": "c", "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"}
+            }
+        })
+    }
+
+    #[test]
+    fn slim_and_full_conversions_agree() {
+        let prefix = AnnotationPrefix::default();
+        let slim: SlimNode = serde_json::from_value(full_node_json()).unwrap();
+        assert!(
+            slim.metadata.managed_fields.is_some(),
+            "stripping is explicit"
+        );
+        let full: Node = serde_json::from_value(full_node_json()).unwrap();
+        let a = NodeInfo::from_slim(slim.clone(), &prefix);
+        let b = NodeInfo::from_node(&full, &prefix);
+        assert_eq!(a, b);
+        assert_eq!(a.name, "node-a");
+        assert_eq!(a.uid, "1234-5678");
+        assert_eq!(a.resource_version, "1001");
+        assert_eq!(a.created.unwrap().to_string(), "2024-05-01T10:00:00Z");
+        assert_eq!(a.pod_cidrs, vec!["10.244.1.0/24", "fd00:1::/64"]);
+        assert_eq!(a.annotations.len(), 4, "only flannel annotations kept");
+        assert_eq!(a.internal_ips, vec!["192.168.1.10"]);
+        assert_eq!(a.external_ips, vec!["203.0.113.10"]);
+        assert!(!a.deleting);
+
+        let mut s = slim;
+        s.strip(&prefix);
+        assert!(s.metadata.managed_fields.is_none() && s.metadata.labels.is_none());
+        assert_eq!(s.metadata.annotations.as_ref().unwrap().len(), 4);
+        assert_eq!(s.spec.pod_cidrs.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn pod_cidr_fallback_and_missing_parts() {
+        let prefix = AnnotationPrefix::default();
+        let slim: SlimNode = serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "spec": {"podCIDR": "10.244.9.0/24", "podCIDRs": []}
+        }))
+        .unwrap();
+        let n = NodeInfo::from_slim(slim, &prefix);
+        assert_eq!(n.pod_cidrs, vec!["10.244.9.0/24"]);
+        assert!(n.annotations.is_empty() && n.internal_ips.is_empty() && n.created.is_none());
+
+        // a node with nothing but a name still converts
+        let slim: SlimNode = serde_json::from_value(json!({"metadata": {"name": "bare"}})).unwrap();
+        let n = NodeInfo::from_slim(slim, &prefix);
+        assert_eq!(n.name, "bare");
+        assert!(n.pod_cidrs.is_empty());
+        let n = NodeInfo::from_node(&Node::default(), &prefix);
+        assert_eq!(n, NodeInfo::default());
+    }
+
+    /// Compile-time check: kube-rs accepts SlimNode for list/watch/patch (never called).
+    #[allow(dead_code)]
+    fn kube_accepts_slim_node(client: kube::Client) {
+        let api: kube::Api<SlimNode> = kube::Api::all(client);
+        let _stream = kube::runtime::watcher(api, kube::runtime::watcher::Config::default());
+    }
+
+    #[test]
+    fn resource_identity() {
+        use kube::Resource;
+        assert_eq!(SlimNode::kind(&()), "Node");
+        assert_eq!(SlimNode::plural(&()), "nodes");
+        assert_eq!(SlimNode::api_version(&()), "v1");
+        assert_eq!(SlimNode::url_path(&(), None), "/api/v1/nodes");
+    }
+
+    #[test]
+    fn deletion_timestamp_is_tracked() {
+        let slim: SlimNode = serde_json::from_value(json!({
+            "metadata": {"name": "n", "deletionTimestamp": "2024-05-01T10:00:00Z"}
+        }))
+        .unwrap();
+        assert!(NodeInfo::from_slim(slim, &AnnotationPrefix::default()).deleting);
+    }
+
+    #[test]
+    fn fingerprint_ignores_heartbeats_but_sees_relevant_changes() {
+        let prefix = AnnotationPrefix::default();
+        let base = NodeInfo::from_slim(serde_json::from_value(full_node_json()).unwrap(), &prefix);
+        let fp = base.relevant_fingerprint();
+
+        // heartbeat: new resourceVersion, new conditions, new foreign annotation
+        let mut j = full_node_json();
+        j["metadata"]["resourceVersion"] = json!("2002");
+        j["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"] = json!("30");
+        j["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2024-05-01T10:05:00Z");
+        let hb = NodeInfo::from_slim(serde_json::from_value(j).unwrap(), &prefix);
+        assert_eq!(hb.relevant_fingerprint(), fp);
+
+        type Change = Box<dyn Fn(&mut NodeInfo)>;
+        let changes: Vec<Change> = vec![
+            Box::new(|n| n.pod_cidrs = vec!["10.244.2.0/24".into()]),
+            Box::new(|n| {
+                n.annotations.insert(
+                    "flannel.alpha.coreos.com/public-ip".into(),
+                    "1.1.1.1".into(),
+                );
+            }),
+            Box::new(|n| {
+                n.annotations
+                    .remove("flannel.alpha.coreos.com/backend-data");
+            }),
+            Box::new(|n| n.internal_ips.push("10.0.0.1".into())),
+            Box::new(|n| n.external_ips.clear()),
+            Box::new(|n| n.uid = "other".into()),
+            Box::new(|n| n.created = None),
+            Box::new(|n| n.deleting = true),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut n = base.clone();
+            change(&mut n);
+            assert_ne!(n.relevant_fingerprint(), fp, "change #{i}");
+        }
+    }
+}

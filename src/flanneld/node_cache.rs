@@ -1,0 +1,265 @@
+//! The node watcher: a paginated list + watch of all Nodes (resumed from the last
+//! resourceVersion, re-listed on 410, retried with jittered backoff — never exiting because
+//! the API server is away) feeding a slim cache of only what flannel needs per node.
+//!
+//! Changes that do not touch podCIDRs, flannel annotations or addresses (kubelet heartbeats)
+//! only refresh the stored resourceVersion: they wake nobody and cost no netlink write.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::annotations::AnnotationPrefix;
+use super::node::{NodeInfo, SlimNode};
+
+/// Snapshot of the cluster's nodes as the daemon needs them.
+#[derive(Debug, Default)]
+pub struct NodeCache {
+    state: RwLock<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    nodes: BTreeMap<String, NodeInfo>,
+    /// The initial list completed at least once.
+    synced: bool,
+}
+
+/// Wake-ups sent by the watcher. Each is a counter on a `watch` channel, so a burst of
+/// changes collapses into one wake-up for a receiver that was busy.
+#[derive(Debug, Clone)]
+pub struct NodeSignals {
+    /// Some node's relevant fields changed (or the cache was re-listed).
+    pub peers_changed: watch::Receiver<u64>,
+    /// Our own node changed in any way (also its resourceVersion).
+    pub own_node_changed: watch::Receiver<u64>,
+}
+
+impl NodeCache {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.read().synced
+    }
+
+    pub fn get(&self, name: &str) -> Option<NodeInfo> {
+        self.read().nodes.get(name).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with every cached node, in name order, under one read lock.
+    pub fn with_nodes<T>(&self, f: impl FnOnce(&BTreeMap<String, NodeInfo>) -> T) -> T {
+        f(&self.read().nodes)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CacheState> {
+        // A poisoned lock only means a panic elsewhere mid-update of plain data; keep going.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CacheState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts or replaces a node; returns whether anything flannel cares about changed.
+    fn upsert(&self, node: NodeInfo) -> bool {
+        let mut state = self.write();
+        let relevant = match state.nodes.get(&node.name) {
+            Some(old) => old.relevant_fingerprint() != node.relevant_fingerprint(),
+            None => true,
+        };
+        state.nodes.insert(node.name.clone(), node);
+        relevant
+    }
+
+    fn remove(&self, name: &str) -> bool {
+        self.write().nodes.remove(name).is_some()
+    }
+
+    fn replace_all(&self, nodes: BTreeMap<String, NodeInfo>) {
+        let mut state = self.write();
+        state.nodes = nodes;
+        state.synced = true;
+    }
+}
+
+/// Converts a watched Node into the cached form (foreign annotations, labels, managedFields
+/// and status beyond addresses are dropped here).
+fn slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
+    NodeInfo::from_slim(node, prefix)
+}
+
+/// The sending half of [`NodeSignals`].
+struct Signaller {
+    peers: watch::Sender<u64>,
+    own: watch::Sender<u64>,
+}
+
+impl Signaller {
+    fn peers(&self) {
+        self.peers.send_modify(|n| *n += 1);
+    }
+    fn own(&self) {
+        self.own.send_modify(|n| *n += 1);
+    }
+}
+
+/// Starts the watcher task. It runs until `shutdown` is cancelled.
+pub fn spawn_node_watcher(
+    client: Client,
+    own_node: String,
+    annotation_prefix: AnnotationPrefix,
+    page_size: u32,
+    cache: Arc<NodeCache>,
+    shutdown: CancellationToken,
+) -> (NodeSignals, tokio::task::JoinHandle<()>) {
+    let (peers_tx, peers_rx) = watch::channel(0);
+    let (own_tx, own_rx) = watch::channel(0);
+    let signals = NodeSignals {
+        peers_changed: peers_rx,
+        own_node_changed: own_rx,
+    };
+    let signaller = Signaller {
+        peers: peers_tx,
+        own: own_tx,
+    };
+    let task = tokio::spawn(async move {
+        let api: Api<SlimNode> = Api::all(client);
+        let config = watcher::Config::default().page_size(page_size);
+        let stream = watcher::watcher(api, config).default_backoff();
+        futures::pin_mut!(stream);
+        let mut relist: Option<BTreeMap<String, NodeInfo>> = None;
+        let mut failing = false;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = stream.next() => next,
+            };
+            let Some(item) = next else { break };
+            let event = match item {
+                Ok(event) => {
+                    if failing {
+                        tracing::info!("node watch recovered");
+                        failing = false;
+                    }
+                    event
+                }
+                Err(err) => {
+                    // One line per outage, not per retry; the datapath keeps working.
+                    if !failing {
+                        tracing::warn!(error = %err, "node watch failing; retrying with backoff");
+                        failing = true;
+                    }
+                    continue;
+                }
+            };
+            match event {
+                Event::Init => relist = Some(BTreeMap::new()),
+                Event::InitApply(node) => {
+                    let node = slim(node, &annotation_prefix);
+                    if let Some(buf) = relist.as_mut() {
+                        buf.insert(node.name.clone(), node);
+                    }
+                }
+                Event::InitDone => {
+                    let nodes = relist.take().unwrap_or_default();
+                    tracing::info!(nodes = nodes.len(), "node list synced");
+                    cache.replace_all(nodes);
+                    signaller.peers();
+                    signaller.own();
+                }
+                Event::Apply(node) => {
+                    let node = slim(node, &annotation_prefix);
+                    let is_own = node.name == own_node;
+                    if cache.upsert(node) {
+                        signaller.peers();
+                    }
+                    if is_own {
+                        signaller.own();
+                    }
+                }
+                Event::Delete(node) => {
+                    let name = node.metadata.name.unwrap_or_default();
+                    if cache.remove(&name) {
+                        tracing::info!(node = %name, "node deleted");
+                        signaller.peers();
+                    }
+                    if name == own_node {
+                        signaller.own();
+                    }
+                }
+            }
+        }
+    });
+    (signals, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, annotations: &[(&str, &str)], rv: &str) -> NodeInfo {
+        let slim: SlimNode = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "resourceVersion": rv,
+                "labels": {"kubernetes.io/hostname": name},
+                "managedFields": [{"manager": "kubelet"}],
+                "annotations": annotations.iter().cloned().collect::<BTreeMap<_, _>>(),
+            },
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}
+        }))
+        .unwrap();
+        slim_default(slim)
+    }
+
+    fn slim_default(n: SlimNode) -> NodeInfo {
+        slim(
+            n,
+            &AnnotationPrefix::new("flannel.alpha.coreos.com").unwrap(),
+        )
+    }
+
+    #[test]
+    fn heartbeat_only_changes_are_not_relevant_but_refresh_the_resource_version() {
+        let cache = NodeCache::new();
+        let ours = ("flannel.alpha.coreos.com/public-ip", "192.0.2.1");
+        assert!(cache.upsert(node("n1", &[ours], "1")));
+        // A kubelet heartbeat: a foreign annotation and the RV change only.
+        assert!(!cache.upsert(node(
+            "n1",
+            &[ours, ("node.alpha.kubernetes.io/ttl", "0")],
+            "2"
+        )));
+        assert_eq!(cache.get("n1").unwrap().resource_version, "2");
+        assert_eq!(cache.get("n1").unwrap().annotations.len(), 1);
+        // Our annotation removed: relevant.
+        assert!(cache.upsert(node("n1", &[], "3")));
+    }
+
+    #[test]
+    fn removal_reports_whether_the_node_was_known() {
+        let cache = NodeCache::new();
+        cache.upsert(node("n1", &[], "1"));
+        assert!(cache.remove("n1"));
+        assert!(!cache.remove("n1"));
+        assert!(cache.is_empty());
+    }
+}

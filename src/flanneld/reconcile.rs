@@ -1,0 +1,398 @@
+//! The one reconcile path: start-up, node watch events, netlink drift and the periodic resync
+//! all end in [`Reconciler::pass`], which computes the desired state from the node cache,
+//! reads the kernel, and applies only the difference.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::netlink::{Monitor, MonitorGroups, Netlink};
+
+use super::annotations::AnnotationKeys;
+use super::backoff::Backoff;
+use super::datapath::{self, DeviceAction};
+use super::desired::{self, DesiredState, KernelEntries, OwnMacs, Underlay};
+use super::metrics::Metrics;
+use super::netconf::NetConf;
+use super::node_cache::NodeCache;
+use super::peers::{self, RejectionTracker, ValidationContext};
+use super::plan;
+use super::types::{Family, PodSubnets};
+
+/// Everything a pass needs besides the node cache; fixed for the daemon's lifetime.
+pub struct ReconcileInputs {
+    pub keys: AnnotationKeys,
+    pub netconf: NetConf,
+    pub lease: PodSubnets,
+    pub underlay: Underlay,
+    pub own_macs: OwnMacs,
+    pub validation: ValidationContext,
+}
+
+/// Timing knobs.
+#[derive(Debug, Clone)]
+pub struct ReconcileTiming {
+    /// Full resync as a backstop, even when nothing signalled a change.
+    pub resync: Duration,
+    /// After a wake-up, wait this long for more events so a burst becomes one pass.
+    pub coalesce: Duration,
+}
+
+impl Default for ReconcileTiming {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(60),
+            coalesce: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Why a pass ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Startup,
+    NodeChange,
+    Drift,
+    Resync,
+    Retry,
+}
+
+/// The outcome of the last pass, for `/status` and logs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassSummary {
+    pub trigger: Option<Trigger>,
+    pub finished_unix_ms: u64,
+    pub duration_ms: f64,
+    pub peers: Vec<PeerSummary>,
+    pub rejected: Vec<RejectedSummary>,
+    pub devices: Vec<DeviceSummary>,
+    pub operations: usize,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerSummary {
+    pub node: String,
+    pub subnets: Vec<String>,
+    pub public_ips: Vec<String>,
+    pub vtep_macs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedSummary {
+    pub node: String,
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSummary {
+    pub name: String,
+    pub index: u32,
+    pub mac: String,
+    pub mtu: u32,
+    pub entries: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("compute desired state: {0}")]
+    Desired(#[from] desired::DesiredError),
+    #[error(transparent)]
+    Datapath(#[from] datapath::DatapathError),
+}
+
+pub struct Reconciler {
+    pub nl: Netlink,
+    pub inputs: ReconcileInputs,
+    pub cache: Arc<NodeCache>,
+    pub metrics: Arc<Metrics>,
+    pub timing: ReconcileTiming,
+    pub last: Arc<Mutex<PassSummary>>,
+    rejections: RejectionTracker,
+    /// Per device: its ifindex and the entries we want on it (to tell drift from our echoes).
+    watched: Vec<(u32, KernelEntries)>,
+    /// The last computed desired state (the pod MTU for subnet.env comes from it).
+    pub desired: Option<DesiredState>,
+}
+
+impl Reconciler {
+    pub fn new(
+        nl: Netlink,
+        inputs: ReconcileInputs,
+        cache: Arc<NodeCache>,
+        metrics: Arc<Metrics>,
+        timing: ReconcileTiming,
+    ) -> Self {
+        Self {
+            nl,
+            inputs,
+            cache,
+            metrics,
+            timing,
+            last: Arc::new(Mutex::new(PassSummary::default())),
+            rejections: RejectionTracker::default(),
+            watched: Vec::new(),
+            desired: None,
+        }
+    }
+
+    /// One reconcile: desired from the cache, actual from the kernel, apply the difference.
+    pub async fn pass(&mut self, trigger: Trigger) -> Result<PassSummary, ReconcileError> {
+        let started = Instant::now();
+        let inputs = &self.inputs;
+        let selection = self.cache.with_nodes(|nodes| {
+            peers::select_peers(nodes.values(), &inputs.keys, &inputs.validation)
+        });
+        for r in self.rejections.update(&selection.rejected) {
+            if r.reason.is_benign() {
+                tracing::debug!(peer = %r.name, reason = %r.reason, "node is not a flannel vxlan peer");
+            } else {
+                self.metrics.count_rejection(r.reason.kind());
+                tracing::warn!(peer = %r.name, reason = %r.reason, "rejected peer: nothing is programmed for it");
+            }
+        }
+        self.metrics.set_peers_rejected(
+            selection
+                .rejected
+                .iter()
+                .filter(|r| !r.reason.is_benign())
+                .map(|r| r.reason.kind()),
+        );
+
+        let desired = desired::desired_state(
+            &inputs.netconf.backend,
+            &inputs.underlay,
+            &inputs.lease,
+            &inputs.own_macs,
+            &selection.peers,
+        )?;
+
+        let mut summary = PassSummary {
+            trigger: Some(trigger),
+            ..PassSummary::default()
+        };
+        let mut watched = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            let Some(state) = desired.family(family) else {
+                continue;
+            };
+            let network = inputs.netconf.network(family);
+            let (device, action) =
+                datapath::ensure_device(&self.nl, &state.device, network).await?;
+            match action {
+                DeviceAction::Adopted => {}
+                DeviceAction::Created => {
+                    tracing::info!(device = %device.name, index = device.index, "created vxlan device")
+                }
+                DeviceAction::Recreated => {
+                    tracing::warn!(device = %device.name, index = device.index, "recreated vxlan device")
+                }
+            }
+            let actual = datapath::actual_entries(&self.nl, &device, family).await?;
+            let plan = plan::diff(&actual, &state.entries);
+            if !plan.is_empty() {
+                let ops = datapath::plan_ops(&plan, device.index);
+                let results = self.nl.apply(&ops).await;
+                let failed: Vec<String> = results
+                    .iter()
+                    .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+                    .collect();
+                summary.operations += ops.len();
+                self.metrics.add_netlink_ops(ops.len() as u64);
+                if matches!(trigger, Trigger::Drift | Trigger::Resync)
+                    && action == DeviceAction::Adopted
+                {
+                    self.metrics
+                        .add_drift_repairs((ops.len() - failed.len()) as u64);
+                }
+                tracing::info!(
+                    device = %device.name,
+                    trigger = ?trigger,
+                    add_or_replace = plan.neighbours.add.len() + plan.fdb.add.len() + plan.routes.add.len()
+                        + plan.neighbours.replace.len() + plan.fdb.replace.len() + plan.routes.replace.len(),
+                    remove = plan.neighbours.remove.len() + plan.fdb.remove.len() + plan.routes.remove.len(),
+                    failed = failed.len(),
+                    "applied kernel changes"
+                );
+                for e in failed.iter().take(5) {
+                    tracing::warn!(device = %device.name, error = %e, "kernel change failed");
+                }
+                summary.errors.extend(failed);
+            }
+            summary.devices.push(DeviceSummary {
+                name: device.name.clone(),
+                index: device.index,
+                mac: device.mac.map(|m| m.to_string()).unwrap_or_default(),
+                mtu: device.mtu,
+                entries: state.entries.len(),
+            });
+            watched.push((device.index, state.entries.clone()));
+        }
+        self.watched = watched;
+
+        self.metrics
+            .set_peers_programmed(selection.peers.len() as u64);
+        summary.peers = selection
+            .peers
+            .iter()
+            .map(|p| {
+                let eps: Vec<_> = p.endpoints().collect();
+                PeerSummary {
+                    node: p.name.clone(),
+                    subnets: eps.iter().map(|(_, e)| e.subnet.to_string()).collect(),
+                    public_ips: eps.iter().map(|(_, e)| e.public_ip.to_string()).collect(),
+                    vtep_macs: eps.iter().map(|(_, e)| e.vtep_mac.to_string()).collect(),
+                }
+            })
+            .collect();
+        summary.rejected = selection
+            .rejected
+            .iter()
+            .map(|r| RejectedSummary {
+                node: r.name.clone(),
+                kind: r.reason.kind().as_str().to_string(),
+                reason: r.reason.to_string(),
+            })
+            .collect();
+        let took = started.elapsed();
+        summary.duration_ms = took.as_secs_f64() * 1000.0;
+        summary.finished_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        self.metrics
+            .observe_reconcile(took, summary.errors.is_empty());
+        self.desired = Some(desired);
+        if let Ok(mut last) = self.last.lock() {
+            *last = summary.clone();
+        }
+        Ok(summary)
+    }
+
+    /// Runs passes until `shutdown`. `first_pass` turns true after the first pass that left
+    /// no error behind (readiness).
+    pub async fn run(
+        mut self,
+        mut peers_changed: watch::Receiver<u64>,
+        first_pass: watch::Sender<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut monitor = self.open_monitor();
+        let mut trigger = Trigger::Startup;
+        loop {
+            let retry_in = match self.pass(trigger).await {
+                Ok(summary) if summary.errors.is_empty() => {
+                    retry.reset();
+                    let _ = first_pass.send(true);
+                    None
+                }
+                Ok(summary) => {
+                    let delay = retry.next_delay(&mut rng);
+                    tracing::warn!(
+                        errors = summary.errors.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "reconcile left errors; retrying"
+                    );
+                    Some(delay)
+                }
+                Err(err) => {
+                    let delay = retry.next_delay(&mut rng);
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying");
+                    Some(delay)
+                }
+            };
+            let Some(next) = self
+                .wait_for_trigger(&mut peers_changed, &mut monitor, retry_in, &shutdown)
+                .await
+            else {
+                return;
+            };
+            trigger = next;
+            // Let a burst of node events or kernel notifications settle into one pass.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.timing.coalesce) => {}
+            }
+            peers_changed.borrow_and_update();
+        }
+    }
+
+    fn open_monitor(&self) -> Option<Monitor> {
+        match self.nl.monitor(MonitorGroups::ALL) {
+            Ok(m) => Some(m),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch kernel changes; relying on the periodic resync");
+                None
+            }
+        }
+    }
+
+    async fn wait_for_trigger(
+        &mut self,
+        peers_changed: &mut watch::Receiver<u64>,
+        monitor: &mut Option<Monitor>,
+        retry_in: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) -> Option<Trigger> {
+        let resync = tokio::time::sleep(self.timing.resync);
+        tokio::pin!(resync);
+        let retry = async {
+            match retry_in {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(retry);
+        loop {
+            let kernel_event = async {
+                match monitor.as_mut() {
+                    Some(m) => m.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                changed = peers_changed.changed() => {
+                    if changed.is_err() {
+                        // The watcher ended (shutdown in progress).
+                        shutdown.cancelled().await;
+                        return None;
+                    }
+                    return Some(Trigger::NodeChange);
+                }
+                _ = &mut resync => return Some(Trigger::Resync),
+                _ = &mut retry => return Some(Trigger::Retry),
+                event = kernel_event => match event {
+                    Some(Ok(event)) => {
+                        let drift = self
+                            .watched
+                            .iter()
+                            .any(|(index, entries)| datapath::is_drift(&event, *index, entries));
+                        if drift {
+                            tracing::info!(event = ?event, "kernel state drifted from the desired state");
+                            return Some(Trigger::Drift);
+                        }
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "kernel monitor failed; reopening it");
+                        *monitor = self.open_monitor();
+                        return Some(Trigger::Drift);
+                    }
+                    None => {
+                        *monitor = self.open_monitor();
+                        return Some(Trigger::Drift);
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Idempotent operations on addresses, routes, neighbours and FDB entries, applied singly or
+//! as a pipelined batch.
+
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::error::{NetlinkError, RawError};
+use super::types::{Address, FdbEntry, Neighbour, Route};
+use super::{Netlink, addr, neigh, route};
+
+const ENOENT: i32 = nix::libc::ENOENT;
+const ESRCH: i32 = nix::libc::ESRCH;
+const ENODEV: i32 = nix::libc::ENODEV;
+const EEXIST: i32 = nix::libc::EEXIST;
+const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
+
+/// One change to kernel state. `Ensure*` replace (create or overwrite), `Remove*` succeed
+/// when the object is already gone, `AppendFdb` adds one more destination to an entry
+/// (meaningful for the all-zero MAC used for flooding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    EnsureAddress(Address),
+    RemoveAddress(Address),
+    EnsureRoute(Route),
+    RemoveRoute(Route),
+    EnsureNeighbour(Neighbour),
+    RemoveNeighbour(Neighbour),
+    EnsureFdb(FdbEntry),
+    AppendFdb(FdbEntry),
+    RemoveFdb(FdbEntry),
+}
+
+impl Op {
+    /// The operation as named in error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::EnsureAddress(_) => "replace address",
+            Op::RemoveAddress(_) => "delete address",
+            Op::EnsureRoute(_) => "replace route",
+            Op::RemoveRoute(_) => "delete route",
+            Op::EnsureNeighbour(_) => "replace neighbour",
+            Op::RemoveNeighbour(_) => "delete neighbour",
+            Op::EnsureFdb(_) => "replace fdb entry",
+            Op::AppendFdb(_) => "append fdb entry",
+            Op::RemoveFdb(_) => "delete fdb entry",
+        }
+    }
+
+    /// The interface the object lives on.
+    pub fn ifindex(&self) -> Option<u32> {
+        match self {
+            Op::EnsureAddress(a) | Op::RemoveAddress(a) => Some(a.ifindex),
+            Op::EnsureRoute(r) | Op::RemoveRoute(r) => r.oif,
+            Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => Some(n.ifindex),
+            Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => Some(f.ifindex),
+        }
+    }
+
+    /// `ip`-style description of the object, with the interface given by name.
+    pub(crate) fn object(&self, ifname: &str) -> String {
+        match self {
+            Op::EnsureAddress(a) | Op::RemoveAddress(a) => format!("{} dev {ifname}", a.net),
+            Op::EnsureRoute(r) | Op::RemoveRoute(r) => route::describe(r, ifname),
+            Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => {
+                format!("{} lladdr {} dev {ifname}", n.ip, n.mac)
+            }
+            Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => {
+                format!("{} dst {} dev {ifname}", f.mac, f.dst)
+            }
+        }
+    }
+
+    /// The kernel request and its extra NLM_F flags, or why the input is invalid.
+    fn request(&self) -> Result<(RouteNetlinkMessage, u16), String> {
+        const ENSURE: u16 = NLM_F_CREATE | NLM_F_REPLACE;
+        Ok(match self {
+            Op::EnsureAddress(a) => (RouteNetlinkMessage::NewAddress(addr::message(a)), ENSURE),
+            Op::RemoveAddress(a) => (RouteNetlinkMessage::DelAddress(addr::message(a)), 0),
+            Op::EnsureRoute(r) => {
+                r.validate()?;
+                (
+                    RouteNetlinkMessage::NewRoute(route::route_message(r, false)),
+                    ENSURE,
+                )
+            }
+            Op::RemoveRoute(r) => {
+                r.validate()?;
+                (
+                    RouteNetlinkMessage::DelRoute(route::route_message(r, true)),
+                    0,
+                )
+            }
+            Op::EnsureNeighbour(n) => (
+                RouteNetlinkMessage::NewNeighbour(neigh::neighbour_message(n, false)),
+                ENSURE,
+            ),
+            Op::RemoveNeighbour(n) => (
+                RouteNetlinkMessage::DelNeighbour(neigh::neighbour_message(n, true)),
+                0,
+            ),
+            Op::EnsureFdb(f) => (
+                RouteNetlinkMessage::NewNeighbour(neigh::fdb_message(f)),
+                ENSURE,
+            ),
+            Op::AppendFdb(f) => (
+                RouteNetlinkMessage::NewNeighbour(neigh::fdb_message(f)),
+                NLM_F_CREATE | NLM_F_APPEND,
+            ),
+            Op::RemoveFdb(f) => (RouteNetlinkMessage::DelNeighbour(neigh::fdb_message(f)), 0),
+        })
+    }
+
+    /// Errnos that still mean "the end state is what was asked for".
+    fn tolerates(&self, errno: i32) -> bool {
+        match self {
+            Op::EnsureAddress(_)
+            | Op::EnsureRoute(_)
+            | Op::EnsureNeighbour(_)
+            | Op::EnsureFdb(_) => false,
+            Op::AppendFdb(_) => errno == EEXIST,
+            Op::RemoveAddress(_) => matches!(errno, EADDRNOTAVAIL | ENOENT | ENODEV),
+            Op::RemoveRoute(_) => matches!(errno, ESRCH | ENOENT | ENODEV),
+            Op::RemoveNeighbour(_) | Op::RemoveFdb(_) => matches!(errno, ENOENT | ENODEV),
+        }
+    }
+}
+
+impl Netlink {
+    /// Applies `ops` in order, pipelined on this handle's socket (many requests in flight,
+    /// acks collected), and returns one result per op in the same order. The kernel processes
+    /// the requests in the given order, so e.g. neighbours → FDB → routes keeps its ordering.
+    /// A failing op does not stop the ones after it.
+    pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
+        let mut raw: Vec<Result<(), RawError>> = Vec::with_capacity(ops.len());
+        let mut invalid: Vec<Option<String>> = Vec::with_capacity(ops.len());
+        let mut requests = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op.request() {
+                Ok(req) => {
+                    requests.push(req);
+                    invalid.push(None);
+                }
+                Err(reason) => invalid.push(Some(reason)),
+            }
+        }
+        let mut sent = self.transport().batch(requests).await.into_iter();
+        for reason in &invalid {
+            raw.push(match reason {
+                Some(_) => Ok(()), // replaced below
+                None => sent.next().unwrap_or(Err(RawError::Closed)),
+            });
+        }
+
+        let failed_ifindexes = ops
+            .iter()
+            .zip(&raw)
+            .zip(&invalid)
+            .filter(|((op, r), bad)| {
+                bad.is_some() || matches!(r, Err(e) if !e.errno().is_some_and(|n| op.tolerates(n)))
+            })
+            .filter_map(|((op, _), _)| op.ifindex())
+            .collect::<Vec<_>>();
+        let names = if failed_ifindexes.is_empty() {
+            Default::default()
+        } else {
+            self.ifnames(failed_ifindexes).await
+        };
+        let name_of = |op: &Op| {
+            op.ifindex()
+                .map(|i| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}")))
+                .unwrap_or_default()
+        };
+
+        ops.iter()
+            .zip(raw)
+            .zip(invalid)
+            .map(|((op, result), bad)| {
+                if let Some(reason) = bad {
+                    return Err(NetlinkError::InvalidInput {
+                        op: op.name(),
+                        object: op.object(&name_of(op)),
+                        reason,
+                    });
+                }
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.errno().is_some_and(|n| op.tolerates(n)) => Ok(()),
+                    Err(e) => Err(e.into_error(op.name(), op.object(&name_of(op)))),
+                }
+            })
+            .collect()
+    }
+
+    /// [`Netlink::apply`] for a single op.
+    pub async fn apply_one(&self, op: Op) -> Result<(), NetlinkError> {
+        self.apply(std::slice::from_ref(&op))
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Applies `ops` and returns the first error, if any (all ops are still attempted).
+    pub async fn apply_all(&self, ops: &[Op]) -> Result<(), NetlinkError> {
+        self.apply(ops)
+            .await
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(()))
+    }
+}

@@ -1,0 +1,402 @@
+//! Links: lookup, VXLAN, bridge, veth (peer created directly in another namespace),
+//! up/down, MTU, MAC, master, hairpin, delete.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
+
+use super::Netlink;
+use super::error::{NetlinkError, RawError};
+use super::types::{Link, MacAddr, VxlanOutcome, VxlanSpec};
+use crate::netns::NetnsFile;
+
+const ENODEV: i32 = nix::libc::ENODEV;
+const EEXIST: i32 = nix::libc::EEXIST;
+
+/// RTM_NEWLINK body creating the VXLAN device described by `spec`.
+pub(crate) fn vxlan_message(spec: &VxlanSpec) -> LinkMessage {
+    let mut b = LinkVxlan::new(&spec.name, spec.vni)
+        .port(spec.port)
+        .learning(spec.learning);
+    b = match spec.local {
+        IpAddr::V4(ip) => b.local(ip),
+        IpAddr::V6(ip) => b.local6(ip),
+    };
+    if let Some(index) = spec.underlay_index {
+        // IFLA_VXLAN_LINK (the generic `.link()` would set IFLA_LINK instead).
+        b = b.dev(index);
+    }
+    if spec.gbp {
+        b = b.gbp();
+    }
+    if let Some(mtu) = spec.mtu {
+        b = b.mtu(mtu);
+    }
+    if let Some(mac) = spec.mac {
+        b = b.address(mac.octets().to_vec());
+    }
+    b.build()
+}
+
+fn single_link(replies: Vec<RouteNetlinkMessage>) -> Option<Link> {
+    replies.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Link::from_message(l),
+        _ => None,
+    })
+}
+
+impl Netlink {
+    /// The link called `name`, or `None`.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut req = LinkMessage::default();
+        req.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self
+            .transport()
+            .request(RouteNetlinkMessage::GetLink(req), 0)
+            .await
+        {
+            Ok(replies) => Ok(single_link(replies)),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(None),
+            Err(e) => Err(e.into_error("get link", name.to_string())),
+        }
+    }
+
+    /// The link with index `index`, or `None`.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        let mut req = LinkMessage::default();
+        req.header.index = index;
+        match self
+            .transport()
+            .request(RouteNetlinkMessage::GetLink(req), 0)
+            .await
+        {
+            Ok(replies) => Ok(single_link(replies)),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(None),
+            Err(e) => Err(e.into_error("get link", format!("index {index}"))),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let replies = self
+            .transport()
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .await
+            .map_err(|e| e.into_error("list", "links".to_string()))?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Link::from_message(l),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link called `name`, or `NotFound` naming the operation that needed it.
+    async fn require_link(&self, op: &'static str, name: &str) -> Result<Link, NetlinkError> {
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound {
+                op,
+                object: format!("link {name}"),
+            })
+    }
+
+    /// Creates the VXLAN device (fails with EEXIST if the name is taken). It is left down.
+    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link, NetlinkError> {
+        self.transport()
+            .request(
+                RouteNetlinkMessage::NewLink(vxlan_message(spec)),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .await
+            .map_err(|e| e.into_error("create vxlan", spec.name.clone()))?;
+        self.require_link("create vxlan", &spec.name).await
+    }
+
+    /// Makes sure the VXLAN device of `spec` exists: creates it, or adopts a compatible one
+    /// (fixing MTU and MAC in place), or reports [`VxlanOutcome::NeedsRecreate`] when VNI,
+    /// local address, port, underlay, learning or GBP differ — the kernel cannot change those
+    /// in place. Does not bring the device up.
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<VxlanOutcome, NetlinkError> {
+        let existing = match self.link_by_name(&spec.name).await? {
+            Some(link) => link,
+            None => match self.create_vxlan(spec).await {
+                Ok(link) => return Ok(VxlanOutcome::Created(link)),
+                // Created concurrently by someone else: inspect it like any existing device.
+                Err(e) if e.errno() == Some(EEXIST) => {
+                    self.require_link("create vxlan", &spec.name).await?
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let differences = spec.differences(&existing);
+        if !differences.is_empty() {
+            return Ok(VxlanOutcome::NeedsRecreate {
+                existing,
+                differences,
+            });
+        }
+        self.align_mtu_mac(&existing, spec.mtu, spec.mac).await?;
+        Ok(VxlanOutcome::Adopted(
+            self.require_link("adopt vxlan", &spec.name).await?,
+        ))
+    }
+
+    async fn align_mtu_mac(
+        &self,
+        link: &Link,
+        mtu: Option<u32>,
+        mac: Option<MacAddr>,
+    ) -> Result<(), NetlinkError> {
+        if let Some(mtu) = mtu
+            && link.mtu != mtu
+        {
+            self.set_link_mtu(link.index, mtu).await?;
+        }
+        if let Some(mac) = mac
+            && link.mac != Some(mac)
+        {
+            self.set_link_mac(link.index, mac).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure a bridge called `name` exists with this MTU (and MAC, if given) and is up.
+    /// A non-bridge link with that name is an error.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        mac: Option<MacAddr>,
+    ) -> Result<Link, NetlinkError> {
+        let existing = match self.link_by_name(name).await? {
+            Some(link) => link,
+            None => {
+                let mut b = LinkBridge::new(name).mtu(mtu).up();
+                if let Some(mac) = mac {
+                    b = b.address(mac.octets().to_vec());
+                }
+                match self
+                    .transport()
+                    .request(
+                        RouteNetlinkMessage::NewLink(b.build()),
+                        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                    )
+                    .await
+                {
+                    Ok(_) => return self.require_link("create bridge", name).await,
+                    Err(e) if e.errno() == Some(EEXIST) => {
+                        self.require_link("create bridge", name).await?
+                    }
+                    Err(e) => return Err(e.into_error("create bridge", name.to_string())),
+                }
+            }
+        };
+        if existing.kind.as_deref() != Some("bridge") {
+            return Err(NetlinkError::InvalidInput {
+                op: "ensure bridge",
+                object: name.to_string(),
+                reason: format!(
+                    "a link of kind {} already has this name",
+                    existing.kind.as_deref().unwrap_or("none")
+                ),
+            });
+        }
+        self.align_mtu_mac(&existing, Some(mtu), mac).await?;
+        if !existing.up {
+            self.set_link_up(existing.index).await?;
+        }
+        self.require_link("ensure bridge", name).await
+    }
+
+    /// Creates a veth pair whose host end `host_name` lives in this handle's namespace (up,
+    /// enslaved to `master` if given) and whose peer `peer_name` is created directly inside
+    /// `peer_ns` (IFLA_NET_NS_FD; no move afterwards), left down for its owner to configure.
+    /// Returns the host end.
+    pub async fn create_veth_with_peer_in(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        peer_ns: &NetnsFile,
+        mtu: u32,
+        master: Option<u32>,
+        peer_mac: Option<MacAddr>,
+    ) -> Result<Link, NetlinkError> {
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_name)
+            .setns_by_fd(peer_ns.file().as_raw_fd())
+            .mtu(mtu);
+        if let Some(mac) = peer_mac {
+            peer = peer.address(mac.octets().to_vec());
+        }
+        let mut host = LinkVeth::new(host_name, peer_name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .mtu(mtu)
+            .up();
+        if let Some(master) = master {
+            host = host.controller(master);
+        }
+        let object = || {
+            format!(
+                "{host_name} (peer {peer_name} in {})",
+                peer_ns.path().display()
+            )
+        };
+        // `peer_ns` (borrowed) keeps the fd in the message valid until the kernel acked.
+        self.transport()
+            .request(
+                RouteNetlinkMessage::NewLink(host.build()),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .await
+            .map_err(|e| e.into_error("create veth", object()))?;
+        self.require_link("create veth", host_name).await
+    }
+
+    async fn set_link(
+        &self,
+        op: &'static str,
+        index: u32,
+        msg: RouteNetlinkMessage,
+    ) -> Result<(), NetlinkError> {
+        match self.transport().request(msg, NLM_F_ACK).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.link_error(op, index, e).await),
+        }
+    }
+
+    async fn link_error(&self, op: &'static str, index: u32, e: RawError) -> NetlinkError {
+        let name = self.ifname(index).await;
+        e.into_error(op, format!("link {name}"))
+    }
+
+    /// `ip link set up`.
+    pub async fn set_link_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set_link("set up", index, RouteNetlinkMessage::SetLink(msg))
+            .await
+    }
+
+    /// `ip link set down`.
+    pub async fn set_link_down(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).down().build();
+        self.set_link("set down", index, RouteNetlinkMessage::SetLink(msg))
+            .await
+    }
+
+    /// `ip link set mtu`.
+    pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.set_link("set mtu", index, RouteNetlinkMessage::SetLink(msg))
+            .await
+    }
+
+    /// `ip link set address`.
+    pub async fn set_link_mac(&self, index: u32, mac: MacAddr) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.octets().to_vec())
+            .build();
+        self.set_link("set address", index, RouteNetlinkMessage::SetLink(msg))
+            .await
+    }
+
+    /// `ip link set master M` (`None` = `nomaster`).
+    pub async fn set_link_master(
+        &self,
+        index: u32,
+        master: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        let b = LinkUnspec::new_with_index(index);
+        let msg = match master {
+            Some(m) => b.controller(m).build(),
+            None => b.nocontroller().build(),
+        };
+        self.set_link("set master", index, RouteNetlinkMessage::SetLink(msg))
+            .await
+    }
+
+    /// Hairpin mode of a bridge port (`ip link set X type bridge_slave hairpin on|off`).
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let msg = LinkBridgePort::new(index).hairpin(on).build();
+        self.set_link("set hairpin", index, RouteNetlinkMessage::NewLink(msg))
+            .await
+    }
+
+    /// Deletes a link (both ends of a veth); `Ok` if it does not exist.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self
+            .transport()
+            .request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(()),
+            Err(e) => Err(self.link_error("delete", index, e).await),
+        }
+    }
+
+    /// Deletes a link by name; `Ok` if it does not exist.
+    pub async fn delete_link_by_name(&self, name: &str) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self
+            .transport()
+            .request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Some(ENODEV) => Ok(()),
+            Err(e) => Err(e.into_error("delete", format!("link {name}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::link::{InfoVxlan, LinkInfo};
+
+    #[test]
+    fn vxlan_message_carries_every_spec_field() {
+        let spec = VxlanSpec {
+            name: "flannel.1".into(),
+            vni: 1,
+            local: "192.168.77.1".parse().unwrap(),
+            underlay_index: Some(3),
+            port: 8472,
+            learning: false,
+            gbp: true,
+            mtu: Some(1450),
+            mac: Some(MacAddr([0x0e, 0, 0, 0, 1, 1])),
+        };
+        let msg = vxlan_message(&spec);
+        let link = Link::from_message(&msg).unwrap();
+        assert_eq!(link.name, "flannel.1");
+        assert_eq!(link.kind.as_deref(), Some("vxlan"));
+        assert_eq!(link.mtu, 1450);
+        assert_eq!(link.mac, spec.mac);
+        assert!(
+            spec.differences(&link).is_empty(),
+            "{:?}",
+            spec.differences(&link)
+        );
+        // IFLA_VXLAN_LINK, not IFLA_LINK.
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Link(_)))
+        );
+        let has_vxlan_link = msg.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(
+                i, LinkInfo::Data(InfoData::Vxlan(v)) if v.contains(&InfoVxlan::Link(3)))))
+        });
+        assert!(has_vxlan_link);
+    }
+}
