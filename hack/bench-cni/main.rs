@@ -2,8 +2,13 @@
 //! Debian containernetworking-plugins, fed the delegate config upstream flannel renders),
 //! measured the same way in the same run:
 //!
-//! * sequential ADD then sequential DEL of N pods (median, p95, min, max);
-//! * P ADDs with `PAR` workers in parallel, then the P DELs in parallel (wall time, rate).
+//! * sequential ADD then sequential DEL of N pods (median, p95, min, max), the subjects taking
+//!   turns pod by pod so that load from elsewhere hits them alike;
+//! * P ADDs with `PAR` workers in parallel, then the P DELs in parallel (wall time, rate),
+//!   subjects alternating, several rounds, median reported.
+//!
+//! The subjects share the pod namespaces; each uses its own `CNI_IFNAME` (eth0, eth1, …) and
+//! its own node namespace, IPAM dir and flannel dataDir.
 //!
 //! Every invocation is a process spawned directly by a worker thread that entered the node
 //! namespace (setns), with `CNI_*` in its environment and the config on stdin: no `ip netns
@@ -49,6 +54,9 @@ struct Args {
     /// Also measure ours with `ipam.fsync: true` (durable reservations).
     #[arg(long)]
     with_fsync: bool,
+    /// Rounds of the parallel phase (the median wall time is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
@@ -56,6 +64,8 @@ const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1
 /// One implementation under test: which binary, with which stdin.
 struct Subject {
     label: String,
+    /// Subjects share the pod namespaces, each with its own interface name.
+    ifname: String,
     binary: PathBuf,
     config: Vec<u8>,
     ipam_dir: PathBuf,
@@ -127,6 +137,7 @@ fn invoke(
     command: &str,
     cid: &str,
     netns: &str,
+    ifname: &str,
     path: &Path,
     stdin: &[u8],
 ) -> Result<(Duration, Vec<u8>)> {
@@ -136,7 +147,7 @@ fn invoke(
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", cid)
         .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
+        .env("CNI_IFNAME", ifname)
         .env("CNI_PATH", path)
         .env(
             "CNI_ARGS",
@@ -225,167 +236,206 @@ fn ip_of(result: &[u8]) -> Result<String> {
         .to_string())
 }
 
-fn run_subject(s: &Subject, pods: &[NetnsGuard], args: &Args) -> Result<Results> {
+/// Sequential phase: for each pod, one ADD per subject in turn (then the DELs the same way),
+/// so load from elsewhere on the machine hits every subject alike.
+fn sequential(subjects: &[Subject], paths: &[String], args: &Args) -> Result<Vec<(Stats, Stats)>> {
+    let nodes: Vec<NetnsFile> = subjects
+        .iter()
+        .map(|s| s.node.open())
+        .collect::<Result<_, _>>()?;
+    let mut out = vec![(Stats::default(), Stats::default()); subjects.len()];
+    for command in ["ADD", "DEL"] {
+        wait_quiet();
+        let mut ips: Vec<Vec<String>> = vec![Vec::new(); subjects.len()];
+        for (i, pod) in paths.iter().take(args.n).enumerate() {
+            for (k, s) in subjects.iter().enumerate() {
+                let (d, stdout) = in_node(&nodes[k], || {
+                    invoke(
+                        &s.binary,
+                        command,
+                        &format!("seq-{i}"),
+                        pod,
+                        &s.ifname,
+                        &args.ref_dir,
+                        &s.config,
+                    )
+                })??;
+                if command == "ADD" {
+                    out[k].0.samples.push(d);
+                    ips[k].push(ip_of(&stdout)?);
+                } else {
+                    out[k].1.samples.push(d);
+                }
+            }
+        }
+        for (k, s) in subjects.iter().enumerate() {
+            if command == "ADD" {
+                let unique: std::collections::HashSet<_> = ips[k].iter().collect();
+                ensure!(
+                    unique.len() == args.n,
+                    "{}: duplicate IPs in sequential ADD",
+                    s.label
+                );
+                ensure!(
+                    count_reservations(&s.ipam_dir) == args.n,
+                    "{}: reservation count",
+                    s.label
+                );
+            } else {
+                ensure!(
+                    count_reservations(&s.ipam_dir) == 0,
+                    "{}: reservations left after DEL",
+                    s.label
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `par_n` invocations of `command` by `par` workers, each worker a thread inside the node.
+fn parallel(
+    s: &Subject,
+    command: &'static str,
+    round: usize,
+    paths: &[String],
+    args: &Args,
+) -> Result<(Duration, Stats, Vec<String>)> {
     let node = s.node.open()?;
+    let next = AtomicUsize::new(0);
+    let samples = Mutex::new(Vec::new());
+    let ips = Mutex::new(Vec::new());
+    let failures = Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..args.par {
+            scope.spawn(|| {
+                let r = in_node(&node, || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= args.par_n {
+                            break;
+                        }
+                        let cid = format!("par-{round}-{i}");
+                        match invoke(
+                            &s.binary,
+                            command,
+                            &cid,
+                            &paths[i],
+                            &s.ifname,
+                            &args.ref_dir,
+                            &s.config,
+                        ) {
+                            Ok((d, out)) => {
+                                samples.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+                                if command == "ADD" {
+                                    let ip = ip_of(&out).unwrap_or_default();
+                                    ips.lock().unwrap_or_else(|e| e.into_inner()).push(ip);
+                                }
+                            }
+                            Err(e) => failures
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(e.to_string()),
+                        }
+                    }
+                });
+                if let Err(e) = r {
+                    failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(e.to_string());
+                }
+            });
+        }
+    });
+    let wall = t0.elapsed();
+    let failures = failures.into_inner().unwrap_or_default();
+    ensure!(
+        failures.is_empty(),
+        "{} parallel {command}: {failures:?}",
+        s.label
+    );
+    Ok((
+        wall,
+        Stats {
+            samples: samples.into_inner().unwrap_or_default(),
+        },
+        ips.into_inner().unwrap_or_default(),
+    ))
+}
+
+fn median_duration(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn run_all(subjects: &[Subject], pods: &[NetnsGuard], args: &Args) -> Result<Vec<Results>> {
     let paths: Vec<String> = pods
         .iter()
         .map(|p| p.path().display().to_string())
         .collect();
-    let cni_path = args.ref_dir.clone();
-
-    // Exec overhead: VERSION does no work.
-    let version = in_node(&node, || -> Result<Stats> {
-        let mut st = Stats::default();
-        for _ in 0..20 {
-            let (d, _) = invoke(
-                &s.binary,
-                "VERSION",
-                "v",
-                "",
-                &cni_path,
-                b"{\"cniVersion\":\"0.3.1\"}",
-            )?;
-            st.samples.push(d);
-        }
-        Ok(st)
-    })??;
-
-    wait_quiet();
-    let (seq_add, ips) = in_node(&node, || -> Result<(Stats, Vec<String>)> {
-        let mut st = Stats::default();
-        let mut ips = Vec::new();
-        for (i, p) in paths.iter().take(args.n).enumerate() {
-            let (d, out) = invoke(
-                &s.binary,
-                "ADD",
-                &format!("seq-{i}"),
-                p,
-                &cni_path,
-                &s.config,
-            )?;
-            st.samples.push(d);
-            ips.push(ip_of(&out)?);
-        }
-        Ok((st, ips))
-    })??;
-    let unique: std::collections::HashSet<_> = ips.iter().collect();
-    ensure!(
-        unique.len() == args.n,
-        "{}: duplicate IPs in sequential ADD",
-        s.label
-    );
-    ensure!(
-        count_reservations(&s.ipam_dir) == args.n,
-        "{}: reservation count",
-        s.label
-    );
-
-    let seq_del = in_node(&node, || -> Result<Stats> {
-        let mut st = Stats::default();
-        for (i, p) in paths.iter().take(args.n).enumerate() {
-            let (d, _) = invoke(
-                &s.binary,
-                "DEL",
-                &format!("seq-{i}"),
-                p,
-                &cni_path,
-                &s.config,
-            )?;
-            st.samples.push(d);
-        }
-        Ok(st)
-    })??;
-    ensure!(
-        count_reservations(&s.ipam_dir) == 0,
-        "{}: reservations left after DEL",
-        s.label
-    );
-
-    // Parallel: PAR workers, each in the node namespace, pulling pod indexes.
-    let parallel = |command: &'static str| -> Result<(Duration, Stats, Vec<String>)> {
-        wait_quiet();
-        let next = AtomicUsize::new(0);
-        let samples = Mutex::new(Vec::new());
-        let ips = Mutex::new(Vec::new());
-        let failures = Mutex::new(Vec::new());
-        let t0 = Instant::now();
-        std::thread::scope(|scope| {
-            for _ in 0..args.par {
-                scope.spawn(|| {
-                    let r = in_node(&node, || {
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if i >= args.par_n {
-                                break;
-                            }
-                            match invoke(
-                                &s.binary,
-                                command,
-                                &format!("par-{i}"),
-                                &paths[i],
-                                &cni_path,
-                                &s.config,
-                            ) {
-                                Ok((d, out)) => {
-                                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(d);
-                                    if command == "ADD" {
-                                        let ip = ip_of(&out).unwrap_or_default();
-                                        ips.lock().unwrap_or_else(|e| e.into_inner()).push(ip);
-                                    }
-                                }
-                                Err(e) => failures
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .push(e.to_string()),
-                            }
-                        }
-                    });
-                    if let Err(e) = r {
-                        failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(e.to_string());
-                    }
-                });
+    let mut versions = Vec::new();
+    for s in subjects {
+        let node = s.node.open()?;
+        versions.push(in_node(&node, || -> Result<Stats> {
+            let mut st = Stats::default();
+            for _ in 0..20 {
+                let (d, _) = invoke(
+                    &s.binary,
+                    "VERSION",
+                    "v",
+                    "",
+                    &s.ifname,
+                    &args.ref_dir,
+                    b"{\"cniVersion\":\"0.3.1\"}",
+                )?;
+                st.samples.push(d);
             }
-        });
-        let wall = t0.elapsed();
-        let failures = failures.into_inner().unwrap_or_default();
-        ensure!(
-            failures.is_empty(),
-            "{} parallel {command}: {failures:?}",
-            s.label
-        );
-        Ok((
-            wall,
-            Stats {
-                samples: samples.into_inner().unwrap_or_default(),
-            },
-            ips.into_inner().unwrap_or_default(),
-        ))
-    };
-    let (par_add_wall, par_add, ips) = parallel("ADD")?;
-    let unique: std::collections::HashSet<_> = ips.iter().collect();
-    ensure!(
-        unique.len() == args.par_n,
-        "{}: duplicate IPs in parallel ADD",
-        s.label
-    );
-    let (par_del_wall, _, _) = parallel("DEL")?;
-    ensure!(
-        count_reservations(&s.ipam_dir) == 0,
-        "{}: reservations left after parallel DEL",
-        s.label
-    );
-
-    Ok(Results {
-        seq_add,
-        seq_del,
-        par_add_wall,
-        par_add,
-        par_del_wall,
-        version,
-    })
+            Ok(st)
+        })??);
+    }
+    eprintln!("sequential phase ...");
+    let seq = sequential(subjects, &paths, args)?;
+    eprintln!("parallel phase ({} rounds) ...", args.rounds);
+    let mut add_walls = vec![Vec::new(); subjects.len()];
+    let mut del_walls = vec![Vec::new(); subjects.len()];
+    let mut add_stats = vec![Stats::default(); subjects.len()];
+    for round in 0..args.rounds {
+        for (k, s) in subjects.iter().enumerate() {
+            wait_quiet();
+            let (wall, st, ips) = parallel(s, "ADD", round, &paths, args)?;
+            let unique: std::collections::HashSet<_> = ips.iter().collect();
+            ensure!(
+                unique.len() == args.par_n,
+                "{}: duplicate IPs in parallel ADD",
+                s.label
+            );
+            add_walls[k].push(wall);
+            add_stats[k].samples.extend(st.samples);
+            wait_quiet();
+            let (wall, _, _) = parallel(s, "DEL", round, &paths, args)?;
+            ensure!(
+                count_reservations(&s.ipam_dir) == 0,
+                "{}: reservations left after parallel DEL",
+                s.label
+            );
+            del_walls[k].push(wall);
+        }
+    }
+    Ok(seq
+        .into_iter()
+        .zip(versions)
+        .enumerate()
+        .map(|(k, ((seq_add, seq_del), version))| Results {
+            seq_add,
+            seq_del,
+            par_add_wall: median_duration(add_walls[k].clone()),
+            par_add: add_stats[k].clone(),
+            par_del_wall: median_duration(del_walls[k].clone()),
+            version,
+        })
+        .collect())
 }
 
 fn main() -> Result<()> {
@@ -445,6 +495,7 @@ fn main() -> Result<()> {
         });
         subjects.push(Subject {
             label: "reference bridge+host-local".into(),
+            ifname: "eth0".into(),
             binary: args.ref_dir.join("bridge"),
             config: delegate.to_string().into_bytes(),
             ipam_dir: ipam_data.join("cbr0"),
@@ -465,6 +516,7 @@ fn main() -> Result<()> {
         });
         Ok(Subject {
             label: label.into(),
+            ifname: format!("eth{}", if fsync { 2 } else { 1 }),
             binary: plugin.clone(),
             config: conf.to_string().into_bytes(),
             ipam_dir: ipam_data.join("cbr0"),
@@ -491,11 +543,7 @@ fn main() -> Result<()> {
         plugin.display(),
         args.ref_dir.display()
     );
-    let mut results = Vec::new();
-    for s in &subjects {
-        eprintln!("measuring {} ...", s.label);
-        results.push(run_subject(s, &pods, &args)?);
-    }
+    let results = run_all(&subjects, &pods, &args)?;
 
     println!();
     println!(
@@ -520,7 +568,11 @@ fn main() -> Result<()> {
     println!();
     println!(
         "{:<34} {:>22} {:>14} {:>22} {:>16}",
-        "parallel", "ADD wall (ms)", "ADD/s", "per-ADD med/p95 (ms)", "DEL wall (ms)"
+        format!("parallel (median of {} rounds)", args.rounds),
+        "ADD wall (ms)",
+        "ADD/s",
+        "per-ADD med/p95 (ms)",
+        "DEL wall (ms)"
     );
     for (s, r) in subjects.iter().zip(&results) {
         println!(

@@ -18,7 +18,7 @@ use crate::netns::{NetnsError, NetnsFile};
 
 use super::config::BridgeConf;
 use super::ifreq::{TxqlenError, set_txqlen};
-use super::ipam::{self, Allocation, IpamConf, IpamError, Owner, Store};
+use super::ipam::{self, Allocation, History, IpamConf, IpamError, Owner, Store};
 use super::ipmasq::{self, IpMasqError};
 use super::sysctl::{self, SysctlError};
 use super::types::{CniError, CniResult, ErrorCode, Interface, IpConfig, Route};
@@ -144,6 +144,7 @@ pub async fn add(
     at: &Attach<'_>,
     mac: Option<&str>,
     requested: &[IpAddr],
+    history: History,
 ) -> Result<CniResult, AddFailure> {
     let node = match Netlink::current() {
         Ok(n) => n,
@@ -156,7 +157,11 @@ pub async fn add(
         }
     };
     let mut undo = Undo::default();
-    match add_steps(&node, conf, ipam_conf, at, mac, requested, &mut undo).await {
+    match add_steps(
+        &node, conf, ipam_conf, at, mac, requested, history, &mut undo,
+    )
+    .await
+    {
         Ok(result) => Ok(result),
         Err(error) => {
             let undo_errors = undo.run(&node, ipam_conf, at).await;
@@ -325,6 +330,7 @@ async fn add_steps(
     at: &Attach<'_>,
     mac: Option<&str>,
     requested: &[IpAddr],
+    history: History,
     undo: &mut Undo,
 ) -> Result<CniResult, BridgeError> {
     let container_mac = match mac {
@@ -334,17 +340,28 @@ async fn add_steps(
         ),
         None => None,
     };
+    let started = std::time::Instant::now();
+    let step = |name: &'static str| {
+        tracing::debug!(
+            step = name,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "ADD"
+        );
+    };
     let bridge = ensure_bridge(node, conf).await?;
+    step("bridge");
 
     // Reserve first: an exhausted pool fails before any interface exists.
     {
         let store = Store::new(&ipam_conf.dir, ipam_conf.durability);
         let locked = store.lock()?;
-        undo.allocations = ipam::allocate(&locked, &ipam_conf.ranges, &at.owner(), requested)?;
+        undo.allocations =
+            ipam::allocate(&locked, &ipam_conf.ranges, &at.owner(), requested, history)?;
     }
     if undo.allocations.is_empty() {
         return Err(BridgeError::NoAddresses);
     }
+    step("ipam");
     let mut result = ipam_result(conf, ipam_conf, &undo.allocations);
 
     if conf.is_gateway {
@@ -361,8 +378,10 @@ async fn add_steps(
         }
     }
 
+    step("gateway");
     let mtu = if conf.mtu == 0 { bridge.mtu } else { conf.mtu };
     let pod = Netlink::in_netns(at.netns)?;
+    step("pod socket");
     let mut host = None;
     for _ in 0..VETH_NAME_TRIES {
         let name = random_veth_name();
@@ -392,6 +411,7 @@ async fn add_steps(
         }
     }
     let host = host.ok_or(BridgeError::NoVethName)?;
+    step("veth");
     if conf.hairpin_mode {
         node.set_hairpin(host.index, true).await?;
     }
@@ -402,6 +422,7 @@ async fn add_steps(
     let has_v6 = undo.allocations.iter().any(|a| a.address.is_ipv6());
     let ifname = at.ifname.to_string();
     at.netns.run(move || pod_settings(&ifname, has_v6))??;
+    step("pod settings");
     let container = pod
         .link_by_name(at.ifname)
         .await?
@@ -419,6 +440,7 @@ async fn add_steps(
         .map(|r| Op::EnsureRoute(pod_route(r, container.index, &result.ips)))
         .collect();
     pod.apply_all(&routes).await?;
+    step("pod addresses, up, routes");
 
     if conf.ip_masq {
         let chain = ipmasq::chain_name(at.network, at.container_id);
@@ -429,6 +451,7 @@ async fn add_steps(
         }
     }
 
+    step("masquerade");
     // Re-read MACs: the bridge's may have been pinned, the veth's can change on enslaving.
     let bridge_now = node.link_by_name(&conf.bridge).await?.unwrap_or(bridge);
     let host_now = node.link_by_name(&host.name).await?.unwrap_or(host);
@@ -454,6 +477,7 @@ async fn add_steps(
             ..Default::default()
         },
     ];
+    step("done");
     Ok(result)
 }
 

@@ -10,7 +10,7 @@ use super::bridge::{self, Attach};
 use super::config::{BridgeConf, CniArgs, NetConf, Plan, delegate_bytes};
 use super::delegate;
 use super::env::{self, RuntimeEnv};
-use super::ipam::{IpamConf, Owner, Store, parse_record};
+use super::ipam::{History, IpamConf, Owner, Store, parse_record};
 use super::ipmasq;
 use super::state;
 use super::subnet_env::SubnetEnv;
@@ -193,6 +193,11 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
                         &attach,
                         mac.as_deref(),
                         requested,
+                        if written.is_new() {
+                            History::New
+                        } else {
+                            History::MayExist
+                        },
                     ))
                     .map(|mut result| {
                         let dns = bridge.dns.clone().filter(|d| !d.is_empty());

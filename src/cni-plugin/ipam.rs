@@ -663,23 +663,46 @@ impl Locked<'_> {
             .ok()
     }
 
-    /// Every reservation file: (IP, raw content).
+    /// Every reservation file: (IP, raw content). Files are read relative to the directory
+    /// with one read each (they hold a few dozen bytes): this walk is what every ADD of a
+    /// known attachment and every DEL pays per reserved IP, like host-local.
     pub fn reservations(&self) -> Result<Vec<(IpAddr, String)>, IpamError> {
+        let dir = &self.store.dir;
+        let dir_fd = File::open(dir).map_err(io_err("open directory", dir))?;
+        let entries = std::fs::read_dir(dir).map_err(io_err("read directory", dir))?;
         let mut out = Vec::new();
-        let entries = std::fs::read_dir(&self.store.dir)
-            .map_err(io_err("read directory", &self.store.dir))?;
+        let mut buf = [0u8; 512];
         for entry in entries {
-            let entry = entry.map_err(io_err("read directory", &self.store.dir))?;
+            let entry = entry.map_err(io_err("read directory", dir))?;
             let name = entry.file_name();
             let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
                 continue;
             };
-            // A file vanishing between readdir and read can only be a racing non-locking writer.
-            match std::fs::read(entry.path()) {
-                Ok(bytes) => out.push((ip, String::from_utf8_lossy(&bytes).into_owned())),
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("read reservation", &entry.path())(e)),
+            let fd = match nix::fcntl::openat(
+                &dir_fd,
+                name.as_os_str(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                // Gone between readdir and open: only a non-locking writer does that.
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => return Err(io_err("open reservation", &entry.path())(e.into())),
+            };
+            let mut content = Vec::new();
+            loop {
+                match nix::unistd::read(&fd, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => content.extend_from_slice(&buf[..n]),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(io_err("read reservation", &entry.path())(e.into())),
+                }
+                if content.len() < buf.len() {
+                    // A short read of a regular file means end of file.
+                    break;
+                }
             }
+            out.push((ip, String::from_utf8_lossy(&content).into_owned()));
         }
         Ok(out)
     }
@@ -765,6 +788,18 @@ fn with_prefix(ip: IpAddr, range: &Range) -> IpNetwork {
     IpNetwork::new(ip, range.subnet.prefix()).unwrap_or(range.subnet)
 }
 
+/// Whether the owner may already hold reservations here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// Unknown: walk the directory for the owner's reservations (host-local's behaviour).
+    MayExist,
+    /// The caller knows this attachment is new (flannel's DEL record did not exist before this
+    /// ADD, and every ADD writes it before reserving), so the walk is skipped. Were the caller
+    /// wrong, the owner would hold one extra reservation until its DEL, which releases every
+    /// file of the owner; an IP is never handed out twice either way (O_EXCL).
+    New,
+}
+
 /// Reserves one IP per range set for `owner`, all under one lock. On any error the
 /// reservations made by this call are released again.
 pub fn allocate(
@@ -772,9 +807,10 @@ pub fn allocate(
     sets: &[RangeSet],
     owner: &Owner,
     requested: &[IpAddr],
+    history: History,
 ) -> Result<Vec<Allocation>, IpamError> {
     let mut done: Vec<Allocation> = Vec::new();
-    match allocate_inner(locked, sets, owner, requested, &mut done) {
+    match allocate_inner(locked, sets, owner, requested, history, &mut done) {
         Ok(()) => Ok(done),
         Err(e) => {
             rollback(locked, owner, &done);
@@ -797,9 +833,13 @@ fn allocate_inner(
     sets: &[RangeSet],
     owner: &Owner,
     requested: &[IpAddr],
+    history: History,
     done: &mut Vec<Allocation>,
 ) -> Result<(), IpamError> {
-    let held = locked.owned_by(owner)?;
+    let held = match history {
+        History::MayExist => locked.owned_by(owner)?,
+        History::New => Vec::new(),
+    };
     let mut pending: Vec<IpAddr> = requested.to_vec();
     for (index, set) in sets.iter().enumerate() {
         let wanted = pending
@@ -1008,7 +1048,14 @@ mod tests {
         let store = Store::new(tmp.0.join("cbr0"), Durability::PageCache);
         let locked = store.lock().unwrap();
         let owner = Owner::new("cnib-seq-1", "eth0");
-        let a = allocate(&locked, &[set("10.244.1.0/24")], &owner, &[]).unwrap();
+        let a = allocate(
+            &locked,
+            &[set("10.244.1.0/24")],
+            &owner,
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
         assert_eq!(a[0].address.to_string(), "10.244.1.2/24");
         assert_eq!(a[0].gateway.to_string(), "10.244.1.1");
         let bytes = std::fs::read(tmp.0.join("cbr0/10.244.1.2")).unwrap();
@@ -1028,7 +1075,14 @@ mod tests {
         let locked = store.lock().unwrap();
         let mut got = Vec::new();
         for i in 0..5 {
-            let a = allocate(&locked, &sets, &Owner::new(&format!("c{i}"), "eth0"), &[]).unwrap();
+            let a = allocate(
+                &locked,
+                &sets,
+                &Owner::new(&format!("c{i}"), "eth0"),
+                &[],
+                History::MayExist,
+            )
+            .unwrap();
             assert!(a[0].newly_reserved);
             got.push(a[0].address.ip().to_string());
         }
@@ -1038,11 +1092,25 @@ mod tests {
         );
 
         // The same (container, ifname) gets the same IP back, not a second one.
-        let again = allocate(&locked, &sets, &Owner::new("c2", "eth0"), &[]).unwrap();
+        let again = allocate(
+            &locked,
+            &sets,
+            &Owner::new("c2", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
         assert_eq!(again[0].address.ip().to_string(), "10.0.0.4");
         assert!(!again[0].newly_reserved);
 
-        let err = allocate(&locked, &sets, &Owner::new("c9", "eth0"), &[]).unwrap_err();
+        let err = allocate(
+            &locked,
+            &sets,
+            &Owner::new("c9", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "failed to allocate for range 0: no IP addresses available in range set: 10.0.0.1-10.0.0.6"
@@ -1054,7 +1122,14 @@ mod tests {
             vec!["10.0.0.3".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(locked.last_reserved(0).unwrap().to_string(), "10.0.0.6");
-        let a = allocate(&locked, &sets, &Owner::new("c7", "eth0"), &[]).unwrap();
+        let a = allocate(
+            &locked,
+            &sets,
+            &Owner::new("c7", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
         assert_eq!(a[0].address.ip().to_string(), "10.0.0.3");
         // Releasing what does not exist is fine.
         assert!(
@@ -1073,10 +1148,17 @@ mod tests {
         let locked = store.lock().unwrap();
         for i in 0..3 {
             let o = Owner::new(&format!("c{i}"), "eth0");
-            allocate(&locked, &sets, &o, &[]).unwrap();
+            allocate(&locked, &sets, &o, &[], History::MayExist).unwrap();
             locked.release_owner(&o).unwrap();
         }
-        let a = allocate(&locked, &sets, &Owner::new("x", "eth0"), &[]).unwrap();
+        let a = allocate(
+            &locked,
+            &sets,
+            &Owner::new("x", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
         assert_eq!(a[0].address.ip().to_string(), "10.244.1.5");
     }
 
@@ -1086,11 +1168,32 @@ mod tests {
         let store = Store::new(tmp.0.join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/24"), set("fd00::/126")]; // v6: ::2, ::3 usable
         let locked = store.lock().unwrap();
-        let a = allocate(&locked, &sets, &Owner::new("a", "eth0"), &[]).unwrap();
+        let a = allocate(
+            &locked,
+            &sets,
+            &Owner::new("a", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
         assert_eq!(a[1].address.to_string(), "fd00::2/126");
         assert_eq!(a[1].gateway.to_string(), "fd00::1");
-        allocate(&locked, &sets, &Owner::new("b", "eth0"), &[]).unwrap();
-        let err = allocate(&locked, &sets, &Owner::new("c", "eth0"), &[]).unwrap_err();
+        allocate(
+            &locked,
+            &sets,
+            &Owner::new("b", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
+        let err = allocate(
+            &locked,
+            &sets,
+            &Owner::new("c", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, IpamError::Exhausted { index: 1, .. }),
             "{err}"
@@ -1113,19 +1216,39 @@ mod tests {
         let sets = [set("10.0.0.0/24")];
         let locked = store.lock().unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let a = allocate(&locked, &sets, &Owner::new("a", "eth0"), &[ip("10.0.0.50")]).unwrap();
+        let a = allocate(
+            &locked,
+            &sets,
+            &Owner::new("a", "eth0"),
+            &[ip("10.0.0.50")],
+            History::MayExist,
+        )
+        .unwrap();
         assert_eq!(a[0].address.to_string(), "10.0.0.50/24");
-        let err =
-            allocate(&locked, &sets, &Owner::new("b", "eth0"), &[ip("10.0.0.50")]).unwrap_err();
+        let err = allocate(
+            &locked,
+            &sets,
+            &Owner::new("b", "eth0"),
+            &[ip("10.0.0.50")],
+            History::MayExist,
+        )
+        .unwrap_err();
         assert!(matches!(err, IpamError::RequestedTaken { .. }), "{err}");
-        let err =
-            allocate(&locked, &sets, &Owner::new("b", "eth0"), &[ip("10.0.0.1")]).unwrap_err();
+        let err = allocate(
+            &locked,
+            &sets,
+            &Owner::new("b", "eth0"),
+            &[ip("10.0.0.1")],
+            History::MayExist,
+        )
+        .unwrap_err();
         assert!(matches!(err, IpamError::RequestedGateway { .. }), "{err}");
         let err = allocate(
             &locked,
             &sets,
             &Owner::new("b", "eth0"),
             &[ip("192.168.0.1")],
+            History::MayExist,
         )
         .unwrap_err();
         assert!(matches!(err, IpamError::RequestedUnmatched(_)), "{err}");
@@ -1136,7 +1259,14 @@ mod tests {
                 .is_empty()
         );
         // Same request again by the holder is idempotent.
-        let again = allocate(&locked, &sets, &Owner::new("a", "eth0"), &[ip("10.0.0.50")]).unwrap();
+        let again = allocate(
+            &locked,
+            &sets,
+            &Owner::new("a", "eth0"),
+            &[ip("10.0.0.50")],
+            History::MayExist,
+        )
+        .unwrap();
         assert!(!again[0].newly_reserved);
     }
 
@@ -1149,8 +1279,22 @@ mod tests {
         let store = Store::new(&dir, Durability::PageCache);
         let locked = store.lock().unwrap();
         let sets = [set("10.0.0.0/24")];
-        allocate(&locked, &sets, &Owner::new("c", "eth0"), &[]).unwrap();
-        allocate(&locked, &sets, &Owner::new("c", "net1"), &[]).unwrap();
+        allocate(
+            &locked,
+            &sets,
+            &Owner::new("c", "eth0"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
+        allocate(
+            &locked,
+            &sets,
+            &Owner::new("c", "net1"),
+            &[],
+            History::MayExist,
+        )
+        .unwrap();
         assert_eq!(locked.owned_by(&Owner::new("c", "eth0")).unwrap().len(), 1);
         assert_eq!(
             locked
@@ -1188,6 +1332,7 @@ mod tests {
             &[set("10.0.0.0/24")],
             &Owner::new("c", "eth0"),
             &[],
+            History::MayExist,
         )
         .unwrap();
         assert_eq!(
@@ -1221,7 +1366,7 @@ mod tests {
                     for i in 0..15 {
                         let locked = store.lock().unwrap();
                         let owner = Owner::new(&format!("t{t}-{i}"), "eth0");
-                        let a = allocate(&locked, &sets, &owner, &[]).unwrap();
+                        let a = allocate(&locked, &sets, &owner, &[], History::MayExist).unwrap();
                         mine.push(a[0].address.ip());
                     }
                     mine
@@ -1237,6 +1382,46 @@ mod tests {
         assert_eq!(unique.len(), 240, "duplicate IP handed out");
         let store = Store::new(&dir, Durability::PageCache);
         assert_eq!(store.lock().unwrap().reservations().unwrap().len(), 240);
+    }
+
+    #[test]
+    fn a_new_attachment_skips_the_walk_and_a_known_one_does_not() {
+        let tmp = TempDir::new("hist");
+        let store = Store::new(tmp.0.join("n"), Durability::PageCache);
+        let sets = [set("10.0.0.0/24")];
+        let locked = store.lock().unwrap();
+        let o = Owner::new("c", "eth0");
+        let first = allocate(&locked, &sets, &o, &[], History::New).unwrap();
+        let again = allocate(&locked, &sets, &o, &[], History::MayExist).unwrap();
+        assert_eq!(first[0].address, again[0].address);
+        assert!(!again[0].newly_reserved);
+        // Claiming "new" wrongly costs one extra reservation, never a shared IP, and one
+        // release frees both.
+        let wrong = allocate(&locked, &sets, &o, &[], History::New).unwrap();
+        assert_ne!(wrong[0].address, first[0].address);
+        assert_eq!(locked.release_owner(&o).unwrap().len(), 2);
+        assert!(locked.reservations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn reads_long_and_empty_records() {
+        let tmp = TempDir::new("long");
+        let dir = tmp.0.join("n");
+        std::fs::create_dir_all(&dir).unwrap();
+        let long = format!("{}\r\neth0", "x".repeat(700));
+        std::fs::write(dir.join("10.0.0.7"), &long).unwrap();
+        std::fs::write(dir.join("10.0.0.8"), "").unwrap();
+        std::fs::write(dir.join("not-an-ip"), "c\r\neth0").unwrap();
+        let store = Store::new(&dir, Durability::PageCache);
+        let mut r = store.lock().unwrap().reservations().unwrap();
+        r.sort();
+        assert_eq!(
+            r,
+            vec![
+                ("10.0.0.7".parse().unwrap(), long),
+                ("10.0.0.8".parse().unwrap(), String::new())
+            ]
+        );
     }
 
     #[test]
