@@ -55,6 +55,8 @@ pub enum BridgeError {
     NoAddresses,
     #[error("{0}")]
     Check(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<BridgeError> for CniError {
@@ -367,7 +369,7 @@ async fn add_steps(
     if conf.is_gateway {
         for a in &undo.allocations {
             let gw = IpNetwork::new(a.gateway, a.address.prefix())
-                .map_err(|e| BridgeError::Check(e.to_string()))?;
+                .map_err(|e| BridgeError::Internal(e.to_string()))?;
             ensure_gateway_address(node, conf, &bridge, gw).await?;
         }
         if undo.allocations.iter().any(|a| a.address.is_ipv4()) {
@@ -426,7 +428,7 @@ async fn add_steps(
     let container = pod
         .link_by_name(at.ifname)
         .await?
-        .ok_or_else(|| BridgeError::Check(format!("{} vanished from the pod", at.ifname)))?;
+        .ok_or_else(|| BridgeError::Internal(format!("{} vanished from the pod", at.ifname)))?;
     let addresses: Vec<Op> = undo
         .allocations
         .iter()
@@ -511,7 +513,8 @@ pub async fn del(
                 .find_map(|s| s.range_for(ip))
                 .map(|r| r.subnet.prefix())
                 .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
-            let net = IpNetwork::new(ip, prefix).map_err(|e| BridgeError::Check(e.to_string()))?;
+            let net =
+                IpNetwork::new(ip, prefix).map_err(|e| BridgeError::Internal(e.to_string()))?;
             ipmasq::teardown(net, &chain, &comment)?;
         }
     }

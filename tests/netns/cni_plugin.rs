@@ -777,3 +777,62 @@ fn other_delegate_types_are_executed_from_cni_path() {
         .expect_ok();
     node.assert_clean("ptp delegate");
 }
+
+#[test]
+fn a_non_bridge_named_cni0_fails_the_add_cleanly() {
+    let node = Node::new("nb");
+    node.ns
+        .ip(&[
+            "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
+        ])
+        .unwrap();
+    let p = pod("nbp");
+    let out = node.ours(&Call::new("ADD", "c1", &path_of(&p)), &node.conf("0.3.1"));
+    assert!(
+        out.msg()
+            .contains("\"cni0\" already exists but is not a bridge"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(node.veths(), ["cni0", "cni0p"], "only the squatter");
+    assert!(node.reservations().is_empty());
+    assert!(node.records().is_empty());
+    assert!(links_of_kind(&p, "veth").is_empty());
+}
+
+#[test]
+fn bridge_address_conflicts_unless_force_address() {
+    let node = Node::new("fa");
+    node.ns
+        .ip(&["link", "add", "cni0", "type", "bridge"])
+        .unwrap();
+    node.ns
+        .ip(&["addr", "add", "10.9.9.1/24", "dev", "cni0"])
+        .unwrap();
+    // Set explicitly, so the kernel no longer follows the ports' MTU.
+    node.ns.ip(&["link", "set", "cni0", "mtu", "1400"]).unwrap();
+    let p = pod("fap");
+    let conf = node.conf("0.3.1");
+    let out = node.ours(&Call::new("ADD", "c1", &path_of(&p)), &conf);
+    assert!(
+        out.msg()
+            .contains("\"cni0\" already has an IP address different from 10.244.1.1/24"),
+        "{}",
+        out.stdout
+    );
+    node.assert_clean("address conflict");
+    assert!(links_of_kind(&p, "veth").is_empty());
+    assert_eq!(global_addrs(&node.ns, "cni0"), ["10.9.9.1/24"]);
+
+    let mut forced = conf.clone();
+    forced["delegate"]["forceAddress"] = true.into();
+    node.ours(&Call::new("ADD", "c1", &path_of(&p)), &forced)
+        .expect_ok();
+    assert_eq!(global_addrs(&node.ns, "cni0"), ["10.244.1.1/24"]);
+    // An adopted bridge keeps its MTU (the reference does not change it either).
+    assert_eq!(link(&node.ns, "cni0")["mtu"], 1400);
+    assert_eq!(link(&p, "eth0")["mtu"], 1450);
+    node.ours(&Call::new("DEL", "c1", &path_of(&p)), &forced)
+        .expect_ok();
+    node.assert_clean("forceAddress");
+}
