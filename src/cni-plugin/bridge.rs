@@ -634,3 +634,107 @@ pub async fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Map, Value};
+
+    fn conf(extra: Value) -> BridgeConf {
+        let mut m: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "name": "cbr0", "type": "bridge", "isGateway": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]]}
+        }))
+        .unwrap();
+        if let Value::Object(e) = extra {
+            m.extend(e);
+        }
+        BridgeConf::from_delegate(&m).unwrap()
+    }
+
+    fn ipam(routes: Value) -> IpamConf {
+        let m: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00::/64"}]],
+            "routes": routes,
+        }))
+        .unwrap();
+        IpamConf::from_ipam("cbr0", &m).unwrap()
+    }
+
+    fn alloc(addr: &str, gw: &str) -> Allocation {
+        Allocation {
+            set_index: 0,
+            address: addr.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+            newly_reserved: true,
+        }
+    }
+
+    #[test]
+    fn default_routes_per_family_only_with_is_default_gateway() {
+        let allocs = [
+            alloc("10.244.1.2/24", "10.244.1.1"),
+            alloc("fd00::2/64", "fd00::1"),
+        ];
+        let routes = serde_json::json!([{"dst": "10.244.0.0/16"}]);
+        let r = ipam_result(&conf(serde_json::json!({})), &ipam(routes.clone()), &allocs);
+        assert_eq!(r.routes.len(), 1);
+        assert!(r.ips.iter().all(|ip| ip.interface == Some(2)));
+        let r = ipam_result(
+            &conf(serde_json::json!({"isDefaultGateway": true})),
+            &ipam(routes),
+            &allocs,
+        );
+        let dsts: Vec<String> = r
+            .routes
+            .iter()
+            .map(|r| format!("{} {:?}", r.dst, r.gw))
+            .collect();
+        assert_eq!(
+            dsts,
+            [
+                "10.244.0.0/16 None",
+                "0.0.0.0/0 Some(10.244.1.1)",
+                "::/0 Some(fd00::1)"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipam_default_route_with_gateway_is_kept_as_is() {
+        let allocs = [alloc("10.244.1.2/24", "10.244.1.1")];
+        let r = ipam_result(
+            &conf(serde_json::json!({"isDefaultGateway": true})),
+            &ipam(serde_json::json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.254"}])),
+            &allocs,
+        );
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.routes[0].gw.unwrap().to_string(), "10.244.1.254");
+    }
+
+    #[test]
+    fn pod_routes_go_via_the_family_gateway_unless_given() {
+        let ips = vec![IpConfig {
+            address: "10.244.1.2/24".parse().unwrap(),
+            gateway: Some("10.244.1.1".parse().unwrap()),
+            interface: Some(2),
+        }];
+        let r = pod_route(&Route::to("10.244.0.0/16".parse().unwrap(), None), 7, &ips);
+        assert_eq!(r.gateway.unwrap().to_string(), "10.244.1.1");
+        assert_eq!(r.oif, Some(7));
+        let mut with = Route::to(
+            "192.168.0.0/16".parse().unwrap(),
+            Some("10.244.1.9".parse().unwrap()),
+        );
+        with.priority = Some(50);
+        with.table = Some(100);
+        let r = pod_route(&with, 7, &ips);
+        assert_eq!(r.gateway.unwrap().to_string(), "10.244.1.9");
+        assert_eq!((r.metric, r.table), (Some(50), 100));
+        // No gateway of that family at all: a link-scope device route.
+        let r = pod_route(&Route::to("fd00::/8".parse().unwrap(), None), 7, &ips);
+        assert_eq!(r.gateway, None);
+        assert_eq!(r.scope, RouteScope::Link);
+    }
+}
