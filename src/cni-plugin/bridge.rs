@@ -15,6 +15,8 @@ use crate::netlink::{
     Address, Link, MacAddr, Netlink, NetlinkError, Op, Route as NlRoute, RouteFilter, RouteScope,
 };
 use crate::netns::{NetnsError, NetnsFile};
+use nix::sched::{CloneFlags, setns};
+use std::os::fd::{AsFd, AsRawFd};
 
 use super::config::BridgeConf;
 use super::ifreq::{TxqlenError, set_txqlen};
@@ -140,7 +142,12 @@ impl Undo {
 }
 
 /// ADD: returns the result (interfaces `[bridge, host veth, container]`, `ips[].interface = 2`).
-pub async fn add(
+///
+/// Runs on the plugin's current-thread runtime `rt` in two async phases — node side, then pod
+/// side — with a synchronous step between them in which the calling thread briefly enters the
+/// pod namespace ([`in_pod_namespace`]).
+pub fn add(
+    rt: &tokio::runtime::Runtime,
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
     at: &Attach<'_>,
@@ -148,25 +155,57 @@ pub async fn add(
     requested: &[IpAddr],
     history: History,
 ) -> Result<CniResult, AddFailure> {
-    let node = match Netlink::current() {
+    let failed = |error: BridgeError| AddFailure {
+        error,
+        rolled_back: true,
+        undo_errors: Vec::new(),
+    };
+    let home = NetnsFile::current().map_err(|e| failed(e.into()))?;
+    // Opening a handle waits for a helper thread to be scheduled, which on a busy node takes
+    // milliseconds; the pod's handle is opened on the side while the node side is done.
+    let pod_ns = NetnsFile::open(format!("/proc/self/fd/{}", at.netns.file().as_raw_fd()))
+        .map_err(|e| failed(e.into()))?;
+    let runtime = rt.handle().clone();
+    let pod_handle = std::thread::Builder::new()
+        .name("pod-netlink".into())
+        .spawn(move || {
+            let _runtime = runtime.enter();
+            Netlink::in_netns(&pod_ns)
+        })
+        .map_err(|e| failed(BridgeError::Internal(format!("spawn thread: {e}"))))?;
+    let node = {
+        let _runtime = rt.enter();
+        Netlink::current()
+    };
+    let node = match node {
         Ok(n) => n,
         Err(e) => {
-            return Err(AddFailure {
-                error: e.into(),
-                rolled_back: true,
-                undo_errors: Vec::new(),
-            });
+            let _ = pod_handle.join();
+            return Err(failed(e.into()));
         }
     };
     let mut undo = Undo::default();
-    match add_steps(
-        &node, conf, ipam_conf, at, mac, requested, history, &mut undo,
-    )
-    .await
-    {
+    let timer = StepTimer::new();
+    // Called once, right here; on an early error the side thread is left to finish alone.
+    let outcome = (|| -> Result<CniResult, BridgeError> {
+        let node_side = rt.block_on(node_phase(
+            &node, conf, ipam_conf, at, mac, requested, history, &mut undo, &timer,
+        ))?;
+        let has_v6 = undo.allocations.iter().any(|a| a.address.is_ipv6());
+        in_pod_namespace(at.netns, &home, || pod_settings(at.ifname, has_v6))??;
+        timer.step("pod settings");
+        let pod = pod_handle
+            .join()
+            .map_err(|_| BridgeError::Internal("pod netlink thread panicked".into()))??;
+        timer.step("pod socket");
+        rt.block_on(pod_phase(
+            &node, &pod, conf, at, node_side, &mut undo, &timer,
+        ))
+    })();
+    match outcome {
         Ok(result) => Ok(result),
         Err(error) => {
-            let undo_errors = undo.run(&node, ipam_conf, at).await;
+            let undo_errors = rt.block_on(undo.run(&node, ipam_conf, at));
             for e in &undo_errors {
                 tracing::error!(container_id = at.container_id, error = %e, "undo after failed ADD");
             }
@@ -177,6 +216,47 @@ pub async fn add(
             })
         }
     }
+}
+
+/// Debug-level timing of ADD's steps (`FLANNEL_CNI_LOG=debug`).
+struct StepTimer(std::time::Instant);
+
+impl StepTimer {
+    fn new() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    fn step(&self, name: &'static str) {
+        tracing::debug!(
+            step = name,
+            elapsed_us = self.0.elapsed().as_micros() as u64,
+            "ADD"
+        );
+    }
+}
+
+/// Runs `f` on the calling thread inside `target`, then returns to `home`.
+///
+/// Only called between two `block_on`s of the plugin's current-thread runtime: no async task
+/// can run on this thread meanwhile, and sockets keep the namespace they were created in. It
+/// saves the hand-off to a helper thread, which on a busy node costs milliseconds of
+/// scheduling delay. If the thread cannot return, the ADD fails right there (the node-side
+/// work that would follow must not run in the pod's namespace).
+fn in_pod_namespace<T>(
+    target: &NetnsFile,
+    home: &NetnsFile,
+    f: impl FnOnce() -> T,
+) -> Result<T, BridgeError> {
+    setns(target.file().as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| BridgeError::Internal(format!("enter {}: {e}", target.path().display())))?;
+    let out = f();
+    setns(home.file().as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+        BridgeError::Internal(format!(
+            "return to the node namespace from {}: {e}",
+            target.path().display()
+        ))
+    })?;
+    Ok(out)
 }
 
 fn random_veth_name() -> String {
@@ -324,8 +404,17 @@ fn pod_sysctls(ifname: &str, has_v6: bool) -> Result<(), SysctlError> {
     Ok(())
 }
 
+/// What the node-side phase hands to the pod-side phase.
+struct NodeSide {
+    bridge: Link,
+    host: Link,
+    result: CniResult,
+}
+
+/// Node side: bridge, reservation, gateway address, forwarding, veth (host end enslaved and
+/// set up, container end created in the pod namespace), hairpin.
 #[allow(clippy::too_many_arguments)]
-async fn add_steps(
+async fn node_phase(
     node: &Netlink,
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
@@ -334,7 +423,8 @@ async fn add_steps(
     requested: &[IpAddr],
     history: History,
     undo: &mut Undo,
-) -> Result<CniResult, BridgeError> {
+    timer: &StepTimer,
+) -> Result<NodeSide, BridgeError> {
     let container_mac = match mac {
         Some(m) => Some(
             m.parse::<MacAddr>()
@@ -342,16 +432,8 @@ async fn add_steps(
         ),
         None => None,
     };
-    let started = std::time::Instant::now();
-    let step = |name: &'static str| {
-        tracing::debug!(
-            step = name,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "ADD"
-        );
-    };
     let bridge = ensure_bridge(node, conf).await?;
-    step("bridge");
+    timer.step("bridge");
 
     // Reserve first: an exhausted pool fails before any interface exists.
     {
@@ -363,8 +445,8 @@ async fn add_steps(
     if undo.allocations.is_empty() {
         return Err(BridgeError::NoAddresses);
     }
-    step("ipam");
-    let mut result = ipam_result(conf, ipam_conf, &undo.allocations);
+    timer.step("ipam");
+    let result = ipam_result(conf, ipam_conf, &undo.allocations);
 
     if conf.is_gateway {
         for a in &undo.allocations {
@@ -379,11 +461,9 @@ async fn add_steps(
             sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
         }
     }
+    timer.step("gateway");
 
-    step("gateway");
     let mtu = if conf.mtu == 0 { bridge.mtu } else { conf.mtu };
-    let pod = Netlink::in_netns(at.netns)?;
-    step("pod socket");
     let mut host = None;
     for _ in 0..VETH_NAME_TRIES {
         let name = random_veth_name();
@@ -403,28 +483,44 @@ async fn add_steps(
                 host = Some(link);
                 break;
             }
+            // EEXIST is either our random host name (retry) or CNI_IFNAME in the pod.
             Err(e) if e.errno() == Some(EEXIST) => {
-                if pod.link_by_name(at.ifname).await?.is_some() {
+                if node.link_by_name(&name).await?.is_none() {
                     return Err(BridgeError::InterfaceExists(at.ifname.to_string()));
                 }
-                // The random host name collided; try another.
             }
             Err(e) => return Err(e.into()),
         }
     }
     let host = host.ok_or(BridgeError::NoVethName)?;
-    step("veth");
+    timer.step("veth");
     if conf.hairpin_mode {
         node.set_hairpin(host.index, true).await?;
     }
     set_txqlen(&host.name, 0)?;
     sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host.name), "0")?;
+    Ok(NodeSide {
+        bridge,
+        host,
+        result,
+    })
+}
 
-    // Pod side.
-    let has_v6 = undo.allocations.iter().any(|a| a.address.is_ipv6());
-    let ifname = at.ifname.to_string();
-    at.netns.run(move || pod_settings(&ifname, has_v6))??;
-    step("pod settings");
+/// Pod side: addresses, link up, routes; then masquerading and the result.
+async fn pod_phase(
+    node: &Netlink,
+    pod: &Netlink,
+    conf: &BridgeConf,
+    at: &Attach<'_>,
+    side: NodeSide,
+    undo: &mut Undo,
+    timer: &StepTimer,
+) -> Result<CniResult, BridgeError> {
+    let NodeSide {
+        bridge,
+        host,
+        mut result,
+    } = side;
     let container = pod
         .link_by_name(at.ifname)
         .await?
@@ -442,7 +538,7 @@ async fn add_steps(
         .map(|r| Op::EnsureRoute(pod_route(r, container.index, &result.ips)))
         .collect();
     pod.apply_all(&routes).await?;
-    step("pod addresses, up, routes");
+    timer.step("pod addresses, up, routes");
 
     if conf.ip_masq {
         let chain = ipmasq::chain_name(at.network, at.container_id);
@@ -451,9 +547,9 @@ async fn add_steps(
             undo.masquerade.push(a.address);
             ipmasq::setup(a.address, &chain, &comment)?;
         }
+        timer.step("masquerade");
     }
 
-    step("masquerade");
     // Re-read MACs: the bridge's may have been pinned, the veth's can change on enslaving.
     let bridge_now = node.link_by_name(&conf.bridge).await?.unwrap_or(bridge);
     let host_now = node.link_by_name(&host.name).await?.unwrap_or(host);
@@ -479,7 +575,7 @@ async fn add_steps(
             ..Default::default()
         },
     ];
-    step("done");
+    timer.step("done");
     Ok(result)
 }
 

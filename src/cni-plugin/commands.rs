@@ -186,37 +186,37 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
             };
             match runtime() {
                 Err(e) => Err((e, true)),
-                Ok(rt) => rt
-                    .block_on(bridge::add(
-                        bridge,
-                        ipam,
-                        &attach,
-                        mac.as_deref(),
-                        requested,
-                        if written.is_new() {
-                            History::New
-                        } else {
-                            History::MayExist
-                        },
-                    ))
-                    .map(|mut result| {
-                        let dns = bridge.dns.clone().filter(|d| !d.is_empty());
-                        result.dns = match dns {
-                            Some(d) => d,
-                            None => ipam.dns().unwrap_or_default(),
-                        };
-                        result.render(conf.version)
-                    })
-                    .map_err(|f| {
-                        let mut err = CniError::from(f.error);
-                        if !f.undo_errors.is_empty() {
-                            err = err.with_details(format!(
-                                "undo incomplete, DEL will retry: {}",
-                                f.undo_errors.join("; ")
-                            ));
-                        }
-                        (err, f.rolled_back)
-                    }),
+                Ok(rt) => bridge::add(
+                    &rt,
+                    bridge,
+                    ipam,
+                    &attach,
+                    mac.as_deref(),
+                    requested,
+                    if written.is_new() {
+                        History::New
+                    } else {
+                        History::MayExist
+                    },
+                )
+                .map(|mut result| {
+                    let dns = bridge.dns.clone().filter(|d| !d.is_empty());
+                    result.dns = match dns {
+                        Some(d) => d,
+                        None => ipam.dns().unwrap_or_default(),
+                    };
+                    result.render(conf.version)
+                })
+                .map_err(|f| {
+                    let mut err = CniError::from(f.error);
+                    if !f.undo_errors.is_empty() {
+                        err = err.with_details(format!(
+                            "undo incomplete, DEL will retry: {}",
+                            f.undo_errors.join("; ")
+                        ));
+                    }
+                    (err, f.rolled_back)
+                }),
             }
         }
         Prepared::Exec { plugin } => match delegate::exec(plugin, "ADD", env, &bytes) {
