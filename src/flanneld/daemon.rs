@@ -206,6 +206,7 @@ pub async fn run(
         patch_for: patch_for(keys.clone(), advertisements),
         prefix: keys.prefix.clone(),
         stats: keeper_stats.clone(),
+        metrics: metrics.clone(),
         timing: tuning.keeper.clone(),
         published: published_tx,
     };

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::annotations::AnnotationPrefix;
 use super::backoff::{Backoff, HealGovernor};
 use super::kube::NodeStatusWriter;
+use super::metrics::Metrics;
 use super::node::NodeInfo;
 use super::node_cache::NodeCache;
 
@@ -64,6 +65,7 @@ pub struct AnnotationKeeper {
     pub patch_for: PatchFor,
     pub prefix: AnnotationPrefix,
     pub stats: Arc<KeeperStats>,
+    pub metrics: Arc<Metrics>,
     pub timing: KeeperTiming,
     /// Fires (value `true`) once our annotations are published as desired.
     pub published: watch::Sender<bool>,
@@ -144,6 +146,7 @@ impl AnnotationKeeper {
                     if converged_once {
                         let took = noticed_at.elapsed();
                         self.stats.heals.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.count_annotation_heal();
                         self.stats
                             .last_heal_ms
                             .store(took.as_millis() as u64, Ordering::Relaxed);
@@ -160,6 +163,7 @@ impl AnnotationKeeper {
                 }
                 Err(err) if err.is_conflict() => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count_annotation_conflict();
                     tracing::info!(node = %node, resource_version = %rv,
                         "annotation patch conflicted (409); re-reading the node");
                     match self.writer.get().await {
