@@ -58,9 +58,10 @@ pub async fn run(
         let metrics = metrics.clone();
         let status = status.clone();
         let keeper_stats = keeper_stats.clone();
+        let metrics_for_status = metrics.clone();
         HealthState::new(
             Arc::new(move || metrics.render()),
-            Arc::new(move || render_status(&status, &keeper_stats)),
+            Arc::new(move || render_status(&status, &keeper_stats, &metrics_for_status)),
         )
     };
     if let Some(addr) = config.healthz {
@@ -414,7 +415,11 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
     }
 }
 
-fn render_status(status: &std::sync::Mutex<StatusDoc>, keeper: &KeeperStats) -> String {
+fn render_status(
+    status: &std::sync::Mutex<StatusDoc>,
+    keeper: &KeeperStats,
+    metrics: &Metrics,
+) -> String {
     let Ok(s) = status.lock() else {
         return "{}".into();
     };
@@ -432,6 +437,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, keeper: &KeeperStats) -> 
             "errors": keeper.errors.load(Ordering::Relaxed),
             "last_heal_ms": keeper.last_heal_ms.load(Ordering::Relaxed),
         },
+        "drift_repairs": metrics.drift_repairs(),
         "last_reconcile": last,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())

@@ -29,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod desired;
+pub mod explain;
 pub mod health;
 pub mod iface;
 pub mod keeper;
