@@ -2,3 +2,4 @@
 pub mod flanneld;
 pub mod netlink;
 pub mod netns;
+pub mod testsupport;

@@ -4,6 +4,7 @@
 
 mod harness;
 mod harness_tests;
+mod topology_tests;
 mod netlink_addrs;
 mod netlink_batch;
 mod netlink_links;

@@ -1,0 +1,3 @@
+//! Test support shared by integration tests, benchmarks and the local cluster (no feature
+//! gate: it only creates namespaces, spawns processes and talks HTTP).
+pub mod topology;
