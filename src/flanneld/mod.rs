@@ -39,6 +39,7 @@ pub mod node_cache;
 pub mod peers;
 pub mod plan;
 pub mod subnet_env;
+pub mod traffic;
 pub mod types;
 
 /// The whole pure pipeline on one realistic input, as the wiring will drive it.
