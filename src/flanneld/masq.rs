@@ -1,11 +1,17 @@
 //! ip-masq and forward rules (spec §7) as pure text: the upstream rule set in `iptables -S`
 //! form, `iptables-restore --noflush` payloads that rewrite our chains atomically, checks of
-//! `iptables -S` output, and the nftables ruleset for `EnableNFTables`.
+//! `iptables -S` output, and the nftables ruleset for `EnableNFTables`. The I/O side that runs
+//! the tools is [`super::traffic`].
 //!
 //! Mechanism note: one `iptables-restore --noflush` transaction per table replaces our chain as a
 //! whole (the `:CHAIN - [0:0]` line flushes it), so stale rules from an old subnet vanish in the
-//! same atomic step and nobody else's rules are touched; the jump rule is appended only when the
-//! caller found it missing, so resyncs never reorder the hook chain.
+//! same atomic step and nobody else's rules are touched. In the hook chain (POSTROUTING,
+//! FORWARD) our rules are recognised by our comment: the jump is appended only when missing, so
+//! resyncs never reorder the hook chain, and any other rule of ours there (duplicate jumps,
+//! the pre-v0.20 layout) is deleted in the same transaction. Only rules just seen in `-S`
+//! output are deleted, because deleting an absent rule fails the whole transaction.
+//! Checks against real iptables 1.8.9 (nf_tables and legacy) and nft 1.0.6 confirmed that the
+//! tools print these rules exactly as rendered here (tests/netns/traffic_rules.rs).
 
 use ipnetwork::IpNetwork;
 

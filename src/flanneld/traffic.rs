@@ -427,6 +427,9 @@ impl TrafficRules {
         family: Family,
         nets: FamilyNets,
     ) -> Result<Vec<String>, TrafficError> {
+        if !self.config.ip_masq && !self.config.forward_rules {
+            return Ok(Vec::new()); // nothing to keep; no need for iptables to be installed
+        }
         let caps = self.ipt_caps(st, family).await?;
         let mut done = Vec::new();
         if self.config.ip_masq {
