@@ -370,11 +370,16 @@ impl TrafficRules {
     /// Ensures now, then every `resync` until `shutdown` (both modes; upstream's nftables mode
     /// never checks again). Rules are left in place on shutdown, like upstream.
     pub async fn run(self, resync: Duration, shutdown: CancellationToken) {
-        let mut first = true;
+        // Until the first success, writes are the installation, not a repair of drift.
+        let mut installed = false;
         loop {
             match self.ensure().await {
-                Ok(EnsureOutcome::Unchanged) => debug!("traffic rules in place"),
-                Ok(EnsureOutcome::Repaired { what }) if first => {
+                Ok(EnsureOutcome::Unchanged) => {
+                    installed = true;
+                    debug!("traffic rules in place")
+                }
+                Ok(EnsureOutcome::Repaired { what }) if !installed => {
+                    installed = true;
                     info!(changes = ?what, "traffic rules installed")
                 }
                 Ok(EnsureOutcome::Repaired { what }) => {
@@ -382,7 +387,6 @@ impl TrafficRules {
                 }
                 Err(e) => warn!(error = %e, "ensuring traffic rules failed; retrying next resync"),
             }
-            first = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(resync) => {}
