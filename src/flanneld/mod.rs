@@ -43,6 +43,7 @@ pub mod peers;
 pub mod plan;
 pub mod reconcile;
 pub mod subnet_env;
+pub mod traffic;
 pub mod types;
 
 /// The whole pure pipeline on one realistic input, as the wiring will drive it.

@@ -1,7 +1,7 @@
 //! Idempotent operations on addresses, routes, neighbours and FDB entries, applied singly or
 //! as a pipelined batch.
 
-use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::error::{NetlinkError, RawError};
@@ -16,12 +16,14 @@ const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
 
 /// One change to kernel state. `Ensure*` replace (create or overwrite), `Remove*` succeed
 /// when the object is already gone, `AppendFdb` adds one more destination to an entry
-/// (meaningful for the all-zero MAC used for flooding).
+/// (meaningful for the all-zero MAC used for flooding), `AddRoute` creates a route only when
+/// none with the same key exists (EEXIST otherwise: never overwrites someone else's route).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     EnsureAddress(Address),
     RemoveAddress(Address),
     EnsureRoute(Route),
+    AddRoute(Route),
     RemoveRoute(Route),
     EnsureNeighbour(Neighbour),
     RemoveNeighbour(Neighbour),
@@ -37,6 +39,7 @@ impl Op {
             Op::EnsureAddress(_) => "replace address",
             Op::RemoveAddress(_) => "delete address",
             Op::EnsureRoute(_) => "replace route",
+            Op::AddRoute(_) => "add route",
             Op::RemoveRoute(_) => "delete route",
             Op::EnsureNeighbour(_) => "replace neighbour",
             Op::RemoveNeighbour(_) => "delete neighbour",
@@ -50,7 +53,7 @@ impl Op {
     pub fn ifindex(&self) -> Option<u32> {
         match self {
             Op::EnsureAddress(a) | Op::RemoveAddress(a) => Some(a.ifindex),
-            Op::EnsureRoute(r) | Op::RemoveRoute(r) => r.oif,
+            Op::EnsureRoute(r) | Op::AddRoute(r) | Op::RemoveRoute(r) => r.oif,
             Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => Some(n.ifindex),
             Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => Some(f.ifindex),
         }
@@ -60,7 +63,7 @@ impl Op {
     pub(crate) fn object(&self, ifname: &str) -> String {
         match self {
             Op::EnsureAddress(a) | Op::RemoveAddress(a) => format!("{} dev {ifname}", a.net),
-            Op::EnsureRoute(r) | Op::RemoveRoute(r) => route::describe(r, ifname),
+            Op::EnsureRoute(r) | Op::AddRoute(r) | Op::RemoveRoute(r) => route::describe(r, ifname),
             Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => {
                 format!("{} lladdr {} dev {ifname}", n.ip, n.mac)
             }
@@ -81,6 +84,13 @@ impl Op {
                 (
                     RouteNetlinkMessage::NewRoute(route::route_message(r, false)),
                     ENSURE,
+                )
+            }
+            Op::AddRoute(r) => {
+                r.validate()?;
+                (
+                    RouteNetlinkMessage::NewRoute(route::route_message(r, false)),
+                    NLM_F_CREATE | NLM_F_EXCL,
                 )
             }
             Op::RemoveRoute(r) => {
@@ -115,6 +125,7 @@ impl Op {
         match self {
             Op::EnsureAddress(_)
             | Op::EnsureRoute(_)
+            | Op::AddRoute(_)
             | Op::EnsureNeighbour(_)
             | Op::EnsureFdb(_) => false,
             Op::AppendFdb(_) => errno == EEXIST,

@@ -76,7 +76,13 @@ pub(crate) fn route_message(r: &Route, for_delete: bool) -> RouteMessage {
 
 /// `ip route`-style description with the device by name.
 pub(crate) fn describe(r: &Route, ifname: &str) -> String {
-    let mut s = r.dst.to_string();
+    let kind = match r.kind {
+        RouteType::BlackHole => "blackhole ",
+        RouteType::Unreachable => "unreachable ",
+        RouteType::Prohibit => "prohibit ",
+        _ => "",
+    };
+    let mut s = format!("{kind}{}", r.dst);
     if let Some(gw) = r.gateway {
         s.push_str(&format!(" via {gw}"));
     }
@@ -117,6 +123,12 @@ impl Netlink {
     /// (`ip route replace`).
     pub async fn ensure_route(&self, route: &Route) -> Result<(), NetlinkError> {
         self.apply_one(Op::EnsureRoute(route.clone())).await
+    }
+
+    /// Adds the route only if no route with the same destination/table/metric exists
+    /// (`ip route add`): fails with EEXIST instead of overwriting.
+    pub async fn add_route(&self, route: &Route) -> Result<(), NetlinkError> {
+        self.apply_one(Op::AddRoute(route.clone())).await
     }
 
     /// Removes the route; `Ok` if it is not there.
@@ -211,6 +223,8 @@ mod tests {
             describe(&r, "flannel.1"),
             "10.244.3.0/24 via 10.244.3.0 dev flannel.1 table 7 metric 3 onlink"
         );
+        let hole = Route::new("10.244.1.0/24".parse().unwrap()).kind(RouteType::BlackHole);
+        assert_eq!(describe(&hole, ""), "blackhole 10.244.1.0/24");
     }
 
     #[test]

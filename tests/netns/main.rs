@@ -12,3 +12,4 @@ mod netlink_monitor;
 mod netlink_neigh;
 mod netlink_routes;
 mod netlink_util;
+mod traffic_rules;
