@@ -34,6 +34,7 @@ use super::node_cache::{self, NodeCache};
 use super::peers::ValidationContext;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
 use super::subnet_env::{self, SubnetEnv};
+use super::traffic::{BlackholeRoutes, TrafficConfig, TrafficRules};
 use super::types::{Family, PodSubnets, VtepMac};
 
 /// Knobs tests and benchmarks may shorten; production uses the defaults.
@@ -212,6 +213,26 @@ pub async fn run(
         published: published_tx,
     };
     tokio::spawn(keeper.run(signals.own_node_changed.clone(), shutdown.clone()));
+
+    // Masquerade and forward rules before subnet.env (upstream's order): pods must not start
+    // before their traffic is handled. The previous subnet.env tells which old rules to drop.
+    let previous = std::fs::read_to_string(&config.subnet_file)
+        .ok()
+        .and_then(|t| SubnetEnv::parse(&t).ok());
+    let traffic = TrafficRules::new(TrafficConfig::from_daemon(
+        &config, &netconf, &lease, previous,
+    ))?;
+    traffic.check_br_netfilter()?;
+    match traffic.ensure().await {
+        Ok(outcome) => tracing::info!(outcome = ?outcome, "traffic rules in place"),
+        // Retried by the resync loop; the datapath itself does not depend on them.
+        Err(err) => tracing::warn!(error = %err, "traffic rules could not be installed yet"),
+    }
+    tokio::spawn(traffic.run(config.iptables_resync, shutdown.clone()));
+    if config.ip_blackhole_route {
+        let blackholes = BlackholeRoutes::for_lease(&netconf, &lease);
+        tokio::spawn(blackholes.run(nl.clone(), config.iptables_resync, shutdown.clone()));
+    }
 
     // subnet.env for the CNI plugin.
     let env = SubnetEnv::for_lease(&netconf, &lease, pod_mtu, config.ip_masq);

@@ -4,7 +4,6 @@
 
 mod harness;
 mod harness_tests;
-mod topology_tests;
 mod netlink_addrs;
 mod netlink_batch;
 mod netlink_links;
@@ -12,4 +11,5 @@ mod netlink_monitor;
 mod netlink_neigh;
 mod netlink_routes;
 mod netlink_util;
+mod topology_tests;
 mod traffic_rules;
