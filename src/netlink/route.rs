@@ -97,7 +97,7 @@ pub(crate) fn describe(r: &Route, ifname: &str) -> String {
 
 /// RTM_GETROUTE dump request; on a strict socket the kernel filters by table, protocol and
 /// output device itself.
-fn dump_request(family: IpFamily, filter: &RouteFilter) -> RouteMessage {
+pub(crate) fn dump_request(family: IpFamily, filter: &RouteFilter) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family.address_family();
     if let Some(table) = filter.table {
