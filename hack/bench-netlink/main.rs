@@ -110,16 +110,22 @@ async fn run(args: &Args) -> Result<()> {
         let mut ours = Vec::new();
         let mut ip = Vec::new();
         for rep in 1..=args.reps {
-            ours.push(
-                ours_rep(&nl, &ours_ns, fl, n, &adds, &removes)
-                    .await
-                    .with_context(|| format!("N={n} rep {rep}: flannel_rs::netlink"))?,
-            );
-            ip.push(
-                ip_rep(&ip_ns, n, &files)
-                    .await
-                    .with_context(|| format!("N={n} rep {rep}: ip -batch"))?,
-            );
+            // Alternate which side goes first so drift in machine load hits both alike.
+            for side in if rep % 2 == 1 { [0, 1] } else { [1, 0] } {
+                if side == 0 {
+                    ours.push(
+                        ours_rep(&nl, &ours_ns, fl, n, &adds, &removes)
+                            .await
+                            .with_context(|| format!("N={n} rep {rep}: flannel_rs::netlink"))?,
+                    );
+                } else {
+                    ip.push(
+                        ip_rep(&ip_ns, n, &files)
+                            .await
+                            .with_context(|| format!("N={n} rep {rep}: ip -batch"))?,
+                    );
+                }
+            }
             let (o, i) = (ours[rep - 1], ip[rep - 1]);
             eprintln!(
                 "# N={n} rep {rep}: ours add {:.3} dump {:.3} del {:.3} | ip-batch add {:.3} dump {:.3} del {:.3}",
