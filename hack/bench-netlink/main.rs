@@ -75,6 +75,8 @@ fn main() -> Result<()> {
 #[derive(Default, Clone, Copy)]
 struct Times {
     add: f64,
+    /// The add split by kind: neighbours, FDB entries, routes.
+    add_split: [f64; 3],
     dump: f64,
     delete: f64,
 }
@@ -159,6 +161,18 @@ async fn run(args: &Args) -> Result<()> {
         }
     }
     println!();
+    println!("# add split by kind (s): neighbours / FDB / routes");
+    for (n, o, i) in &rows {
+        println!(
+            "#   N={n}: ours {:.4} / {:.4} / {:.4}   ip-batch {:.4} / {:.4} / {:.4}",
+            o.add_split[0],
+            o.add_split[1],
+            o.add_split[2],
+            i.add_split[0],
+            i.add_split[1],
+            i.add_split[2]
+        );
+    }
     println!("# ratio = ours / ip-batch (target ≤ 1.5 for add and dump); 3 entries per peer.");
     println!(
         "# ip-batch dump = `ip route show dev flannel.1`, `ip neigh show dev flannel.1 nud permanent`,"
@@ -177,6 +191,11 @@ fn median(samples: &[Times]) -> Times {
     };
     Times {
         add: pick(|t| t.add),
+        add_split: [
+            pick(|t| t.add_split[0]),
+            pick(|t| t.add_split[1]),
+            pick(|t| t.add_split[2]),
+        ],
         dump: pick(|t| t.dump),
         delete: pick(|t| t.delete),
     }
@@ -198,8 +217,9 @@ fn peer(i: u32) -> (IpNetwork, Ipv4Addr, MacAddr, Ipv4Addr) {
     (net, gw, mac, public)
 }
 
-/// (add ops, remove ops), each ordered neighbours → FDB → routes as the daemon applies them.
-fn peer_ops(fl: u32, n: u32) -> (Vec<Op>, Vec<Op>) {
+/// (add ops, remove ops), each split into neighbours, FDB entries and routes: the daemon
+/// applies them in that order, one phase after the other.
+fn peer_ops(fl: u32, n: u32) -> ([Vec<Op>; 3], [Vec<Op>; 3]) {
     let mut add = [Vec::new(), Vec::new(), Vec::new()];
     let mut del = [Vec::new(), Vec::new(), Vec::new()];
     for i in 1..=n {
@@ -222,7 +242,7 @@ fn peer_ops(fl: u32, n: u32) -> (Vec<Op>, Vec<Op>) {
         del[1].push(Op::RemoveFdb(fdb));
         del[2].push(Op::RemoveRoute(route));
     }
-    (add.concat(), del.concat())
+    (add, del)
 }
 
 async fn setup_ours(nl: &Netlink) -> Result<u32> {
@@ -285,16 +305,20 @@ async fn ours_rep(
     ns: &NetnsGuard,
     fl: u32,
     n: u32,
-    adds: &[Op],
-    removes: &[Op],
+    adds: &[Vec<Op>; 3],
+    removes: &[Vec<Op>; 3],
 ) -> Result<Times> {
     let n = n as usize;
-    let t = Instant::now();
-    let results = nl.apply(adds).await;
-    let add = secs(t.elapsed());
-    if let Some(err) = results.into_iter().find_map(Result::err) {
-        return Err(err).context("add");
+    let mut add_split = [0.0; 3];
+    for (phase, ops) in adds.iter().enumerate() {
+        let t = Instant::now();
+        let results = nl.apply(ops).await;
+        add_split[phase] = secs(t.elapsed());
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            return Err(err).context("add");
+        }
     }
+    let add = add_split.iter().sum();
 
     let t = Instant::now();
     let routes = nl
@@ -314,24 +338,41 @@ async fn ours_rep(
         "ip/bridge counted {seen:?}, want {n} each"
     );
 
-    let t = Instant::now();
-    let results = nl.apply(removes).await;
-    let delete = secs(t.elapsed());
-    if let Some(err) = results.into_iter().find_map(Result::err) {
-        return Err(err).context("delete");
+    let mut delete = 0.0;
+    for ops in removes {
+        let t = Instant::now();
+        let results = nl.apply(ops).await;
+        delete += secs(t.elapsed());
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            return Err(err).context("delete");
+        }
     }
     let left = ip_counts(ns).await?;
     ensure!(left == (0, 0, 0), "entries left after delete: {left:?}");
-    Ok(Times { add, dump, delete })
+    Ok(Times {
+        add,
+        add_split,
+        dump,
+        delete,
+    })
 }
 
 async fn ip_rep(ns: &NetnsGuard, n: u32, files: &BatchFiles) -> Result<Times> {
     let n = n as usize;
-    let t = Instant::now();
-    batch(ns, "ip", &files.neigh_add).await?;
-    batch(ns, "bridge", &files.fdb_add).await?;
-    batch(ns, "ip", &files.route_add).await?;
-    let add = secs(t.elapsed());
+    let mut add_split = [0.0; 3];
+    for (phase, (tool, file)) in [
+        ("ip", &files.neigh_add),
+        ("bridge", &files.fdb_add),
+        ("ip", &files.route_add),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = Instant::now();
+        batch(ns, tool, file).await?;
+        add_split[phase] = secs(t.elapsed());
+    }
+    let add = add_split.iter().sum();
 
     let t = Instant::now();
     let counts = ip_counts(ns).await?;
@@ -348,7 +389,12 @@ async fn ip_rep(ns: &NetnsGuard, n: u32, files: &BatchFiles) -> Result<Times> {
     let delete = secs(t.elapsed());
     let left = ip_counts(ns).await?;
     ensure!(left == (0, 0, 0), "entries left after delete: {left:?}");
-    Ok(Times { add, dump, delete })
+    Ok(Times {
+        add,
+        add_split,
+        dump,
+        delete,
+    })
 }
 
 async fn batch(ns: &NetnsGuard, tool: &str, file: &Path) -> Result<()> {
