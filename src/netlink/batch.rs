@@ -136,13 +136,19 @@ impl Op {
     }
 }
 
+/// Why one op of a batch failed, before it is turned into a [`NetlinkError`].
+enum Failure {
+    Invalid(String),
+    Raw(RawError),
+}
+
 impl Netlink {
     /// Applies `ops` in order, pipelined on this handle's socket (many requests in flight,
     /// acks collected), and returns one result per op in the same order. The kernel processes
     /// the requests in the given order, so e.g. neighbours → FDB → routes keeps its ordering.
     /// A failing op does not stop the ones after it.
     pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
-        let mut raw: Vec<Result<(), RawError>> = Vec::with_capacity(ops.len());
+        // Invalid ops are answered here and never sent; the rest go out in one batch.
         let mut invalid: Vec<Option<String>> = Vec::with_capacity(ops.len());
         let mut requests = Vec::with_capacity(ops.len());
         for op in ops {
@@ -155,49 +161,50 @@ impl Netlink {
             }
         }
         let mut sent = self.transport().batch(requests).await.into_iter();
-        for reason in &invalid {
-            raw.push(match reason {
-                Some(_) => Ok(()), // replaced below
-                None => sent.next().unwrap_or(Err(RawError::Closed)),
-            });
-        }
-
-        let failed_ifindexes = ops
+        let outcomes: Vec<Result<(), Failure>> = ops
             .iter()
-            .zip(&raw)
-            .zip(&invalid)
-            .filter(|((op, r), bad)| {
-                bad.is_some() || matches!(r, Err(e) if !e.errno().is_some_and(|n| op.tolerates(n)))
+            .zip(invalid)
+            .map(|(op, invalid)| match invalid {
+                Some(reason) => Err(Failure::Invalid(reason)),
+                None => match sent.next().unwrap_or(Err(RawError::Closed)) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.errno().is_some_and(|n| op.tolerates(n)) => Ok(()),
+                    Err(e) => Err(Failure::Raw(e)),
+                },
             })
-            .filter_map(|((op, _), _)| op.ifindex())
-            .collect::<Vec<_>>();
+            .collect();
+
+        // Name interfaces only for what failed (cold path).
+        let failed_ifindexes: Vec<u32> = ops
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_err())
+            .filter_map(|(op, _)| op.ifindex())
+            .collect();
         let names = if failed_ifindexes.is_empty() {
             Default::default()
         } else {
             self.ifnames(failed_ifindexes).await
         };
-        let name_of = |op: &Op| {
-            op.ifindex()
+        let object = |op: &Op| {
+            let ifname = op
+                .ifindex()
                 .map(|i| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}")))
-                .unwrap_or_default()
+                .unwrap_or_default();
+            op.object(&ifname)
         };
 
         ops.iter()
-            .zip(raw)
-            .zip(invalid)
-            .map(|((op, result), bad)| {
-                if let Some(reason) = bad {
-                    return Err(NetlinkError::InvalidInput {
+            .zip(outcomes)
+            .map(|(op, outcome)| {
+                outcome.map_err(|failure| match failure {
+                    Failure::Invalid(reason) => NetlinkError::InvalidInput {
                         op: op.name(),
-                        object: op.object(&name_of(op)),
+                        object: object(op),
                         reason,
-                    });
-                }
-                match result {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.errno().is_some_and(|n| op.tolerates(n)) => Ok(()),
-                    Err(e) => Err(e.into_error(op.name(), op.object(&name_of(op)))),
-                }
+                    },
+                    Failure::Raw(e) => e.into_error(op.name(), object(op)),
+                })
             })
             .collect()
     }

@@ -101,9 +101,27 @@ pub(crate) fn describe(r: &Route, ifname: &str) -> String {
     s
 }
 
+/// `ip route show`-style description of a filter, e.g. `ipv4 table 254 dev flannel.1`.
+async fn describe_filter(family: IpFamily, filter: &RouteFilter, nl: &Netlink) -> String {
+    let mut s = match family {
+        IpFamily::V4 => "ipv4".to_string(),
+        IpFamily::V6 => "ipv6".to_string(),
+    };
+    if let Some(t) = filter.table {
+        s.push_str(&format!(" table {t}"));
+    }
+    if let Some(oif) = filter.oif {
+        s.push_str(&format!(" dev {}", nl.ifname(oif).await));
+    }
+    if let Some(p) = filter.protocol {
+        s.push_str(&format!(" proto {}", u8::from(p)));
+    }
+    s
+}
+
 /// RTM_GETROUTE dump request; on a strict socket the kernel filters by table, protocol and
 /// output device itself.
-fn dump_request(family: IpFamily, filter: &RouteFilter) -> RouteMessage {
+pub(crate) fn dump_request(family: IpFamily, filter: &RouteFilter) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family.address_family();
     if let Some(table) = filter.table {
@@ -159,7 +177,8 @@ impl Netlink {
                     continue;
                 }
                 Err(e) => {
-                    return Err(e.into_error("list routes", format!("{filter:?}")));
+                    let object = describe_filter(family, filter, self).await;
+                    return Err(e.into_error("list routes", object));
                 }
             };
             out.extend(
