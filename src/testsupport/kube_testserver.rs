@@ -594,21 +594,20 @@ impl KubeTestServer {
         Ok(v["nextSeq"].as_u64().unwrap_or(0))
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it.
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it; returns its exit
+    /// status (None if it was already stopped or could not be waited for).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
+                Ok(Some(status)) => return Some(status),
+                Err(_) => return None,
                 Ok(None) if Instant::now() > deadline => {
                     let _ = child.kill();
-                    let _ = child.wait();
-                    return;
+                    return child.wait().ok();
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -618,7 +617,7 @@ impl KubeTestServer {
 
 impl Drop for KubeTestServer {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

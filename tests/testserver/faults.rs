@@ -355,3 +355,31 @@ async fn generate_realistic_nodes_through_admin_api() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn sigterm_exits_cleanly_and_drop_cleans_up() {
+    let mut server = spawn_nodes(1);
+    let c = client(&server, "admin").await;
+    let rv = server.resource_version().unwrap();
+    // An open watch must not hold up shutdown.
+    let _w = WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
+    server.wait_for_watches(1, Duration::from_secs(5)).unwrap();
+    let state_dir = server.dir().join("state");
+    assert!(state_dir.join("server.json").exists());
+    assert!(state_dir.join("ca.crt").exists());
+    let t = Instant::now();
+    let status = server.stop().expect("server was running");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !state_dir.join("server.json").exists(),
+        "server.json removed on exit"
+    );
+    let dir = server.dir().to_path_buf();
+    drop(server);
+    assert!(!dir.exists(), "per-run temp dir removed");
+}
