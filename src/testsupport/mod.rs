@@ -1,3 +1,4 @@
 //! Test support shared by integration tests, benchmarks and the local cluster (no feature
 //! gate: it only creates namespaces, spawns processes and talks HTTP).
+pub mod kube_testserver;
 pub mod topology;
