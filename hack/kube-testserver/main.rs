@@ -182,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (scheme, tls_acceptor, ca_file) = if cli.tls {
-        let generated = tls::generate()?;
+        let generated = tls::generate(cli.listen.ip())?;
         let ca_path = state_dir.join("ca.crt");
         std::fs::write(&ca_path, generated.ca_pem.as_bytes())
             .with_context(|| format!("writing {}", ca_path.display()))?;

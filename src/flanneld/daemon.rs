@@ -270,9 +270,12 @@ pub async fn run(
     if config.set_node_network_unavailable {
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let writer = NodeStatusWriter::new(client.clone(), &node_name);
-        if let Err(err) = writer
-            .patch_status_strategic(&annotations::network_unavailable_patch(&now))
-            .await
+        // A restart on a node that is already marked writes nothing.
+        let already = writer.network_marked_available().await.unwrap_or(false);
+        if !already
+            && let Err(err) = writer
+                .patch_status_strategic(&annotations::network_unavailable_patch(&now))
+                .await
         {
             tracing::warn!(node = %node_name, error = %err, "could not set NetworkUnavailable=False");
         }

@@ -77,7 +77,8 @@ impl AnnotationKeeper {
         let node = self.writer.node().to_string();
         let mut rng = rand::rngs::StdRng::from_os_rng();
         // The freshest view we know of: the cache, or the object a patch/GET returned when
-        // that is newer than what the watch has delivered so far.
+        // that is newer than what the watch has delivered so far. Kept across waits: a wake-up
+        // from an older watch event must not make us act on a view older than our own write.
         let mut newer: Option<NodeInfo> = None;
         // Set once we saw our annotations in place: a later difference is someone's removal.
         let mut converged_once = false;
@@ -87,7 +88,8 @@ impl AnnotationKeeper {
         let mut paced = false;
 
         loop {
-            let Some(view) = freshest(self.cache.get(&node), newer.take()) else {
+            newer = freshest(self.cache.get(&node), newer.take());
+            let Some(view) = newer.clone() else {
                 // Our Node is not in the cache yet (initial list, or it was deleted).
                 if !wait(&mut own_changed, &shutdown, None).await {
                     return;

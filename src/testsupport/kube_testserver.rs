@@ -60,6 +60,11 @@ pub struct TestServerOptions {
     /// How long to wait for server.json (node generation can take a while).
     pub startup_timeout: Duration,
     pub extra_args: Vec<String>,
+    /// Run the server inside this network namespace (a path such as `/run/netns/NAME`);
+    /// admin calls then connect from inside it too.
+    pub netns: Option<PathBuf>,
+    /// API listen address (default `127.0.0.1:0`), e.g. an underlay address in `netns`.
+    pub listen: Option<String>,
 }
 
 impl Default for TestServerOptions {
@@ -74,6 +79,8 @@ impl Default for TestServerOptions {
             watch_timeout: None,
             startup_timeout: Duration::from_secs(120),
             extra_args: Vec::new(),
+            netns: None,
+            listen: None,
         }
     }
 }
@@ -231,6 +238,7 @@ pub struct KubeTestServer {
     ca_file: Option<PathBuf>,
     kubeconfigs: BTreeMap<String, PathBuf>,
     tokens: BTreeMap<String, String>,
+    netns: Option<crate::netns::NetnsFile>,
 }
 
 fn unique_dir() -> PathBuf {
@@ -270,7 +278,7 @@ impl KubeTestServer {
             std::fs::File::create(dir.join("server.log")).map_err(io_err("creating server.log"))?;
         let mut cmd = Command::new(bin.as_ref());
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--admin-listen")
             .arg("127.0.0.1:0")
             .arg("--state-dir")
@@ -301,6 +309,29 @@ impl KubeTestServer {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        let netns = match &opts.netns {
+            Some(path) => Some(
+                crate::netns::NetnsFile::open(path)
+                    .map_err(|e| TestServerError::Startup(e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(ns) = &netns {
+            use std::os::fd::{AsRawFd, BorrowedFd};
+            use std::os::unix::process::CommandExt;
+            let fd = ns.file().as_raw_fd();
+            // SAFETY: only the setns syscall runs between fork and exec; the fd stays open in
+            // the parent (owned by `netns`) for the whole spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(
+                        BorrowedFd::borrow_raw(fd),
+                        nix::sched::CloneFlags::CLONE_NEWNET,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .map_err(io_err(format!("spawning {}", bin.as_ref().display())))?;
@@ -314,6 +345,7 @@ impl KubeTestServer {
             ca_file: None,
             kubeconfigs: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            netns,
         };
         let info_path = state_dir.join("server.json");
         let deadline = Instant::now() + opts.startup_timeout;
@@ -414,7 +446,8 @@ impl KubeTestServer {
             .admin_url
             .strip_prefix("http://")
             .ok_or_else(|| TestServerError::Protocol(format!("admin url {}", self.admin_url)))?;
-        let (code, text) = http_request(hostport, method, path, body)?;
+        let stream = self.connect(hostport)?;
+        let (code, text) = http_request(stream, hostport, method, path, body)?;
         if !(200..300).contains(&code) {
             return Err(TestServerError::Admin {
                 method: method.into(),
@@ -622,15 +655,32 @@ impl Drop for KubeTestServer {
     }
 }
 
+impl KubeTestServer {
+    /// A TCP connection to `hostport` made from the server's namespace (a socket stays in the
+    /// namespace it was created in, so it can then be used from this thread).
+    fn connect(&self, hostport: &str) -> Result<TcpStream, TestServerError> {
+        let Some(ns) = &self.netns else {
+            return TcpStream::connect(hostport)
+                .map_err(io_err(format!("connecting to {hostport}")));
+        };
+        let target = hostport.to_string();
+        ns.run(move || TcpStream::connect(target))
+            .map_err(|e| TestServerError::Startup(e.to_string()))?
+            .map_err(io_err(format!(
+                "connecting to {hostport} in {}",
+                ns.path().display()
+            )))
+    }
+}
+
 /// Minimal blocking HTTP/1.1 client for the admin API (Connection: close).
 fn http_request(
+    mut stream: TcpStream,
     hostport: &str,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), TestServerError> {
-    let mut stream =
-        TcpStream::connect(hostport).map_err(io_err(format!("connecting to {hostport}")))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(io_err("setting read timeout"))?;

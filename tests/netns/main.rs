@@ -2,6 +2,7 @@
 //!
 //! These tests need root and iproute2. They fail (never skip) when a namespace cannot be made.
 
+mod daemon_control;
 mod harness;
 mod harness_tests;
 mod netlink_addrs;
