@@ -1,4 +1,6 @@
 //! flannel-rs: a wire-compatible replacement for flannel's VXLAN mode.
+#[path = "cni-plugin/mod.rs"]
+pub mod cni;
 pub mod flanneld;
 pub mod netlink;
 pub mod netns;

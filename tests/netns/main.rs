@@ -2,6 +2,9 @@
 //!
 //! These tests need root and iproute2. They fail (never skip) when a namespace cannot be made.
 
+mod cni_plugin;
+mod cni_reference;
+mod cni_support;
 mod daemon_control;
 mod harness;
 mod harness_tests;

@@ -1,0 +1,622 @@
+//! The CNI verbs. Each validates all of its input before it changes anything.
+
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::bridge::{self, Attach};
+use super::config::{BridgeConf, CniArgs, NetConf, Plan, delegate_bytes};
+use super::delegate;
+use super::env::{self, RuntimeEnv};
+use super::ipam::{History, IpamConf, Owner, Store, parse_record};
+use super::ipmasq;
+use super::state;
+use super::subnet_env::SubnetEnv;
+use super::types::{CniError, CniResult, CniVersion, ErrorCode, version_info};
+
+/// Runs one invocation; `Ok(Some(text))` is printed on stdout.
+pub fn run(env: &RuntimeEnv, command: &str, stdin: &[u8]) -> Result<Option<String>, CniError> {
+    match env::Command::parse(command)? {
+        env::Command::Version => Ok(Some(version_info(
+            super::config::peek_version(stdin).as_deref(),
+        ))),
+        env::Command::Add => add(env, stdin).map(Some),
+        env::Command::Del => del(env, stdin).map(|()| None),
+        env::Command::Check => check(env, stdin).map(|()| None),
+        env::Command::Gc => gc(env, stdin).map(|()| None),
+        env::Command::Status => status(env, stdin).map(|()| None),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CniError::internal("cannot start the async runtime").with_details(e.to_string())
+        })
+}
+
+fn check_flanneld_hint(path: &Path) -> String {
+    format!(
+        "check the flanneld pod on this node (it writes {} once it has a subnet lease) and its log",
+        path.display()
+    )
+}
+
+/// subnet.env as written by flanneld. Missing or broken means the daemon is not ready yet:
+/// a transient condition for ADD (code 11).
+fn load_subnet_env(path: &Path, code: ErrorCode) -> Result<SubnetEnv, CniError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(CniError::new(
+                code,
+                format!(
+                    "{} does not exist: flanneld is not ready on this node; {}",
+                    path.display(),
+                    check_flanneld_hint(path)
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(CniError::new(
+                code,
+                format!(
+                    "cannot read {}; {}",
+                    path.display(),
+                    check_flanneld_hint(path)
+                ),
+            )
+            .with_details(e.to_string()));
+        }
+    };
+    SubnetEnv::parse(&text).map_err(|e| {
+        CniError::new(
+            code,
+            format!(
+                "{} is invalid ({e}); {}",
+                path.display(),
+                check_flanneld_hint(path)
+            ),
+        )
+    })
+}
+
+fn cni_args(env: &RuntimeEnv) -> Result<CniArgs, CniError> {
+    CniArgs::parse(env.args.as_deref().unwrap_or(""))
+}
+
+fn ipam_section(delegate: &Map<String, Value>) -> Map<String, Value> {
+    delegate
+        .get("ipam")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn fsync_wanted(delegate: &Map<String, Value>) -> bool {
+    ipam_section(delegate).get("fsync").and_then(Value::as_bool) == Some(true)
+}
+
+fn ipam_config_error(e: super::ipam::IpamError) -> CniError {
+    CniError::new(ErrorCode::InvalidNetworkConfig, e.to_string())
+}
+
+fn state_error(e: state::StateError) -> CniError {
+    CniError::new(ErrorCode::Io, e.to_string())
+}
+
+/// What ADD will do, decided before anything is changed.
+enum Prepared {
+    Native {
+        bridge: Box<BridgeConf>,
+        ipam: IpamConf,
+        mac: Option<String>,
+        requested: Vec<std::net::IpAddr>,
+    },
+    Exec {
+        plugin: std::path::PathBuf,
+    },
+}
+
+fn prepare(
+    delegate: &Map<String, Value>,
+    name: &str,
+    env: &RuntimeEnv,
+    args: &CniArgs,
+) -> Result<Prepared, CniError> {
+    let bridge = BridgeConf::from_delegate(delegate)?;
+    match bridge.plan() {
+        Plan::Native => {
+            let ipam = IpamConf::from_ipam(name, &bridge.ipam).map_err(ipam_config_error)?;
+            let mac = bridge.requested_mac(args);
+            let requested = bridge.requested_ips(args)?;
+            Ok(Prepared::Native {
+                bridge: Box::new(bridge),
+                ipam,
+                mac,
+                requested,
+            })
+        }
+        Plan::Exec { plugin, reason } => {
+            tracing::debug!(plugin, reason, "delegating to an external plugin");
+            Ok(Prepared::Exec {
+                plugin: delegate::find(&plugin, env)?,
+            })
+        }
+    }
+}
+
+fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
+    let at = env::require_attachment(env)?;
+    let conf = NetConf::parse(stdin)?;
+    let args = cni_args(env)?;
+    let netns = env::open_netns(env)?;
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let subnet_env = load_subnet_env(&conf.subnet_file, ErrorCode::TryAgainLater)?;
+    let delegate = conf.render_delegate(&subnet_env)?;
+    let bytes = delegate_bytes(&delegate);
+    let prepared = prepare(&delegate, &conf.name, env, &args)?;
+
+    // First side effect: the DEL record, so even a crash mid-ADD leaves DEL what it needs.
+    let written = state::write(
+        &conf.data_dir,
+        &at.container_id,
+        &bytes,
+        fsync_wanted(&delegate),
+    )
+    .map_err(state_error)?;
+
+    let outcome: Result<String, (CniError, bool)> = match &prepared {
+        Prepared::Native {
+            bridge,
+            ipam,
+            mac,
+            requested,
+        } => {
+            let attach = Attach {
+                network: &conf.name,
+                container_id: &at.container_id,
+                ifname: &at.ifname,
+                netns: &netns,
+                netns_path: &netns_path,
+            };
+            match runtime() {
+                Err(e) => Err((e, true)),
+                Ok(rt) => rt
+                    .block_on(bridge::add(
+                        bridge,
+                        ipam,
+                        &attach,
+                        mac.as_deref(),
+                        requested,
+                        if written.is_new() {
+                            History::New
+                        } else {
+                            History::MayExist
+                        },
+                    ))
+                    .map(|mut result| {
+                        let dns = bridge.dns.clone().filter(|d| !d.is_empty());
+                        result.dns = match dns {
+                            Some(d) => d,
+                            None => ipam.dns().unwrap_or_default(),
+                        };
+                        result.render(conf.version)
+                    })
+                    .map_err(|f| {
+                        let mut err = CniError::from(f.error);
+                        if !f.undo_errors.is_empty() {
+                            err = err.with_details(format!(
+                                "undo incomplete, DEL will retry: {}",
+                                f.undo_errors.join("; ")
+                            ));
+                        }
+                        (err, f.rolled_back)
+                    }),
+            }
+        }
+        Prepared::Exec { plugin } => match delegate::exec(plugin, "ADD", env, &bytes) {
+            Ok(out) => Ok(render_delegate_result(&out, conf.version)),
+            Err(e) => {
+                // Like a runtime would: DEL what the failed ADD may have left.
+                let cleaned = delegate::exec(plugin, "DEL", env, &bytes).is_ok();
+                Err((e, cleaned))
+            }
+        },
+    };
+    match outcome {
+        Ok(out) => Ok(out),
+        Err((err, clean)) => {
+            if clean {
+                if let Err(e) = written.revert() {
+                    tracing::error!(error = %e, "cannot remove the DEL record of a failed ADD");
+                }
+            } else {
+                tracing::warn!(
+                    container_id = at.container_id,
+                    "ADD failed and was not fully undone; keeping the DEL record"
+                );
+            }
+            Err(err)
+        }
+    }
+}
+
+/// A delegate's result in the request's version (upstream prints it via `PrintResult`).
+fn render_delegate_result(stdout: &[u8], version: CniVersion) -> String {
+    serde_json::from_slice::<Value>(stdout)
+        .ok()
+        .and_then(|v| CniResult::parse(&v).ok())
+        .map(|r| r.render(version))
+        .unwrap_or_else(|| String::from_utf8_lossy(stdout).into_owned())
+}
+
+/// The delegate config DEL and CHECK replay: the saved one, or (when there is none, or it is
+/// unreadable) one rendered from the current config. `None` when neither is possible.
+fn replay_delegate(
+    conf: &NetConf,
+    container_id: &str,
+) -> Result<(Option<Map<String, Value>>, bool), CniError> {
+    let saved = state::read(&conf.data_dir, container_id).map_err(state_error)?;
+    if let Some(bytes) = &saved {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(m)) => return Ok((Some(m), true)),
+            _ => tracing::warn!(
+                container_id,
+                "DEL record is not a JSON object; falling back to the current config"
+            ),
+        }
+    }
+    match load_subnet_env(&conf.subnet_file, ErrorCode::TryAgainLater) {
+        Ok(env) => Ok((Some(conf.render_delegate(&env)?), saved.is_some())),
+        Err(_) => Ok((fallback_native_delegate(conf), saved.is_some())),
+    }
+}
+
+/// Without subnet.env and without a record, the native path can still release by
+/// (container, ifname) and delete the interface: it needs only names and directories.
+fn fallback_native_delegate(conf: &NetConf) -> Option<Map<String, Value>> {
+    let delegate_type = conf
+        .delegate
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge");
+    let ipam = conf.ipam.clone().unwrap_or_default();
+    let ipam_type = ipam
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("host-local");
+    if delegate_type != "bridge" || ipam_type != "host-local" {
+        return None;
+    }
+    let mut d = conf.delegate.clone();
+    d.insert("name".into(), Value::String(conf.name.clone()));
+    d.insert("type".into(), Value::String("bridge".into()));
+    let mut ipam = ipam;
+    ipam.insert("type".into(), Value::String("host-local".into()));
+    d.insert("ipam".into(), Value::Object(ipam));
+    Some(d)
+}
+
+fn del(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
+    let at = env::require_attachment(env)?;
+    let conf = NetConf::parse(stdin)?;
+    cni_args(env)?;
+    let netns = env::open_netns_for_del(env)?;
+    let (delegate, has_record) = replay_delegate(&conf, &at.container_id)?;
+    let Some(delegate) = delegate else {
+        return Ok(());
+    };
+    let bridge = BridgeConf::from_delegate(&delegate)?;
+    match bridge.plan() {
+        Plan::Native => {
+            let ipam = IpamConf::for_release(&conf.name, &bridge.ipam);
+            runtime()?
+                .block_on(bridge::del(
+                    &bridge,
+                    &ipam,
+                    &conf.name,
+                    &at.container_id,
+                    &at.ifname,
+                    netns.as_ref(),
+                ))
+                .map_err(CniError::from)?;
+        }
+        Plan::Exec { plugin, .. } => {
+            let path = delegate::find(&plugin, env)?;
+            delegate::exec(&path, "DEL", env, &delegate_bytes(&delegate))?;
+        }
+    }
+    // Only now, with everything torn down, may the record go.
+    if has_record {
+        state::remove(&conf.data_dir, &at.container_id).map_err(state_error)?;
+    }
+    Ok(())
+}
+
+fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = NetConf::parse(stdin)?;
+    if !conf.version.allows_check() {
+        return Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            "config version does not allow CHECK",
+        ));
+    }
+    let at = env::require_attachment(env)?;
+    cni_args(env)?;
+    let netns = env::open_netns(env)?;
+    let netns_path = env.netns.clone().unwrap_or_default();
+    let prev_value = conf.prev_result.clone().ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            "CHECK needs prevResult in the config",
+        )
+    })?;
+    let prev = CniResult::parse(&prev_value)?;
+    let (delegate, _) = replay_delegate(&conf, &at.container_id)?;
+    let Some(mut delegate) = delegate else {
+        return Err(CniError::new(
+            ErrorCode::UnknownContainer,
+            format!("no state for container {}", at.container_id),
+        ));
+    };
+    let bridge = BridgeConf::from_delegate(&delegate)?;
+    match bridge.plan() {
+        Plan::Native => {
+            let ipam = IpamConf::from_ipam(&conf.name, &bridge.ipam).map_err(ipam_config_error)?;
+            let attach = Attach {
+                network: &conf.name,
+                container_id: &at.container_id,
+                ifname: &at.ifname,
+                netns: &netns,
+                netns_path: &netns_path,
+            };
+            runtime()?
+                .block_on(bridge::check(&bridge, &ipam, &attach, &prev))
+                .map_err(CniError::from)
+        }
+        Plan::Exec { plugin, .. } => {
+            let path = delegate::find(&plugin, env)?;
+            delegate.insert("prevResult".into(), prev_value);
+            delegate.insert("cniVersion".into(), Value::String(conf.cni_version.clone()));
+            delegate::exec(&path, "CHECK", env, &delegate_bytes(&delegate)).map(|_| ())
+        }
+    }
+}
+
+/// True for a delegate's answer meaning "I do not know this verb" (plugins older than 1.1.0).
+fn verb_unsupported(e: &CniError) -> bool {
+    e.code == ErrorCode::IncompatibleVersion.code()
+        || (e.code == ErrorCode::InvalidEnvironment.code() && e.msg.contains("unknown CNI_COMMAND"))
+}
+
+fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = NetConf::parse(stdin)?;
+    if !conf.version.allows_gc_and_status() {
+        return Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            "config version does not allow GC",
+        ));
+    }
+    // Without the list, "release everything not listed" would release everything.
+    let valid = conf.valid_attachments.clone().ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            "GC needs cni.dev/valid-attachments in the config",
+        )
+    })?;
+    let valid_pairs: HashSet<(String, String)> = valid
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let valid_ids: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
+    let subnet_env = load_subnet_env(&conf.subnet_file, ErrorCode::TryAgainLater).ok();
+    let current = match &subnet_env {
+        Some(e) => Some(conf.render_delegate(e)?),
+        None => fallback_native_delegate(&conf),
+    };
+    let mut errors: Vec<String> = Vec::new();
+
+    // Reservation directories: the current config's, and those named by stale records.
+    let mut dirs: Vec<(IpamConf, bool)> = Vec::new();
+    let mut add_dir = |delegate: &Map<String, Value>| {
+        let Ok(b) = BridgeConf::from_delegate(delegate) else {
+            return;
+        };
+        if b.plan() != Plan::Native {
+            return;
+        }
+        let ipam = IpamConf::for_release(&conf.name, &b.ipam);
+        if !dirs.iter().any(|(d, _)| d.dir == ipam.dir) {
+            dirs.push((ipam, b.ip_masq));
+        }
+    };
+    if let Some(d) = &current {
+        add_dir(d);
+    }
+    let records = state::list(&conf.data_dir).map_err(state_error)?;
+    let mut stale_records = Vec::new();
+    for cid in records {
+        if valid_ids.contains(cid.as_str()) {
+            continue;
+        }
+        let saved = state::read(&conf.data_dir, &cid).ok().flatten();
+        let delegate = saved.and_then(|b| match serde_json::from_slice::<Value>(&b) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        });
+        match delegate {
+            Some(d) if d.get("name").and_then(Value::as_str) == Some(conf.name.as_str()) => {
+                add_dir(&d);
+                stale_records.push(cid);
+            }
+            // Records of other networks sharing the directory are not ours to judge.
+            Some(_) => {}
+            None => stale_records.push(cid),
+        }
+    }
+
+    for (ipam, ip_masq) in &dirs {
+        let store = Store::new(&ipam.dir, ipam.durability);
+        let locked = match store.lock_if_exists() {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        let reservations = match locked.reservations() {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        for (ip, content) in reservations {
+            let keep = match parse_record(&content) {
+                Some(Owner {
+                    container_id,
+                    ifname,
+                }) if ifname.is_empty() => valid_ids.contains(container_id.as_str()),
+                Some(Owner {
+                    container_id,
+                    ifname,
+                }) => valid_pairs.contains(&(container_id, ifname)),
+                None => false,
+            };
+            if keep {
+                continue;
+            }
+            tracing::info!(%ip, owner = content.trim(), dir = %ipam.dir.display(), "GC releases reservation");
+            if let Err(e) = locked.remove(ip) {
+                errors.push(e.to_string());
+                continue;
+            }
+            if *ip_masq && let Some(owner) = parse_record(&content) {
+                let prefix = ipam
+                    .ranges
+                    .iter()
+                    .find_map(|s| s.range_for(ip))
+                    .map(|r| r.subnet.prefix())
+                    .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
+                if let Ok(net) = ipnetwork::IpNetwork::new(ip, prefix)
+                    && let Err(e) = ipmasq::teardown(
+                        net,
+                        &ipmasq::chain_name(&conf.name, &owner.container_id),
+                        &ipmasq::comment(&conf.name, &owner.container_id),
+                    )
+                {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        for cid in stale_records {
+            if let Err(e) = state::remove(&conf.data_dir, &cid) {
+                errors.push(e.to_string());
+            }
+        }
+    }
+
+    // Forward to an external delegate, like the spec asks; ones that predate GC are fine.
+    if let Some(d) = &current
+        && let Ok(b) = BridgeConf::from_delegate(d)
+        && let Plan::Exec { plugin, .. } = b.plan()
+    {
+        let mut d = d.clone();
+        if let Some(v) = conf.valid_attachments.as_ref() {
+            let list = serde_json::to_value(
+                v.iter()
+                    .map(|a| serde_json::json!({"containerID": a.container_id, "ifname": a.ifname}))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_default();
+            d.insert("cni.dev/valid-attachments".into(), list.clone());
+            d.insert("cni.dev/attachments".into(), list);
+        }
+        match delegate::find(&plugin, env)
+            .and_then(|p| delegate::exec(&p, "GC", env, &delegate_bytes(&d)))
+        {
+            Ok(_) => {}
+            Err(e) if verb_unsupported(&e) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal("GC finished with errors").with_details(errors.join("; ")))
+    }
+}
+
+fn status(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = NetConf::parse(stdin)?;
+    if !conf.version.allows_gc_and_status() {
+        return Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            "config version does not allow STATUS",
+        ));
+    }
+    let subnet_env = load_subnet_env(&conf.subnet_file, ErrorCode::PluginNotAvailable)?;
+    let delegate = conf.render_delegate(&subnet_env)?;
+    let bridge = BridgeConf::from_delegate(&delegate)?;
+    if let Plan::Exec { plugin, .. } = bridge.plan() {
+        let path = delegate::find(&plugin, env)
+            .map_err(|e| CniError::new(ErrorCode::PluginNotAvailable, e.msg))?;
+        match delegate::exec(&path, "STATUS", env, &delegate_bytes(&delegate)) {
+            Ok(_) => {}
+            Err(e) if verb_unsupported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "frs-cmd-{}-{tag}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    #[test]
+    fn missing_subnet_env_is_try_again_with_a_helpful_message() {
+        let dir = tmp("senv");
+        let path = dir.join("subnet.env");
+        let err = load_subnet_env(&path, ErrorCode::TryAgainLater).unwrap_err();
+        assert_eq!(err.code, 11);
+        assert!(err.msg.contains(&path.display().to_string()), "{err}");
+        assert!(err.msg.contains("flanneld pod on this node"), "{err}");
+        std::fs::write(&path, "FLANNEL_MTU=x\n").unwrap();
+        let err = load_subnet_env(&path, ErrorCode::PluginNotAvailable).unwrap_err();
+        assert_eq!(err.code, 50);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn version_needs_no_environment() {
+        let out = run(
+            &RuntimeEnv::default(),
+            "VERSION",
+            br#"{"cniVersion":"0.4.0"}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(out.contains(r#""cniVersion":"0.4.0""#), "{out}");
+        assert_eq!(run(&RuntimeEnv::default(), "FOO", b"").unwrap_err().code, 4);
+    }
+}

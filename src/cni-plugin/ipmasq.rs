@@ -1,0 +1,207 @@
+//! Masquerading for pods when the delegate config has `ipMasq: true` (flanneld runs without
+//! `--ip-masq`). Same iptables layout as the reference plugins (`pkg/ip/ipmasq_linux.go`), so
+//! either implementation tears down the other's rules:
+//!
+//! ```text
+//! -t nat -N CNI-<24 hex of sha512(name + containerID)>
+//! -A CNI-…  -d <pod IP>/<prefix> -j ACCEPT      -m comment --comment 'name: "<net>" id: "<cid>"'
+//! -A CNI-…  ! -d 224.0.0.0/4 -j MASQUERADE     -m comment --comment …
+//! -A POSTROUTING -s <pod IP> -j CNI-…         -m comment --comment …
+//! ```
+//!
+//! The rules are written by exec'ing `iptables`/`ip6tables` (like go-iptables does) in the
+//! plugin's own namespace, the node's.
+
+use std::process::{Command, Stdio};
+
+use ipnetwork::IpNetwork;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpMasqError {
+    #[error("run {program}: {source}")]
+    Spawn {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{program} {args}: {stderr}")]
+    Failed {
+        program: &'static str,
+        args: String,
+        stderr: String,
+    },
+}
+
+/// `CNI-` + the first 24 hex digits of sha512(name + containerID).
+pub fn chain_name(network: &str, container_id: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA512,
+        format!("{network}{container_id}").as_bytes(),
+    );
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("CNI-{hex}")
+}
+
+/// The rule comment, formatted like Go's `%q`.
+pub fn comment(network: &str, container_id: &str) -> String {
+    format!("name: {network:?} id: {container_id:?}")
+}
+
+fn program(v4: bool) -> &'static str {
+    if v4 { "iptables" } else { "ip6tables" }
+}
+
+fn run(program: &'static str, args: &[&str]) -> Result<bool, IpMasqError> {
+    let out = Command::new(program)
+        .arg("-w")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| IpMasqError::Spawn { program, source })?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    // Exit status 1 = rule/chain does not exist (or already exists for -N); anything else
+    // (2 = bad arguments, 4 = resource problem) is a real failure.
+    if out.status.code() == Some(1) {
+        return Ok(false);
+    }
+    Err(IpMasqError::Failed {
+        program,
+        args: args.join(" "),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+fn append_unique(program: &'static str, chain: &str, rule: &[&str]) -> Result<(), IpMasqError> {
+    let mut check = vec!["-t", "nat", "-C", chain];
+    check.extend_from_slice(rule);
+    if run(program, &check)? {
+        return Ok(());
+    }
+    let mut append = vec!["-t", "nat", "-A", chain];
+    append.extend_from_slice(rule);
+    if run(program, &append)? {
+        Ok(())
+    } else {
+        Err(IpMasqError::Failed {
+            program,
+            args: append.join(" "),
+            stderr: "exit status 1".into(),
+        })
+    }
+}
+
+/// Installs the masquerade chain for one pod address (`ip` with its subnet prefix).
+pub fn setup(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqError> {
+    let prog = program(ip.is_ipv4());
+    let multicast = if ip.is_ipv4() {
+        "224.0.0.0/4"
+    } else {
+        "ff00::/8"
+    };
+    // -N fails with status 1 when the chain exists, which is fine.
+    run(prog, &["-t", "nat", "-N", chain])?;
+    let dst = ip.to_string();
+    append_unique(
+        prog,
+        chain,
+        &[
+            "-d",
+            &dst,
+            "-j",
+            "ACCEPT",
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+        ],
+    )?;
+    append_unique(
+        prog,
+        chain,
+        &[
+            "!",
+            "-d",
+            multicast,
+            "-j",
+            "MASQUERADE",
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+        ],
+    )?;
+    let src = ip.ip().to_string();
+    append_unique(
+        prog,
+        "POSTROUTING",
+        &[
+            "-s",
+            &src,
+            "-j",
+            chain,
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+        ],
+    )
+}
+
+/// Removes what [`setup`] installed; anything already gone is fine.
+pub fn teardown(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqError> {
+    let prog = program(ip.is_ipv4());
+    let src = ip.ip().to_string();
+    let legacy_src = ip.to_string();
+    for s in [src.as_str(), legacy_src.as_str()] {
+        run(
+            prog,
+            &[
+                "-t",
+                "nat",
+                "-D",
+                "POSTROUTING",
+                "-s",
+                s,
+                "-j",
+                chain,
+                "-m",
+                "comment",
+                "--comment",
+                comment,
+            ],
+        )?;
+    }
+    run(prog, &["-t", "nat", "-F", chain])?;
+    run(prog, &["-t", "nat", "-X", chain])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_name_is_cni_plus_24_hex_of_sha512() {
+        // sha512("cbr0" + "abc") computed independently with coreutils' sha512sum.
+        let expected = {
+            let out = Command::new("sh")
+                .args(["-c", "printf %s cbr0abc | sha512sum"])
+                .output()
+                .unwrap();
+            format!("CNI-{}", &String::from_utf8_lossy(&out.stdout)[..24])
+        };
+        assert_eq!(chain_name("cbr0", "abc"), expected);
+        assert_eq!(chain_name("cbr0", "abc").len(), 28);
+    }
+
+    #[test]
+    fn comment_quotes_like_go() {
+        assert_eq!(comment("cbr0", "c1"), r#"name: "cbr0" id: "c1""#);
+    }
+}
