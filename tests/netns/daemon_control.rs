@@ -164,6 +164,23 @@ fn publishes_annotations_once_with_a_precondition_and_keeps_others() {
         "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
     );
     assert!(d.is_running());
+
+    // Upstream's ClusterRole is enough: nothing the daemon asked for was forbidden.
+    let all = lab
+        .server
+        .request_log(&LogFilter {
+            identity: Some("flannel".into()),
+            ..LogFilter::default()
+        })
+        .unwrap();
+    let forbidden: Vec<_> = all
+        .iter()
+        .filter(|e| e.code == 403 || e.code == 401)
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "requests beyond upstream's RBAC: {forbidden:#?}"
+    );
 }
 
 #[test]
