@@ -4,3 +4,4 @@ pub mod cni;
 pub mod flanneld;
 pub mod netlink;
 pub mod netns;
+pub mod testsupport;

@@ -78,6 +78,10 @@ struct Cli {
     /// Request log entries kept (oldest dropped beyond this).
     #[arg(long, default_value_t = 100_000)]
     request_log_cap: usize,
+    /// Shut down when the parent process goes away (test helpers pass this so a killed test
+    /// run leaves no server behind).
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 fn yaml_string(s: &str) -> String {
@@ -178,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (scheme, tls_acceptor, ca_file) = if cli.tls {
-        let generated = tls::generate()?;
+        let generated = tls::generate(cli.listen.ip())?;
         let ca_path = state_dir.join("ca.crt");
         std::fs::write(&ca_path, generated.ca_pem.as_bytes())
             .with_context(|| format!("writing {}", ca_path.display()))?;
@@ -262,11 +266,24 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(%url, %admin_url, "kube-testserver ready");
 
+    let parent_gone = async {
+        if !cli.exit_with_parent {
+            return std::future::pending::<()>().await;
+        }
+        let parent = nix::unistd::getppid();
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if nix::unistd::getppid() != parent {
+                return;
+            }
+        }
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = parent_gone => tracing::info!("parent process exited: shutting down"),
         r = api_task => {
             let _ = std::fs::remove_file(&server_json);
             return match r {

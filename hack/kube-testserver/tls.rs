@@ -14,7 +14,7 @@ pub struct GeneratedTls {
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
-pub fn generate() -> anyhow::Result<GeneratedTls> {
+pub fn generate(listen_ip: std::net::IpAddr) -> anyhow::Result<GeneratedTls> {
     let ca_key = KeyPair::generate().context("generating CA key")?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA params")?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -30,13 +30,17 @@ pub fn generate() -> anyhow::Result<GeneratedTls> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().context("generating server key")?;
-    let mut params = CertificateParams::new(vec![
+    let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
         "kubernetes.default.svc".to_string(),
-    ])
-    .context("server cert params")?;
+    ];
+    // The listen address too, when it is a specific one (a server in a test namespace).
+    if !listen_ip.is_unspecified() && !listen_ip.is_loopback() {
+        names.push(listen_ip.to_string());
+    }
+    let mut params = CertificateParams::new(names).context("server cert params")?;
     params
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");

@@ -34,6 +34,7 @@ use super::node_cache::{self, NodeCache};
 use super::peers::ValidationContext;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
 use super::subnet_env::{self, SubnetEnv};
+use super::traffic::{BlackholeRoutes, TrafficConfig, TrafficRules};
 use super::types::{Family, PodSubnets, VtepMac};
 
 /// Knobs tests and benchmarks may shorten; production uses the defaults.
@@ -58,9 +59,10 @@ pub async fn run(
         let metrics = metrics.clone();
         let status = status.clone();
         let keeper_stats = keeper_stats.clone();
+        let metrics_for_status = metrics.clone();
         HealthState::new(
             Arc::new(move || metrics.render()),
-            Arc::new(move || render_status(&status, &keeper_stats)),
+            Arc::new(move || render_status(&status, &keeper_stats, &metrics_for_status)),
         )
     };
     if let Some(addr) = config.healthz {
@@ -206,10 +208,31 @@ pub async fn run(
         patch_for: patch_for(keys.clone(), advertisements),
         prefix: keys.prefix.clone(),
         stats: keeper_stats.clone(),
+        metrics: metrics.clone(),
         timing: tuning.keeper.clone(),
         published: published_tx,
     };
     tokio::spawn(keeper.run(signals.own_node_changed.clone(), shutdown.clone()));
+
+    // Masquerade and forward rules before subnet.env (upstream's order): pods must not start
+    // before their traffic is handled. The previous subnet.env tells which old rules to drop.
+    let previous = std::fs::read_to_string(&config.subnet_file)
+        .ok()
+        .and_then(|t| SubnetEnv::parse(&t).ok());
+    let traffic = TrafficRules::new(TrafficConfig::from_daemon(
+        &config, &netconf, &lease, previous,
+    ))?;
+    traffic.check_br_netfilter()?;
+    match traffic.ensure().await {
+        Ok(outcome) => tracing::info!(outcome = ?outcome, "traffic rules in place"),
+        // Retried by the resync loop; the datapath itself does not depend on them.
+        Err(err) => tracing::warn!(error = %err, "traffic rules could not be installed yet"),
+    }
+    tokio::spawn(traffic.run(config.iptables_resync, shutdown.clone()));
+    if config.ip_blackhole_route {
+        let blackholes = BlackholeRoutes::for_lease(&netconf, &lease);
+        tokio::spawn(blackholes.run(nl.clone(), config.iptables_resync, shutdown.clone()));
+    }
 
     // subnet.env for the CNI plugin.
     let env = SubnetEnv::for_lease(&netconf, &lease, pod_mtu, config.ip_masq);
@@ -247,9 +270,12 @@ pub async fn run(
     if config.set_node_network_unavailable {
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let writer = NodeStatusWriter::new(client.clone(), &node_name);
-        if let Err(err) = writer
-            .patch_status_strategic(&annotations::network_unavailable_patch(&now))
-            .await
+        // A restart on a node that is already marked writes nothing.
+        let already = writer.network_marked_available().await.unwrap_or(false);
+        if !already
+            && let Err(err) = writer
+                .patch_status_strategic(&annotations::network_unavailable_patch(&now))
+                .await
         {
             tracing::warn!(node = %node_name, error = %err, "could not set NetworkUnavailable=False");
         }
@@ -413,7 +439,11 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
     }
 }
 
-fn render_status(status: &std::sync::Mutex<StatusDoc>, keeper: &KeeperStats) -> String {
+fn render_status(
+    status: &std::sync::Mutex<StatusDoc>,
+    keeper: &KeeperStats,
+    metrics: &Metrics,
+) -> String {
     let Ok(s) = status.lock() else {
         return "{}".into();
     };
@@ -431,6 +461,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, keeper: &KeeperStats) -> 
             "errors": keeper.errors.load(Ordering::Relaxed),
             "last_heal_ms": keeper.last_heal_ms.load(Ordering::Relaxed),
         },
+        "drift_repairs": metrics.drift_repairs(),
         "last_reconcile": last,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())

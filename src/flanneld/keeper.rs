@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::annotations::AnnotationPrefix;
 use super::backoff::{Backoff, HealGovernor};
 use super::kube::NodeStatusWriter;
+use super::metrics::Metrics;
 use super::node::NodeInfo;
 use super::node_cache::NodeCache;
 
@@ -64,6 +65,7 @@ pub struct AnnotationKeeper {
     pub patch_for: PatchFor,
     pub prefix: AnnotationPrefix,
     pub stats: Arc<KeeperStats>,
+    pub metrics: Arc<Metrics>,
     pub timing: KeeperTiming,
     /// Fires (value `true`) once our annotations are published as desired.
     pub published: watch::Sender<bool>,
@@ -75,7 +77,8 @@ impl AnnotationKeeper {
         let node = self.writer.node().to_string();
         let mut rng = rand::rngs::StdRng::from_os_rng();
         // The freshest view we know of: the cache, or the object a patch/GET returned when
-        // that is newer than what the watch has delivered so far.
+        // that is newer than what the watch has delivered so far. Kept across waits: a wake-up
+        // from an older watch event must not make us act on a view older than our own write.
         let mut newer: Option<NodeInfo> = None;
         // Set once we saw our annotations in place: a later difference is someone's removal.
         let mut converged_once = false;
@@ -85,7 +88,8 @@ impl AnnotationKeeper {
         let mut paced = false;
 
         loop {
-            let Some(view) = freshest(self.cache.get(&node), newer.take()) else {
+            newer = freshest(self.cache.get(&node), newer.take());
+            let Some(view) = newer.clone() else {
                 // Our Node is not in the cache yet (initial list, or it was deleted).
                 if !wait(&mut own_changed, &shutdown, None).await {
                     return;
@@ -144,6 +148,7 @@ impl AnnotationKeeper {
                     if converged_once {
                         let took = noticed_at.elapsed();
                         self.stats.heals.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.count_annotation_heal();
                         self.stats
                             .last_heal_ms
                             .store(took.as_millis() as u64, Ordering::Relaxed);
@@ -160,6 +165,7 @@ impl AnnotationKeeper {
                 }
                 Err(err) if err.is_conflict() => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count_annotation_conflict();
                     tracing::info!(node = %node, resource_version = %rv,
                         "annotation patch conflicted (409); re-reading the node");
                     match self.writer.get().await {

@@ -138,6 +138,29 @@ impl NodeStatusWriter {
             })
     }
 
+    /// Whether our Node already says `NetworkUnavailable=False` with reason FlannelIsUp (then a
+    /// restart has nothing to write).
+    pub async fn network_marked_available(&self) -> Result<bool, KubeError> {
+        let node = Api::<Node>::all(self.nodes.clone().into_client())
+            .get(&self.node)
+            .await
+            .map_err(|source| KubeError::Api {
+                op: "get",
+                node: self.node.clone(),
+                source,
+            })?;
+        Ok(node
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| {
+                c.type_ == "NetworkUnavailable"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("FlannelIsUp")
+            }))
+    }
+
     /// Sends a strategic merge patch to the status subresource (conditions merge by `type`,
     /// so e.g. `NetworkUnavailable=False` leaves the kubelet's conditions alone).
     pub async fn patch_status_strategic(&self, body: &serde_json::Value) -> Result<(), KubeError> {

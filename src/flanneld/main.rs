@@ -15,7 +15,14 @@ fn env(key: &str) -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    let args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
+    let mut args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // `flanneld explain [--healthz-ip=…] [--healthz-port=…]`: ask the running daemon.
+    let explain = args.get(1).is_some_and(|a| a == "explain");
+    if explain {
+        args.remove(1);
+    }
     let flags = match Flags::parse_with_env(args, env) {
         Ok(f) => f,
         // --help and usage errors: clap prints and picks the exit code.
@@ -29,6 +36,9 @@ fn main() -> ExitCode {
         // Upstream prints the version to stderr and exits 0.
         eprintln!("v{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if explain {
+        return explain_running_daemon(&flags);
     }
     match run(&flags) {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,4 +105,36 @@ fn init_logging(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// Prints what the daemon on this node believes and did (its `/status`), for operators.
+fn explain_running_daemon(flags: &Flags) -> ExitCode {
+    // The stock manifest serves health on 8081; use it when no port was given.
+    let port = if flags.healthz_port == 0 {
+        8081
+    } else {
+        flags.healthz_port
+    };
+    let ip = match flags.healthz_ip.as_str() {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "::" => "::1",
+        other => other,
+    };
+    let addr = match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port),
+        Err(_) => {
+            eprintln!("flanneld explain: --healthz-ip {ip:?} is not an IP address");
+            return ExitCode::FAILURE;
+        }
+    };
+    match flannel_rs::flanneld::explain::explain(addr) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flanneld explain: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -29,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod desired;
+pub mod explain;
 pub mod health;
 pub mod iface;
 pub mod keeper;
@@ -42,6 +43,7 @@ pub mod peers;
 pub mod plan;
 pub mod reconcile;
 pub mod subnet_env;
+pub mod traffic;
 pub mod types;
 
 /// The whole pure pipeline on one realistic input, as the wiring will drive it.

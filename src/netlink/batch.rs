@@ -1,7 +1,7 @@
 //! Idempotent operations on addresses, routes, neighbours and FDB entries, applied singly or
 //! as a pipelined batch.
 
-use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::error::{NetlinkError, RawError};
@@ -16,12 +16,14 @@ const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
 
 /// One change to kernel state. `Ensure*` replace (create or overwrite), `Remove*` succeed
 /// when the object is already gone, `AppendFdb` adds one more destination to an entry
-/// (meaningful for the all-zero MAC used for flooding).
+/// (meaningful for the all-zero MAC used for flooding), `AddRoute` creates a route only when
+/// none with the same key exists (EEXIST otherwise: never overwrites someone else's route).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     EnsureAddress(Address),
     RemoveAddress(Address),
     EnsureRoute(Route),
+    AddRoute(Route),
     RemoveRoute(Route),
     EnsureNeighbour(Neighbour),
     RemoveNeighbour(Neighbour),
@@ -37,6 +39,7 @@ impl Op {
             Op::EnsureAddress(_) => "replace address",
             Op::RemoveAddress(_) => "delete address",
             Op::EnsureRoute(_) => "replace route",
+            Op::AddRoute(_) => "add route",
             Op::RemoveRoute(_) => "delete route",
             Op::EnsureNeighbour(_) => "replace neighbour",
             Op::RemoveNeighbour(_) => "delete neighbour",
@@ -50,7 +53,7 @@ impl Op {
     pub fn ifindex(&self) -> Option<u32> {
         match self {
             Op::EnsureAddress(a) | Op::RemoveAddress(a) => Some(a.ifindex),
-            Op::EnsureRoute(r) | Op::RemoveRoute(r) => r.oif,
+            Op::EnsureRoute(r) | Op::AddRoute(r) | Op::RemoveRoute(r) => r.oif,
             Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => Some(n.ifindex),
             Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => Some(f.ifindex),
         }
@@ -60,7 +63,7 @@ impl Op {
     pub(crate) fn object(&self, ifname: &str) -> String {
         match self {
             Op::EnsureAddress(a) | Op::RemoveAddress(a) => format!("{} dev {ifname}", a.net),
-            Op::EnsureRoute(r) | Op::RemoveRoute(r) => route::describe(r, ifname),
+            Op::EnsureRoute(r) | Op::AddRoute(r) | Op::RemoveRoute(r) => route::describe(r, ifname),
             Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => {
                 format!("{} lladdr {} dev {ifname}", n.ip, n.mac)
             }
@@ -81,6 +84,13 @@ impl Op {
                 (
                     RouteNetlinkMessage::NewRoute(route::route_message(r, false)),
                     ENSURE,
+                )
+            }
+            Op::AddRoute(r) => {
+                r.validate()?;
+                (
+                    RouteNetlinkMessage::NewRoute(route::route_message(r, false)),
+                    NLM_F_CREATE | NLM_F_EXCL,
                 )
             }
             Op::RemoveRoute(r) => {
@@ -115,6 +125,7 @@ impl Op {
         match self {
             Op::EnsureAddress(_)
             | Op::EnsureRoute(_)
+            | Op::AddRoute(_)
             | Op::EnsureNeighbour(_)
             | Op::EnsureFdb(_) => false,
             Op::AppendFdb(_) => errno == EEXIST,
@@ -125,13 +136,19 @@ impl Op {
     }
 }
 
+/// Why one op of a batch failed, before it is turned into a [`NetlinkError`].
+enum Failure {
+    Invalid(String),
+    Raw(RawError),
+}
+
 impl Netlink {
     /// Applies `ops` in order, pipelined on this handle's socket (many requests in flight,
     /// acks collected), and returns one result per op in the same order. The kernel processes
     /// the requests in the given order, so e.g. neighbours → FDB → routes keeps its ordering.
     /// A failing op does not stop the ones after it.
     pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
-        let mut raw: Vec<Result<(), RawError>> = Vec::with_capacity(ops.len());
+        // Invalid ops are answered here and never sent; the rest go out in one batch.
         let mut invalid: Vec<Option<String>> = Vec::with_capacity(ops.len());
         let mut requests = Vec::with_capacity(ops.len());
         for op in ops {
@@ -144,49 +161,50 @@ impl Netlink {
             }
         }
         let mut sent = self.transport().batch(requests).await.into_iter();
-        for reason in &invalid {
-            raw.push(match reason {
-                Some(_) => Ok(()), // replaced below
-                None => sent.next().unwrap_or(Err(RawError::Closed)),
-            });
-        }
-
-        let failed_ifindexes = ops
+        let outcomes: Vec<Result<(), Failure>> = ops
             .iter()
-            .zip(&raw)
-            .zip(&invalid)
-            .filter(|((op, r), bad)| {
-                bad.is_some() || matches!(r, Err(e) if !e.errno().is_some_and(|n| op.tolerates(n)))
+            .zip(invalid)
+            .map(|(op, invalid)| match invalid {
+                Some(reason) => Err(Failure::Invalid(reason)),
+                None => match sent.next().unwrap_or(Err(RawError::Closed)) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.errno().is_some_and(|n| op.tolerates(n)) => Ok(()),
+                    Err(e) => Err(Failure::Raw(e)),
+                },
             })
-            .filter_map(|((op, _), _)| op.ifindex())
-            .collect::<Vec<_>>();
+            .collect();
+
+        // Name interfaces only for what failed (cold path).
+        let failed_ifindexes: Vec<u32> = ops
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_err())
+            .filter_map(|(op, _)| op.ifindex())
+            .collect();
         let names = if failed_ifindexes.is_empty() {
             Default::default()
         } else {
             self.ifnames(failed_ifindexes).await
         };
-        let name_of = |op: &Op| {
-            op.ifindex()
+        let object = |op: &Op| {
+            let ifname = op
+                .ifindex()
                 .map(|i| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}")))
-                .unwrap_or_default()
+                .unwrap_or_default();
+            op.object(&ifname)
         };
 
         ops.iter()
-            .zip(raw)
-            .zip(invalid)
-            .map(|((op, result), bad)| {
-                if let Some(reason) = bad {
-                    return Err(NetlinkError::InvalidInput {
+            .zip(outcomes)
+            .map(|(op, outcome)| {
+                outcome.map_err(|failure| match failure {
+                    Failure::Invalid(reason) => NetlinkError::InvalidInput {
                         op: op.name(),
-                        object: op.object(&name_of(op)),
+                        object: object(op),
                         reason,
-                    });
-                }
-                match result {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.errno().is_some_and(|n| op.tolerates(n)) => Ok(()),
-                    Err(e) => Err(e.into_error(op.name(), op.object(&name_of(op)))),
-                }
+                    },
+                    Failure::Raw(e) => e.into_error(op.name(), object(op)),
+                })
             })
             .collect()
     }

@@ -39,6 +39,9 @@ pub enum NetlinkError {
     /// Opening or configuring a netlink socket failed.
     #[error("open netlink socket in network namespace {netns}: {source}")]
     Socket { netns: String, source: io::Error },
+    /// Reading notifications from a monitor socket failed.
+    #[error("read netlink notifications in network namespace {netns}: {source}")]
+    Monitor { netns: String, source: io::Error },
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error("netlink handles must be created inside a tokio runtime")]
@@ -56,9 +59,9 @@ impl NetlinkError {
     /// The errno the kernel (or a socket call) returned, if this error carries one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            NetlinkError::Kernel { source, .. } | NetlinkError::Socket { source, .. } => {
-                source.raw_os_error()
-            }
+            NetlinkError::Kernel { source, .. }
+            | NetlinkError::Socket { source, .. }
+            | NetlinkError::Monitor { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

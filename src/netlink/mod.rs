@@ -133,3 +133,131 @@ impl Netlink {
             .unwrap_or_else(|| format!("if{index}"))
     }
 }
+
+/// The strict-checking decision, tested against the kernel: raw dumps (before any
+/// client-side filtering) already contain only what the request's filter asks for.
+/// Needs root and iproute2, like the namespace tests.
+#[cfg(test)]
+mod kernel_filter_tests {
+    use netlink_packet_route::address::AddressMessage;
+    use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
+    use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
+    use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as M};
+
+    use super::*;
+    use crate::netns::NetnsGuard;
+
+    fn ifindex(ns: &NetnsGuard, name: &str) -> u32 {
+        let out = ns.ip(&["-o", "link", "show", name]).unwrap();
+        out.split(':').next().unwrap().trim().parse().unwrap()
+    }
+
+    #[test]
+    fn strict_socket_filters_dumps_in_the_kernel() {
+        let ns = NetnsGuard::new("kf").unwrap_or_else(|e| {
+            panic!("cannot create a network namespace ({e}); run the tests as root with iproute2")
+        });
+        let setup = [
+            "link add a0 type veth peer name a1",
+            "link add b0 type veth peer name b1",
+            "link set a0 up",
+            "link set b0 up",
+            "addr add 10.1.0.1/24 dev a0",
+            "addr add 10.2.0.1/24 dev b0",
+            "neigh add 10.1.0.9 lladdr 02:00:00:00:00:01 dev a0 nud permanent",
+            "neigh add 10.2.0.9 lladdr 02:00:00:00:00:02 dev b0 nud permanent",
+            "link add vx1 type vxlan id 1 dstport 8472 local 10.1.0.1 dev a0",
+            "link add vx2 type vxlan id 2 dstport 8472 local 10.1.0.1 dev a0",
+            "route add 10.50.1.0/24 dev a0 proto 99",
+            "route add 10.50.2.0/24 dev b0",
+            "route add 10.50.3.0/24 dev a0 table 100",
+        ];
+        for line in setup {
+            ns.ip(&line.split(' ').collect::<Vec<_>>()).unwrap();
+        }
+        for (mac, dev, dst) in [
+            ("02:00:00:00:01:01", "vx1", "10.1.0.21"),
+            ("02:00:00:00:02:02", "vx2", "10.1.0.22"),
+        ] {
+            let ok = std::process::Command::new("bridge")
+                .args(["-n", ns.name(), "fdb", "add", mac, "dev", dev, "dst", dst])
+                .args(["self", "permanent"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+        let (a0, b0, vx1) = (ifindex(&ns, "a0"), ifindex(&ns, "b0"), ifindex(&ns, "vx1"));
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = Netlink::in_named(ns.name()).unwrap();
+            let t = nl.transport();
+
+            // FDB: header ifindex selects the device.
+            let mut req = NeighbourMessage::default();
+            req.header.family = AddressFamily::Bridge;
+            req.header.ifindex = vx1;
+            let fdb = t.dump(M::GetNeighbour(req)).await.unwrap();
+            assert!(!fdb.is_empty());
+            assert!(
+                fdb.iter()
+                    .all(|m| matches!(m, M::NewNeighbour(n) if n.header.ifindex == vx1)),
+                "{fdb:?}"
+            );
+
+            // IP neighbours: NDA_IFINDEX selects the link ...
+            let mut req = NeighbourMessage::default();
+            req.attributes.push(NeighbourAttribute::IfIndex(a0));
+            let neigh = t.dump(M::GetNeighbour(req)).await.unwrap();
+            assert!(!neigh.is_empty());
+            assert!(
+                neigh
+                    .iter()
+                    .all(|m| matches!(m, M::NewNeighbour(n) if n.header.ifindex == a0))
+            );
+            // ... while a header ifindex is refused by a strict socket (hence the attribute).
+            let mut req = NeighbourMessage::default();
+            req.header.ifindex = a0;
+            let err = t.dump(M::GetNeighbour(req)).await.unwrap_err();
+            assert_eq!(err.errno(), Some(22), "{err:?}");
+
+            // Addresses: header index selects the link.
+            let mut req = AddressMessage::default();
+            req.header.family = AddressFamily::Inet;
+            req.header.index = b0;
+            let addrs = t.dump(M::GetAddress(req)).await.unwrap();
+            assert_eq!(addrs.len(), 1, "{addrs:?}");
+
+            // Routes: table, output device and protocol.
+            let dump = |f: RouteFilter| {
+                let t = t.clone();
+                async move {
+                    t.dump(M::GetRoute(route::dump_request(IpFamily::V4, &f)))
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .filter_map(|m| match m {
+                            M::NewRoute(r) => Some(r),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                }
+            };
+            let t100 = dump(RouteFilter::default().table(100)).await;
+            assert_eq!(t100.len(), 1, "{t100:?}");
+            let on_b0 = dump(RouteFilter::main().oif(b0)).await;
+            assert!(!on_b0.is_empty());
+            assert!(
+                on_b0
+                    .iter()
+                    .all(|r| r.attributes.contains(&RouteAttribute::Oif(b0)))
+            );
+            let p99 = dump(RouteFilter::default().protocol(RouteProtocol::Other(99))).await;
+            assert_eq!(p99.len(), 1, "{p99:?}");
+        });
+    }
+}

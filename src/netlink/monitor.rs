@@ -138,7 +138,7 @@ impl Monitor {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
             .await
             .unwrap_or_else(|| {
-                Err(NetlinkError::Socket {
+                Err(NetlinkError::Monitor {
                     netns: self.netns_label.clone(),
                     source: io::Error::from(io::ErrorKind::UnexpectedEof),
                 })
@@ -182,7 +182,7 @@ impl Stream for Monitor {
             let mut guard = match this.socket.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(source)) => {
-                    return Poll::Ready(Some(Err(NetlinkError::Socket {
+                    return Poll::Ready(Some(Err(NetlinkError::Monitor {
                         netns: this.netns_label.clone(),
                         source,
                     })));
@@ -200,7 +200,7 @@ impl Stream for Monitor {
                     return Poll::Ready(Some(Ok(MonitorEvent::Overflow)));
                 }
                 Ok(Err(source)) => {
-                    return Poll::Ready(Some(Err(NetlinkError::Socket {
+                    return Poll::Ready(Some(Err(NetlinkError::Monitor {
                         netns: this.netns_label.clone(),
                         source,
                     })));

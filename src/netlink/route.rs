@@ -76,7 +76,13 @@ pub(crate) fn route_message(r: &Route, for_delete: bool) -> RouteMessage {
 
 /// `ip route`-style description with the device by name.
 pub(crate) fn describe(r: &Route, ifname: &str) -> String {
-    let mut s = r.dst.to_string();
+    let kind = match r.kind {
+        RouteType::BlackHole => "blackhole ",
+        RouteType::Unreachable => "unreachable ",
+        RouteType::Prohibit => "prohibit ",
+        _ => "",
+    };
+    let mut s = format!("{kind}{}", r.dst);
     if let Some(gw) = r.gateway {
         s.push_str(&format!(" via {gw}"));
     }
@@ -95,9 +101,27 @@ pub(crate) fn describe(r: &Route, ifname: &str) -> String {
     s
 }
 
+/// `ip route show`-style description of a filter, e.g. `ipv4 table 254 dev flannel.1`.
+async fn describe_filter(family: IpFamily, filter: &RouteFilter, nl: &Netlink) -> String {
+    let mut s = match family {
+        IpFamily::V4 => "ipv4".to_string(),
+        IpFamily::V6 => "ipv6".to_string(),
+    };
+    if let Some(t) = filter.table {
+        s.push_str(&format!(" table {t}"));
+    }
+    if let Some(oif) = filter.oif {
+        s.push_str(&format!(" dev {}", nl.ifname(oif).await));
+    }
+    if let Some(p) = filter.protocol {
+        s.push_str(&format!(" proto {}", u8::from(p)));
+    }
+    s
+}
+
 /// RTM_GETROUTE dump request; on a strict socket the kernel filters by table, protocol and
 /// output device itself.
-fn dump_request(family: IpFamily, filter: &RouteFilter) -> RouteMessage {
+pub(crate) fn dump_request(family: IpFamily, filter: &RouteFilter) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family.address_family();
     if let Some(table) = filter.table {
@@ -117,6 +141,12 @@ impl Netlink {
     /// (`ip route replace`).
     pub async fn ensure_route(&self, route: &Route) -> Result<(), NetlinkError> {
         self.apply_one(Op::EnsureRoute(route.clone())).await
+    }
+
+    /// Adds the route only if no route with the same destination/table/metric exists
+    /// (`ip route add`): fails with EEXIST instead of overwriting.
+    pub async fn add_route(&self, route: &Route) -> Result<(), NetlinkError> {
+        self.apply_one(Op::AddRoute(route.clone())).await
     }
 
     /// Removes the route; `Ok` if it is not there.
@@ -147,7 +177,8 @@ impl Netlink {
                     continue;
                 }
                 Err(e) => {
-                    return Err(e.into_error("list routes", format!("{filter:?}")));
+                    let object = describe_filter(family, filter, self).await;
+                    return Err(e.into_error("list routes", object));
                 }
             };
             out.extend(
@@ -211,6 +242,8 @@ mod tests {
             describe(&r, "flannel.1"),
             "10.244.3.0/24 via 10.244.3.0 dev flannel.1 table 7 metric 3 onlink"
         );
+        let hole = Route::new("10.244.1.0/24".parse().unwrap()).kind(RouteType::BlackHole);
+        assert_eq!(describe(&hole, ""), "blackhole 10.244.1.0/24");
     }
 
     #[test]

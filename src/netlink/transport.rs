@@ -31,7 +31,7 @@ pub(crate) const REQUEST_RCVBUF: usize = 8 << 20;
 pub(crate) const MONITOR_RCVBUF: usize = 32 << 20;
 /// Messages per datagram in a batch. Bounded so one datagram's acks stay far below the
 /// receive buffer and a datagram stays far below the socket's send buffer.
-const BATCH_MAX_MESSAGES: usize = 256;
+const BATCH_MAX_MESSAGES: usize = 128;
 const BATCH_MAX_BYTES: usize = 48 << 10;
 /// A dump interrupted by concurrent changes (NLM_F_DUMP_INTR) is retried this many times.
 const DUMP_ATTEMPTS: usize = 5;

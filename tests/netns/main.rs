@@ -5,6 +5,7 @@
 mod cni_plugin;
 mod cni_reference;
 mod cni_support;
+mod daemon_control;
 mod harness;
 mod harness_tests;
 mod netlink_addrs;
@@ -14,3 +15,5 @@ mod netlink_monitor;
 mod netlink_neigh;
 mod netlink_routes;
 mod netlink_util;
+mod topology_tests;
+mod traffic_rules;

@@ -1,0 +1,240 @@
+//! `flanneld explain`: one command that tells an operator what this node's daemon believes and
+//! did — its lease, whether its annotations had to be re-asserted (and how often), which peers
+//! are programmed, which nodes were refused and why, and how the kernel was kept in line.
+//! It reads the running daemon's `/status` and `/readyz` from the health port.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(
+        "cannot reach flanneld's health server at {addr}: {source} (is flanneld running on this \
+         node with --healthz-port set?)"
+    )]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bad answer from {addr}{path}: {detail}")]
+    Answer {
+        addr: SocketAddr,
+        path: &'static str,
+        detail: String,
+    },
+}
+
+/// A minimal HTTP/1.0 GET (the health server is local and tiny; no client stack needed).
+fn get(addr: SocketAddr, path: &'static str) -> Result<(u16, String), ExplainError> {
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|source| ExplainError::Connect { addr, source })?;
+    let answer = |detail: String| ExplainError::Answer { addr, path, detail };
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| answer(e.to_string()))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: flanneld\r\n\r\n")
+        .map_err(|e| answer(e.to_string()))?;
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .map_err(|e| answer(e.to_string()))?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| answer("no header/body separator".into()))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| answer(format!("no status code in {head:?}")))?;
+    Ok((code, body.to_string()))
+}
+
+/// Fetches `/status` and `/readyz` from a running daemon and renders the explanation.
+pub fn explain(addr: SocketAddr) -> Result<String, ExplainError> {
+    let (code, body) = get(addr, "/status")?;
+    if code != 200 {
+        return Err(ExplainError::Answer {
+            addr,
+            path: "/status",
+            detail: format!("HTTP {code}"),
+        });
+    }
+    let status: Value = serde_json::from_str(&body).map_err(|e| ExplainError::Answer {
+        addr,
+        path: "/status",
+        detail: e.to_string(),
+    })?;
+    let ready = get(addr, "/readyz").map(|(c, _)| c == 200).ok();
+    Ok(render(&status, ready))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn list(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+/// Renders the status document for a human (pure; unit-tested).
+pub fn render(status: &Value, ready: Option<bool>) -> String {
+    let mut out = String::new();
+    let mut line = |l: String| {
+        out.push_str(&l);
+        out.push('\n');
+    };
+    let lease = list(&status["lease"]);
+    line(format!(
+        "node {}  lease {}  ready: {}",
+        s(&status["node"]),
+        if lease.is_empty() {
+            "(not assigned yet)".into()
+        } else {
+            lease
+        },
+        match ready {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "unknown",
+        }
+    ));
+
+    let a = &status["annotations"];
+    let heals = n(&a["heals"]);
+    line(format!(
+        "annotations: {} write(s), {} heal(s), {} conflict(s), {} error(s)",
+        n(&a["writes"]),
+        heals,
+        n(&a["conflicts"]),
+        n(&a["errors"])
+    ));
+    if heals > 0 {
+        line(format!(
+            "  ! someone removed or changed flannel's annotations on this Node {heals} time(s); \
+             they were re-asserted (last heal took {} ms). Look for a controller that updates \
+             Nodes without a resourceVersion.",
+            n(&a["last_heal_ms"])
+        ));
+    }
+
+    let last = &status["last_reconcile"];
+    if last.is_null() {
+        line("datapath: no reconcile has finished yet".into());
+        return out;
+    }
+    for d in last["devices"].as_array().into_iter().flatten() {
+        line(format!(
+            "device {} (index {}, mac {}, mtu {}): {} entries desired",
+            s(&d["name"]),
+            n(&d["index"]),
+            s(&d["mac"]),
+            n(&d["mtu"]),
+            n(&d["entries"])
+        ));
+    }
+    line(format!(
+        "last reconcile: trigger {}, {:.1} ms, {} kernel change(s), {} error(s); drift repairs so far: {}",
+        s(&last["trigger"]),
+        last["duration_ms"].as_f64().unwrap_or(0.0),
+        n(&last["operations"]),
+        last["errors"].as_array().map(Vec::len).unwrap_or(0),
+        n(&status["drift_repairs"]),
+    ));
+    for e in last["errors"].as_array().into_iter().flatten().take(5) {
+        line(format!("  ! {}", s(e)));
+    }
+    let peers = last["peers"].as_array().cloned().unwrap_or_default();
+    line(format!("peers programmed: {}", peers.len()));
+    for p in &peers {
+        line(format!(
+            "  {:<24} {:<20} via {:<16} vtep {}",
+            s(&p["node"]),
+            list(&p["subnets"]),
+            list(&p["public_ips"]),
+            list(&p["vtep_macs"])
+        ));
+    }
+    let rejected = last["rejected"].as_array().cloned().unwrap_or_default();
+    let hostile: Vec<_> = rejected
+        .iter()
+        .filter(|r| !matches!(r["kind"].as_str(), Some("not_managed" | "backend_type")))
+        .collect();
+    line(format!(
+        "nodes not programmed: {} ({} refused as unsafe or broken)",
+        rejected.len(),
+        hostile.len()
+    ));
+    for r in &rejected {
+        line(format!("  {:<24} {}", s(&r["node"]), s(&r["reason"])));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_healed_node_with_a_refused_peer_is_explained() {
+        let status = json!({
+            "node": "n1", "lease": ["10.244.1.0/24"], "drift_repairs": 2,
+            "annotations": {"writes": 2, "heals": 1, "conflicts": 0, "errors": 0, "last_heal_ms": 3},
+            "last_reconcile": {
+                "trigger": "drift", "duration_ms": 1.5, "operations": 2, "errors": [],
+                "devices": [{"name": "flannel.1", "index": 4, "mac": "0e:00:00:00:00:01", "mtu": 1450, "entries": 3}],
+                "peers": [{"node": "n2", "subnets": ["10.244.2.0/24"], "public_ips": ["192.168.50.2"], "vtep_macs": ["0e:00:00:00:00:02"]}],
+                "rejected": [{"node": "evil", "kind": "subnet_overlaps_own", "reason": "subnet 10.244.1.0/24 overlaps our own"}]
+            }
+        });
+        let text = render(&status, Some(true));
+        assert!(
+            text.contains("node n1  lease 10.244.1.0/24  ready: yes"),
+            "{text}"
+        );
+        assert!(text.contains("1 heal(s)"), "{text}");
+        assert!(text.contains("someone removed or changed"), "{text}");
+        assert!(text.contains("drift repairs so far: 2"), "{text}");
+        assert!(
+            text.contains("n2") && text.contains("192.168.50.2"),
+            "{text}"
+        );
+        assert!(text.contains("1 refused as unsafe or broken"), "{text}");
+        assert!(
+            text.contains("evil") && text.contains("overlaps our own"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_daemon_still_waiting_says_so() {
+        let status = json!({"node": "n1", "lease": [], "annotations": {}, "last_reconcile": null});
+        let text = render(&status, Some(false));
+        assert!(text.contains("(not assigned yet)"), "{text}");
+        assert!(text.contains("ready: NO"), "{text}");
+        assert!(text.contains("no reconcile has finished yet"), "{text}");
+    }
+
+    #[test]
+    fn an_unreachable_daemon_is_a_clear_error() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let err = explain(addr).unwrap_err();
+        assert!(err.to_string().contains("--healthz-port"), "{err}");
+    }
+}

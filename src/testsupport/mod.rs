@@ -1,0 +1,5 @@
+//! Test support shared by integration tests, benchmarks and the local cluster (no feature
+//! gate: it only creates namespaces, spawns processes and talks HTTP).
+pub mod kube_testserver;
+pub mod lab;
+pub mod topology;

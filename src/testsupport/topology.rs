@@ -1,0 +1,101 @@
+//! Throwaway network topologies for tests, benchmarks and the local cluster: an underlay
+//! "switch" (a bridge in its own namespace) and hosts (namespaces with an `eth0` on the
+//! switch). Everything is created in namespaces this process owns and removed on drop.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::netns::{NetnsError, NetnsGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{0}")]
+    Ip(String),
+}
+
+/// An L2 segment: a bridge `br0` inside its own namespace. Hosts attach with a veth.
+#[derive(Debug)]
+pub struct Switch {
+    ns: NetnsGuard,
+    /// First three octets of the underlay /24, e.g. `[192, 168, 77]`.
+    prefix: [u8; 3],
+    next_port: AtomicU32,
+}
+
+/// A host on the switch: its own namespace with `eth0` at `address/24`.
+#[derive(Debug)]
+pub struct Host {
+    pub ns: NetnsGuard,
+    pub address: Ipv4Addr,
+    /// The switch port's name inside the switch namespace.
+    pub port: String,
+}
+
+impl Switch {
+    /// Creates the switch namespace (`frs-<pid>-<n>-<tag>`) with a bridge, for the underlay
+    /// subnet `a.b.c.0/24`.
+    pub fn new(tag: &str, prefix: [u8; 3]) -> Result<Self, TopologyError> {
+        let ns = NetnsGuard::new(tag)?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])
+            .map_err(TopologyError::Ip)?;
+        ns.ip(&["link", "set", "br0", "up"])
+            .map_err(TopologyError::Ip)?;
+        Ok(Self {
+            ns,
+            prefix,
+            next_port: AtomicU32::new(0),
+        })
+    }
+
+    pub fn netns(&self) -> &NetnsGuard {
+        &self.ns
+    }
+
+    /// The underlay address of host number `octet` (`a.b.c.octet`).
+    pub fn address(&self, octet: u8) -> Ipv4Addr {
+        Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], octet)
+    }
+
+    /// Attaches a new host namespace with `eth0` = `a.b.c.octet/24`, MTU `mtu`, IP forwarding
+    /// on (pods are routed through it) and no default route out.
+    pub fn attach(&self, tag: &str, octet: u8, mtu: u32) -> Result<Host, TopologyError> {
+        let ns = NetnsGuard::new(tag)?;
+        let n = self.next_port.fetch_add(1, Ordering::Relaxed);
+        let port = format!("p{n}");
+        let ip = |args: &[&str]| ns.ip(args).map_err(TopologyError::Ip);
+        // Create the pair inside the host, then move the switch end (names are local to each
+        // namespace, so the same names repeat across hosts without clashing).
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "mtu",
+            &mtu.to_string(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+        ])?;
+        ip(&["link", "set", &port, "netns", self.ns.name()])?;
+        let address = self.address(octet);
+        ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        ip(&["link", "set", "eth0", "up"])?;
+        let sw = |args: &[&str]| self.ns.ip(args).map_err(TopologyError::Ip);
+        sw(&["link", "set", &port, "master", "br0"])?;
+        sw(&["link", "set", &port, "up"])?;
+        let forward = ns
+            .exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+            .map_err(|e| TopologyError::Ip(format!("sysctl: {e}")))?;
+        if !forward.status.success() {
+            return Err(TopologyError::Ip(format!(
+                "sysctl net.ipv4.ip_forward=1 in {}: {}",
+                ns.name(),
+                String::from_utf8_lossy(&forward.stderr).trim()
+            )));
+        }
+        Ok(Host { ns, address, port })
+    }
+}

@@ -1,0 +1,360 @@
+//! flanneld's control plane against the test API server: the real binary in a node namespace,
+//! the flannel RBAC token, assertions from the server's request log and the kernel.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flannel_rs::testsupport::kube_testserver::{Clobber, Fault, LogEntry, LogFilter};
+use flannel_rs::testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
+use flannel_rs::testsupport::topology::Host;
+
+use crate::harness::*;
+
+pub const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
+pub const TESTSERVER: &str = env!("CARGO_BIN_EXE_kube-testserver");
+const P: &str = "flannel.alpha.coreos.com/";
+
+pub fn lab(tag: &str, third_octet: u8) -> Lab {
+    // Make sure a failure to create namespaces reads as such (and stale ones are cleaned).
+    drop(netns("probe"));
+    Lab::new(
+        LabOptions {
+            tag: tag.into(),
+            underlay: [192, 168, third_octet],
+            ..LabOptions::default()
+        },
+        TESTSERVER,
+    )
+    .expect("lab")
+}
+
+/// One node `n1` (10.244.1.0/24 at .1, with a foreign annotation) and one peer `n2` whose
+/// annotations are already published.
+pub fn lab_with_two_nodes(tag: &str, third_octet: u8) -> (Lab, Host) {
+    let lab = lab(tag, third_octet);
+    let host = lab.add_host(&format!("{tag}-n1"), 1).unwrap();
+    let mut own = BTreeMap::new();
+    own.insert("other.example.com/keep".to_string(), "yes".to_string());
+    lab.create_node("n1", "10.244.1.0/24", host.address, own)
+        .unwrap();
+    let peer_ip = lab.switch.address(2);
+    lab.create_node(
+        "n2",
+        "10.244.2.0/24",
+        peer_ip,
+        peer_annotations("0e:00:00:00:00:02", &peer_ip.to_string()),
+    )
+    .unwrap();
+    (lab, host)
+}
+
+fn flannel_patches(lab: &Lab, node: &str) -> Vec<LogEntry> {
+    lab.server
+        .request_log(&LogFilter {
+            method: Some("PATCH".into()),
+            identity: Some("flannel".into()),
+            name: Some(node.into()),
+            ..LogFilter::default()
+        })
+        .unwrap()
+}
+
+fn annotation_patches(entries: &[LogEntry]) -> Vec<&LogEntry> {
+    entries
+        .iter()
+        .filter(|e| {
+            e.body_json()
+                .is_some_and(|b| b["metadata"]["annotations"].is_object())
+        })
+        .collect()
+}
+
+fn ours(lab: &Lab, node: &str) -> BTreeMap<String, String> {
+    lab.get_node(node)
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(P))
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn start(lab: &Lab, host: &Host) -> Flanneld {
+    let mut d = lab.start_flanneld(FLANNELD, host, "n1", &[]).unwrap();
+    d.wait_ready(Duration::from_secs(30)).unwrap();
+    d
+}
+
+#[test]
+fn publishes_annotations_once_with_a_precondition_and_keeps_others() {
+    let (lab, host) = lab_with_two_nodes("dc1", 101);
+    let mut d = start(&lab, &host);
+
+    let patches = flannel_patches(&lab, "n1");
+    let annotation = annotation_patches(&patches);
+    assert_eq!(
+        annotation.len(),
+        1,
+        "annotations written once: {patches:#?}\n{}",
+        d.log()
+    );
+    let p = annotation[0];
+    assert_eq!(
+        p.path.trim_end_matches('?'),
+        "/api/v1/nodes/n1/status",
+        "written to the status subresource"
+    );
+    assert_eq!(p.code, 200);
+    assert_eq!(
+        p.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    let body = p.body_json().unwrap();
+    assert!(
+        body["metadata"]["resourceVersion"].is_string(),
+        "patch carries a resourceVersion precondition: {body}"
+    );
+    let keys: Vec<_> = body["metadata"]["annotations"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert!(
+        keys.iter().all(|k| k.starts_with(P)),
+        "only our keys: {keys:?}"
+    );
+
+    let node = lab.get_node("n1").unwrap();
+    let ann = node.metadata.annotations.unwrap();
+    assert_eq!(ann["other.example.com/keep"], "yes");
+    assert_eq!(ann[&format!("{P}kube-subnet-manager")], "true");
+    assert_eq!(ann[&format!("{P}backend-type")], "vxlan");
+    assert_eq!(ann[&format!("{P}public-ip")], host.address.to_string());
+    let link = ip_json(&host.ns, &["link", "show", "flannel.1"]);
+    let mac = link[0]["address"].as_str().unwrap();
+    assert_eq!(
+        ann[&format!("{P}backend-data")],
+        format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+        "byte-exact backend-data with the device's MAC"
+    );
+    // NetworkUnavailable=False, as upstream.
+    let conditions = node.status.unwrap().conditions.unwrap();
+    assert!(conditions.iter().any(|c| c.type_ == "NetworkUnavailable"
+        && c.status == "False"
+        && c.reason.as_deref() == Some("FlannelIsUp")));
+
+    // subnet.env, exactly upstream's content.
+    let env = std::fs::read_to_string(&d.subnet_file).unwrap();
+    assert_eq!(
+        env,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    );
+    assert!(d.is_running());
+
+    // Upstream's ClusterRole is enough: nothing the daemon asked for was forbidden.
+    let all = lab
+        .server
+        .request_log(&LogFilter {
+            identity: Some("flannel".into()),
+            ..LogFilter::default()
+        })
+        .unwrap();
+    let forbidden: Vec<_> = all
+        .iter()
+        .filter(|e| e.code == 403 || e.code == 401)
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "requests beyond upstream's RBAC: {forbidden:#?}"
+    );
+}
+
+#[test]
+fn an_injected_conflict_is_retried() {
+    let (lab, host) = lab_with_two_nodes("dc2", 102);
+    lab.server
+        .inject_fault(&Fault::fail(409).verb("patch").name("n1").times(1))
+        .unwrap();
+    let _d = start(&lab, &host);
+    let patches = flannel_patches(&lab, "n1");
+    let codes: Vec<u16> = annotation_patches(&patches)
+        .iter()
+        .map(|e| e.code)
+        .collect();
+    assert_eq!(
+        codes,
+        vec![409, 200],
+        "one conflict, then success: {patches:#?}"
+    );
+    assert_eq!(ours(&lab, "n1").len(), 4);
+}
+
+#[test]
+fn a_stale_overwrite_is_healed_and_other_annotations_survive() {
+    let (lab, host) = lab_with_two_nodes("dc3", 103);
+    let d = start(&lab, &host);
+    let want = ours(&lab, "n1");
+    assert_eq!(want.len(), 4);
+
+    // The incident: an unconditional update with a copy taken before flannel wrote its keys.
+    let clobbered = Instant::now();
+    lab.server
+        .clobber("n1", &Clobber::DropAnnotationPrefix(P.into()))
+        .unwrap();
+    let heal = wait_until("annotations re-asserted", Duration::from_secs(5), || {
+        ours(&lab, "n1") == want
+    });
+    // The precise figure comes from the server's own clock: clobber write → healing patch.
+    let log = lab.server.request_log(&LogFilter::default()).unwrap();
+    let clobber_at = log
+        .iter()
+        .find(|e| e.identity.as_deref() == Some("clobber"))
+        .expect("clobber logged")
+        .time_ms;
+    let healed_at = log
+        .iter()
+        .filter(|e| {
+            e.identity.as_deref() == Some("flannel") && e.method == "PATCH" && e.code == 200
+        })
+        .map(|e| e.time_ms)
+        .filter(|t| *t >= clobber_at)
+        .min()
+        .expect("healing patch logged");
+    println!(
+        "heal time after clobber: {} ms by the API server's log ({:.0} ms observed by the test's polling)",
+        healed_at - clobber_at,
+        clobbered.elapsed().as_secs_f64() * 1000.0
+    );
+    assert!(heal < Duration::from_secs(2), "healed in {heal:?}");
+    assert!(healed_at - clobber_at < 2000);
+    let ann = lab.get_node("n1").unwrap().metadata.annotations.unwrap();
+    assert_eq!(
+        ann["other.example.com/keep"], "yes",
+        "foreign annotation survived"
+    );
+    let patches = flannel_patches(&lab, "n1");
+    let annotation = annotation_patches(&patches);
+    assert_eq!(annotation.len(), 2, "publish + one heal: {patches:#?}");
+    assert!(annotation[1].body_json().unwrap()["metadata"]["resourceVersion"].is_string());
+    let explain = d.health("/status").unwrap().1;
+    assert!(explain.contains("\"heals\": 1"), "{explain}");
+}
+
+#[test]
+fn an_api_outage_does_not_stop_the_daemon() {
+    let (lab, host) = lab_with_two_nodes("dc4", 104);
+    let mut d = start(&lab, &host);
+    lab.server.outage(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_secs(11));
+    assert!(
+        d.is_running(),
+        "daemon exited during the outage:\n{}",
+        d.log()
+    );
+    // After the outage, a new peer is learned and programmed.
+    let ip3 = lab.switch.address(3);
+    lab.create_node(
+        "n3",
+        "10.244.3.0/24",
+        ip3,
+        peer_annotations("0e:00:00:00:00:03", &ip3.to_string()),
+    )
+    .unwrap();
+    wait_until(
+        "route to n3 after the outage",
+        Duration::from_secs(30),
+        || {
+            host.ns
+                .ip(&["route", "show", "10.244.3.0/24"])
+                .is_ok_and(|o| o.contains("via 10.244.3.0 dev flannel.1"))
+        },
+    );
+    assert_eq!(d.health("/readyz").map(|r| r.0), Some(200));
+}
+
+#[test]
+fn sigterm_exits_fast_and_a_restart_writes_nothing() {
+    let (lab, host) = lab_with_two_nodes("dc5", 105);
+    let mut d = start(&lab, &host);
+    let before = (
+        host.ns.ip(&["-d", "link", "show", "flannel.1"]).unwrap(),
+        host.ns.ip(&["route", "show", "dev", "flannel.1"]).unwrap(),
+        host.ns.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap(),
+    );
+    let took = d.stop().expect("daemon exited");
+    println!("SIGTERM → exit: {:.1} ms", took.as_secs_f64() * 1000.0);
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    let after_stop = (
+        host.ns.ip(&["-d", "link", "show", "flannel.1"]).unwrap(),
+        host.ns.ip(&["route", "show", "dev", "flannel.1"]).unwrap(),
+        host.ns.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap(),
+    );
+    assert_eq!(
+        before, after_stop,
+        "the datapath stays in place after SIGTERM"
+    );
+
+    let seq = lab.server.reset_request_log().unwrap();
+    let _ = seq;
+    let _d2 = start(&lab, &host);
+    std::thread::sleep(Duration::from_millis(300));
+    let writes: Vec<LogEntry> = lab
+        .server
+        .request_log(&LogFilter {
+            identity: Some("flannel".into()),
+            ..LogFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter(|e| !matches!(e.method.as_str(), "GET" | "HEAD"))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a restart with everything right writes nothing: {writes:#?}"
+    );
+    let after_restart = (
+        host.ns.ip(&["-d", "link", "show", "flannel.1"]).unwrap(),
+        host.ns.ip(&["route", "show", "dev", "flannel.1"]).unwrap(),
+        host.ns.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap(),
+    );
+    assert_eq!(
+        before, after_restart,
+        "the restart adopted the device and entries as they were"
+    );
+}
+
+#[test]
+fn bad_net_conf_is_one_clear_error_and_nothing_is_written() {
+    let lab = lab("dc6", 106);
+    let host = lab.add_host("dc6-n1", 1).unwrap();
+    std::fs::write(
+        &lab.net_conf_path,
+        r#"{"Network":"10.244.0.0/33","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let mut d = lab.start_flanneld(FLANNELD, &host, "n1", &[]).unwrap();
+    wait_until("flanneld exits", Duration::from_secs(10), || {
+        !d.is_running()
+    });
+    let log = d.log();
+    assert!(log.contains("Network"), "error names the field: {log}");
+    assert!(!d.subnet_file.exists(), "nothing written");
+    assert!(
+        host.ns.ip(&["link", "show", "flannel.1"]).is_err(),
+        "no device created"
+    );
+}
