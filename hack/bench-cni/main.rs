@@ -81,7 +81,25 @@ impl Drop for TempDir {
 
 #[derive(Default, Clone)]
 struct Stats {
+    /// Wall time per invocation.
     samples: Vec<Duration>,
+    /// CPU time per invocation (plugin process and its waited-for children).
+    cpu: Vec<Duration>,
+}
+
+impl Stats {
+    fn push(&mut self, c: Cost) {
+        self.samples.push(c.wall);
+        self.cpu.push(c.cpu);
+    }
+
+    fn cpu_median(&self) -> f64 {
+        Stats {
+            samples: self.cpu.clone(),
+            cpu: Vec::new(),
+        }
+        .median()
+    }
 }
 
 impl Stats {
@@ -131,6 +149,14 @@ struct Results {
     version: Stats,
 }
 
+/// One invocation's cost: wall time, and CPU time of the plugin process including the
+/// children it waited for (the reference `bridge` runs `host-local`), from `wait4`.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+}
+
 /// Runs one plugin invocation from the calling thread (which is inside the node namespace).
 fn invoke(
     binary: &Path,
@@ -140,7 +166,8 @@ fn invoke(
     ifname: &str,
     path: &Path,
     stdin: &[u8],
-) -> Result<(Duration, Vec<u8>)> {
+) -> Result<(Cost, Vec<u8>)> {
+    use std::io::Read;
     let t0 = Instant::now();
     let mut child = Command::new(binary)
         .env_clear()
@@ -162,17 +189,33 @@ fn invoke(
     if let Some(mut input) = child.stdin.take() {
         input.write_all(stdin)?;
     }
-    let out = child.wait_with_output()?;
-    let elapsed = t0.elapsed();
-    if !out.status.success() {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut stdout)?;
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut stderr)?;
+    }
+    let pid = i32::try_from(child.id()).context("pid")?;
+    let mut status: nix::libc::c_int = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child, which std has not reaped.
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = t0.elapsed();
+    ensure!(rc == pid, "wait4: {}", std::io::Error::last_os_error());
+    let tv = |t: nix::libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let ok = nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0;
+    if !ok {
         bail!(
             "{} {command} {cid} failed: {} {}",
             binary.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
         );
     }
-    Ok((elapsed, out.stdout))
+    Ok((Cost { wall, cpu }, stdout))
 }
 
 /// Runs `f` on a fresh thread that entered `node` (so its children start there).
@@ -261,10 +304,10 @@ fn sequential(subjects: &[Subject], paths: &[String], args: &Args) -> Result<Vec
                     )
                 })??;
                 if command == "ADD" {
-                    out[k].0.samples.push(d);
+                    out[k].0.push(d);
                     ips[k].push(ip_of(&stdout)?);
                 } else {
-                    out[k].1.samples.push(d);
+                    out[k].1.push(d);
                 }
             }
         }
@@ -356,13 +399,11 @@ fn parallel(
         "{} parallel {command}: {failures:?}",
         s.label
     );
-    Ok((
-        wall,
-        Stats {
-            samples: samples.into_inner().unwrap_or_default(),
-        },
-        ips.into_inner().unwrap_or_default(),
-    ))
+    let mut stats = Stats::default();
+    for c in samples.into_inner().unwrap_or_default() {
+        stats.push(c);
+    }
+    Ok((wall, stats, ips.into_inner().unwrap_or_default()))
 }
 
 fn median_duration(mut v: Vec<Duration>) -> Duration {
@@ -390,7 +431,7 @@ fn run_all(subjects: &[Subject], pods: &[NetnsGuard], args: &Args) -> Result<Vec
                     &args.ref_dir,
                     b"{\"cniVersion\":\"0.3.1\"}",
                 )?;
-                st.samples.push(d);
+                st.push(d);
             }
             Ok(st)
         })??);
@@ -413,6 +454,7 @@ fn run_all(subjects: &[Subject], pods: &[NetnsGuard], args: &Args) -> Result<Vec
             );
             add_walls[k].push(wall);
             add_stats[k].samples.extend(st.samples);
+            add_stats[k].cpu.extend(st.cpu);
             wait_quiet();
             let (wall, _, _) = parallel(s, "DEL", round, &paths, args)?;
             ensure!(
@@ -547,62 +589,78 @@ fn main() -> Result<()> {
 
     println!();
     println!(
-        "{:<34} {:>22} {:>22} {:>22}",
-        "metric (ms)", "ADD seq", "DEL seq", "VERSION (exec cost)"
+        "sequential, wall ms: median / p95 (min / max); CPU ms per op (median, plugin + children)"
+    );
+    println!(
+        "{:<30} {:>30} {:>30} {:>9} {:>9} {:>9}",
+        "", "ADD wall", "DEL wall", "ADD cpu", "DEL cpu", "VERSION"
     );
     for (s, r) in subjects.iter().zip(&results) {
         println!(
-            "{:<34} {:>22} {:>22} {:>22}",
+            "{:<30} {:>30} {:>30} {:>9.2} {:>9.2} {:>9.2}",
             s.label,
-            format!("{:.2} / {:.2}", r.seq_add.median(), r.seq_add.ms(0.95)),
-            format!("{:.2} / {:.2}", r.seq_del.median(), r.seq_del.ms(0.95)),
-            format!("{:.2}", r.version.median()),
-        );
-        println!(
-            "{:<34} {:>22} {:>22}",
-            "   (min / max)",
-            format!("{:.2} / {:.2}", r.seq_add.min(), r.seq_add.max()),
-            format!("{:.2} / {:.2}", r.seq_del.min(), r.seq_del.max()),
+            format!(
+                "{:.2} / {:.2} ({:.2} / {:.2})",
+                r.seq_add.median(),
+                r.seq_add.ms(0.95),
+                r.seq_add.min(),
+                r.seq_add.max()
+            ),
+            format!(
+                "{:.2} / {:.2} ({:.2} / {:.2})",
+                r.seq_del.median(),
+                r.seq_del.ms(0.95),
+                r.seq_del.min(),
+                r.seq_del.max()
+            ),
+            r.seq_add.cpu_median(),
+            r.seq_del.cpu_median(),
+            r.version.median(),
         );
     }
     println!();
     println!(
-        "{:<34} {:>22} {:>14} {:>22} {:>16}",
-        format!("parallel (median of {} rounds)", args.rounds),
-        "ADD wall (ms)",
-        "ADD/s",
-        "per-ADD med/p95 (ms)",
-        "DEL wall (ms)"
+        "parallel: {} ADDs by {} workers, then the {} DELs; median of {} rounds",
+        args.par_n, args.par, args.par_n, args.rounds
+    );
+    println!(
+        "{:<30} {:>14} {:>10} {:>22} {:>10} {:>14}",
+        "", "ADD wall ms", "ADD/s", "per-ADD med / p95 ms", "ADD cpu", "DEL wall ms"
     );
     for (s, r) in subjects.iter().zip(&results) {
         println!(
-            "{:<34} {:>22.1} {:>14.1} {:>22} {:>16.1}",
+            "{:<30} {:>14.1} {:>10.1} {:>22} {:>10.2} {:>14.1}",
             s.label,
             r.par_add_wall.as_secs_f64() * 1000.0,
             args.par_n as f64 / r.par_add_wall.as_secs_f64(),
             format!("{:.2} / {:.2}", r.par_add.median(), r.par_add.ms(0.95)),
+            r.par_add.cpu_median(),
             r.par_del_wall.as_secs_f64() * 1000.0,
         );
     }
     let (reference, ours) = (&results[0], &results[1]);
     println!();
-    println!("== ratios (ours vs reference; targets: ADD ≤ 0.33, DEL ≤ 1.0, parallel ≥ 3.0x)");
+    println!("ratios, ours / reference (targets: ADD ≤ 0.33, DEL ≤ 1.0, parallel speed-up ≥ 3.0)");
     println!(
-        "ADD median ratio        {:.3}",
-        ours.seq_add.median() / reference.seq_add.median()
+        "  ADD median          {:.3}   (CPU per ADD {:.3})",
+        ours.seq_add.median() / reference.seq_add.median(),
+        ours.seq_add.cpu_median() / reference.seq_add.cpu_median()
     );
     println!(
-        "DEL median ratio        {:.3}",
-        ours.seq_del.median() / reference.seq_del.median()
+        "  DEL median          {:.3}   (CPU per DEL {:.3})",
+        ours.seq_del.median() / reference.seq_del.median(),
+        ours.seq_del.cpu_median() / reference.seq_del.cpu_median()
     );
     println!(
-        "parallel ADD speed-up   {:.2}x",
+        "  parallel ADD        {:.2}x faster",
         reference.par_add_wall.as_secs_f64() / ours.par_add_wall.as_secs_f64()
     );
     println!(
-        "parallel DEL speed-up   {:.2}x",
+        "  parallel DEL        {:.2}x faster",
         reference.par_del_wall.as_secs_f64() / ours.par_del_wall.as_secs_f64()
     );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("  (load average at the end: {})", load.trim());
     drop(subjects);
     drop(pods);
     Ok(())
