@@ -648,7 +648,7 @@ impl Locked<'_> {
                 .map_err(io_err("fsync directory", &self.store.dir))?;
         }
         let cursor = self.path(&format!("{LAST_RESERVED_PREFIX}{set_index}"));
-        if let Err(e) = std::fs::write(&cursor, ip.to_string()) {
+        if let Err(e) = write_cursor(&cursor, &ip.to_string()) {
             let _ = std::fs::remove_file(&path);
             return Err(io_err("write", &cursor)(e));
         }
@@ -759,6 +759,27 @@ impl Locked<'_> {
     pub fn remove(&self, ip: IpAddr) -> Result<bool, IpamError> {
         remove_if_exists(&self.path(&ip_file_name(ip)))
     }
+}
+
+/// Rewrites the cursor file in place. host-local truncates and rewrites it; truncating a
+/// non-empty file makes ext4 free and reallocate its block on every ADD, so the new text is
+/// written over the old and the file is only shortened when the new text is shorter. Readers
+/// (host-local and us) read it under the lock, so they never see the intermediate state.
+fn write_cursor(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all_at(text.as_bytes(), 0)?;
+    let len = text.len() as u64;
+    if f.metadata()?.len() > len {
+        f.set_len(len)?;
+    }
+    Ok(())
 }
 
 fn remove_if_exists(path: &Path) -> Result<bool, IpamError> {
@@ -1422,6 +1443,16 @@ mod tests {
                 ("10.0.0.8".parse().unwrap(), String::new())
             ]
         );
+    }
+
+    #[test]
+    fn cursor_shrinks_and_grows_exactly() {
+        let tmp = TempDir::new("cur");
+        let p = tmp.0.join("last_reserved_ip.0");
+        for text in ["10.244.1.100", "10.244.1.9", "fd00::1234", "10.0.0.2"] {
+            write_cursor(&p, text).unwrap();
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+        }
     }
 
     #[test]
