@@ -51,8 +51,6 @@ pub enum BridgeError {
     InterfaceExists(String),
     #[error("could not find a free host veth name after {VETH_NAME_TRIES} tries")]
     NoVethName,
-    #[error("invalid MAC address {0:?}")]
-    BadMac(String),
     #[error("IPAM plugin returned missing IP config")]
     NoAddresses,
     #[error("{0}")]
@@ -64,9 +62,7 @@ pub enum BridgeError {
 impl From<BridgeError> for CniError {
     fn from(e: BridgeError) -> Self {
         let code = match &e {
-            BridgeError::Ipam(IpamError::Config(_)) | BridgeError::BadMac(_) => {
-                ErrorCode::InvalidNetworkConfig
-            }
+            BridgeError::Ipam(IpamError::Config(_)) => ErrorCode::InvalidNetworkConfig,
             _ => ErrorCode::Internal,
         };
         CniError::new(code, e.to_string())
@@ -151,7 +147,7 @@ pub fn add(
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
     at: &Attach<'_>,
-    mac: Option<&str>,
+    mac: Option<MacAddr>,
     requested: &[IpAddr],
     history: History,
 ) -> Result<CniResult, AddFailure> {
@@ -419,19 +415,12 @@ async fn node_phase(
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
     at: &Attach<'_>,
-    mac: Option<&str>,
+    container_mac: Option<MacAddr>,
     requested: &[IpAddr],
     history: History,
     undo: &mut Undo,
     timer: &StepTimer,
 ) -> Result<NodeSide, BridgeError> {
-    let container_mac = match mac {
-        Some(m) => Some(
-            m.parse::<MacAddr>()
-                .map_err(|_| BridgeError::BadMac(m.to_string()))?,
-        ),
-        None => None,
-    };
     let bridge = ensure_bridge(node, conf).await?;
     timer.step("bridge");
 

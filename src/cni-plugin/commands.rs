@@ -14,6 +14,8 @@ use super::ipam::{History, IpamConf, Owner, Store, parse_record};
 use super::ipmasq;
 use super::state;
 use super::subnet_env::SubnetEnv;
+use crate::netlink::MacAddr;
+
 use super::types::{CniError, CniResult, CniVersion, ErrorCode, version_info};
 
 /// Runs one invocation; `Ok(Some(text))` is printed on stdout.
@@ -114,7 +116,7 @@ enum Prepared {
     Native {
         bridge: Box<BridgeConf>,
         ipam: IpamConf,
-        mac: Option<String>,
+        mac: Option<MacAddr>,
         requested: Vec<std::net::IpAddr>,
     },
     Exec {
@@ -132,7 +134,15 @@ fn prepare(
     match bridge.plan() {
         Plan::Native => {
             let ipam = IpamConf::from_ipam(name, &bridge.ipam).map_err(ipam_config_error)?;
-            let mac = bridge.requested_mac(args);
+            let mac = match bridge.requested_mac(args) {
+                None => None,
+                Some(m) => Some(m.parse::<MacAddr>().map_err(|_| {
+                    CniError::new(
+                        ErrorCode::InvalidNetworkConfig,
+                        format!("invalid MAC address {m:?} requested for the container interface"),
+                    )
+                })?),
+            };
             let requested = bridge.requested_ips(args)?;
             Ok(Prepared::Native {
                 bridge: Box::new(bridge),
@@ -191,7 +201,7 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
                     bridge,
                     ipam,
                     &attach,
-                    mac.as_deref(),
+                    *mac,
                     requested,
                     if written.is_new() {
                         History::New

@@ -836,3 +836,38 @@ fn bridge_address_conflicts_unless_force_address() {
         .expect_ok();
     node.assert_clean("forceAddress");
 }
+
+#[test]
+fn requested_ip_and_mac_are_honoured() {
+    let node = Node::new("rq");
+    let p = pod("rqp");
+    let mut conf = node.conf("1.0.0");
+    conf["runtimeConfig"] = serde_json::json!({"mac": "02:42:0a:f4:01:4d"});
+    let mut add = Call::new("ADD", "c1", &path_of(&p));
+    add.args = Some("IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.1.77".into());
+    let r = node.ours(&add, &conf).expect_ok().json();
+    assert_eq!(r["ips"][0]["address"], "10.244.1.77/24");
+    assert_eq!(r["interfaces"][2]["mac"], "02:42:0a:f4:01:4d");
+    assert_eq!(link(&p, "eth0")["address"], "02:42:0a:f4:01:4d");
+    assert_eq!(node.reservations(), ["10.244.1.77"]);
+
+    // The same IP for another pod is refused, and that pod is left without anything.
+    let p2 = pod("rqp2");
+    let mut add2 = Call::new("ADD", "c2", &path_of(&p2));
+    add2.args = Some("IgnoreUnknown=1;IP=10.244.1.77".into());
+    let out = node.ours(&add2, &node.conf("1.0.0"));
+    assert!(out.msg().contains("10.244.1.77"), "{}", out.stdout);
+    assert!(links_of_kind(&p2, "veth").is_empty());
+    assert_eq!(node.records(), ["c1"]);
+    // An invalid MAC is a config error, found before anything is created.
+    let mut bad = node.conf("1.0.0");
+    bad["runtimeConfig"] = serde_json::json!({"mac": "not-a-mac"});
+    let out = node.ours(&Call::new("ADD", "c3", &path_of(&p2)), &bad);
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert!(links_of_kind(&p2, "veth").is_empty());
+    assert_eq!(node.records(), ["c1"]);
+
+    node.ours(&Call::new("DEL", "c1", &path_of(&p)), &conf)
+        .expect_ok();
+    node.assert_clean("requested IP/MAC");
+}
