@@ -241,6 +241,9 @@ fn wait_quiet() {
             .skip(1)
             .filter_map(|x| x.parse().ok())
             .collect();
+        if f.len() < 7 {
+            return None;
+        }
         let busy = f[0] + f[1] + f[2] + f[5] + f[6];
         Some((busy, busy + f[3] + f[4]))
     };
