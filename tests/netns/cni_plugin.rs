@@ -871,3 +871,47 @@ fn requested_ip_and_mac_are_honoured() {
         .expect_ok();
     node.assert_clean("requested IP/MAC");
 }
+
+#[test]
+fn a_failed_del_keeps_the_record_and_a_retry_finishes() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("fd");
+    let p = pod("fdp");
+    // A delegate that is the reference ptp plugin, except that DEL fails while `broken` exists.
+    let bin = node.dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = node.dir.0.join("broken");
+    let script = bin.join("flakyptp");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$CNI_COMMAND\" = DEL ] && [ -e {m} ]; then\n  printf '{{\"code\":11,\"msg\":\"try again\"}}'; exit 1\nfi\nexec {REF_DIR}/ptp\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut conf = node.conf("0.4.0");
+    conf["delegate"] = serde_json::json!({"type": "flakyptp"});
+    let mut add = Call::new("ADD", "c1", &path_of(&p));
+    add.path = Some(format!("{}:{REF_DIR}", bin.display()));
+    node.ours(&add, &conf).expect_ok();
+    assert_eq!(node.records(), ["c1"]);
+
+    std::fs::write(&marker, "").unwrap();
+    let mut del = add.clone();
+    del.command = "DEL".into();
+    let out = node.ours(&del, &conf);
+    assert_eq!(
+        out.code(),
+        11,
+        "the delegate's error is relayed: {}",
+        out.stdout
+    );
+    assert_eq!(node.records(), ["c1"], "record kept after a failed DEL");
+    assert_eq!(node.reservations(), ["10.244.1.2"]);
+
+    std::fs::remove_file(&marker).unwrap();
+    node.ours(&del, &conf).expect_ok();
+    node.assert_clean("retried DEL");
+}
