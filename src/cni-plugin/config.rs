@@ -369,6 +369,8 @@ impl BridgeConf {
                 "disableContainerInterface",
             ),
             (self.port_isolation, "portIsolation"),
+            (self.promisc_mode, "promiscMode"),
+            (self.enable_dad, "enabledad"),
             (
                 self.ip_masq
                     && self
@@ -652,12 +654,25 @@ mod tests {
             BridgeConf::from_delegate(&other_ipam).unwrap().plan(),
             Plan::Exec { plugin, .. } if plugin == "bridge"
         ));
-        let mut vlan = d.clone();
-        vlan.insert("vlan".into(), serde_json::json!(100));
-        assert!(matches!(
-            BridgeConf::from_delegate(&vlan).unwrap().plan(),
-            Plan::Exec { .. }
-        ));
+        for (key, value) in [
+            ("vlan", serde_json::json!(100)),
+            ("promiscMode", serde_json::json!(true)),
+            ("enabledad", serde_json::json!(true)),
+            ("macspoofchk", serde_json::json!(true)),
+        ] {
+            let mut other = d.clone();
+            other.insert(key.into(), value);
+            if key == "promiscMode" {
+                other.insert("hairpinMode".into(), Value::Bool(false));
+            }
+            assert!(
+                matches!(
+                    BridgeConf::from_delegate(&other).unwrap().plan(),
+                    Plan::Exec { ref plugin, .. } if plugin == "bridge"
+                ),
+                "{key}"
+            );
+        }
         let mut both = d.clone();
         both.insert("promiscMode".into(), Value::Bool(true));
         assert_eq!(BridgeConf::from_delegate(&both).unwrap_err().code, 7);

@@ -8,6 +8,32 @@
 //! * [`bridge`]: the native bridge + veth + host-local path on the netlink layer.
 //! * [`ipam`]: reservations in host-local's on-disk format.
 //! * [`delegate`]: exec fallback for delegate configs the native path does not implement.
+//!
+//! Same as upstream (flannel-io/cni-plugin + reference `bridge` + `host-local`): the config
+//! keys and defaults, the delegate config (byte-for-byte, saved as `<dataDir>/<containerID>`
+//! and replayed by DEL), the node and pod state after ADD, the host-local files, the result
+//! shapes per version, the iptables layout for `ipMasq`. The netns tests compare all of it
+//! against the reference binaries.
+//!
+//! Deliberately different:
+//! * a failed ADD undoes what it did (veth, new reservations, masquerade, its DEL record);
+//! * DEL removes the DEL record only after everything is torn down, and, when the record is
+//!   missing, still deletes `CNI_IFNAME` and releases the (container, ifname) reservations
+//!   using the current config;
+//! * a repeated ADD for an attachment that holds an IP gets that IP again (host-local refuses);
+//! * GC releases reservations (and records) of attachments not in `cni.dev/valid-attachments`;
+//!   STATUS answers 50 while subnet.env is missing; ADD then answers 11 (try again later);
+//! * CHECK accepts flannel's gateway-less route installed via the gateway (plugins#887);
+//! * ADD/DEL refuse `CNI_NETNS` = the plugin's own namespace (code 8) before acting, not after;
+//! * reservations are not fsync'd unless `ipam.fsync` is true (host-local does not either; a
+//!   reservation is visible to every process as soon as it exists, and durability across
+//!   power loss only preserves reservations of pods that no longer exist);
+//! * cniVersion 0.1.0/0.2.0 (legacy `ip4` results) are refused with code 1.
+//!
+//! Not done natively (exec'd from `CNI_PATH` like upstream): a delegate type other than
+//! `bridge`, an IPAM other than `host-local`, and the bridge options `vlan`, `vlanTrunk`,
+//! `macspoofchk`, `disableContainerInterface`, `portIsolation`, `promiscMode`, `enabledad`,
+//! `ipMasqBackend: nftables`.
 
 pub mod bridge;
 pub mod commands;
