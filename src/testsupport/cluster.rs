@@ -361,6 +361,15 @@ impl Cluster {
         })
     }
 
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// The flag that interrupts this cluster's waits.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
     fn check_cancel(&self) -> Result<(), ClusterError> {
         if self.cancel.load(Ordering::Relaxed) {
             Err(ClusterError::Interrupted)
