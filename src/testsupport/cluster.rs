@@ -544,6 +544,7 @@ impl Cluster {
         let timeout = self.ready_timeout;
         let cancel = self.cancel.clone();
         let rig = self.node_mut(node)?;
+        let netns = rig.host.ns.name().to_string();
         let d = rig
             .flanneld
             .as_mut()
@@ -553,7 +554,7 @@ impl Cluster {
             if cancel.load(Ordering::Relaxed) {
                 return Err(ClusterError::Interrupted);
             }
-            if let Some((200, _)) = d.health("/readyz") {
+            if let Ok((200, _)) = health_get(&netns, "/readyz") {
                 return Ok(start.elapsed());
             }
             if !d.is_running() {
@@ -570,6 +571,26 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// GET `path` from `node`'s flanneld health server (port 8081, as the DaemonSet sets it).
+    pub fn daemon_http(&self, node: &str, path: &str) -> Result<(u16, String), ClusterError> {
+        health_get(self.node(node)?.host.ns.name(), path)
+    }
+
+    /// `node`'s daemon `/status` document.
+    pub fn daemon_status(&self, node: &str) -> Result<Value, ClusterError> {
+        let (code, body) = self.daemon_http(node, "/status")?;
+        if code != 200 {
+            return Err(ClusterError::Probe {
+                context: format!("{node} /status"),
+                detail: format!("HTTP {code}: {body}"),
+            });
+        }
+        serde_json::from_str(&body).map_err(|e| ClusterError::Probe {
+            context: format!("{node} /status"),
+            detail: e.to_string(),
+        })
     }
 
     /// SIGTERM to `node`'s daemon; returns how long it took to exit.
@@ -853,12 +874,8 @@ impl Cluster {
                 continue;
             };
             let running = rig.daemon_running();
-            let ready = running
-                && rig
-                    .flanneld
-                    .as_ref()
-                    .and_then(|d| d.health("/readyz"))
-                    .is_some_and(|(c, _)| c == 200);
+            let ready =
+                running && health_get(rig.host.ns.name(), "/readyz").is_ok_and(|(c, _)| c == 200);
             nodes.push(NodeStatus {
                 name: rig.name.clone(),
                 netns: rig.host.ns.name().to_string(),
@@ -919,6 +936,43 @@ impl Cluster {
         }
         v
     }
+}
+
+/// Port of flanneld's health server in the lab (`--healthz-port=8081`).
+pub const HEALTHZ_PORT: u16 = 8081;
+
+/// A plain HTTP/1.0 GET to the daemon's health server, from a socket made inside `netns`.
+fn health_get(netns: &str, path: &str) -> Result<(u16, String), ClusterError> {
+    use std::io::{Read, Write};
+    let err = |detail: String| ClusterError::Probe {
+        context: format!("GET {path} in {netns}"),
+        detail,
+    };
+    let ns = crate::netns::NetnsFile::open_named(netns).map_err(|e| err(e.to_string()))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT));
+    let stream = ns
+        .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(e.to_string()))?;
+    let mut stream = stream;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| err(e.to_string()))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: flanneld\r\n\r\n")
+        .map_err(|e| err(e.to_string()))?;
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .map_err(|e| err(e.to_string()))?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| err("no header end".into()))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| err(format!("bad status line {head:?}")))?;
+    Ok((code, body.to_string()))
 }
 
 /// The first IPv4 address of a CNI result.

@@ -235,16 +235,7 @@ fn the_clobber_is_healed_without_losing_a_ping_to_that_nodes_pods() {
         );
     }
     assert_nothing_lost(pingers);
-    let status = c
-        .node("node-2")
-        .unwrap()
-        .flanneld
-        .as_ref()
-        .unwrap()
-        .health("/status")
-        .unwrap()
-        .1;
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = c.daemon_status("node-2").unwrap();
     assert_eq!(status["annotations"]["heals"], 1, "{status}");
     let log = c.node("node-2").unwrap().daemon_logs();
     assert!(
@@ -335,15 +326,7 @@ fn entries_deleted_by_hand_are_repaired() {
         ),
     ];
     let repairs = || -> u64 {
-        let (_, body) = c
-            .node("node-1")
-            .unwrap()
-            .flanneld
-            .as_ref()
-            .unwrap()
-            .health("/status")
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["drift_repairs"]
+        c.daemon_status("node-1").unwrap()["drift_repairs"]
             .as_u64()
             .unwrap()
     };
@@ -370,16 +353,7 @@ fn entries_deleted_by_hand_are_repaired() {
 }
 
 fn daemon_status(c: &Cluster, node: &str) -> serde_json::Value {
-    let (code, body) = c
-        .node(node)
-        .unwrap()
-        .flanneld
-        .as_ref()
-        .unwrap()
-        .health("/status")
-        .unwrap_or_else(|| panic!("no /status from {node}"));
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    c.daemon_status(node).unwrap()
 }
 
 #[test]
@@ -639,4 +613,127 @@ fn a_node_with_the_reference_plugin_chain_interoperates() {
     c.remove_pod(&name).unwrap();
     assert!(!reservation.exists(), "host-local released the address");
     assert_full_mesh(&c);
+}
+
+const CLUSTER_CLI: &str = env!("CARGO_BIN_EXE_cluster");
+
+/// Runs `cluster --name NAME ARGS`; returns (success, stdout + stderr).
+fn cli(name: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(CLUSTER_CLI)
+        .arg(format!("--name={name}"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `cluster down` when the test ends, however it ends.
+struct CliCluster(String);
+
+impl Drop for CliCluster {
+    fn drop(&mut self) {
+        let _ = cli(&self.0, &["down"]);
+    }
+}
+
+fn namespaces_with(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_cli_keeps_a_cluster_across_invocations_and_down_sweeps_a_crashed_one() {
+    drop(netns("probe"));
+    let name = format!("t{}", std::process::id());
+    let guard = CliCluster(name.clone());
+    let prefix = format!("frs-{name}-");
+    let run_dir = std::env::temp_dir().join(format!("frs-cluster-{name}"));
+
+    let (ok, text) = cli(
+        &name,
+        &[
+            "up",
+            "--detach",
+            "--nodes=2",
+            "--pods=1",
+            "--underlay=192.168.120",
+        ],
+    );
+    assert!(ok, "up: {text}");
+    let (ok, text) = cli(&name, &["up", "--nodes=1"]);
+    assert!(
+        !ok && text.contains("already up"),
+        "a second up is refused: {text}"
+    );
+    let (ok, text) = cli(&name, &["add-pod", "node-2"]);
+    assert!(ok, "add-pod: {text}");
+    let (ok, text) = cli(&name, &["status", "--json"]);
+    assert!(ok, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert!(nodes.iter().all(|n| n["daemon_ready"] == true), "{status}");
+    assert_eq!(nodes[1]["pods"].as_array().unwrap().len(), 2);
+    let (ok, text) = cli(&name, &["ping-matrix"]);
+    assert!(ok && text.contains("6/6 pod pairs answered"), "{text}");
+
+    // The supervisor dies without tearing down; everything it owned is still there.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("state.json")).unwrap())
+            .unwrap();
+    let sup = state["supervisor"]["pid"].as_u64().unwrap() as i32;
+    let pids: Vec<i32> = state["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as i32)
+        .collect();
+    assert_eq!(pids.len(), 3, "API server + 2 daemons recorded: {state}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        (!std::path::Path::new(&format!("/proc/{sup}")).exists()
+            || std::fs::read_to_string(format!("/proc/{sup}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
+        .then_some(())
+    })
+    .expect("supervisor gone");
+    let (ok, text) = cli(&name, &["status"]);
+    assert!(
+        !ok && text.contains("is gone"),
+        "status after the crash: {text}"
+    );
+    assert_eq!(
+        namespaces_with(&prefix).len(),
+        7,
+        "sw, api, 2 nodes, 3 pods left behind"
+    );
+
+    let (ok, text) = cli(&name, &["down"]);
+    assert!(ok, "down: {text}");
+    println!("down after the crash: {}", text.trim());
+    assert!(namespaces_with(&prefix).is_empty(), "namespaces swept");
+    assert!(!run_dir.exists(), "run dir removed");
+    for pid in pids {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "process {pid} killed");
+    }
+    let (ok, text) = cli(&name, &["down"]);
+    assert!(ok && text.contains("nothing to remove"), "{text}");
+    drop(guard);
 }
