@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# The main job on an embedded default. Until the local multi-node cluster lands
-# (hack/cluster), it builds everything and runs the netlink benchmark: our typed netlink
-# layer programming flannel peers vs the kernel's own floor (`ip -batch`), all inside
-# throwaway network namespaces.
+# The main job: a local flannel-rs cluster in network namespaces, and the incident this
+# project exists for. Builds the binaries (release), then `cluster demo`: 3 nodes × 2 pods
+# (the real flanneld per node against an HTTPS test API server, pods wired by the real
+# flannel CNI plugin with the stock kube-flannel conflist), the pod-to-pod ping matrix, a
+# stale unconditional update that drops node-2's flannel annotations while pods keep
+# pinging node-2's pods, the heal, `flanneld explain`, and tear-down. Everything lives in
+# namespaces frs-demo-* and /tmp/frs-cluster-demo/ and is removed at the end, on Ctrl-C, and
+# (if a previous run was killed hard) at the start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$#" -gt 0 ]; then
+    echo "hack/demo.sh takes no arguments (the cluster CLI does: target/release/cluster --help)" >&2
+    exit 2
+fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "hack/demo.sh needs root (it creates network namespaces); run: sudo hack/demo.sh" >&2
     exit 1
@@ -13,8 +21,7 @@ fi
 hack/install-deps.sh
 
 echo "== building (release)"
-cargo build --release --locked --bins
-ls -l target/release/flanneld target/release/flannel
+cargo build --release --locked --bin cluster --bin flanneld --bin flannel --bin kube-testserver
 
-echo "== netlink benchmark: program N flannel peers (route + neighbour + FDB each)"
-target/release/bench-netlink "${@:-1000 5000}"
+echo "== demo"
+exec target/release/cluster demo

@@ -10,6 +10,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v iptables >/dev/null || need+=(iptables)
 command -v nft >/dev/null || need+=(nftables)
 command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v curl >/dev/null || need+=(curl)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 

@@ -65,6 +65,9 @@ pub struct TestServerOptions {
     pub netns: Option<PathBuf>,
     /// API listen address (default `127.0.0.1:0`), e.g. an underlay address in `netns`.
     pub listen: Option<String>,
+    /// Where the per-run dir is created (default: the system temp dir). A long-lived local
+    /// cluster keeps everything under its own run dir so a crashed run can be swept.
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for TestServerOptions {
@@ -81,6 +84,7 @@ impl Default for TestServerOptions {
             extra_args: Vec::new(),
             netns: None,
             listen: None,
+            work_dir: None,
         }
     }
 }
@@ -241,17 +245,19 @@ pub struct KubeTestServer {
     netns: Option<crate::netns::NetnsFile>,
 }
 
-fn unique_dir() -> PathBuf {
+fn unique_dir(parent: Option<&Path>) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    std::env::temp_dir().join(format!(
-        "frs-kts-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    ))
+    parent
+        .map_or_else(std::env::temp_dir, Path::to_path_buf)
+        .join(format!(
+            "frs-kts-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ))
 }
 
 fn percent_encode(s: &str) -> String {
@@ -269,7 +275,7 @@ impl KubeTestServer {
     /// Starts `bin` (from integration tests: `env!("CARGO_BIN_EXE_kube-testserver")`) with a
     /// fresh state dir and waits until it has written server.json.
     pub fn spawn(bin: impl AsRef<Path>, opts: TestServerOptions) -> Result<Self, TestServerError> {
-        let dir = unique_dir();
+        let dir = unique_dir(opts.work_dir.as_deref());
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let state_dir = dir.join("state");
         let stdout =

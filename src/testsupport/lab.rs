@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::kube_testserver::{KubeTestServer, TestServerError, TestServerOptions};
 use super::topology::{Host, Switch, TopologyError};
+use crate::netns::NetnsGuard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -41,12 +42,19 @@ pub const STOCK_NET_CONF: &str =
 pub const API_OCTET: u8 = 254;
 
 pub struct LabOptions {
-    /// Namespace name tag (after `frs-<pid>-<n>-`).
+    /// Namespace name tag (after `frs-<pid>-<n>-`): the switch is `<tag>-sw`, the API host
+    /// `<tag>-api` (`sw` and `api` when empty).
     pub tag: String,
     /// First three octets of the underlay /24.
     pub underlay: [u8; 3],
     pub net_conf: String,
     pub server: TestServerOptions,
+    /// Exact namespace names `<netns_prefix><tag>` instead of `frs-<pid>-<n>-<tag>`: a
+    /// long-lived cluster owns a fixed prefix so that a later run can sweep what a crashed one
+    /// left behind. Tags must then be unique within the lab.
+    pub netns_prefix: Option<String>,
+    /// Parent of the lab's temp dir and the API server's dir (default: the system temp dir).
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for LabOptions {
@@ -56,6 +64,8 @@ impl Default for LabOptions {
             underlay: [192, 168, 77],
             net_conf: STOCK_NET_CONF.into(),
             server: TestServerOptions::default(),
+            netns_prefix: None,
+            work_dir: None,
         }
     }
 }
@@ -67,24 +77,40 @@ pub struct Lab {
     pub switch: Switch,
     pub dir: tempfile::TempDir,
     pub net_conf_path: PathBuf,
+    netns_prefix: Option<String>,
 }
 
 impl Lab {
     /// Builds the switch and the API host and starts `kube-testserver` (path `server_bin`) in
     /// it, listening on the API host's underlay address.
     pub fn new(opts: LabOptions, server_bin: impl AsRef<Path>) -> Result<Lab, LabError> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("frs-{}-lab-", std::process::id()))
-            .tempdir()
-            .map_err(|source| LabError::Io {
-                context: "create lab temp dir".into(),
-                source,
-            })?;
-        let switch = Switch::new(&format!("{}-sw", opts.tag), opts.underlay)?;
-        let api = switch.attach(&format!("{}-api", opts.tag), API_OCTET, 1500)?;
+        let mut builder = tempfile::Builder::new();
+        let prefix = format!("frs-{}-lab-", std::process::id());
+        builder.prefix(&prefix);
+        let dir = match &opts.work_dir {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .map_err(|source| LabError::Io {
+            context: "create lab temp dir".into(),
+            source,
+        })?;
+        let new_netns = |role: &str| {
+            let tag = if opts.tag.is_empty() {
+                role.to_string()
+            } else {
+                format!("{}-{role}", opts.tag)
+            };
+            make_netns(opts.netns_prefix.as_deref(), &tag)
+        };
+        let switch = Switch::in_netns(new_netns("sw")?, opts.underlay)?;
+        let api = switch.attach_netns(new_netns("api")?, API_OCTET, 1500)?;
         let mut server_opts = opts.server;
         server_opts.netns = Some(api.ns.path());
         server_opts.listen = Some(format!("{}:0", api.address));
+        if server_opts.work_dir.is_none() {
+            server_opts.work_dir = opts.work_dir.clone();
+        }
         let server = KubeTestServer::spawn(server_bin, server_opts)?;
         let net_conf_path = dir.path().join("net-conf.json");
         std::fs::write(&net_conf_path, &opts.net_conf).map_err(|source| LabError::Io {
@@ -97,14 +123,23 @@ impl Lab {
             switch,
             dir,
             net_conf_path,
+            netns_prefix: opts.netns_prefix,
         })
+    }
+
+    /// A new namespace named by the lab's scheme (`<netns_prefix><tag>` or
+    /// `frs-<pid>-<n>-<tag>`), removed when the guard drops.
+    pub fn new_netns(&self, tag: &str) -> Result<NetnsGuard, LabError> {
+        make_netns(self.netns_prefix.as_deref(), tag)
     }
 
     /// Attaches a node host (`eth0` = underlay `.octet`). Its default route points at the API
     /// host, which does not forward: like a real node, flanneld finds its interface through
     /// the default route, yet nothing can leave the lab.
     pub fn add_host(&self, tag: &str, octet: u8) -> Result<Host, LabError> {
-        let host = self.switch.attach(tag, octet, 1500)?;
+        let host = self
+            .switch
+            .attach_netns(self.new_netns(tag)?, octet, 1500)?;
         let gateway = self.api.address.to_string();
         host.ns
             .ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])
@@ -260,6 +295,14 @@ impl Lab {
             log_path,
         })
     }
+}
+
+fn make_netns(prefix: Option<&str>, tag: &str) -> Result<NetnsGuard, LabError> {
+    let ns = match prefix {
+        Some(p) => NetnsGuard::create(format!("{p}{tag}")),
+        None => NetnsGuard::new(tag),
+    };
+    ns.map_err(|e| LabError::Topology(TopologyError::Netns(e)))
 }
 
 fn node_json(

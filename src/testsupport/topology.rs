@@ -37,7 +37,11 @@ impl Switch {
     /// Creates the switch namespace (`frs-<pid>-<n>-<tag>`) with a bridge, for the underlay
     /// subnet `a.b.c.0/24`.
     pub fn new(tag: &str, prefix: [u8; 3]) -> Result<Self, TopologyError> {
-        let ns = NetnsGuard::new(tag)?;
+        Self::in_netns(NetnsGuard::new(tag)?, prefix)
+    }
+
+    /// Builds the switch in a namespace the caller created (and named).
+    pub fn in_netns(ns: NetnsGuard, prefix: [u8; 3]) -> Result<Self, TopologyError> {
         ns.ip(&["link", "add", "br0", "type", "bridge"])
             .map_err(TopologyError::Ip)?;
         ns.ip(&["link", "set", "br0", "up"])
@@ -61,7 +65,11 @@ impl Switch {
     /// Attaches a new host namespace with `eth0` = `a.b.c.octet/24`, MTU `mtu`, IP forwarding
     /// on (pods are routed through it) and no default route out.
     pub fn attach(&self, tag: &str, octet: u8, mtu: u32) -> Result<Host, TopologyError> {
-        let ns = NetnsGuard::new(tag)?;
+        self.attach_netns(NetnsGuard::new(tag)?, octet, mtu)
+    }
+
+    /// Like [`Switch::attach`], with a namespace the caller created (and named).
+    pub fn attach_netns(&self, ns: NetnsGuard, octet: u8, mtu: u32) -> Result<Host, TopologyError> {
         let n = self.next_port.fetch_add(1, Ordering::Relaxed);
         let port = format!("p{n}");
         let ip = |args: &[&str]| ns.ip(args).map_err(TopologyError::Ip);

@@ -6,6 +6,8 @@ mod cni_plugin;
 mod cni_reference;
 mod cni_support;
 mod daemon_control;
+mod daemon_data;
+mod e2e_cluster;
 mod harness;
 mod harness_tests;
 mod netlink_addrs;
