@@ -35,6 +35,7 @@ pub mod iface;
 pub mod keeper;
 pub mod kube;
 pub mod masq;
+pub mod memory;
 pub mod metrics;
 pub mod netconf;
 pub mod node;

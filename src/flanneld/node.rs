@@ -8,17 +8,18 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::annotations::AnnotationPrefix;
 
 /// A Node as decoded from the API with everything flanneld does not need skipped by serde
-/// (images, conditions, capacity, … are never allocated).
+/// (images, conditions, capacity, managedFields, labels, … are never allocated).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct SlimNode {
-    #[serde(default)]
+    /// Only the fields of [`SlimMeta`] are decoded (kube-rs needs an `ObjectMeta` here).
+    #[serde(default, deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: SlimNodeSpec,
@@ -38,6 +39,40 @@ pub struct SlimNodeSpec {
 pub struct SlimNodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<NodeAddress>>,
+}
+
+/// The metadata fields flanneld reads. Decoding a Node's `metadata` through this type skips
+/// `managedFields` (several KB per kubelet-registered node, and the bulk of a list page once
+/// decoded), labels, owner references and finalizers without allocating them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    creation_timestamp: Option<Time>,
+    #[serde(default)]
+    deletion_timestamp: Option<Time>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = Option::<SlimMeta>::deserialize(d)?;
+    Ok(m.map(|m| ObjectMeta {
+        name: m.name,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
+        annotations: m.annotations,
+        ..ObjectMeta::default()
+    })
+    .unwrap_or_default())
 }
 
 impl k8s_openapi::Resource for SlimNode {
@@ -228,9 +263,10 @@ mod tests {
         let prefix = AnnotationPrefix::default();
         let slim: SlimNode = serde_json::from_value(full_node_json()).unwrap();
         assert!(
-            slim.metadata.managed_fields.is_some(),
-            "stripping is explicit"
+            slim.metadata.managed_fields.is_none() && slim.metadata.labels.is_none(),
+            "managedFields and labels are skipped while decoding"
         );
+        assert_eq!(slim.metadata.annotations.as_ref().unwrap().len(), 6);
         let full: Node = serde_json::from_value(full_node_json()).unwrap();
         let a = NodeInfo::from_slim(slim.clone(), &prefix);
         let b = NodeInfo::from_node(&full, &prefix);

@@ -181,6 +181,8 @@ pub fn spawn_node_watcher(
                     let nodes = relist.take().unwrap_or_default();
                     tracing::info!(nodes = nodes.len(), "node list synced");
                     cache.replace_all(nodes);
+                    // The list pages (MBs of JSON each) and the old cache are gone now.
+                    super::memory::release_free_memory();
                     signaller.peers();
                     signaller.own();
                 }

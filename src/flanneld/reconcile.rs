@@ -16,11 +16,12 @@ use crate::netlink::{Monitor, MonitorGroups, Netlink};
 use super::annotations::AnnotationKeys;
 use super::backoff::Backoff;
 use super::datapath::{self, DeviceAction};
-use super::desired::{self, DesiredState, KernelEntries, OwnMacs, Underlay};
+use super::desired::{self, KernelEntries, OwnMacs, Underlay};
+use super::memory;
 use super::metrics::Metrics;
 use super::netconf::NetConf;
 use super::node_cache::NodeCache;
-use super::peers::{self, RejectionTracker, ValidationContext};
+use super::peers::{self, PeerEndpoint, RejectionTracker, ValidationContext};
 use super::plan;
 use super::types::{Family, PodSubnets};
 
@@ -76,12 +77,34 @@ pub struct PassSummary {
     pub errors: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A programmed peer, as `/status` lists it. Kept typed (one small allocation per peer) rather
+/// than as strings: at 5000 peers the summary lives for the daemon's lifetime and the string
+/// form cost three times the memory. Serialized as
+/// `{"node", "subnets": [..], "public_ips": [..], "vtep_macs": [..]}`.
+#[derive(Debug, Clone)]
 pub struct PeerSummary {
     pub node: String,
-    pub subnets: Vec<String>,
-    pub public_ips: Vec<String>,
-    pub vtep_macs: Vec<String>,
+    pub endpoints: Vec<PeerEndpoint>,
+}
+
+impl Serialize for PeerSummary {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Displayed<'a, T, F>(&'a [PeerEndpoint], F)
+        where
+            F: Fn(&PeerEndpoint) -> T;
+        impl<T: std::fmt::Display, F: Fn(&PeerEndpoint) -> T> Serialize for Displayed<'_, T, F> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|e| (self.1)(e).to_string()))
+            }
+        }
+        let mut st = serializer.serialize_struct("PeerSummary", 4)?;
+        st.serialize_field("node", &self.node)?;
+        st.serialize_field("subnets", &Displayed(&self.endpoints, |e| e.subnet))?;
+        st.serialize_field("public_ips", &Displayed(&self.endpoints, |e| e.public_ip))?;
+        st.serialize_field("vtep_macs", &Displayed(&self.endpoints, |e| e.vtep_mac))?;
+        st.end()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,9 +140,10 @@ pub struct Reconciler {
     pub last: Arc<Mutex<PassSummary>>,
     rejections: RejectionTracker,
     /// Per device: its ifindex and the entries we want on it (to tell drift from our echoes).
+    /// The only copy of the desired entries that outlives a pass.
     watched: Vec<(u32, KernelEntries)>,
-    /// The last computed desired state (the pod MTU for subnet.env comes from it).
-    pub desired: Option<DesiredState>,
+    /// The pod MTU of the last desired state (the smallest device MTU), for subnet.env.
+    pub pod_mtu: Option<u32>,
 }
 
 impl Reconciler {
@@ -139,7 +163,7 @@ impl Reconciler {
             last: Arc::new(Mutex::new(PassSummary::default())),
             rejections: RejectionTracker::default(),
             watched: Vec::new(),
-            desired: None,
+            pod_mtu: None,
         }
     }
 
@@ -233,23 +257,30 @@ impl Reconciler {
                 mtu: device.mtu,
                 entries: state.entries.len(),
             });
-            watched.push((device.index, state.entries.clone()));
+            watched.push((family, device.index));
         }
-        self.watched = watched;
+        // Keep the desired entries (moved, not copied) for drift detection until the next pass.
+        let mut desired = desired;
+        self.pod_mtu = desired.pod_mtu();
+        self.watched = watched
+            .into_iter()
+            .filter_map(|(family, index)| {
+                let state = match family {
+                    Family::V4 => desired.v4.take(),
+                    Family::V6 => desired.v6.take(),
+                };
+                state.map(|s| (index, s.entries))
+            })
+            .collect();
 
         self.metrics
             .set_peers_programmed(selection.peers.len() as u64);
         summary.peers = selection
             .peers
             .iter()
-            .map(|p| {
-                let eps: Vec<_> = p.endpoints().collect();
-                PeerSummary {
-                    node: p.name.clone(),
-                    subnets: eps.iter().map(|(_, e)| e.subnet.to_string()).collect(),
-                    public_ips: eps.iter().map(|(_, e)| e.public_ip.to_string()).collect(),
-                    vtep_macs: eps.iter().map(|(_, e)| e.vtep_mac.to_string()).collect(),
-                }
+            .map(|p| PeerSummary {
+                node: p.name.clone(),
+                endpoints: p.endpoints().map(|(_, e)| *e).collect(),
             })
             .collect();
         summary.rejected = selection
@@ -269,7 +300,6 @@ impl Reconciler {
             .unwrap_or_default();
         self.metrics
             .observe_reconcile(took, summary.errors.is_empty());
-        self.desired = Some(desired);
         if let Ok(mut last) = self.last.lock() {
             *last = summary.clone();
         }
@@ -289,7 +319,10 @@ impl Reconciler {
         let mut monitor = self.open_monitor();
         let mut trigger = Trigger::Startup;
         loop {
-            let retry_in = match self.pass(trigger).await {
+            let outcome = self.pass(trigger).await;
+            // A pass's dumps and plan are freed now; hand their pages back (see memory.rs).
+            memory::release_free_memory();
+            let retry_in = match outcome {
                 Ok(summary) if summary.errors.is_empty() => {
                     retry.reset();
                     let _ = first_pass.send(true);
@@ -394,5 +427,41 @@ impl Reconciler {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flanneld::types::VtepMac;
+
+    #[test]
+    fn a_peer_summary_serializes_as_lists_of_strings() {
+        let p = PeerSummary {
+            node: "n2".into(),
+            endpoints: vec![
+                PeerEndpoint {
+                    subnet: "10.244.2.0/24".parse().unwrap(),
+                    vtep_mac: VtepMac([0x0e, 0, 0, 0, 0, 2]),
+                    public_ip: "192.0.2.2".parse().unwrap(),
+                    vni: Some(1),
+                },
+                PeerEndpoint {
+                    subnet: "fd00:10:0:2::/64".parse().unwrap(),
+                    vtep_mac: VtepMac([0x0e, 0, 0, 0, 6, 2]),
+                    public_ip: "2001:db8::2".parse().unwrap(),
+                    vni: Some(1),
+                },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({
+                "node": "n2",
+                "subnets": ["10.244.2.0/24", "fd00:10:0:2::/64"],
+                "public_ips": ["192.0.2.2", "2001:db8::2"],
+                "vtep_macs": ["0e:00:00:00:00:02", "0e:00:00:00:06:02"],
+            })
+        );
     }
 }
