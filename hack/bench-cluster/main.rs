@@ -396,11 +396,13 @@ fn chart(rows: &[Row]) -> String {
             } else {
                 r.last_ready
             };
+            // Convergence labels above the point, readiness below: the two are often close.
+            let dy = if value == 0 { -8.0 } else { 16.0 };
             svg.push_str(&format!(
                 r#"<circle cx="{px:.1}" cy="{py:.1}" r="4" fill="{color}"/><text x="{:.1}" y="{:.1}" fill="{color}">{:.2} s</text>
 "#,
                 px + 6.0,
-                py - 6.0,
+                py + dy,
                 t.as_secs_f64()
             ));
         }
