@@ -11,6 +11,9 @@ fi
 hack/install-deps.sh
 
 leaks_before=$(ip netns list | grep -c '^frs-' || true)
+files_before=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' | wc -l)
+daemons() { { pgrep -x flanneld || true; pgrep -x kube-testserver || true; } | wc -l; }
+procs_before=$(daemons)
 cargo build --all-targets --locked
 cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
 
@@ -19,5 +22,19 @@ leaks_after=$(ip netns list | grep -c '^frs-' || true)
 if [ "$leaks_after" -gt "$leaks_before" ]; then
     echo "hack/test.sh: tests leaked network namespaces:" >&2
     ip netns list | grep '^frs-' >&2
+    exit 1
+fi
+# ... and so is a leftover temp dir or daemon.
+files_after=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' | wc -l)
+if [ "$files_after" -gt "$files_before" ]; then
+    echo "hack/test.sh: tests left files behind:" >&2
+    find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' >&2
+    exit 1
+fi
+procs_after=$(daemons)
+if [ "$procs_after" -gt "$procs_before" ]; then
+    echo "hack/test.sh: tests left processes running:" >&2
+    pgrep -a -x flanneld >&2 || true
+    pgrep -a -x kube-testserver >&2 || true
     exit 1
 fi

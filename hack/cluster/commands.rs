@@ -266,13 +266,20 @@ pub fn incident(
             pingers.push(p);
         }
     }
-    for p in &pingers {
-        if !p.wait_replies(5, Duration::from_secs(5)) {
-            bail!(
-                "{} gets no replies from {} before the incident",
-                p.from,
-                p.to
-            );
+    for p in &mut pingers {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.wait_replies(5, Duration::from_millis(50)) {
+            c.sleep(Duration::ZERO)?;
+            if !p.is_running() {
+                bail!("the ping {} → {} stopped", p.from, p.to);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} gets no replies from {} before the incident",
+                    p.from,
+                    p.to
+                );
+            }
         }
     }
     c.sleep(Duration::from_millis(300))?;

@@ -25,6 +25,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use commands::Request;
+use flannel_rs::testsupport::cluster::ClusterError;
 use rundir::RunDir;
 use supervisor::UpArgs;
 
@@ -227,7 +228,18 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("cluster: {e:#}");
-            ExitCode::FAILURE
+            // Interrupted by a signal: the shell convention for SIGINT.
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<ClusterError>(),
+                    Some(ClusterError::Interrupted)
+                )
+            });
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

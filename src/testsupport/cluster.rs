@@ -1176,6 +1176,11 @@ impl Pinger {
         self.received.load(Ordering::Relaxed)
     }
 
+    /// Whether the ping process still runs (it exits on a terminal's Ctrl-C, for one).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
     /// Waits (up to `timeout`) until the replies reach `n`.
     pub fn wait_replies(&self, n: u64, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;

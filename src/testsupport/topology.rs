@@ -104,6 +104,44 @@ impl Switch {
                 String::from_utf8_lossy(&forward.stderr).trim()
             )));
         }
+        self.wait_forwarding(&ns, &port)?;
         Ok(Host { ns, address, port })
     }
+
+    /// Waits until the kernel has really brought the new link up: both ends operationally
+    /// UP and the switch port forwarding. Those state changes go through the kernel's
+    /// linkwatch, which defers them by up to a second when a veth end happens to have the
+    /// same ifindex as its peer (in different namespaces); frames sent before that are
+    /// dropped, and the first ARP of a fresh host then costs a 1 s retransmit.
+    fn wait_forwarding(&self, host: &NetnsGuard, port: &str) -> Result<(), TopologyError> {
+        let start = std::time::Instant::now();
+        loop {
+            let host_up = oper_up(host, "eth0");
+            let port_up = oper_up(&self.ns, port);
+            let forwarding = std::process::Command::new("bridge")
+                .args(["-n", self.ns.name(), "-json", "link", "show", "dev", port])
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .is_some_and(|v| v[0]["state"] == "forwarding");
+            if host_up && port_up && forwarding {
+                return Ok(());
+            }
+            if start.elapsed() > std::time::Duration::from_secs(5) {
+                return Err(TopologyError::Ip(format!(
+                    "switch port {port} of {} not forwarding after 5 s (host eth0 up: {host_up}, port up: {port_up})",
+                    host.name()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// `ip -json link show dev NAME` reports operstate UP.
+fn oper_up(ns: &NetnsGuard, dev: &str) -> bool {
+    ns.ip(&["-json", "link", "show", "dev", dev])
+        .ok()
+        .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+        .is_some_and(|v| v[0]["operstate"] == "UP")
 }
