@@ -173,6 +173,7 @@ fn run_one(
                 startup_timeout: Duration::from_secs(600),
                 ..TestServerOptions::default()
             },
+            ..LabOptions::default()
         },
         testserver,
     )?;
