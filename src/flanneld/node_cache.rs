@@ -105,6 +105,40 @@ fn slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
     NodeInfo::from_slim(node, prefix)
 }
 
+/// Retry pacing for the watch: jittered, doubling from 0.5 s but capped at 5 s — kube-rs'
+/// default caps at 30 s, which made a node learn peers added during an API outage up to
+/// ~20 s after the API server came back.
+struct WatchBackoff {
+    delays: super::backoff::Backoff,
+    rng: rand::rngs::StdRng,
+}
+
+impl WatchBackoff {
+    fn new() -> Self {
+        use rand::SeedableRng;
+        Self {
+            delays: super::backoff::Backoff::new(
+                std::time::Duration::from_millis(500),
+                std::time::Duration::from_secs(5),
+            ),
+            rng: rand::rngs::StdRng::from_os_rng(),
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.delays.next_delay(&mut self.rng))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.delays.reset();
+    }
+}
+
 /// The sending half of [`NodeSignals`].
 struct Signaller {
     peers: watch::Sender<u64>,
@@ -142,7 +176,7 @@ pub fn spawn_node_watcher(
     let task = tokio::spawn(async move {
         let api: Api<SlimNode> = Api::all(client);
         let config = watcher::Config::default().page_size(page_size);
-        let stream = watcher::watcher(api, config).default_backoff();
+        let stream = watcher::watcher(api, config).backoff(WatchBackoff::new());
         futures::pin_mut!(stream);
         let mut relist: Option<BTreeMap<String, NodeInfo>> = None;
         let mut failing = false;

@@ -2,6 +2,7 @@
 //! all end in [`Reconciler::pass`], which computes the desired state from the node cache,
 //! reads the kernel, and applies only the difference.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,9 @@ use super::memory;
 use super::metrics::Metrics;
 use super::netconf::NetConf;
 use super::node_cache::NodeCache;
-use super::peers::{self, PeerEndpoint, RejectionTracker, ValidationContext};
+use super::peers::{
+    self, Peer, PeerEndpoint, PeerSelection, RejectKind, RejectionTracker, ValidationContext,
+};
 use super::plan;
 use super::types::{Family, PodSubnets};
 
@@ -139,6 +142,11 @@ pub struct Reconciler {
     pub timing: ReconcileTiming,
     pub last: Arc<Mutex<PassSummary>>,
     rejections: RejectionTracker,
+    /// The last accepted form of every programmed peer (see
+    /// [`keep_peers_that_lost_their_annotations`]).
+    last_good: HashMap<String, Peer>,
+    /// Peers currently kept that way (to log each once).
+    kept: HashSet<String>,
     /// Per device: its ifindex and the entries we want on it (to tell drift from our echoes).
     /// The only copy of the desired entries that outlives a pass.
     watched: Vec<(u32, KernelEntries)>,
@@ -162,6 +170,8 @@ impl Reconciler {
             timing,
             last: Arc::new(Mutex::new(PassSummary::default())),
             rejections: RejectionTracker::default(),
+            last_good: HashMap::new(),
+            kept: HashSet::new(),
             watched: Vec::new(),
             pod_mtu: None,
         }
@@ -171,9 +181,15 @@ impl Reconciler {
     pub async fn pass(&mut self, trigger: Trigger) -> Result<PassSummary, ReconcileError> {
         let started = Instant::now();
         let inputs = &self.inputs;
-        let selection = self.cache.with_nodes(|nodes| {
+        let mut selection = self.cache.with_nodes(|nodes| {
             peers::select_peers(nodes.values(), &inputs.keys, &inputs.validation)
         });
+        keep_peers_that_lost_their_annotations(
+            &mut selection,
+            &mut self.last_good,
+            &mut self.kept,
+            &self.cache,
+        );
         for r in self.rejections.update(&selection.rejected) {
             if r.reason.is_benign() {
                 tracing::debug!(peer = %r.name, reason = %r.reason, "node is not a flannel vxlan peer");
@@ -428,6 +444,63 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// A node that still exists (same uid, same podCIDRs) but lost its flannel annotations keeps
+/// the entries it had. That is the incident this project exists for — a stale overwrite of the
+/// Node drops the annotations and the owner re-asserts them within milliseconds — and dropping
+/// the peer meanwhile would cut its pods off from this node. Upstream likewise ignores
+/// updates of a node without its annotation until the node is deleted. A kept peer must still
+/// not collide with any accepted one. `last_good` becomes the new set of programmed peers.
+fn keep_peers_that_lost_their_annotations(
+    selection: &mut PeerSelection,
+    last_good: &mut HashMap<String, Peer>,
+    kept_before: &mut HashSet<String>,
+    cache: &NodeCache,
+) {
+    let mut kept: Vec<Peer> = Vec::new();
+    selection.rejected.retain(|r| {
+        if r.reason.kind() != RejectKind::NotManaged {
+            return true;
+        }
+        let (Some(prev), Some(node)) = (last_good.get(&r.name), cache.get(&r.name)) else {
+            return true;
+        };
+        let same_node = node.uid == prev.uid
+            && prev
+                .endpoints()
+                .all(|(_, ep)| node.pod_cidrs.iter().any(|c| c == &ep.subnet.to_string()));
+        let collides = selection.peers.iter().any(|p| {
+            p.endpoints().any(|(f, ep)| {
+                prev.endpoint(f).is_some_and(|old| {
+                    old.vtep_mac == ep.vtep_mac
+                        || old.subnet.contains(ep.subnet.network())
+                        || ep.subnet.contains(old.subnet.network())
+                })
+            })
+        });
+        if same_node && !collides {
+            kept.push(prev.clone());
+            false
+        } else {
+            true
+        }
+    });
+    let kept_names: HashSet<String> = kept.iter().map(|p| p.name.clone()).collect();
+    for name in kept_names.difference(kept_before) {
+        tracing::warn!(
+            peer = %name,
+            "node lost its flannel annotations; keeping its entries until they are back or the node is deleted"
+        );
+    }
+    *kept_before = kept_names;
+    selection.peers.extend(kept);
+    selection.peers.sort_by(|a, b| a.name.cmp(&b.name));
+    *last_good = selection
+        .peers
+        .iter()
+        .map(|p| (p.name.clone(), p.clone()))
+        .collect();
 }
 
 #[cfg(test)]

@@ -358,3 +358,34 @@ fn bad_net_conf_is_one_clear_error_and_nothing_is_written() {
         "no device created"
     );
 }
+
+#[test]
+fn a_peer_whose_annotations_vanish_keeps_its_entries_until_it_is_deleted() {
+    let (lab, host) = lab_with_two_nodes("dc7", 107);
+    let _d = start(&lab, &host);
+    let route = || {
+        host.ns
+            .ip(&["route", "show", "10.244.2.0/24"])
+            .is_ok_and(|o| o.contains("via 10.244.2.0 dev flannel.1"))
+    };
+    wait_until("route to n2", Duration::from_secs(10), route);
+    // The incident seen from a peer: n2's annotations vanish (a stale overwrite) …
+    let gone: serde_json::Map<String, serde_json::Value> = peer_annotations("x", "y")
+        .into_keys()
+        .map(|k| (k, serde_json::Value::Null))
+        .collect();
+    lab.patch_annotations("n2", serde_json::Value::Object(gone))
+        .unwrap();
+    assert!(ours(&lab, "n2").is_empty());
+    // … but n2 still exists: its pods must stay reachable while its daemon re-asserts them.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        route(),
+        "entries for a peer that only lost its annotations were removed"
+    );
+    let fdb = bridge_json(&host.ns, &["fdb", "show", "dev", "flannel.1"]);
+    assert!(fdb.to_string().contains("0e:00:00:00:00:02"), "{fdb}");
+    // Deleting the node does remove them.
+    lab.delete_node("n2").unwrap();
+    wait_until("n2's route removed", Duration::from_secs(5), || !route());
+}
