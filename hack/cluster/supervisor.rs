@@ -313,25 +313,38 @@ fn handle(
 /// Sends one request to the running supervisor and prints its output. Returns whether the
 /// command succeeded.
 pub fn request(run: &RunDir, req: &Request) -> anyhow::Result<bool> {
-    let stream = match UnixStream::connect(run.socket_path()) {
-        Ok(s) => s,
-        Err(e) => {
-            let hint = match run.read_state() {
-                Some(s) if !s.supervisor.is_alive() => format!(
-                    "its supervisor (pid {}) is gone; run `cluster --name {} down` to clean up",
-                    s.supervisor.pid, run.name
-                ),
-                Some(s) if s.phase != "ready" => format!("it is {} — try again shortly", s.phase),
-                Some(_) => format!("cannot connect: {e}"),
-                None => "start one with `cluster up`".to_string(),
-            };
-            bail!("cluster {:?} is not reachable: {hint}", run.name);
-        }
+    let unreachable = |e: &dyn std::fmt::Display| -> anyhow::Error {
+        let hint = match run.read_state() {
+            Some(s) if !s.supervisor.is_alive() => format!(
+                "its supervisor (pid {}) is gone; run `cluster --name {} down` to clean up",
+                s.supervisor.pid, run.name
+            ),
+            Some(s) if s.phase != "ready" => format!("it is {} — try again shortly", s.phase),
+            Some(_) => format!("cannot connect: {e}"),
+            None => "start one with `cluster up`".to_string(),
+        };
+        anyhow::anyhow!("cluster {:?} is not reachable: {hint}", run.name)
     };
+    let stream = UnixStream::connect(run.socket_path()).map_err(|e| unreachable(&e))?;
+    match converse(&stream, req) {
+        Ok(ok) => Ok(ok),
+        // A supervisor dying while we connect can leave a connection that is then reset.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>().is_some()
+                || e.chain().any(|c| c.is::<std::io::Error>()) =>
+        {
+            Err(unreachable(&e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn converse(stream: &UnixStream, req: &Request) -> anyhow::Result<bool> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
-    let reader = BufReader::new(&stream);
+    let mut writer = stream;
+    writer.write_all(&line)?;
+    let reader = BufReader::new(stream);
     for line in reader.lines() {
         let line = line.context("read from the supervisor")?;
         match serde_json::from_str::<Reply>(&line) {
