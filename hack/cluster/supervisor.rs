@@ -329,12 +329,7 @@ pub fn request(run: &RunDir, req: &Request) -> anyhow::Result<bool> {
     match converse(&stream, req) {
         Ok(ok) => Ok(ok),
         // A supervisor dying while we connect can leave a connection that is then reset.
-        Err(e)
-            if e.downcast_ref::<std::io::Error>().is_some()
-                || e.chain().any(|c| c.is::<std::io::Error>()) =>
-        {
-            Err(unreachable(&e))
-        }
+        Err(e) if e.chain().any(|c| c.is::<std::io::Error>()) => Err(unreachable(&e)),
         Err(e) => Err(e),
     }
 }
