@@ -558,7 +558,12 @@ async fn pod_phase(
     }
 
     // Re-read MACs: the bridge's may have been pinned, the veth's can change on enslaving.
-    let bridge_now = node.link_by_name(&conf.bridge).await?.unwrap_or(bridge);
+    // A gateway bridge had its MAC pinned to the value we read; otherwise it may have moved.
+    let bridge_now = if conf.is_gateway {
+        bridge
+    } else {
+        node.link_by_name(&conf.bridge).await?.unwrap_or(bridge)
+    };
     let host_now = node.link_by_name(&host.name).await?.unwrap_or(host);
     let mac_str = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
     result.interfaces = vec![
