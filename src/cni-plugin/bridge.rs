@@ -105,7 +105,7 @@ struct Undo {
 }
 
 impl Undo {
-    async fn run(self, node: &Netlink, conf: &IpamConf, at: &Attach<'_>) -> Vec<String> {
+    async fn run(self, node: Option<&Netlink>, conf: &IpamConf, at: &Attach<'_>) -> Vec<String> {
         let mut errors = Vec::new();
         let chain = ipmasq::chain_name(at.network, at.container_id);
         let comment = ipmasq::comment(at.network, at.container_id);
@@ -115,7 +115,8 @@ impl Undo {
             }
         }
         // Deleting the host end removes the container end with it.
-        if let Some(name) = &self.host_veth
+        // A veth exists only if the node handle was there to create it.
+        if let (Some(name), Some(node)) = (&self.host_veth, node)
             && let Err(e) = node.delete_link_by_name(name).await
         {
             errors.push(e.to_string());
@@ -137,13 +138,59 @@ impl Undo {
     }
 }
 
+/// The node's and the pod's netlink handles, being opened on a side thread. Opening one waits
+/// for a helper thread (setns is per thread) to be scheduled, which on a busy node takes
+/// milliseconds; meanwhile the caller does its file work (DEL record, IP reservation).
+pub struct Handles {
+    node: std::sync::mpsc::Receiver<Result<Netlink, NetlinkError>>,
+    pod: std::thread::JoinHandle<Result<Netlink, NetlinkError>>,
+}
+
+impl Handles {
+    /// Starts opening both handles. Opening a socket changes nothing, so this may run before
+    /// the first side effect of ADD.
+    pub fn open(rt: &tokio::runtime::Runtime, pod_ns: &NetnsFile) -> Result<Self, BridgeError> {
+        let pod_ns = NetnsFile::open(format!("/proc/self/fd/{}", pod_ns.file().as_raw_fd()))?;
+        let runtime = rt.handle().clone();
+        let (tx, node) = std::sync::mpsc::sync_channel(1);
+        let pod = std::thread::Builder::new()
+            .name("cni-netlink".into())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                // The side thread starts in the plugin's namespace: the node's.
+                let _ = tx.send(Netlink::current());
+                Netlink::in_netns(&pod_ns)
+            })
+            .map_err(|e| BridgeError::Internal(format!("spawn thread: {e}")))?;
+        Ok(Self { node, pod })
+    }
+
+    fn node(&self) -> Result<Netlink, BridgeError> {
+        self.node
+            .recv()
+            .map_err(|_| BridgeError::Internal("netlink thread ended early".into()))?
+            .map_err(BridgeError::from)
+    }
+
+    fn pod(self) -> Result<Netlink, BridgeError> {
+        self.pod
+            .join()
+            .map_err(|_| BridgeError::Internal("netlink thread panicked".into()))?
+            .map_err(BridgeError::from)
+    }
+}
+
 /// ADD: returns the result (interfaces `[bridge, host veth, container]`, `ips[].interface = 2`).
 ///
-/// Runs on the plugin's current-thread runtime `rt` in two async phases — node side, then pod
-/// side — with a synchronous step between them in which the calling thread briefly enters the
-/// pod namespace ([`in_pod_namespace`]).
+/// Order: IP reservation (files, while `handles` open) → node side on the current-thread
+/// runtime `rt` (bridge, gateway address, forwarding, veth, hairpin) → a synchronous step in
+/// which the calling thread briefly enters the pod namespace ([`in_pod_namespace`]) → pod side
+/// (addresses, up, routes) → masquerade. Reserving first means an exhausted pool fails before
+/// anything else is touched.
+#[allow(clippy::too_many_arguments)]
 pub fn add(
     rt: &tokio::runtime::Runtime,
+    handles: Handles,
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
     at: &Attach<'_>,
@@ -151,57 +198,43 @@ pub fn add(
     requested: &[IpAddr],
     history: History,
 ) -> Result<CniResult, AddFailure> {
-    let failed = |error: BridgeError| AddFailure {
-        error,
+    let timer = StepTimer::new();
+    let home = NetnsFile::current().map_err(|e| AddFailure {
+        error: e.into(),
         rolled_back: true,
         undo_errors: Vec::new(),
-    };
-    let home = NetnsFile::current().map_err(|e| failed(e.into()))?;
-    // Opening a handle waits for a helper thread to be scheduled, which on a busy node takes
-    // milliseconds; the pod's handle is opened on the side while the node side is done.
-    let pod_ns = NetnsFile::open(format!("/proc/self/fd/{}", at.netns.file().as_raw_fd()))
-        .map_err(|e| failed(e.into()))?;
-    let runtime = rt.handle().clone();
-    let pod_handle = std::thread::Builder::new()
-        .name("pod-netlink".into())
-        .spawn(move || {
-            let _runtime = runtime.enter();
-            Netlink::in_netns(&pod_ns)
-        })
-        .map_err(|e| failed(BridgeError::Internal(format!("spawn thread: {e}"))))?;
-    let node = {
-        let _runtime = rt.enter();
-        Netlink::current()
-    };
-    let node = match node {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = pod_handle.join();
-            return Err(failed(e.into()));
-        }
-    };
+    })?;
     let mut undo = Undo::default();
-    let timer = StepTimer::new();
-    // Called once, right here; on an early error the side thread is left to finish alone.
+    let mut node = None;
     let outcome = (|| -> Result<CniResult, BridgeError> {
+        {
+            let store = Store::new(&ipam_conf.dir, ipam_conf.durability);
+            let locked = store.lock()?;
+            undo.allocations =
+                ipam::allocate(&locked, &ipam_conf.ranges, &at.owner(), requested, history)?;
+        }
+        if undo.allocations.is_empty() {
+            return Err(BridgeError::NoAddresses);
+        }
+        timer.step("ipam");
+        let node = node.insert(handles.node()?);
+        timer.step("node socket");
         let node_side = rt.block_on(node_phase(
-            &node, conf, ipam_conf, at, mac, requested, history, &mut undo, &timer,
+            node, conf, ipam_conf, at, mac, &mut undo, &timer,
         ))?;
         let has_v6 = undo.allocations.iter().any(|a| a.address.is_ipv6());
         in_pod_namespace(at.netns, &home, || pod_settings(at.ifname, has_v6))??;
         timer.step("pod settings");
-        let pod = pod_handle
-            .join()
-            .map_err(|_| BridgeError::Internal("pod netlink thread panicked".into()))??;
+        let pod = handles.pod()?;
         timer.step("pod socket");
         rt.block_on(pod_phase(
-            &node, &pod, conf, at, node_side, &mut undo, &timer,
+            node, &pod, conf, at, node_side, &mut undo, &timer,
         ))
     })();
     match outcome {
         Ok(result) => Ok(result),
         Err(error) => {
-            let undo_errors = rt.block_on(undo.run(&node, ipam_conf, at));
+            let undo_errors = rt.block_on(undo.run(node.as_ref(), ipam_conf, at));
             for e in &undo_errors {
                 tracing::error!(container_id = at.container_id, error = %e, "undo after failed ADD");
             }
@@ -407,34 +440,19 @@ struct NodeSide {
     result: CniResult,
 }
 
-/// Node side: bridge, reservation, gateway address, forwarding, veth (host end enslaved and
-/// set up, container end created in the pod namespace), hairpin.
-#[allow(clippy::too_many_arguments)]
+/// Node side: bridge, gateway address, forwarding, veth (host end enslaved and set up,
+/// container end created in the pod namespace), hairpin.
 async fn node_phase(
     node: &Netlink,
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
     at: &Attach<'_>,
     container_mac: Option<MacAddr>,
-    requested: &[IpAddr],
-    history: History,
     undo: &mut Undo,
     timer: &StepTimer,
 ) -> Result<NodeSide, BridgeError> {
     let bridge = ensure_bridge(node, conf).await?;
     timer.step("bridge");
-
-    // Reserve first: an exhausted pool fails before any interface exists.
-    {
-        let store = Store::new(&ipam_conf.dir, ipam_conf.durability);
-        let locked = store.lock()?;
-        undo.allocations =
-            ipam::allocate(&locked, &ipam_conf.ranges, &at.owner(), requested, history)?;
-    }
-    if undo.allocations.is_empty() {
-        return Err(BridgeError::NoAddresses);
-    }
-    timer.step("ipam");
     let result = ipam_result(conf, ipam_conf, &undo.allocations);
 
     if conf.is_gateway {
@@ -540,7 +558,12 @@ async fn pod_phase(
     }
 
     // Re-read MACs: the bridge's may have been pinned, the veth's can change on enslaving.
-    let bridge_now = node.link_by_name(&conf.bridge).await?.unwrap_or(bridge);
+    // A gateway bridge had its MAC pinned to the value we read; otherwise it may have moved.
+    let bridge_now = if conf.is_gateway {
+        bridge
+    } else {
+        node.link_by_name(&conf.bridge).await?.unwrap_or(bridge)
+    };
     let host_now = node.link_by_name(&host.name).await?.unwrap_or(host);
     let mac_str = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
     result.interfaces = vec![

@@ -171,6 +171,17 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
     let bytes = delegate_bytes(&delegate);
     let prepared = prepare(&delegate, &conf.name, env, &args)?;
 
+    // The native path's runtime and netlink handles start opening now, on a side thread, while
+    // the file work goes on (opening a socket changes nothing).
+    let mut native = match &prepared {
+        Prepared::Native { .. } => {
+            let rt = runtime()?;
+            let handles = bridge::Handles::open(&rt, &netns).map_err(CniError::from)?;
+            Some((rt, handles))
+        }
+        Prepared::Exec { .. } => None,
+    };
+
     // First side effect: the DEL record, so even a crash mid-ADD leaves DEL what it needs.
     let written = state::write(
         &conf.data_dir,
@@ -194,10 +205,11 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
                 netns: &netns,
                 netns_path: &netns_path,
             };
-            match runtime() {
-                Err(e) => Err((e, true)),
-                Ok(rt) => bridge::add(
+            match native.take() {
+                None => Err((CniError::internal("native path not prepared"), true)),
+                Some((rt, handles)) => bridge::add(
                     &rt,
+                    handles,
                     bridge,
                     ipam,
                     &attach,
