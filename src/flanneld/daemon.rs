@@ -118,7 +118,7 @@ pub async fn run(
     // The underlay: interface and addresses, honouring node-public-ip annotations.
     let nl = Netlink::current().context("open netlink")?;
     let (override_v4, override_v6, warnings) =
-        annotations::node_public_ip_override(&keys, &own.annotations);
+        annotations::node_public_ip_override(&keys, &own.annotations.to_map());
     for w in warnings {
         tracing::warn!(node = %node_name, warning = ?w, "ignoring node-public-ip annotation");
     }
@@ -146,7 +146,7 @@ pub async fn run(
             .and_then(|l| l.mac)
             .map(|m| VtepMac(m.0));
         let from_annotation =
-            annotations::own_mac_from_annotations(&keys, &own.annotations, family);
+            annotations::own_mac_from_annotations(&keys, &own.annotations.to_map(), family);
         let (mac, source) = annotations::choose_vtep_mac(existing, from_annotation, &mut rng);
         tracing::info!(device = %name, mac = %mac, source = ?source, "VTEP MAC chosen");
         match family {
@@ -410,8 +410,9 @@ fn patch_for(keys: AnnotationKeys, ads: Vec<(Family, OwnAdvertisement)>) -> Patc
     Arc::new(move |node: &NodeInfo| {
         let v4 = ads.iter().find(|(f, _)| *f == Family::V4).map(|(_, a)| a);
         let v6 = ads.iter().find(|(f, _)| *f == Family::V6).map(|(_, a)| a);
-        let want = annotations::desired_annotations(&keys, v4, v6, &node.annotations);
-        annotations::annotations_patch(&node.annotations, &want.annotations, &node.resource_version)
+        let current = node.annotations.to_map();
+        let want = annotations::desired_annotations(&keys, v4, v6, &current);
+        annotations::annotations_patch(&current, &want.annotations, &node.resource_version)
             .and_then(|p| serde_json::to_value(p).ok())
     })
 }

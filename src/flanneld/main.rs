@@ -57,8 +57,8 @@ fn run(flags: &Flags) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", config.net_config_path.display()))?;
     NetConf::parse(&text)?;
 
-    // Before any thread exists (see flanneld::memory): one arena per runtime worker.
-    flannel_rs::flanneld::memory::limit_malloc_arenas(2);
+    // Before any thread exists (see flanneld::memory).
+    flannel_rs::flanneld::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -21,19 +21,26 @@ pub fn release_free_memory() {
     }
 }
 
-/// Caps the number of malloc arenas. glibc creates up to 8 per core for threads that contend;
-/// each keeps its own free memory, so a short burst on one worker thread leaves memory parked
-/// in an arena other threads never reuse. Two arenas are plenty for a daemon with two runtime
-/// workers. Call once, before any thread is spawned. A no-op on other C libraries.
-pub fn limit_malloc_arenas(max: i32) {
+/// Tunes glibc's allocator for this daemon's bursty profile; call once, before any thread is
+/// spawned. A no-op on other C libraries.
+///
+/// - At most two arenas (one per runtime worker): glibc creates up to 8 per core for
+///   contending threads, and each parks its own free memory.
+/// - Fixed mmap and trim thresholds. By default glibc raises both after the first large block
+///   is freed (a multi-MB list page raises the trim threshold to twice its size), after which a
+///   secondary arena keeps a free top of that size forever — `malloc_trim` only releases free
+///   chunks inside a secondary arena, never its top. Fixed values turn that adjustment off:
+///   blocks from 256 KiB up (list pages, dump buffers) get their own mapping and go back to
+///   the kernel on free, and a free top above 1 MiB is trimmed.
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt with M_ARENA_MAX only sets an allocator tunable; it is called before
-        // other threads exist.
+        use nix::libc::{M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt};
+        // SAFETY: mallopt only sets allocator tunables; called before other threads exist.
         unsafe {
-            nix::libc::mallopt(nix::libc::M_ARENA_MAX, max);
+            mallopt(M_ARENA_MAX, 2);
+            mallopt(M_MMAP_THRESHOLD, 256 << 10);
+            mallopt(M_TRIM_THRESHOLD, 1 << 20);
         }
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = max;
 }

@@ -118,7 +118,8 @@ mod pipeline_tests {
             ..HostNetwork::default()
         };
         let selectors = IfaceSelectors::default();
-        let (pub4, pub6, warnings) = annotations::node_public_ip_override(&keys, &me.annotations);
+        let (pub4, pub6, warnings) =
+            annotations::node_public_ip_override(&keys, &me.annotations.to_map());
         assert!(warnings.is_empty());
         let ext = iface::select_external_interface(
             &SelectionRequest {
@@ -134,7 +135,8 @@ mod pipeline_tests {
 
         let device_mac = VtepMac([0x0e, 1, 2, 3, 4, 5]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let from_ann = annotations::own_mac_from_annotations(&keys, &me.annotations, Family::V4);
+        let from_ann =
+            annotations::own_mac_from_annotations(&keys, &me.annotations.to_map(), Family::V4);
         let (mac, source) = annotations::choose_vtep_mac(Some(device_mac), from_ann, &mut rng);
         assert_eq!((mac, source), (device_mac, MacSource::ExistingDevice));
 
@@ -142,9 +144,10 @@ mod pipeline_tests {
         let adv = ext
             .advertisement(Family::V4, netconf.backend.vni, mac)
             .unwrap();
-        let want = annotations::desired_annotations(&keys, Some(&adv), None, &me.annotations);
+        let want =
+            annotations::desired_annotations(&keys, Some(&adv), None, &me.annotations.to_map());
         let patch = annotations::annotations_patch(
-            &me.annotations,
+            &me.annotations.to_map(),
             &want.annotations,
             &me.resource_version,
         )
@@ -159,7 +162,7 @@ mod pipeline_tests {
             }}})
         );
         // After the patch the node is right: no further patch.
-        let mut healed = me.annotations.clone();
+        let mut healed = me.annotations.to_map();
         healed.extend(want.annotations.clone());
         assert!(annotations::annotations_patch(&healed, &want.annotations, "78").is_none());
 

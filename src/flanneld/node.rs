@@ -110,6 +110,109 @@ impl SlimNode {
     }
 }
 
+/// A node's (flannel) annotations, stored compactly: all keys and values in one string plus
+/// their end offsets, sorted by key. The node cache holds one per Node; as a `BTreeMap` of
+/// `String`s the four flannel annotations took ~920 bytes per node (a B-tree leaf is sized for
+/// 11 entries), here ~370 — 2.7 MB less at 5000 nodes. Lookups scan the handful of entries.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Annotations {
+    text: Box<str>,
+    /// Per entry: end of its key, end of its value (offsets into `text`).
+    ends: Box<[(u32, u32)]>,
+}
+
+impl Annotations {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(k, v)| {
+            let (k, v) = (k as usize, v as usize);
+            let entry = (&self.text[start..k], &self.text[k..v]);
+            start = v;
+            entry
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// As an ordinary map (for the own-node annotation logic, which works on maps).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Sets `key` (rebuilds the storage; for tests and rare updates). Returns the old value.
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        let mut map = self.to_map();
+        let old = map.insert(key, value);
+        *self = map.into_iter().collect();
+        old
+    }
+
+    /// Removes `key` (rebuilds the storage). Returns the old value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        let mut map = self.to_map();
+        let old = map.remove(key);
+        *self = map.into_iter().collect();
+        old
+    }
+}
+
+impl FromIterator<(String, String)> for Annotations {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        // Sorted and deduplicated (last value wins) like a map built from the same pairs.
+        let sorted: BTreeMap<String, String> = iter.into_iter().collect();
+        let mut text = String::with_capacity(sorted.iter().map(|(k, v)| k.len() + v.len()).sum());
+        let mut ends = Vec::with_capacity(sorted.len());
+        for (k, v) in &sorted {
+            text.push_str(k);
+            let key_end = text.len();
+            text.push_str(v);
+            // Annotations are limited to 256 KiB in total by the API server.
+            ends.push((key_end as u32, text.len() as u32));
+        }
+        Annotations {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+}
+
+impl From<BTreeMap<String, String>> for Annotations {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        map.into_iter().collect()
+    }
+}
+
+impl std::ops::Index<&str> for Annotations {
+    type Output = str;
+    fn index(&self, key: &str) -> &str {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no annotation {key:?}"))
+    }
+}
+
+impl std::fmt::Debug for Annotations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
 /// The cached form of a Node: everything flanneld decides on, nothing else.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -123,7 +226,7 @@ pub struct NodeInfo {
     /// Raw `spec.podCIDRs`, or `[spec.podCIDR]` when the list is empty; parsed by the consumer.
     pub pod_cidrs: Vec<String>,
     /// Only the annotations under flannel's prefix.
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Annotations,
     pub internal_ips: Vec<String>,
     pub external_ips: Vec<String>,
 }
@@ -183,8 +286,12 @@ impl NodeInfo {
                 _ => {}
             }
         }
-        let mut annotations = metadata.annotations.unwrap_or_default();
-        annotations.retain(|k, _| prefix.owns(k));
+        let annotations: Annotations = metadata
+            .annotations
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| prefix.owns(k))
+            .collect();
         NodeInfo {
             name: metadata.name.unwrap_or_default(),
             uid: metadata.uid.unwrap_or_default(),
@@ -307,6 +414,38 @@ mod tests {
         assert!(n.pod_cidrs.is_empty());
         let n = NodeInfo::from_node(&Node::default(), &prefix);
         assert_eq!(n, NodeInfo::default());
+    }
+
+    #[test]
+    fn compact_annotations_behave_like_a_sorted_map() {
+        let mut map = BTreeMap::new();
+        map.insert("b/y".to_string(), "2".to_string());
+        map.insert("a/x".to_string(), "{\"VNI\":1}".to_string());
+        map.insert("c/z".to_string(), String::new());
+        let mut a = Annotations::from(map.clone());
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.get("a/x"), Some("{\"VNI\":1}"));
+        assert_eq!(a.get("c/z"), Some(""));
+        assert_eq!(&a["b/y"], "2");
+        assert_eq!(a.get("b"), None);
+        assert!(!a.contains_key("a/"));
+        assert_eq!(a.to_map(), map);
+        assert_eq!(
+            a.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["a/x", "b/y", "c/z"]
+        );
+        assert_eq!(format!("{a:?}"), format!("{map:?}"));
+        assert_eq!(a.insert("b/y".into(), "3".into()), Some("2".to_string()));
+        assert_eq!(a.insert("0".into(), "first".into()), None);
+        assert_eq!(a.iter().next(), Some(("0", "first")));
+        assert_eq!(a.remove("a/x"), Some("{\"VNI\":1}".to_string()));
+        assert_eq!(a.remove("a/x"), None);
+        assert_eq!(a.len(), 3);
+        assert_eq!(&a["b/y"], "3");
+        // Equal content, equal value (the fingerprint hashes it).
+        let again: Annotations = a.to_map().into_iter().collect();
+        assert_eq!(again, a);
+        assert!(Annotations::default().is_empty());
     }
 
     /// Compile-time check: kube-rs accepts SlimNode for list/watch/patch (never called).

@@ -325,7 +325,7 @@ pub fn parse_peer(
         Some(v) if v == KUBE_SUBNET_MANAGER_TRUE => {}
         other => {
             return Err(Rejection::NotManaged {
-                value: other.cloned(),
+                value: other.map(str::to_string),
             });
         }
     }
@@ -333,7 +333,7 @@ pub fn parse_peer(
         Some(v) if v == BACKEND_TYPE_VXLAN => {}
         other => {
             return Err(Rejection::BackendType {
-                found: other.cloned(),
+                found: other.map(str::to_string),
             });
         }
     }
@@ -669,7 +669,7 @@ mod tests {
             created: Some(Timestamp::from_second(1_700_000_000 + created_secs).unwrap()),
             resource_version: "1".into(),
             pod_cidrs: vec![format!("10.244.{n}.0/24")],
-            annotations: a,
+            annotations: a.into(),
             ..NodeInfo::default()
         }
     }

@@ -285,7 +285,16 @@ impl Reconciler {
                     Family::V4 => desired.v4.take(),
                     Family::V6 => desired.v6.take(),
                 };
-                state.map(|s| (index, s.entries))
+                // Rebuilt in one go: full B-tree nodes (desired_state inserts in peer order).
+                state.map(|s| {
+                    let e = s.entries;
+                    let packed = KernelEntries {
+                        neighbours: e.neighbours.into_iter().collect(),
+                        fdb: e.fdb.into_iter().collect(),
+                        routes: e.routes.into_iter().collect(),
+                    };
+                    (index, packed)
+                })
             })
             .collect();
 
