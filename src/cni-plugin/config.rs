@@ -243,6 +243,10 @@ pub struct RuntimeConfig {
     pub mac: Option<String>,
     #[serde(default)]
     pub ips: Vec<String>,
+    /// host-local prepends these range sets; the native path hands such configs to the
+    /// reference plugins instead.
+    #[serde(rename = "ipRanges", default)]
+    pub ip_ranges: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -371,6 +375,12 @@ impl BridgeConf {
             (self.port_isolation, "portIsolation"),
             (self.promisc_mode, "promiscMode"),
             (self.enable_dad, "enabledad"),
+            (
+                self.runtime_config
+                    .as_ref()
+                    .is_some_and(|r| !r.ip_ranges.is_empty()),
+                "runtimeConfig.ipRanges",
+            ),
             (
                 self.ip_masq
                     && self
@@ -659,6 +669,10 @@ mod tests {
             ("promiscMode", serde_json::json!(true)),
             ("enabledad", serde_json::json!(true)),
             ("macspoofchk", serde_json::json!(true)),
+            (
+                "runtimeConfig",
+                serde_json::json!({"ipRanges": [[{"subnet": "10.9.0.0/24"}]]}),
+            ),
         ] {
             let mut other = d.clone();
             other.insert(key.into(), value);

@@ -33,7 +33,7 @@
 //! Not done natively (exec'd from `CNI_PATH` like upstream): a delegate type other than
 //! `bridge`, an IPAM other than `host-local`, and the bridge options `vlan`, `vlanTrunk`,
 //! `macspoofchk`, `disableContainerInterface`, `portIsolation`, `promiscMode`, `enabledad`,
-//! `ipMasqBackend: nftables`.
+//! `ipMasqBackend: nftables`, and `runtimeConfig.ipRanges`.
 
 pub mod bridge;
 pub mod commands;
