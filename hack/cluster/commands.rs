@@ -59,6 +59,15 @@ fn ms(d: Duration) -> String {
     }
 }
 
+/// A duration measured by the API server's millisecond clock.
+pub fn server_ms(ms: u64) -> String {
+    if ms == 0 {
+        "< 1 ms".into()
+    } else {
+        format!("{ms} ms")
+    }
+}
+
 pub fn execute(c: &mut Cluster, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
     match req {
         Request::AddNode { reference, pods } => {
@@ -339,7 +348,8 @@ pub fn incident(
     let heal_ms_server = heal.time_ms - clobber_at;
     writeln!(
         out,
-        "  <<< annotations back after {heal_ms_server} ms (API server clock; seen by this tool after {}): flanneld on {node} sent PATCH {} with its resourceVersion",
+        "  <<< annotations back after {} (API server clock, whole ms; seen by this tool after {}): flanneld on {node} sent PATCH {} with its resourceVersion",
+        server_ms(heal_ms_server),
         ms(observed),
         heal.path.trim_end_matches('?')
     )?;

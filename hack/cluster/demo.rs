@@ -82,8 +82,8 @@ pub fn run(run: &RunDir, args: &UpArgs) -> anyhow::Result<()> {
         }
         writeln!(
             out,
-            "\n  summary: {node}'s annotations healed in {} ms (API server clock; {:.0} ms as seen by this tool), 0 pings lost; flanneld logged:\n    {}",
-            report.heal_ms_server,
+            "\n  summary: {node}'s annotations healed in {} (API server clock; {:.0} ms as seen by this tool), 0 pings lost; flanneld logged:\n    {}",
+            commands::server_ms(report.heal_ms_server),
             report.heal_observed.as_secs_f64() * 1000.0,
             report
                 .log_lines

@@ -102,8 +102,12 @@ fn init_logging(default_level: &str) {
     // RUST_LOG, when set, wins over -v.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colours only on a terminal: under a container runtime stderr is a pipe to a log file,
+    // where escape sequences end up as garbage in `kubectl logs` and break log parsers.
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -2,7 +2,7 @@
 //! lab, the test API server as the cluster, and every check through an independent view of
 //! the kernel (`ip -json`, `bridge -json`, `ip monitor`, `iptables -S`, `tcpdump`).
 //!
-//! Each test uses its own underlay /24 (third octet 111–121) and its own namespaces.
+//! Each test uses its own underlay /24 (third octet 111–123) and its own namespaces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -225,15 +225,21 @@ fn synthetic_peer(lab: &Lab, name: &str, cidr: &str, mac: &str, ip: &str) -> Ent
     Entries::peer(cidr, mac, ip)
 }
 
-/// `count` generated peers `peer-00000…` with podCIDRs from 10.244.128.0/17 and public IPs
-/// from 172.20.0.0/16.
+/// `count` (≤ 128) generated peers `peer-00000…` with /24 podCIDRs from 10.244.128.0/17 and
+/// public IPs from 172.20.0.0/16.
 fn generate_peers(lab: &Lab, count: u32) {
+    generate_peers_sized(lab, count, 24);
+}
+
+/// Like [`generate_peers`] with podCIDRs of `/prefix_len` (26 → up to 512 peers).
+fn generate_peers_sized(lab: &Lab, count: u32, prefix_len: u8) {
     lab.server
         .generate_nodes(&json!({
             "count": count,
             "realistic": false,
             "prefix": "peer-",
             "podCidrBase": "10.244.128.0/17",
+            "podCidrPrefixLen": prefix_len,
             "nodeIpBase": "172.20.0.0/16",
         }))
         .unwrap();
@@ -1092,6 +1098,78 @@ fn a_deleted_device_is_rebuilt_with_the_same_mac_and_every_peer() {
             .ip(&["-4", "addr", "show", "dev", DEV])
             .unwrap()
             .contains("inet 10.244.1.0/32")
+    );
+}
+
+#[test]
+fn a_downed_device_or_a_removed_address_is_restored_with_every_peer() {
+    let (lab, host) = lab_with_n1("dd12", 122);
+    generate_peers(&lab, 10);
+    let want = expected_from_api(&lab, "n1");
+    // Only the kernel monitor can explain a fast repair.
+    let _d = start(&lab, &host, "n1", &["--resync-period=1h"]);
+    wait_entries(&host.ns, &want, Duration::from_secs(10));
+    let is_up = || {
+        ip_json(&host.ns, &["link", "show", DEV])[0]["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("UP"))
+    };
+    let has_address = || {
+        host.ns
+            .ip(&["-4", "addr", "show", "dev", DEV])
+            .unwrap()
+            .contains("inet 10.244.1.0/32")
+    };
+
+    // Down: the kernel silently drops the routes (and neighbours) through the device.
+    let start = Instant::now();
+    host.ns.ip(&["link", "set", DEV, "down"]).unwrap();
+    wait_until("flannel.1 up again", Duration::from_secs(1), is_up);
+    wait_entries(&host.ns, &want, Duration::from_secs(1));
+    println!(
+        "link down → up with all routes/neighbours in {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+
+    let start = Instant::now();
+    host.ns
+        .ip(&["addr", "del", "10.244.1.0/32", "dev", DEV])
+        .unwrap();
+    wait_until("address restored", Duration::from_secs(1), has_address);
+    wait_entries(&host.ns, &want, Duration::from_secs(1));
+    println!(
+        "address removed → restored in {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+#[test]
+fn a_burst_of_500_joins_is_programmed_in_a_few_batched_passes() {
+    let (lab, host) = lab_with_n1("dd13", 123);
+    let d = start(&lab, &host, "n1", &["--resync-period=1h"]);
+    wait_until("reconciler loop ran", Duration::from_secs(5), || {
+        metric(&d, "flannel_reconciles_total") >= 2
+    });
+    let passes = metric(&d, "flannel_reconciles_total");
+    // 500 Nodes in one admin call: 500 watch events within milliseconds (flannel#958: upstream
+    // hit ENOBUFS on 50 and lost peers).
+    let burst = Instant::now();
+    generate_peers_sized(&lab, 500, 26);
+    let want = expected_from_api(&lab, "n1");
+    assert_eq!(want.counts(), (500, 500, 500));
+    wait_entries(&host.ns, &want, Duration::from_secs(20));
+    let used = metric(&d, "flannel_reconciles_total") - passes;
+    println!(
+        "500 joins programmed ≤ {:.0} ms after the burst was sent, in {used} reconcile pass(es)",
+        burst.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(used <= 10, "{used} passes for one burst");
+    assert_eq!(metric(&d, "flannel_reconcile_errors_total"), 0);
+    assert_eq!(
+        metric(&d, "flannel_netlink_ops_total"),
+        1500,
+        "one write per entry"
     );
 }
 
