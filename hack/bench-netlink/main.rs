@@ -21,6 +21,7 @@ use flannel_rs::netlink::{
     VxlanSpec,
 };
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
+use flannel_rs::testsupport::iproute;
 use ipnetwork::IpNetwork;
 
 #[derive(Parser, Debug)]
@@ -398,19 +399,7 @@ async fn ip_rep(ns: &NetnsGuard, n: u32, files: &BatchFiles) -> Result<Times> {
 }
 
 async fn batch(ns: &NetnsGuard, tool: &str, file: &Path) -> Result<()> {
-    let out = tokio::process::Command::new(tool)
-        .args(["-n", ns.name(), "-batch"])
-        .arg(file)
-        .output()
-        .await
-        .with_context(|| format!("run {tool} -batch"))?;
-    ensure!(
-        out.status.success(),
-        "{tool} -batch {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    Ok(iproute::batch(ns.name(), tool, file).await?)
 }
 
 async fn lines_of(program: &str, args: &[&str]) -> Result<String> {

@@ -31,6 +31,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use flannel_rs::netlink::{MonitorEvent, MonitorGroups, Netlink, RouteFilter};
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
+use flannel_rs::testsupport::iproute;
 use flannel_rs::testsupport::kube_testserver::{LogFilter, TestServerOptions};
 use flannel_rs::testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
 use futures::StreamExt;
@@ -675,18 +676,7 @@ async fn ip_batch(entries: &Dumped, dir: &Path, n: u32, rep: usize) -> Result<f6
     )?;
     let t = Instant::now();
     for (tool, file) in [("ip", &neigh), ("bridge", &fdb), ("ip", &routes)] {
-        let out = tokio::process::Command::new(tool)
-            .args(["-n", ns.name(), "-batch"])
-            .arg(file)
-            .output()
-            .await
-            .with_context(|| format!("run {tool} -batch"))?;
-        ensure!(
-            out.status.success(),
-            "{tool} -batch {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        iproute::batch(ns.name(), tool, file).await?;
     }
     let secs = t.elapsed().as_secs_f64();
     let check = dump_entries(ns.name()).await?;

@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,12 +24,12 @@ use super::health::{self, HealthState};
 use super::iface::{
     self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
 };
-use super::keeper::{AnnotationKeeper, KeeperStats, KeeperTiming, PatchFor};
+use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor};
 use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
 use super::netconf::NetConf;
-use super::node::NodeInfo;
+use super::node::{NodeInfo, SlimNode};
 use super::node_cache::{self, NodeCache};
 use super::peers::ValidationContext;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
@@ -52,18 +51,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let keeper_stats = Arc::new(KeeperStats::default());
     let status = Arc::new(std::sync::Mutex::new(StatusDoc::default()));
 
     // Health first: liveness must answer during a long initial list.
     let health_state = {
         let metrics = metrics.clone();
         let status = status.clone();
-        let keeper_stats = keeper_stats.clone();
         let metrics_for_status = metrics.clone();
         HealthState::new(
             Arc::new(move || metrics.render()),
-            Arc::new(move || render_status(&status, &keeper_stats, &metrics_for_status)),
+            Arc::new(move || render_status(&status, &metrics_for_status)),
         )
     };
     if let Some(addr) = config.healthz {
@@ -98,6 +95,16 @@ pub async fn run(
         cache.clone(),
         shutdown.clone(),
     );
+
+    // Our Node on its own, while the list runs: the lease, the device and the first peers need
+    // not wait for thousands of Nodes. Any failure just leaves it to the list.
+    match Api::<SlimNode>::all(client.clone()).get_opt(&node_name).await {
+        Ok(Some(node)) => cache.seed(NodeInfo::from_slim(node, &keys.prefix)),
+        Ok(None) => {}
+        Err(err) => {
+            tracing::debug!(node = %node_name, error = %err, "early GET of our Node failed; waiting for the list")
+        }
+    }
 
     // Our lease: wait (not ready) rather than crash-loop while the podCIDR is unassigned.
     let (own, lease) = match wait_for_lease(
@@ -183,7 +190,11 @@ pub async fn run(
         },
     );
     // Only the verdict is kept: the summary of 5000 peers would otherwise live as long as `run`.
-    let first_clean = reconciler.pass(Trigger::Startup).await?.errors.is_empty();
+    // A provisional pass (the list still running) is not the readiness pass.
+    let first_clean = {
+        let summary = reconciler.pass(Trigger::Startup).await?;
+        summary.errors.is_empty() && !summary.provisional
+    };
     let pod_mtu = reconciler
         .pod_mtu
         .context("no address family enabled in net-conf.json")?;
@@ -208,7 +219,6 @@ pub async fn run(
         cache: cache.clone(),
         patch_for: patch_for(keys.clone(), advertisements),
         prefix: keys.prefix.clone(),
-        stats: keeper_stats.clone(),
         metrics: metrics.clone(),
         timing: tuning.keeper.clone(),
         published: published_tx,
@@ -443,7 +453,6 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
 
 fn render_status(
     status: &std::sync::Mutex<StatusDoc>,
-    keeper: &KeeperStats,
     metrics: &Metrics,
 ) -> String {
     let Ok(s) = status.lock() else {
@@ -453,15 +462,16 @@ fn render_status(
         .last_pass
         .as_ref()
         .and_then(|p| p.lock().ok().map(|p| p.clone()));
+    let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
     let doc = json!({
         "node": s.node,
         "lease": s.lease,
         "annotations": {
-            "writes": keeper.writes.load(Ordering::Relaxed),
-            "heals": keeper.heals.load(Ordering::Relaxed),
-            "conflicts": keeper.conflicts.load(Ordering::Relaxed),
-            "errors": keeper.errors.load(Ordering::Relaxed),
-            "last_heal_ms": keeper.last_heal_ms.load(Ordering::Relaxed),
+            "writes": writes,
+            "heals": heals,
+            "conflicts": conflicts,
+            "errors": errors,
+            "last_heal_ms": last_heal_ms,
         },
         "drift_repairs": metrics.drift_repairs(),
         "last_reconcile": last,

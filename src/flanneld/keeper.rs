@@ -8,7 +8,6 @@
 //! and loud logs, never a hot loop.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -27,21 +26,6 @@ use super::node_cache::NodeCache;
 /// `None` when it already carries them. The patch must include
 /// `metadata.resourceVersion` of the view it was computed from.
 pub type PatchFor = Arc<dyn Fn(&NodeInfo) -> Option<serde_json::Value> + Send + Sync>;
-
-/// Counters the status page and metrics expose.
-#[derive(Debug, Default)]
-pub struct KeeperStats {
-    /// Successful annotation patches (the first publish included).
-    pub writes: AtomicU64,
-    /// Patches that restored annotations someone else removed or changed.
-    pub heals: AtomicU64,
-    /// 409 answers (another write happened between our read and our patch).
-    pub conflicts: AtomicU64,
-    /// Other failed patches.
-    pub errors: AtomicU64,
-    /// Milliseconds from noticing the difference to the successful patch, last heal.
-    pub last_heal_ms: AtomicU64,
-}
 
 /// Pacing: API errors back off exponentially; heals back off while clobbers keep coming.
 #[derive(Debug, Clone)]
@@ -64,7 +48,6 @@ pub struct AnnotationKeeper {
     pub cache: Arc<NodeCache>,
     pub patch_for: PatchFor,
     pub prefix: AnnotationPrefix,
-    pub stats: Arc<KeeperStats>,
     pub metrics: Arc<Metrics>,
     pub timing: KeeperTiming,
     /// Fires (value `true`) once our annotations are published as desired.
@@ -143,15 +126,11 @@ impl AnnotationKeeper {
             let rv = view.resource_version.clone();
             match self.writer.merge_patch_status(&patch).await {
                 Ok(updated) => {
-                    self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count_annotation_write();
                     self.timing.errors.reset();
                     if converged_once {
                         let took = noticed_at.elapsed();
-                        self.stats.heals.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.count_annotation_heal();
-                        self.stats
-                            .last_heal_ms
-                            .store(took.as_millis() as u64, Ordering::Relaxed);
+                        self.metrics.count_annotation_heal(took);
                         tracing::warn!(
                             node = %node,
                             resource_version = %rv,
@@ -164,7 +143,6 @@ impl AnnotationKeeper {
                     newer = Some(NodeInfo::from_slim(updated, &self.prefix));
                 }
                 Err(err) if err.is_conflict() => {
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     self.metrics.count_annotation_conflict();
                     tracing::info!(node = %node, resource_version = %rv,
                         "annotation patch conflicted (409); re-reading the node");
@@ -181,7 +159,7 @@ impl AnnotationKeeper {
                     }
                 }
                 Err(err) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count_annotation_error();
                     let delay = self.timing.errors.next_delay(&mut rng);
                     tracing::warn!(node = %node, error = %err, retry_in_ms = delay.as_millis() as u64,
                         "annotation patch failed");

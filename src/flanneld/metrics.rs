@@ -20,8 +20,12 @@ pub struct Metrics {
     peers_rejected: [AtomicU64; KINDS],
     rejections_total: [AtomicU64; KINDS],
     drift_repairs_total: AtomicU64,
+    annotation_writes_total: AtomicU64,
     annotation_heals_total: AtomicU64,
     annotation_conflicts_total: AtomicU64,
+    annotation_errors_total: AtomicU64,
+    /// Milliseconds from noticing our annotations were gone to the patch that restored them.
+    annotation_last_heal_ms: AtomicU64,
     netlink_ops_total: AtomicU64,
     reconciles_total: AtomicU64,
     reconcile_errors_total: AtomicU64,
@@ -62,9 +66,22 @@ impl Metrics {
         self.drift_repairs_total.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counter: our annotations were found missing/different and re-asserted.
-    pub fn count_annotation_heal(&self) {
+    /// Counter: a successful annotation patch (the first publish included).
+    pub fn count_annotation_write(&self) {
+        self.annotation_writes_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counter: our annotations were found missing/different and re-asserted, `took` after
+    /// the difference was noticed.
+    pub fn count_annotation_heal(&self, took: Duration) {
         self.annotation_heals_total.fetch_add(1, Ordering::Relaxed);
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.annotation_last_heal_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Counter: an annotation patch failed other than with a 409.
+    pub fn count_annotation_error(&self) {
+        self.annotation_errors_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counter: an annotation patch hit a 409 conflict.
@@ -100,6 +117,18 @@ impl Metrics {
 
     pub fn annotation_heals(&self) -> u64 {
         self.annotation_heals_total.load(Ordering::Relaxed)
+    }
+
+    /// `(writes, heals, conflicts, errors, last heal in ms)` of the annotation keeper.
+    pub fn annotation_counts(&self) -> (u64, u64, u64, u64, u64) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            get(&self.annotation_writes_total),
+            get(&self.annotation_heals_total),
+            get(&self.annotation_conflicts_total),
+            get(&self.annotation_errors_total),
+            get(&self.annotation_last_heal_ms),
+        )
     }
 
     pub fn drift_repairs(&self) -> u64 {
@@ -147,6 +176,18 @@ impl Metrics {
             "counter",
             "Annotation patches rejected with 409 Conflict.",
             get(&self.annotation_conflicts_total),
+        );
+        simple(
+            "flannel_annotation_writes_total",
+            "counter",
+            "Successful annotation patches, the first publish included.",
+            get(&self.annotation_writes_total),
+        );
+        simple(
+            "flannel_annotation_errors_total",
+            "counter",
+            "Annotation patches that failed other than with 409 Conflict.",
+            get(&self.annotation_errors_total),
         );
         simple(
             "flannel_netlink_ops_total",
@@ -230,13 +271,21 @@ mod tests {
         ]);
         m.count_rejection(RejectKind::BadVtepMac);
         m.add_drift_repairs(3);
-        m.count_annotation_heal();
+        m.count_annotation_heal(Duration::from_millis(3));
         m.count_annotation_conflict();
         m.add_netlink_ops(9);
+        m.count_annotation_write();
+        m.count_annotation_write();
+        m.count_annotation_error();
+        assert_eq!(m.annotation_counts(), (2, 1, 1, 1, 3));
         m.observe_reconcile(Duration::from_micros(500), true);
         m.observe_reconcile(Duration::from_millis(30), true);
         m.observe_reconcile(Duration::from_secs(60), false);
         let t = m.render();
+        assert_eq!(
+            line(&t, "flannel_annotation_writes_total"),
+            "flannel_annotation_writes_total 2"
+        );
         assert_eq!(
             line(&t, "flannel_peers_programmed"),
             "flannel_peers_programmed 42"

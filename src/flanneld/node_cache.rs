@@ -92,6 +92,16 @@ impl NodeCache {
         self.write().nodes.remove(name).is_some()
     }
 
+    /// Puts a node fetched on its own (our Node, at start-up) into a cache that has not
+    /// synced yet, so the lease is known before the whole list arrives. The first complete
+    /// list replaces it like everything else.
+    pub fn seed(&self, node: NodeInfo) {
+        let mut state = self.write();
+        if !state.synced {
+            state.nodes.entry(node.name.clone()).or_insert(node);
+        }
+    }
+
     fn replace_all(&self, nodes: BTreeMap<String, NodeInfo>) {
         let mut state = self.write();
         state.nodes = nodes;
@@ -181,6 +191,8 @@ pub fn spawn_node_watcher(
         // Nodes of a (re)list in progress; a Vec, turned into the map once complete.
         let mut relist: Option<Vec<(String, NodeInfo)>> = None;
         let mut failing = false;
+        // Nodes seen by the first list so far.
+        let mut listed = 0usize;
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -208,6 +220,21 @@ pub fn spawn_node_watcher(
                 Event::Init => relist = Some(Vec::new()),
                 Event::InitApply(node) => {
                     let node = slim(node, &annotation_prefix);
+                    // The first list also fills the cache as it goes, a page at a time, so the
+                    // reconciler can program peers while later pages are still on the wire
+                    // (it only adds while the cache is not synced; see `Plan::additions_only`).
+                    // A re-list keeps serving the complete previous state instead.
+                    if !cache.is_synced() {
+                        let is_own = node.name == own_node;
+                        cache.upsert(node.clone());
+                        listed += 1;
+                        if listed % page_size as usize == 0 {
+                            signaller.peers();
+                        }
+                        if is_own {
+                            signaller.own();
+                        }
+                    }
                     if let Some(buf) = relist.as_mut() {
                         buf.push((node.name.clone(), node));
                     }

@@ -10,6 +10,9 @@
 //! destination on the VXLAN device, routes via the device, and our DirectRouting routes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 
 use super::desired::{FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
 
@@ -120,6 +123,57 @@ impl Plan {
         );
         out
     }
+}
+
+impl Plan {
+    /// The part of the plan a pass may apply before the first complete node list: entries for
+    /// keys the kernel does not hold yet, and nothing else. Without every node, a subnet
+    /// conflict cannot be settled in favour of the older node, so nothing present is replaced
+    /// or removed, and no route is added that overlaps one already on the device (it could
+    /// take an established peer's traffic). The first pass with the whole list does the rest.
+    pub fn additions_only(self, actual: &KernelEntries) -> Plan {
+        let present: BTreeSet<(IpAddr, u8)> = actual
+            .routes
+            .iter()
+            .map(|r| (r.dst.network(), r.dst.prefix()))
+            .collect();
+        let routes = self
+            .routes
+            .add
+            .into_iter()
+            .filter(|r| !overlaps_any(&r.dst, &present))
+            .collect();
+        Plan {
+            neighbours: EntryChanges {
+                add: self.neighbours.add,
+                ..EntryChanges::default()
+            },
+            fdb: EntryChanges {
+                add: self.fdb.add,
+                ..EntryChanges::default()
+            },
+            routes: EntryChanges {
+                add: routes,
+                ..EntryChanges::default()
+            },
+        }
+    }
+}
+
+/// Whether `dst` contains, or is contained in, one of the `present` (network, prefix) pairs.
+/// Exact without comparing against every route: a containing route has `dst`'s address masked
+/// to its own length; a contained one starts inside `dst`'s range.
+fn overlaps_any(dst: &IpNetwork, present: &BTreeSet<(IpAddr, u8)>) -> bool {
+    let contained = (0..=dst.prefix()).any(|len| {
+        IpNetwork::new(dst.ip(), len)
+            .map(|n| present.contains(&(n.network(), len)))
+            .unwrap_or(false)
+    });
+    contained
+        || present
+            .range((dst.network(), dst.prefix())..=(dst.broadcast(), u8::MAX))
+            .next()
+            .is_some()
 }
 
 /// Computes the plan that turns `actual` into `desired`.
@@ -486,5 +540,64 @@ mod tests {
             assert_eq!(after, desired, "{actual:?}");
             assert!(diff(&after, &desired).is_empty());
         }
+    }
+
+    fn route_to(dst: &str) -> RouteEntry {
+        let dst: IpNetwork = dst.parse().unwrap();
+        RouteEntry {
+            dst,
+            gateway: dst.network(),
+            onlink: true,
+            via_device: true,
+        }
+    }
+
+    #[test]
+    fn additions_only_keeps_adds_and_drops_replaces_removals_and_overlapping_routes() {
+        let mut actual = KernelEntries::default();
+        peer_entries(&mut actual, 1, mac(1), "192.168.1.1"); // established, unchanged
+        peer_entries(&mut actual, 2, mac(2), "192.168.1.2"); // about to change MAC
+        peer_entries(&mut actual, 3, mac(3), "192.168.1.3"); // not (yet) listed
+        actual.routes.insert(route_to("10.245.0.0/16")); // someone's larger route
+
+        let mut desired = KernelEntries::default();
+        peer_entries(&mut desired, 1, mac(1), "192.168.1.1");
+        peer_entries(&mut desired, 2, mac(12), "192.168.1.2");
+        peer_entries(&mut desired, 4, mac(4), "192.168.1.4"); // new, no overlap
+        desired.routes.insert(route_to("10.245.7.0/24")); // inside the /16
+        desired.routes.insert(route_to("10.244.1.128/25")); // inside peer 1's /24
+        desired.routes.insert(route_to("10.244.0.0/22")); // contains peers 1..3
+
+        let full = diff(&actual, &desired);
+        assert!(!full.neighbours.replace.is_empty() && !full.routes.remove.is_empty());
+        let early = full.additions_only(&actual);
+        assert!(early.neighbours.replace.is_empty() && early.neighbours.remove.is_empty());
+        assert!(early.fdb.replace.is_empty() && early.fdb.remove.is_empty());
+        assert!(early.routes.replace.is_empty() && early.routes.remove.is_empty());
+        let routes: Vec<String> = early.routes.add.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(routes, ["10.244.4.0/24"]);
+        // Peer 4's neighbour and FDB entry, and the new MAC 12's FDB entry (a new key).
+        assert_eq!(early.neighbours.add.len(), 1);
+        assert_eq!(early.fdb.add.len(), 2);
+    }
+
+    #[test]
+    fn additions_only_on_an_empty_device_is_the_whole_plan() {
+        let mut desired = KernelEntries::default();
+        for n in 1..=20 {
+            peer_entries(&mut desired, n, mac(n), "192.168.1.9");
+        }
+        let actual = KernelEntries::default();
+        assert_eq!(diff(&actual, &desired).additions_only(&actual), diff(&actual, &desired));
+    }
+
+    #[test]
+    fn overlap_is_exact_for_v6_and_the_default_route() {
+        let present: BTreeSet<(IpAddr, u8)> = [("fd00:1::".parse().unwrap(), 64)].into();
+        assert!(overlaps_any(&"fd00:1::8000:0:0/65".parse().unwrap(), &present));
+        assert!(overlaps_any(&"fd00::/16".parse().unwrap(), &present));
+        assert!(!overlaps_any(&"fd00:2::/64".parse().unwrap(), &present));
+        let default: BTreeSet<(IpAddr, u8)> = [("0.0.0.0".parse().unwrap(), 0)].into();
+        assert!(overlaps_any(&"10.1.0.0/24".parse().unwrap(), &default));
     }
 }

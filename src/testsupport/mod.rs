@@ -2,6 +2,7 @@
 //! gate: it only creates namespaces, spawns processes and talks HTTP).
 pub mod cluster;
 pub mod cni_runtime;
+pub mod iproute;
 pub mod kube_testserver;
 pub mod lab;
 pub mod topology;
