@@ -190,7 +190,7 @@ pub(crate) fn start(lab: &Lab, host: &Host, node: &str, args: &[&str]) -> Flanne
 }
 
 /// One sample of the daemon's Prometheus text (a full series name, labels included).
-fn metric(d: &Flanneld, series: &str) -> u64 {
+pub(crate) fn metric(d: &Flanneld, series: &str) -> u64 {
     let (code, body) = d.health("/metrics").expect("GET /metrics");
     assert_eq!(code, 200);
     body.lines()

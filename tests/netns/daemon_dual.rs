@@ -14,7 +14,7 @@ use flannel_rs::testsupport::lab::{Lab, LabOptions};
 use flannel_rs::testsupport::topology::Host;
 
 use crate::daemon_control::lab_with;
-use crate::daemon_data::{link_stats, ping_ok, start, str_of, tcpdump_first, wait_until};
+use crate::daemon_data::{link_stats, metric, ping_ok, start, str_of, tcpdump_first, wait_until};
 use crate::harness::*;
 
 const P: &str = "flannel.alpha.coreos.com/";
@@ -354,5 +354,166 @@ fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
     assert!(
         link_stats(&h1.ns, DEV4).0 >= tx1 + 2,
         "n1's {DEV4} sent the pings"
+    );
+}
+
+/// Upstream-format annotations of a dual-stack flannel vxlan peer.
+fn dual_peer_annotations(mac4: &str, ip4: &str, mac6: &str, ip6: &str) -> BTreeMap<String, String> {
+    let mut a = flannel_rs::testsupport::lab::peer_annotations(mac4, ip4);
+    a.insert(
+        format!("{P}backend-v6-data"),
+        format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#),
+    );
+    a.insert(format!("{P}public-ipv6"), ip6.to_string());
+    a
+}
+
+/// Routes with our DirectRouting protocol (0x66 = 102) in one family, as (dst, gateway, dev).
+fn direct_routes(ns: &NetnsGuard, family: &str) -> BTreeSet<(String, String, String)> {
+    ip_json(
+        ns,
+        &[family, "route", "show", "table", "main", "proto", "102"],
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|r| (str_of(&r["dst"]), str_of(&r["gateway"]), str_of(&r["dev"])))
+    .collect()
+}
+
+fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String, String)> {
+    items
+        .iter()
+        .map(|(d, g)| (d.to_string(), g.to_string(), "eth0".to_string()))
+        .collect()
+}
+
+#[test]
+fn dual_stack_direct_routing_routes_both_families_directly_without_self_triggered_passes() {
+    let lab = lab_with(
+        "dv2",
+        126,
+        LabOptions {
+            net_conf: DUAL_NET_CONF.replace(
+                r#""Backend":{"Type":"vxlan"}"#,
+                r#""Backend":{"Type":"vxlan","DirectRouting":true}"#,
+            ),
+            ipv6: true,
+            ..LabOptions::default()
+        },
+    );
+    let h1 = lab.add_host("dv2-n1", 1).unwrap();
+    let h2 = lab.add_host("dv2-n2", 2).unwrap();
+    for (name, host, k) in [("n1", &h1, 1u8), ("n2", &h2, 2u8)] {
+        lab.create_node_with_cidrs(
+            name,
+            &[&format!("10.244.{k}.0/24"), &pod_cidr_v6(k)],
+            &[
+                IpAddr::V4(host.address),
+                IpAddr::V6(host.address_v6.unwrap()),
+            ],
+            BTreeMap::new(),
+        )
+        .unwrap();
+    }
+    // A dual-stack peer behind routers in both families: tunnelled in both.
+    let (far4, far6) = ("172.20.0.3", "fd00:ffff::3");
+    lab.create_node_with_cidrs(
+        "n3",
+        &["10.244.3.0/24", &pod_cidr_v6(3)],
+        &[far4.parse().unwrap(), far6.parse().unwrap()],
+        dual_peer_annotations("0e:00:00:00:04:03", far4, "0e:00:00:00:06:03", far6),
+    )
+    .unwrap();
+    let d1 = start(&lab, &h1, "n1", &[]);
+    let _d2 = start(&lab, &h2, "n2", &[]);
+    let (u1, u2) = (h1.address_v6.unwrap(), h2.address_v6.unwrap());
+    let near = [
+        (&h1, 2u8, h2.address.to_string(), u2.to_string()),
+        (&h2, 1u8, h1.address.to_string(), u1.to_string()),
+    ];
+    for (host, j, peer4, peer6) in &near {
+        let want4 = set(&[(&format!("10.244.{j}.0/24"), peer4)]);
+        let want6 = set(&[(&pod_cidr_v6(*j), peer6)]);
+        wait_until("direct routes", Duration::from_secs(10), || {
+            direct_routes(&host.ns, "-4") == want4 && direct_routes(&host.ns, "-6") == want6
+        });
+        wait_dev_entries(
+            &host.ns,
+            DEV4,
+            "-4",
+            &tunnel_entries("10.244.3.0", 24, "0e:00:00:00:04:03", far4),
+        );
+        wait_dev_entries(
+            &host.ns,
+            DEV6,
+            "-6",
+            &tunnel_entries("fd10:244:0:3::", 64, "0e:00:00:00:06:03", far6),
+        );
+    }
+
+    // IPv6 pod to pod as plain IPv6 on the underlay; flannel-v6.1 carries nothing.
+    let pod1 = add_dual_pod(&h1, "dv2-pod1", 1, 1430);
+    let _pod2 = add_dual_pod(&h2, "dv2-pod2", 2, 1430);
+    let tcpdump = tcpdump_first(
+        &h2.ns,
+        "eth0",
+        15,
+        &["icmp6", "and", "src", "fd10:244:0:1::2"],
+    );
+    let (tx1, _) = link_stats(&h1.ns, DEV6);
+    ping_ok(
+        &pod1,
+        &["-6", "-c", "3", "-i", "0.2", "-W", "2", "fd10:244:0:2::2"],
+        "pod1 → pod2 over IPv6 (direct)",
+    );
+    let out = tcpdump.wait_with_output().unwrap();
+    let captured = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && captured.contains("IP6 fd10:244:0:1::2 > fd10:244:0:2::2: ICMP6, echo request"),
+        "n2's eth0 saw pod1's ping unencapsulated: {captured}"
+    );
+    assert_eq!(link_stats(&h1.ns, DEV6).0, tx1, "n1's {DEV6} sent nothing");
+
+    // Our own direct-route writes must not read as drift on the other family's device: a
+    // new same-subnet peer costs exactly one pass.
+    let passes = metric(&d1, "flannel_reconciles_total");
+    let (near4, near6) = (lab.switch.address(4), lab.switch.address_v6(4));
+    lab.create_node_with_cidrs(
+        "n4",
+        &["10.244.4.0/24", &pod_cidr_v6(4)],
+        &[near4.into(), near6.into()],
+        dual_peer_annotations(
+            "0e:00:00:00:04:04",
+            &near4.to_string(),
+            "0e:00:00:00:06:04",
+            &near6.to_string(),
+        ),
+    )
+    .unwrap();
+    let want4 = set(&[
+        ("10.244.2.0/24", &h2.address.to_string()),
+        ("10.244.4.0/24", &near4.to_string()),
+    ]);
+    let want6 = set(&[
+        (&pod_cidr_v6(2), &u2.to_string()),
+        (&pod_cidr_v6(4), &near6.to_string()),
+    ]);
+    wait_until("direct routes to n4", Duration::from_secs(10), || {
+        direct_routes(&h1.ns, "-4") == want4 && direct_routes(&h1.ns, "-6") == want6
+    });
+    // Generous settle time for any echo-triggered pass to show up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        metric(&d1, "flannel_reconciles_total"),
+        passes + 1,
+        "one pass for n4; log:\n{}",
+        d1.log()
+    );
+    assert!(
+        !d1.log().contains("drifted"),
+        "our own writes read as drift:\n{}",
+        d1.log()
     );
 }
