@@ -13,8 +13,8 @@ use super::env::{self, RuntimeEnv};
 use super::ipam::{History, IpamConf, Owner, Store, parse_record};
 use super::ipmasq;
 use super::state;
-use super::subnet_env::SubnetEnv;
 use crate::netlink::MacAddr;
+use crate::subnet_env::SubnetEnv;
 
 use super::types::{CniError, CniResult, CniVersion, ErrorCode, version_info};
 

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::config::DEFAULT_IPAM_DATA_DIR;
-use super::subnet_env::parse_cidr;
 use super::types::{Dns, Route};
+use crate::flanneld::types::parse_cidr_addr;
 
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 pub const LOCK_FILE: &str = "lock";
@@ -352,7 +352,8 @@ pub struct IpamConf {
 }
 
 fn parse_range(w: &RangeWire) -> Result<Range, IpamError> {
-    let subnet = parse_cidr(&w.subnet)
+    let subnet = parse_cidr_addr(&w.subnet)
+        .ok()
         .ok_or_else(|| IpamError::Config(format!("invalid subnet {:?}", w.subnet)))?;
     Range::new(subnet, w.range_start, w.range_end, w.gateway)
 }
