@@ -390,15 +390,7 @@ impl NeighbourEntry {
         {
             return None;
         }
-        let mut ip = None;
-        let mut mac = None;
-        for attr in &msg.attributes {
-            match attr {
-                NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
-                NeighbourAttribute::LinkLayerAddress(m) => mac = MacAddr::from_slice(m),
-                _ => {}
-            }
-        }
+        let (ip, mac) = destination_and_lladdr(msg);
         Some(NeighbourEntry {
             ifindex: msg.header.ifindex,
             ip: ip?,
@@ -443,15 +435,7 @@ impl FdbRecord {
         if msg.header.family != AddressFamily::Bridge {
             return None;
         }
-        let mut dst = None;
-        let mut mac = None;
-        for attr in &msg.attributes {
-            match attr {
-                NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
-                NeighbourAttribute::LinkLayerAddress(m) => mac = MacAddr::from_slice(m),
-                _ => {}
-            }
-        }
+        let (dst, mac) = destination_and_lladdr(msg);
         Some(FdbRecord {
             entry: FdbEntry {
                 ifindex: msg.header.ifindex,
@@ -462,6 +446,20 @@ impl FdbRecord {
             own: msg.header.flags.contains(NeighbourFlags::Own),
         })
     }
+}
+
+/// NDA_DST and NDA_LLADDR of a neighbour message (IP neighbour or FDB entry).
+fn destination_and_lladdr(msg: &NeighbourMessage) -> (Option<IpAddr>, Option<MacAddr>) {
+    let mut dst = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
+            NeighbourAttribute::LinkLayerAddress(m) => mac = MacAddr::from_slice(m),
+            _ => {}
+        }
+    }
+    (dst, mac)
 }
 
 /// NUD states are a bit mask (`bridge fdb add ... permanent` gives PERMANENT|NOARP).
