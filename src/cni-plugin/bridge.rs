@@ -615,14 +615,9 @@ pub async fn del(
         let chain = ipmasq::chain_name(network, container_id);
         let comment = ipmasq::comment(network, container_id);
         for ip in released {
-            let prefix = ipam_conf
-                .ranges
-                .iter()
-                .find_map(|s| s.range_for(ip))
-                .map(|r| r.subnet.prefix())
-                .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
-            let net =
-                IpNetwork::new(ip, prefix).map_err(|e| BridgeError::Internal(e.to_string()))?;
+            let net = ipam_conf
+                .pod_network(ip)
+                .map_err(|e| BridgeError::Internal(e.to_string()))?;
             ipmasq::teardown(net, &chain, &comment)?;
         }
     }

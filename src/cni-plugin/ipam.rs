@@ -359,6 +359,18 @@ fn parse_range(w: &RangeWire) -> Result<Range, IpamError> {
 }
 
 impl IpamConf {
+    /// `ip` with the prefix of its range (the host prefix when it is in none): the pod
+    /// address as ADD configured it, which keys the masquerade rules.
+    pub fn pod_network(&self, ip: IpAddr) -> Result<IpNetwork, ipnetwork::IpNetworkError> {
+        let prefix = self
+            .ranges
+            .iter()
+            .find_map(|s| s.range_for(ip))
+            .map(|r| r.subnet.prefix())
+            .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
+        IpNetwork::new(ip, prefix)
+    }
+
     pub fn from_ipam(network_name: &str, ipam: &Map<String, Value>) -> Result<Self, IpamError> {
         let wire: IpamWire = serde_json::from_value(Value::Object(ipam.clone()))
             .map_err(|e| IpamError::Config(e.to_string()))?;
