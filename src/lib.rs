@@ -4,4 +4,5 @@ pub mod cni;
 pub mod flanneld;
 pub mod netlink;
 pub mod netns;
+pub mod subnet_env;
 pub mod testsupport;

@@ -615,14 +615,9 @@ pub async fn del(
         let chain = ipmasq::chain_name(network, container_id);
         let comment = ipmasq::comment(network, container_id);
         for ip in released {
-            let prefix = ipam_conf
-                .ranges
-                .iter()
-                .find_map(|s| s.range_for(ip))
-                .map(|r| r.subnet.prefix())
-                .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
-            let net =
-                IpNetwork::new(ip, prefix).map_err(|e| BridgeError::Internal(e.to_string()))?;
+            let net = ipam_conf
+                .pod_network(ip)
+                .map_err(|e| BridgeError::Internal(e.to_string()))?;
             ipmasq::teardown(net, &chain, &comment)?;
         }
     }
@@ -669,27 +664,6 @@ pub async fn check(
             at.ifname, at.netns_path
         ));
     };
-    for (i, iface) in prev.interfaces.iter().enumerate() {
-        if iface.name == conf.bridge && iface.sandbox.is_empty() {
-            if !same_mac(&iface.mac, bridge.mac) {
-                return fail(format!(
-                    "bridge {} MAC differs from prevResult",
-                    conf.bridge
-                ));
-            }
-        } else if i != container_pos && iface.sandbox.is_empty() {
-            let Some(host) = node.link_by_name(&iface.name).await? else {
-                return fail(format!("host veth {} not found", iface.name));
-            };
-            if host.kind.as_deref() != Some("veth") || host.master != Some(bridge.index) {
-                return fail(format!(
-                    "{} is not a veth enslaved to {}",
-                    iface.name, conf.bridge
-                ));
-            }
-        }
-    }
-
     let pod = Netlink::in_netns(at.netns)?;
     let want = &prev.interfaces[container_pos];
     let Some(container) = pod.link_by_name(at.ifname).await? else {
@@ -704,6 +678,63 @@ pub async fn check(
     if !same_mac(&want.mac, container.mac) {
         return fail(format!("{} MAC differs from prevResult", at.ifname));
     }
+
+    // The host end is the prevResult host interface paired with the container veth, as in the
+    // reference bridge plugin; other host interfaces (a chained plugin's, such as bandwidth's
+    // ifb) are not ours to judge. Pairing is checked both ways because an ifindex alone is
+    // only unique within one namespace.
+    let mut host_names = Vec::new();
+    let mut host_end = None;
+    for (i, iface) in prev.interfaces.iter().enumerate() {
+        if !iface.sandbox.is_empty() || i == container_pos {
+            continue;
+        }
+        if iface.name == conf.bridge {
+            if !same_mac(&iface.mac, bridge.mac) {
+                return fail(format!(
+                    "bridge {} MAC differs from prevResult",
+                    conf.bridge
+                ));
+            }
+            continue;
+        }
+        let Some(link) = node.link_by_name(&iface.name).await? else {
+            host_names.push(format!("{} (not found)", iface.name));
+            continue;
+        };
+        host_names.push(iface.name.clone());
+        if link.kind.as_deref() == Some("veth")
+            && link.link_index == Some(container.index)
+            && container.link_index == Some(link.index)
+        {
+            host_end = Some(link);
+        }
+    }
+    let Some(host_end) = host_end else {
+        let peer = container
+            .link_index
+            .map_or("no peer".to_string(), |i| format!("peer index {i}"));
+        return fail(if host_names.is_empty() {
+            format!(
+                "prevResult names no host-side veth for {} ({peer})",
+                at.ifname
+            )
+        } else {
+            format!(
+                "{} in {} ({peer}) is not the veth peer of prevResult's host interface {}",
+                at.ifname,
+                at.netns_path,
+                host_names.join(", ")
+            )
+        });
+    };
+    if host_end.master != Some(bridge.index) {
+        return fail(format!(
+            "host veth {} (peer of {}) is not enslaved to bridge {}",
+            host_end.name, at.ifname, conf.bridge
+        ));
+    }
+
     let have_addrs = pod.addresses(container.index).await?;
     for ip in prev
         .ips

@@ -13,8 +13,8 @@ use super::env::{self, RuntimeEnv};
 use super::ipam::{History, IpamConf, Owner, Store, parse_record};
 use super::ipmasq;
 use super::state;
-use super::subnet_env::SubnetEnv;
 use crate::netlink::MacAddr;
+use crate::subnet_env::SubnetEnv;
 
 use super::types::{CniError, CniResult, CniVersion, ErrorCode, version_info};
 
@@ -519,22 +519,16 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
                 errors.push(e.to_string());
                 continue;
             }
-            if *ip_masq && let Some(owner) = parse_record(&content) {
-                let prefix = ipam
-                    .ranges
-                    .iter()
-                    .find_map(|s| s.range_for(ip))
-                    .map(|r| r.subnet.prefix())
-                    .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
-                if let Ok(net) = ipnetwork::IpNetwork::new(ip, prefix)
-                    && let Err(e) = ipmasq::teardown(
-                        net,
-                        &ipmasq::chain_name(&conf.name, &owner.container_id),
-                        &ipmasq::comment(&conf.name, &owner.container_id),
-                    )
-                {
-                    errors.push(e.to_string());
-                }
+            if *ip_masq
+                && let Some(owner) = parse_record(&content)
+                && let Ok(net) = ipam.pod_network(ip)
+                && let Err(e) = ipmasq::teardown(
+                    net,
+                    &ipmasq::chain_name(&conf.name, &owner.container_id),
+                    &ipmasq::comment(&conf.name, &owner.container_id),
+                )
+            {
+                errors.push(e.to_string());
             }
         }
     }

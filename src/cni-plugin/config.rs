@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::subnet_env::{SubnetEnv, parse_cidr};
 use super::types::{CniError, CniVersion, Dns, ErrorCode, Route};
+use crate::flanneld::types::parse_cidr_addr;
+use crate::subnet_env::SubnetEnv;
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
@@ -178,7 +179,7 @@ impl NetConf {
         d.entry("type")
             .or_insert_with(|| Value::String("bridge".into()));
         // flanneld masquerades itself when FLANNEL_IPMASQ is true; otherwise the bridge must.
-        d.entry("ipMasq").or_insert(Value::Bool(!env.ipmasq));
+        d.entry("ipMasq").or_insert(Value::Bool(!env.ip_masq));
         d.entry("mtu").or_insert(Value::from(env.mtu));
         if d.get("type").and_then(Value::as_str) == Some("bridge") {
             d.entry("isGateway").or_insert(Value::Bool(true));
@@ -191,10 +192,11 @@ impl NetConf {
         ipam.entry("type")
             .or_insert_with(|| Value::String("host-local".into()));
         let mut ranges = Vec::new();
-        if let Some(sn) = env.subnet {
+        // The subnet's network: flanneld writes the gateway address (`10.244.1.1/24`).
+        if let Some(sn) = env.subnet_v4_network() {
             ranges.push(serde_json::json!([{ "subnet": sn.to_string() }]));
         }
-        if let Some(sn) = env.ipv6_subnet {
+        if let Some(sn) = env.subnet_v6_network() {
             ranges.push(serde_json::json!([{ "subnet": sn.to_string() }]));
         }
         ipam.insert("ranges".into(), Value::Array(ranges));
@@ -205,12 +207,8 @@ impl NetConf {
                 config_err("cannot decode ipam \"routes\"").with_details(e.to_string())
             })?,
         };
-        routes.extend(env.network.iter().map(|n| Route::to((*n).into(), None)));
-        routes.extend(
-            env.ipv6_network
-                .iter()
-                .map(|n| Route::to((*n).into(), None)),
-        );
+        routes.extend(env.networks_v4.iter().map(|n| Route::to((*n).into(), None)));
+        routes.extend(env.networks_v6.iter().map(|n| Route::to((*n).into(), None)));
         ipam.insert(
             "routes".into(),
             serde_json::to_value(&routes).map_err(|e| CniError::internal(e.to_string()))?,
@@ -434,7 +432,8 @@ impl BridgeConf {
                     .unwrap_or_default(),
             );
         for s in from_config {
-            let ip = parse_cidr(&s)
+            let ip = parse_cidr_addr(&s)
+                .ok()
                 .map(|n| n.ip())
                 .or_else(|| s.parse().ok())
                 .ok_or_else(|| config_err(format!("invalid requested IP {s:?}")))?;

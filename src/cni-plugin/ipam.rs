@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::config::DEFAULT_IPAM_DATA_DIR;
-use super::subnet_env::parse_cidr;
 use super::types::{Dns, Route};
+use crate::flanneld::types::parse_cidr_addr;
 
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 pub const LOCK_FILE: &str = "lock";
@@ -352,12 +352,25 @@ pub struct IpamConf {
 }
 
 fn parse_range(w: &RangeWire) -> Result<Range, IpamError> {
-    let subnet = parse_cidr(&w.subnet)
+    let subnet = parse_cidr_addr(&w.subnet)
+        .ok()
         .ok_or_else(|| IpamError::Config(format!("invalid subnet {:?}", w.subnet)))?;
     Range::new(subnet, w.range_start, w.range_end, w.gateway)
 }
 
 impl IpamConf {
+    /// `ip` with the prefix of its range (the host prefix when it is in none): the pod
+    /// address as ADD configured it, which keys the masquerade rules.
+    pub fn pod_network(&self, ip: IpAddr) -> Result<IpNetwork, ipnetwork::IpNetworkError> {
+        let prefix = self
+            .ranges
+            .iter()
+            .find_map(|s| s.range_for(ip))
+            .map(|r| r.subnet.prefix())
+            .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
+        IpNetwork::new(ip, prefix)
+    }
+
     pub fn from_ipam(network_name: &str, ipam: &Map<String, Value>) -> Result<Self, IpamError> {
         let wire: IpamWire = serde_json::from_value(Value::Object(ipam.clone()))
             .map_err(|e| IpamError::Config(e.to_string()))?;

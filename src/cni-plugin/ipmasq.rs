@@ -137,20 +137,21 @@ pub fn setup(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqErro
         ],
     )?;
     let src = ip.ip().to_string();
-    append_unique(
-        prog,
-        "POSTROUTING",
-        &[
-            "-s",
-            &src,
-            "-j",
-            chain,
-            "-m",
-            "comment",
-            "--comment",
-            comment,
-        ],
-    )
+    append_unique(prog, "POSTROUTING", &postrouting_rule(&src, chain, comment))
+}
+
+/// The POSTROUTING rule sending traffic from `src` to the pod's chain.
+fn postrouting_rule<'a>(src: &'a str, chain: &'a str, comment: &'a str) -> [&'a str; 8] {
+    [
+        "-s",
+        src,
+        "-j",
+        chain,
+        "-m",
+        "comment",
+        "--comment",
+        comment,
+    ]
 }
 
 /// Removes what [`setup`] installed; anything already gone is fine.
@@ -159,23 +160,9 @@ pub fn teardown(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqE
     let src = ip.ip().to_string();
     let legacy_src = ip.to_string();
     for s in [src.as_str(), legacy_src.as_str()] {
-        run(
-            prog,
-            &[
-                "-t",
-                "nat",
-                "-D",
-                "POSTROUTING",
-                "-s",
-                s,
-                "-j",
-                chain,
-                "-m",
-                "comment",
-                "--comment",
-                comment,
-            ],
-        )?;
+        let mut delete = vec!["-t", "nat", "-D", "POSTROUTING"];
+        delete.extend_from_slice(&postrouting_rule(s, chain, comment));
+        run(prog, &delete)?;
     }
     run(prog, &["-t", "nat", "-F", chain])?;
     run(prog, &["-t", "nat", "-X", chain])?;

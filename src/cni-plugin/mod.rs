@@ -44,7 +44,6 @@ pub mod ifreq;
 pub mod ipam;
 pub mod ipmasq;
 pub mod state;
-pub mod subnet_env;
 pub mod sysctl;
 pub mod types;
 

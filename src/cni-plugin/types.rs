@@ -306,8 +306,10 @@ struct WireIpConfig {
     gateway: Option<IpAddr>,
 }
 
+/// The result of 0.3.x, 0.4.0 and 1.x: the versions differ only inside `ips` (see
+/// [`WireIpConfig`]).
 #[derive(Serialize)]
-struct WireResult03<'a> {
+struct WireResult<'a> {
     #[serde(rename = "cniVersion")]
     cni_version: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -316,22 +318,8 @@ struct WireResult03<'a> {
     ips: Vec<WireIpConfig>,
     #[serde(skip_serializing_if = "<[Route]>::is_empty")]
     routes: &'a [Route],
-    // The 0.3.x/0.4.0 Go type always prints `"dns":{}`.
-    dns: &'a Dns,
-}
-
-#[derive(Serialize)]
-struct WireResult1<'a> {
-    #[serde(rename = "cniVersion")]
-    cni_version: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    interfaces: Vec<WireInterface>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    ips: Vec<WireIpConfig>,
-    #[serde(skip_serializing_if = "<[Route]>::is_empty")]
-    routes: &'a [Route],
-    // Measured: the reference (Debian containernetworking-plugins 1.1.1) prints `"dns":{}`
-    // in 1.0.0 results as well, so we do too.
+    // The 0.3.x/0.4.0 Go type always prints `"dns":{}`; measured: the reference (Debian
+    // containernetworking-plugins 1.1.1) prints it in 1.0.0 results as well, so we do too.
     dns: &'a Dns,
 }
 
@@ -387,23 +375,13 @@ impl CniResult {
                 gateway: ip.gateway,
             })
             .collect();
-        let rendered = if version.ips_carry_version() {
-            serde_json::to_string(&WireResult03 {
-                cni_version: version.as_str(),
-                interfaces,
-                ips,
-                routes: &self.routes,
-                dns: &self.dns,
-            })
-        } else {
-            serde_json::to_string(&WireResult1 {
-                cni_version: version.as_str(),
-                interfaces,
-                ips,
-                routes: &self.routes,
-                dns: &self.dns,
-            })
-        };
+        let rendered = serde_json::to_string(&WireResult {
+            cni_version: version.as_str(),
+            interfaces,
+            ips,
+            routes: &self.routes,
+            dns: &self.dns,
+        });
         // Serialising plain strings, numbers and addresses cannot fail.
         rendered.unwrap_or_default()
     }

@@ -33,9 +33,9 @@ use super::node::{NodeInfo, SlimNode};
 use super::node_cache::{self, NodeCache};
 use super::peers::ValidationContext;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
-use super::subnet_env::{self, SubnetEnv};
 use super::traffic::{BlackholeRoutes, TrafficConfig, TrafficRules};
 use super::types::{Family, PodSubnets, VtepMac};
+use crate::subnet_env::{self, SubnetEnv};
 
 /// Knobs tests and benchmarks may shorten; production uses the defaults.
 #[derive(Debug, Clone, Default)]
@@ -246,7 +246,7 @@ pub async fn run(
     }
 
     // subnet.env for the CNI plugin.
-    let env = SubnetEnv::for_lease(&netconf, &lease, pod_mtu, config.ip_masq);
+    let env = netconf.subnet_env(&lease, pod_mtu, config.ip_masq);
     match subnet_env::write_if_changed(&config.subnet_file, env.render().as_bytes()) {
         Ok(outcome) => {
             tracing::info!(path = %config.subnet_file.display(), outcome = ?outcome, "subnet.env")

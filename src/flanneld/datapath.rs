@@ -249,11 +249,19 @@ fn route(r: &RouteEntry, ifindex: u32) -> Route {
     route
 }
 
-/// Whether a kernel notification about the device contradicts the desired entries (someone
-/// deleted or changed one of ours, or added one nobody wants). Our own writes echo back as
-/// notifications that match the desired state and are ignored here.
-pub fn is_drift(event: &netlink::MonitorEvent, device: u32, desired: &KernelEntries) -> bool {
+/// Whether a kernel notification about the `family` device contradicts the desired entries
+/// (someone deleted or changed one of ours, or added one nobody wants). Our own writes echo
+/// back as notifications that match the desired state and are ignored here.
+pub fn is_drift(
+    event: &netlink::MonitorEvent,
+    family: Family,
+    device: u32,
+    desired: &KernelEntries,
+) -> bool {
     use netlink::MonitorEvent as E;
+    // Direct routes live outside the device, so only their family tells which device's
+    // entries they belong to: in dual-stack the v4 echo must not be judged against v6.
+    let our_direct = |r: &Route| is_direct(r) && Family::of_net(r.dst) == family;
     match event {
         E::Overflow => true,
         E::LinkDel(l) => l.index == device,
@@ -288,10 +296,11 @@ pub fn is_drift(event: &netlink::MonitorEvent, device: u32, desired: &KernelEntr
                 })
         }
         E::RouteDel(r) => {
-            (r.oif == Some(device) || is_direct(r)) && desired.routes.iter().any(|d| d.dst == r.dst)
+            (r.oif == Some(device) || our_direct(r))
+                && desired.routes.iter().any(|d| d.dst == r.dst)
         }
         E::RouteNew(r) => {
-            let ours = r.oif == Some(device) || is_direct(r);
+            let ours = r.oif == Some(device) || our_direct(r);
             ours && r.protocol != RouteProtocol::Kernel
                 && !desired_routes_contain(&desired.routes, r, device)
         }
@@ -410,15 +419,55 @@ mod tests {
             &[r("10.244.2.0/24", "10.244.2.0")],
         );
         let echo_route = route(&r("10.244.2.0/24", "10.244.2.0"), 7);
-        assert!(!is_drift(&E::RouteNew(echo_route.clone()), 7, &desired));
-        assert!(is_drift(&E::RouteDel(echo_route), 7, &desired));
+        assert!(!is_drift(
+            &E::RouteNew(echo_route.clone()),
+            Family::V4,
+            7,
+            &desired
+        ));
+        assert!(is_drift(&E::RouteDel(echo_route), Family::V4, 7, &desired));
         let echo_fdb = fdb(&f(2, "192.0.2.2"), 7);
-        assert!(!is_drift(&E::FdbNew(echo_fdb), 7, &desired));
-        assert!(is_drift(&E::FdbDel(echo_fdb), 7, &desired));
+        assert!(!is_drift(&E::FdbNew(echo_fdb), Family::V4, 7, &desired));
+        assert!(is_drift(&E::FdbDel(echo_fdb), Family::V4, 7, &desired));
         let foreign = fdb(&f(5, "192.0.2.5"), 7);
-        assert!(is_drift(&E::FdbNew(foreign), 7, &desired));
+        assert!(is_drift(&E::FdbNew(foreign), Family::V4, 7, &desired));
         let other_device = fdb(&f(5, "192.0.2.5"), 8);
-        assert!(!is_drift(&E::FdbNew(other_device), 7, &desired));
-        assert!(is_drift(&E::Overflow, 7, &desired));
+        assert!(!is_drift(&E::FdbNew(other_device), Family::V4, 7, &desired));
+        assert!(is_drift(&E::Overflow, Family::V4, 7, &desired));
+    }
+
+    #[test]
+    fn a_direct_route_echo_is_judged_only_by_its_own_familys_device() {
+        use crate::netlink::MonitorEvent as E;
+        let direct = |dst: &str, gw: &str| RouteEntry {
+            via_device: false,
+            onlink: false,
+            ..r(dst, gw)
+        };
+        let v4 = entries(&[], &[], &[direct("10.244.2.0/24", "192.0.2.2")]);
+        let v6 = entries(&[], &[], &[direct("fd10::/64", "2001:db8::2")]);
+        // The kernel reports the underlay device as oif of a direct route.
+        let echo4 = route(&direct("10.244.2.0/24", "192.0.2.2"), 7).dev(3);
+        let echo6 = route(&direct("fd10::/64", "2001:db8::2"), 7).dev(3);
+        let watched = [(Family::V4, 7, &v4), (Family::V6, 8, &v6)];
+        for echo in [echo4, echo6] {
+            assert!(
+                !watched
+                    .iter()
+                    .any(|(f, i, e)| is_drift(&E::RouteNew(echo.clone()), *f, *i, e)),
+                "{echo:?}"
+            );
+            // Deleting it by hand is drift for its own family's device.
+            assert!(watched.iter().any(|(f, i, e)| is_drift(
+                &E::RouteDel(echo.clone()),
+                *f,
+                *i,
+                e
+            )));
+        }
+        // A direct route of ours that nobody wants any more is still drift (v6 here).
+        let stray = route(&direct("fd10:0:0:9::/64", "2001:db8::9"), 7).dev(3);
+        assert!(is_drift(&E::RouteNew(stray.clone()), Family::V6, 8, &v6));
+        assert!(!is_drift(&E::RouteNew(stray), Family::V4, 7, &v4));
     }
 }

@@ -4,7 +4,7 @@
 //! Node objects → [`node::NodeInfo`] (slim cache) → [`peers`] (parse + validate) →
 //! [`desired`] (kernel state as a pure function) → [`plan`] (diff against the kernel's actual
 //! state). Our own Node's annotations are computed and patched via [`annotations`]. Side
-//! outputs: [`subnet_env`], [`masq`] rule text, [`metrics`]. Interface selection in [`iface`]
+//! outputs: subnet.env ([`crate::subnet_env`]), [`masq`] rule text, [`metrics`]. Interface selection in [`iface`]
 //! works on plain data so that the netlink layer only has to list links.
 //!
 //! Wiring recipe (what the I/O layer does around these functions):
@@ -20,7 +20,7 @@
 //!    watch event whose `relevant_fingerprint` changed.
 //! 6. Reconcile: `select_peers(cache, keys, &ValidationContext)` → `desired_state(..)` → per
 //!    family `plan::diff(actual dump, desired)` → apply `Plan::steps()` in order.
-//! 7. `SubnetEnv::for_lease(..).render()` → `subnet_env::write_if_changed`; masq text from
+//! 7. `NetConf::subnet_env(..).render()` → `crate::subnet_env::write_if_changed`; masq text from
 //!    [`masq`].
 
 pub mod annotations;
@@ -43,7 +43,6 @@ pub mod node_cache;
 pub mod peers;
 pub mod plan;
 pub mod reconcile;
-pub mod subnet_env;
 pub mod traffic;
 pub mod types;
 
@@ -62,7 +61,6 @@ mod pipeline_tests {
     use super::node::{NodeInfo, SlimNode};
     use super::peers::{self, RejectKind, ValidationContext};
     use super::plan::{self, Step};
-    use super::subnet_env::SubnetEnv;
     use super::types::{Family, VtepMac};
 
     const P: &str = "flannel.alpha.coreos.com/";
@@ -263,7 +261,7 @@ mod pipeline_tests {
         assert!(plan::diff(&fam.entries, &fam.entries).is_empty());
 
         // subnet.env and masquerade rules for the lease.
-        let env = SubnetEnv::for_lease(&netconf, &lease, want_state.pod_mtu().unwrap(), true);
+        let env = netconf.subnet_env(&lease, want_state.pod_mtu().unwrap(), true);
         assert_eq!(
             env.render(),
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"

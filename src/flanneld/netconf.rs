@@ -8,7 +8,11 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::types::{Family, PodCidrError, PodSubnets, is_within, parse_cidr_v4, parse_cidr_v6};
+use super::types::{
+    Family, PodCidrError, PodSubnets, first_host_v4, first_host_v6, is_within, parse_cidr_v4,
+    parse_cidr_v6,
+};
+use crate::subnet_env::SubnetEnv;
 
 /// Kernel default VXLAN port, used when `Backend.Port` is 0 or absent.
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -279,6 +283,23 @@ impl NetConf {
             }
         }
         Ok(out)
+    }
+}
+
+impl NetConf {
+    /// What flanneld writes to subnet.env for our lease: enabled families only, each subnet
+    /// with its first host address (the bridge gateway, `10.244.1.1/24`) like upstream.
+    pub fn subnet_env(&self, lease: &PodSubnets, mtu: u32, ip_masq: bool) -> SubnetEnv {
+        let v4 = self.enable_ipv4;
+        let v6 = self.enable_ipv6;
+        SubnetEnv {
+            networks_v4: self.network_v4.filter(|_| v4).into_iter().collect(),
+            subnet_v4: lease.v4.filter(|_| v4).map(first_host_v4),
+            networks_v6: self.network_v6.filter(|_| v6).into_iter().collect(),
+            subnet_v6: lease.v6.filter(|_| v6).map(first_host_v6),
+            mtu,
+            ip_masq,
+        }
     }
 }
 
@@ -636,6 +657,49 @@ mod tests {
             assert!(got.starts_with("net-conf.json: "), "{got}");
             assert!(!got.contains('\n'), "one line: {got}");
         }
+    }
+
+    #[test]
+    fn subnet_env_golden_dual_stack_text_from_upstream_docs() {
+        let c = parse(
+            r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let lease = PodSubnets::from_pod_cidrs(&["10.42.0.0/24", "2001:cafe:42::/64"]).unwrap();
+        let env = c.subnet_env(&lease, 1450, true);
+        assert_eq!(
+            env.render(),
+            "FLANNEL_NETWORK=10.42.0.0/16\n\
+             FLANNEL_SUBNET=10.42.0.1/24\n\
+             FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\n\
+             FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n\
+             FLANNEL_MTU=1450\n\
+             FLANNEL_IPMASQ=true\n"
+        );
+        // What the plugin reads back: the lease itself.
+        let back = SubnetEnv::parse(&env.render()).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.subnet_v4_network(), lease.v4);
+        assert_eq!(back.subnet_v6_network(), lease.v6);
+    }
+
+    #[test]
+    fn subnet_env_golden_v4_and_v6_only() {
+        let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let lease = PodSubnets::from_pod_cidrs(&["10.244.1.0/24", "fd00::/64"]).unwrap();
+        assert_eq!(
+            c.subnet_env(&lease, 1450, false).render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        let c = parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:0:0:0:0:0:0/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let lease = PodSubnets::from_pod_cidrs(&["fd00:10:0:3::/64"]).unwrap();
+        assert_eq!(
+            c.subnet_env(&lease, 1430, true).render(),
+            "FLANNEL_IPV6_NETWORK=fd00:10::/56\nFLANNEL_IPV6_SUBNET=fd00:10:0:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
     }
 
     #[test]

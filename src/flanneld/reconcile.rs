@@ -151,7 +151,7 @@ pub struct Reconciler {
     kept: HashSet<String>,
     /// Per device: its ifindex and the entries we want on it (to tell drift from our echoes).
     /// The only copy of the desired entries that outlives a pass.
-    watched: Vec<(u32, KernelEntries)>,
+    watched: Vec<(Family, u32, KernelEntries)>,
     /// The pod MTU of the last desired state (the smallest device MTU), for subnet.env.
     pub pod_mtu: Option<u32>,
 }
@@ -310,7 +310,7 @@ impl Reconciler {
                         fdb: e.fdb.into_iter().collect(),
                         routes: e.routes.into_iter().collect(),
                     };
-                    (index, packed)
+                    (family, index, packed)
                 })
             })
             .collect();
@@ -458,7 +458,7 @@ impl Reconciler {
                         let drift = self
                             .watched
                             .iter()
-                            .any(|(index, entries)| datapath::is_drift(&event, *index, entries));
+                            .any(|(family, index, entries)| datapath::is_drift(&event, *family, *index, entries));
                         if drift {
                             tracing::info!(event = ?event, "kernel state drifted from the desired state");
                             return Some(Trigger::Drift);

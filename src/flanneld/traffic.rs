@@ -39,9 +39,9 @@ use tracing::{debug, info, warn};
 use super::config::DaemonConfig;
 use super::masq::{self, FWD_CHAIN, FWD_COMMENT, MASQ_COMMENT, MasqSpec, NftSpec, POSTRTG_CHAIN};
 use super::netconf::NetConf;
-use super::subnet_env::SubnetEnv;
 use super::types::{Family, PodSubnets, go_net_string};
 use crate::netlink::{IpFamily, Netlink, NetlinkError, Route, RouteFilter, RouteType};
+use crate::subnet_env::SubnetEnv;
 
 /// How long one iptables/nft invocation may take (it may wait for the xtables lock).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -63,6 +63,12 @@ pub enum CidrError {
 /// Parses `addr/len` like Go's `net.ParseCIDR`: the prefix length is mandatory and decimal,
 /// host bits are dropped (the result's `ip()` is the network address).
 pub fn parse_cidr(text: &str) -> Result<IpNetwork, CidrError> {
+    parse_cidr_addr(text).map(normalize)
+}
+
+/// Like [`parse_cidr`] but keeps the address as written (Go's first `ParseCIDR` result with
+/// the mask): `10.244.1.1/24` stays `10.244.1.1/24`.
+pub fn parse_cidr_addr(text: &str) -> Result<IpNetwork, CidrError> {
     let invalid = || CidrError::Invalid(text.to_string());
     let (addr, len) = text.split_once('/').ok_or_else(invalid)?;
     // Go's dtoi: ASCII digits only, at least one, no sign; leading zeros are fine.
@@ -71,8 +77,7 @@ pub fn parse_cidr(text: &str) -> Result<IpNetwork, CidrError> {
     }
     let len: u8 = len.parse().map_err(|_| invalid())?;
     let ip = IpAddr::from_str(addr).map_err(|_| invalid())?;
-    let net = IpNetwork::new(ip, len).map_err(|_| invalid())?;
-    Ok(normalize(net))
+    IpNetwork::new(ip, len).map_err(|_| invalid())
 }
 
 /// Go-compatible IPv4 CIDR parse (see [`parse_cidr`]).
@@ -390,6 +395,11 @@ mod tests {
         assert_eq!(parse_cidr("10.244.1.7/24").unwrap(), net("10.244.1.0/24"));
         assert_eq!(parse_cidr("10.244.0.0/016").unwrap(), net("10.244.0.0/16"));
         assert_eq!(parse_cidr("fd00::5/64").unwrap(), net("fd00::/64"));
+        assert_eq!(
+            parse_cidr_addr("10.244.1.7/24").unwrap().to_string(),
+            "10.244.1.7/24",
+            "the address as written"
+        );
         for bad in [
             "10.244.0.0",
             "10.244.0.0/",
@@ -407,6 +417,7 @@ mod tests {
             "10.244.0.0/1000",
         ] {
             assert!(parse_cidr(bad).is_err(), "{bad:?} must be refused");
+            assert!(parse_cidr_addr(bad).is_err(), "{bad:?} must be refused");
         }
         assert_eq!(
             parse_cidr_v4("fd00::/64"),

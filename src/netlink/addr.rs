@@ -45,16 +45,12 @@ impl Netlink {
             // Honoured by the kernel on a strict socket; also checked below.
             req.header.index = ifindex;
             let replies = self
-                .transport()
-                .dump(RouteNetlinkMessage::GetAddress(req))
-                .await;
-            let replies = match replies {
-                Ok(r) => r,
-                Err(e) => {
-                    let name = self.ifname(ifindex).await;
-                    return Err(e.into_error("list addresses", format!("dev {name}")));
-                }
-            };
+                .dump_of_link(
+                    "list addresses",
+                    ifindex,
+                    RouteNetlinkMessage::GetAddress(req),
+                )
+                .await?;
             out.extend(replies.iter().filter_map(|m| match m {
                 RouteNetlinkMessage::NewAddress(a) => Address::from_message(a),
                 _ => None,

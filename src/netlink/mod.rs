@@ -132,6 +132,22 @@ impl Netlink {
             .remove(&index)
             .unwrap_or_else(|| format!("if{index}"))
     }
+
+    /// Dumps `request`, which asks about the link `ifindex`; an error names `op` and the link.
+    async fn dump_of_link(
+        &self,
+        op: &'static str,
+        ifindex: u32,
+        request: netlink_packet_route::RouteNetlinkMessage,
+    ) -> Result<Vec<netlink_packet_route::RouteNetlinkMessage>, NetlinkError> {
+        match self.transport().dump(request).await {
+            Ok(replies) => Ok(replies),
+            Err(e) => {
+                let name = self.ifname(ifindex).await;
+                Err(e.into_error(op, format!("dev {name}")))
+            }
+        }
+    }
 }
 
 /// The strict-checking decision, tested against the kernel: raw dumps (before any

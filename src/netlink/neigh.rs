@@ -74,23 +74,11 @@ impl Netlink {
         // NDA_IFINDEX, not the header field: a strict socket rejects a header ifindex in
         // neighbour dumps (crates-feasibility §3).
         req.attributes.push(NeighbourAttribute::IfIndex(ifindex));
-        let replies = match self
-            .transport()
-            .dump(RouteNetlinkMessage::GetNeighbour(req))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                let name = self.ifname(ifindex).await;
-                return Err(e.into_error("list neighbours", format!("dev {name}")));
-            }
-        };
-        Ok(replies
+        Ok(self
+            .neighbour_dump("list neighbours", ifindex, req)
+            .await?
             .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => NeighbourEntry::from_message(n),
-                _ => None,
-            })
+            .filter_map(NeighbourEntry::from_message)
             .filter(|n| n.ifindex == ifindex)
             .collect())
     }
@@ -129,25 +117,33 @@ impl Netlink {
         req.header.family = AddressFamily::Bridge;
         // On a strict socket the kernel dumps only this device (crates-feasibility §3).
         req.header.ifindex = ifindex;
-        let replies = match self
-            .transport()
-            .dump(RouteNetlinkMessage::GetNeighbour(req))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                let name = self.ifname(ifindex).await;
-                return Err(e.into_error("list fdb entries", format!("dev {name}")));
-            }
-        };
-        Ok(replies
+        Ok(self
+            .neighbour_dump("list fdb entries", ifindex, req)
+            .await?
             .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => FdbRecord::from_message(n),
-                _ => None,
-            })
+            .filter_map(FdbRecord::from_message)
             .filter(|r| r.own && r.permanent && r.entry.ifindex == ifindex)
             .map(|r| r.entry)
+            .collect())
+    }
+
+    /// The neighbour messages of a dump about the link `ifindex` (IP neighbours or FDB,
+    /// depending on `req`); an error names `op` and the link.
+    async fn neighbour_dump(
+        &self,
+        op: &'static str,
+        ifindex: u32,
+        req: NeighbourMessage,
+    ) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+        let replies = self
+            .dump_of_link(op, ifindex, RouteNetlinkMessage::GetNeighbour(req))
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => Some(n),
+                _ => None,
+            })
             .collect())
     }
 }

@@ -158,6 +158,11 @@ pub struct Link {
     pub up: bool,
     /// Index of the master (bridge) this link is enslaved to.
     pub master: Option<u32>,
+    /// `IFLA_LINK` when it differs from the link's own index: for a veth the peer's index,
+    /// which lives in the namespace named by [`Link::link_netnsid`] when that is set.
+    pub link_index: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the peer's namespace, as an id local to the queried namespace.
+    pub link_netnsid: Option<i32>,
     pub vxlan: Option<VxlanInfo>,
 }
 
@@ -168,6 +173,8 @@ impl Link {
         let mut mtu = 0;
         let mut mac = None;
         let mut master = None;
+        let mut link_index = None;
+        let mut link_netnsid = None;
         let mut vxlan = None;
         for attr in &msg.attributes {
             match attr {
@@ -175,6 +182,11 @@ impl Link {
                 LinkAttribute::Mtu(m) => mtu = *m,
                 LinkAttribute::Address(a) => mac = MacAddr::from_slice(a),
                 LinkAttribute::Controller(m) if *m != 0 => master = Some(*m),
+                // 0: a veth whose peer is gone.
+                LinkAttribute::Link(l) if *l != 0 && *l != msg.header.index => {
+                    link_index = Some(*l)
+                }
+                LinkAttribute::LinkNetNsId(id) if *id >= 0 => link_netnsid = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -195,6 +207,8 @@ impl Link {
             mac,
             up: msg.header.flags.contains(LinkFlags::Up),
             master,
+            link_index,
+            link_netnsid,
             vxlan,
         })
     }
@@ -376,15 +390,7 @@ impl NeighbourEntry {
         {
             return None;
         }
-        let mut ip = None;
-        let mut mac = None;
-        for attr in &msg.attributes {
-            match attr {
-                NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
-                NeighbourAttribute::LinkLayerAddress(m) => mac = MacAddr::from_slice(m),
-                _ => {}
-            }
-        }
+        let (ip, mac) = destination_and_lladdr(msg);
         Some(NeighbourEntry {
             ifindex: msg.header.ifindex,
             ip: ip?,
@@ -429,15 +435,7 @@ impl FdbRecord {
         if msg.header.family != AddressFamily::Bridge {
             return None;
         }
-        let mut dst = None;
-        let mut mac = None;
-        for attr in &msg.attributes {
-            match attr {
-                NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
-                NeighbourAttribute::LinkLayerAddress(m) => mac = MacAddr::from_slice(m),
-                _ => {}
-            }
-        }
+        let (dst, mac) = destination_and_lladdr(msg);
         Some(FdbRecord {
             entry: FdbEntry {
                 ifindex: msg.header.ifindex,
@@ -448,6 +446,20 @@ impl FdbRecord {
             own: msg.header.flags.contains(NeighbourFlags::Own),
         })
     }
+}
+
+/// NDA_DST and NDA_LLADDR of a neighbour message (IP neighbour or FDB entry).
+fn destination_and_lladdr(msg: &NeighbourMessage) -> (Option<IpAddr>, Option<MacAddr>) {
+    let mut dst = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
+            NeighbourAttribute::LinkLayerAddress(m) => mac = MacAddr::from_slice(m),
+            _ => {}
+        }
+    }
+    (dst, mac)
 }
 
 /// NUD states are a bit mask (`bridge fdb add ... permanent` gives PERMANENT|NOARP).
@@ -778,6 +790,8 @@ mod tests {
             mac: None,
             up: false,
             master: None,
+            link_index: None,
+            link_netnsid: None,
             vxlan: Some(info),
         }
     }

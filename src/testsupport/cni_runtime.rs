@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Map, Value, json};
 
 use crate::netns::NetnsFile;
+use crate::subnet_env::SubnetEnv;
 
 /// kube-flannel.yml's `cni-conf.json`, as shipped.
 pub const STOCK_CONFLIST: &str = r#"{
@@ -485,7 +486,9 @@ impl CniRuntime {
                     .unwrap_or_else(|| self.paths.subnet_file.clone());
                 let text = std::fs::read_to_string(&subnet_file)
                     .map_err(io(format!("read {}", subnet_file.display())))?;
-                let env = UpstreamSubnetEnv::parse(&text).map_err(CniRuntimeError::Delegation)?;
+                let env = SubnetEnv::parse(&text).map_err(|e| {
+                    CniRuntimeError::Delegation(format!("{}: {e}", subnet_file.display()))
+                })?;
                 let delegate =
                     upstream_delegate_config(conf, &env).map_err(CniRuntimeError::Delegation)?;
                 let bytes = delegate.to_string();
@@ -514,76 +517,12 @@ impl CniRuntime {
     }
 }
 
-/// subnet.env as upstream's plugin reads it (v4 only: the lab's clusters are IPv4).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamSubnetEnv {
-    pub networks: Vec<String>,
-    /// The subnet's network (`10.244.1.0/24` for `FLANNEL_SUBNET=10.244.1.1/24`).
-    pub subnet: String,
-    pub mtu: u32,
-    pub ipmasq: bool,
-}
-
-impl UpstreamSubnetEnv {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut networks = Vec::new();
-        let (mut subnet, mut mtu, mut ipmasq) = (None, None, None);
-        for line in text.lines() {
-            let Some((k, v)) = line.trim().split_once('=') else {
-                continue;
-            };
-            match k {
-                "FLANNEL_NETWORK" => {
-                    for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                        if !networks.iter().any(|x| x == n) {
-                            networks.push(n.to_string());
-                        }
-                    }
-                }
-                "FLANNEL_SUBNET" => {
-                    let net: ipnetwork::Ipv4Network = v
-                        .parse()
-                        .map_err(|e| format!("FLANNEL_SUBNET {v:?}: {e}"))?;
-                    let network = ipnetwork::Ipv4Network::new(net.network(), net.prefix())
-                        .map_err(|e| e.to_string())?;
-                    subnet = Some(network.to_string());
-                }
-                "FLANNEL_MTU" => mtu = Some(v.parse().map_err(|e| format!("FLANNEL_MTU: {e}"))?),
-                "FLANNEL_IPMASQ" => ipmasq = Some(v == "true"),
-                _ => {}
-            }
-        }
-        let mut missing = Vec::new();
-        if networks.is_empty() {
-            missing.push("FLANNEL_NETWORK");
-        }
-        if subnet.is_none() {
-            missing.push("FLANNEL_SUBNET");
-        }
-        if mtu.is_none() {
-            missing.push("FLANNEL_MTU");
-        }
-        if ipmasq.is_none() {
-            missing.push("FLANNEL_IPMASQ");
-        }
-        match (subnet, mtu, ipmasq) {
-            (Some(subnet), Some(mtu), Some(ipmasq)) if !networks.is_empty() => Ok(Self {
-                networks,
-                subnet,
-                mtu,
-                ipmasq,
-            }),
-            _ => Err(format!("subnet.env lacks {}", missing.join(", "))),
-        }
-    }
-}
-
 /// The delegate config upstream flannel hands to `bridge` (flannel_linux.go, cni-spec §2):
 /// delegate keys win; `type` bridge, `ipMasq` = !FLANNEL_IPMASQ, `mtu`, `isGateway` (bridge)
 /// by default; `cniVersion` and `name` from the flannel config; `ipam` = the flannel config's
 /// `ipam` with `type` host-local by default, `ranges` from the subnet and `routes` + one route
 /// per network.
-pub fn upstream_delegate_config(conf: &Value, env: &UpstreamSubnetEnv) -> Result<Value, String> {
+pub fn upstream_delegate_config(conf: &Value, env: &SubnetEnv) -> Result<Value, String> {
     let mut delegate = match conf.get("delegate") {
         Some(Value::Object(d)) => d.clone(),
         None | Some(Value::Null) => Map::new(),
@@ -597,7 +536,7 @@ pub fn upstream_delegate_config(conf: &Value, env: &UpstreamSubnetEnv) -> Result
     delegate.entry("type").or_insert_with(|| json!("bridge"));
     delegate
         .entry("ipMasq")
-        .or_insert_with(|| json!(!env.ipmasq));
+        .or_insert_with(|| json!(!env.ip_masq));
     delegate.entry("mtu").or_insert_with(|| json!(env.mtu));
     if delegate["type"] == "bridge" {
         delegate.entry("isGateway").or_insert_with(|| json!(true));
@@ -613,13 +552,22 @@ pub fn upstream_delegate_config(conf: &Value, env: &UpstreamSubnetEnv) -> Result
         _ => Map::new(),
     };
     ipam.entry("type").or_insert_with(|| json!("host-local"));
-    ipam.insert("ranges".into(), json!([[{"subnet": env.subnet}]]));
+    // One range set per family, each the subnet's network (flanneld writes the gateway).
+    let v4 = env.subnet_v4_network().map(|n| n.to_string());
+    let v6 = env.subnet_v6_network().map(|n| n.to_string());
+    let ranges: Vec<Value> = v4
+        .into_iter()
+        .chain(v6)
+        .map(|s| json!([{ "subnet": s }]))
+        .collect();
+    ipam.insert("ranges".into(), Value::Array(ranges));
     let mut routes = ipam
         .get("routes")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    for n in &env.networks {
+    let networks = env.networks_v4.iter().map(ToString::to_string);
+    for n in networks.chain(env.networks_v6.iter().map(ToString::to_string)) {
         routes.push(json!({"dst": n}));
     }
     ipam.insert("routes".into(), Value::Array(routes));
@@ -702,11 +650,10 @@ mod tests {
 
     #[test]
     fn upstream_delegate_matches_flannels_rendering() {
-        let env = UpstreamSubnetEnv::parse(
+        let env = SubnetEnv::parse(
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
         )
         .unwrap();
-        assert_eq!(env.subnet, "10.244.1.0/24");
         let conf = ConfList::stock().plugin_config(0, &Map::new(), None);
         let d = upstream_delegate_config(&conf, &env).unwrap();
         // cni-spec.md §2.6: the exact delegate for this subnet.env.
@@ -719,7 +666,7 @@ mod tests {
 
     #[test]
     fn upstream_delegate_keeps_overrides_and_refuses_name_or_ipam() {
-        let env = UpstreamSubnetEnv::parse(
+        let env = SubnetEnv::parse(
             "FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=false\n",
         )
         .unwrap();
@@ -740,15 +687,6 @@ mod tests {
         );
         let bad = json!({"name":"n","delegate":{"name":"x"}});
         assert!(upstream_delegate_config(&bad, &env).is_err());
-    }
-
-    #[test]
-    fn subnet_env_missing_keys_are_named() {
-        let e = UpstreamSubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n").unwrap_err();
-        assert!(
-            e.contains("FLANNEL_SUBNET") && e.contains("FLANNEL_MTU"),
-            "{e}"
-        );
     }
 
     #[test]

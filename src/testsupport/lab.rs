@@ -4,7 +4,7 @@
 //! removed on drop (processes are killed first).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,6 +55,10 @@ pub struct LabOptions {
     pub netns_prefix: Option<String>,
     /// Parent of the lab's temp dir and the API server's dir (default: the system temp dir).
     pub work_dir: Option<PathBuf>,
+    /// Dual-stack underlay: the API host and every node host also get an IPv6 address
+    /// (`fd00:a:b:c::octet/64`, see [`Switch::address_v6`]), and node hosts an IPv6 default
+    /// route to the API host, so flanneld finds the same interface for both families.
+    pub ipv6: bool,
 }
 
 impl Default for LabOptions {
@@ -66,6 +70,7 @@ impl Default for LabOptions {
             server: TestServerOptions::default(),
             netns_prefix: None,
             work_dir: None,
+            ipv6: false,
         }
     }
 }
@@ -78,6 +83,7 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     pub net_conf_path: PathBuf,
     netns_prefix: Option<String>,
+    ipv6: bool,
 }
 
 impl Lab {
@@ -104,7 +110,10 @@ impl Lab {
             make_netns(opts.netns_prefix.as_deref(), &tag)
         };
         let switch = Switch::in_netns(new_netns("sw")?, opts.underlay)?;
-        let api = switch.attach_netns(new_netns("api")?, API_OCTET, 1500)?;
+        let mut api = switch.attach_netns(new_netns("api")?, API_OCTET, 1500)?;
+        if opts.ipv6 {
+            switch.enable_ipv6(&mut api)?;
+        }
         let mut server_opts = opts.server;
         server_opts.netns = Some(api.ns.path());
         server_opts.listen = Some(format!("{}:0", api.address));
@@ -124,6 +133,7 @@ impl Lab {
             dir,
             net_conf_path,
             netns_prefix: opts.netns_prefix,
+            ipv6: opts.ipv6,
         })
     }
 
@@ -133,17 +143,34 @@ impl Lab {
         make_netns(self.netns_prefix.as_deref(), tag)
     }
 
-    /// Attaches a node host (`eth0` = underlay `.octet`). Its default route points at the API
-    /// host, which does not forward: like a real node, flanneld finds its interface through
-    /// the default route, yet nothing can leave the lab.
+    /// Attaches a node host (`eth0` = underlay `.octet`, in a dual-stack lab also
+    /// `fd00:a:b:c::octet`). Its default route(s) point at the API host, which has nowhere to
+    /// forward to: like a real node, flanneld finds its interface through the default route,
+    /// yet nothing can leave the lab.
     pub fn add_host(&self, tag: &str, octet: u8) -> Result<Host, LabError> {
-        let host = self
+        let mut host = self
             .switch
             .attach_netns(self.new_netns(tag)?, octet, 1500)?;
         let gateway = self.api.address.to_string();
         host.ns
             .ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])
             .map_err(|e| LabError::Topology(TopologyError::Ip(e)))?;
+        if let (true, Some(gateway_v6)) = (self.ipv6, self.api.address_v6) {
+            self.switch.enable_ipv6(&mut host)?;
+            let gateway_v6 = gateway_v6.to_string();
+            host.ns
+                .ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gateway_v6,
+                    "dev",
+                    "eth0",
+                ])
+                .map_err(|e| LabError::Topology(TopologyError::Ip(e)))?;
+        }
         Ok(host)
     }
 
@@ -194,8 +221,21 @@ impl Lab {
         internal_ip: Ipv4Addr,
         annotations: BTreeMap<String, String>,
     ) -> Result<Node, LabError> {
+        self.create_node_with_cidrs(name, &[pod_cidr], &[internal_ip.into()], annotations)
+    }
+
+    /// Like [`Lab::create_node`] for a dual-stack node: `spec.podCIDR` is the first of
+    /// `pod_cidrs`, `spec.podCIDRs` all of them (as the controller-manager sets them), and
+    /// every address becomes an InternalIP.
+    pub fn create_node_with_cidrs(
+        &self,
+        name: &str,
+        pod_cidrs: &[&str],
+        internal_ips: &[IpAddr],
+        annotations: BTreeMap<String, String>,
+    ) -> Result<Node, LabError> {
         let node: Node =
-            serde_json::from_value(node_json(name, pod_cidr, internal_ip, annotations))
+            serde_json::from_value(node_json(name, pod_cidrs, internal_ips, annotations))
                 .map_err(|e| LabError::Kube(e.to_string()))?;
         self.kube(move |c| async move {
             Api::<Node>::all(c)
@@ -307,10 +347,15 @@ fn make_netns(prefix: Option<&str>, tag: &str) -> Result<NetnsGuard, LabError> {
 
 fn node_json(
     name: &str,
-    pod_cidr: &str,
-    internal_ip: Ipv4Addr,
+    pod_cidrs: &[&str],
+    internal_ips: &[IpAddr],
     annotations: BTreeMap<String, String>,
 ) -> Value {
+    let mut addresses: Vec<Value> = internal_ips
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": name}));
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -319,12 +364,9 @@ fn node_json(
             "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
             "annotations": annotations,
         },
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "spec": {"podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs},
         "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": internal_ip.to_string()},
-                {"type": "Hostname", "address": name},
-            ],
+            "addresses": addresses,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
         }
     })

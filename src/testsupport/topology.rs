@@ -2,7 +2,7 @@
 //! "switch" (a bridge in its own namespace) and hosts (namespaces with an `eth0` on the
 //! switch). Everything is created in namespaces this process owns and removed on drop.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::netns::{NetnsError, NetnsGuard};
@@ -24,11 +24,13 @@ pub struct Switch {
     next_port: AtomicU32,
 }
 
-/// A host on the switch: its own namespace with `eth0` at `address/24`.
+/// A host on the switch: its own namespace with `eth0` at `address/24` (and, once
+/// [`Switch::enable_ipv6`] ran, at `address_v6/64`).
 #[derive(Debug)]
 pub struct Host {
     pub ns: NetnsGuard,
     pub address: Ipv4Addr,
+    pub address_v6: Option<Ipv6Addr>,
     /// The switch port's name inside the switch namespace.
     pub port: String,
 }
@@ -60,6 +62,42 @@ impl Switch {
     /// The underlay address of host number `octet` (`a.b.c.octet`).
     pub fn address(&self, octet: u8) -> Ipv4Addr {
         Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], octet)
+    }
+
+    /// The IPv6 underlay address of host number `octet`: `fd00:a:b:c::octet`, the decimal
+    /// octets written as hex groups so that `192.168.77.1` reads as `fd00:192:168:77::1`.
+    pub fn address_v6(&self, octet: u8) -> Ipv6Addr {
+        underlay_v6(self.prefix, octet)
+    }
+
+    /// Gives `host` its IPv6 underlay address (`/64`, see [`Switch::address_v6`]) and turns
+    /// on IPv6 forwarding. The address skips DAD: a tentative address can be neither chosen
+    /// as a VXLAN source nor bound, and nobody else on the switch claims it.
+    pub fn enable_ipv6(&self, host: &mut Host) -> Result<Ipv6Addr, TopologyError> {
+        let address = self.address_v6(host.address.octets()[3]);
+        let sysctl = host
+            .ns
+            .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+            .map_err(|e| TopologyError::Ip(format!("sysctl: {e}")))?;
+        if !sysctl.status.success() {
+            return Err(TopologyError::Ip(format!(
+                "sysctl net.ipv6.conf.all.forwarding=1 in {}: {}",
+                host.ns.name(),
+                String::from_utf8_lossy(&sysctl.stderr).trim()
+            )));
+        }
+        host.ns
+            .ip(&[
+                "addr",
+                "add",
+                &format!("{address}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])
+            .map_err(TopologyError::Ip)?;
+        host.address_v6 = Some(address);
+        Ok(address)
     }
 
     /// Attaches a new host namespace with `eth0` = `a.b.c.octet/24`, MTU `mtu`, IP forwarding
@@ -105,7 +143,12 @@ impl Switch {
             )));
         }
         self.wait_forwarding(&ns, &port)?;
-        Ok(Host { ns, address, port })
+        Ok(Host {
+            ns,
+            address,
+            address_v6: None,
+            port,
+        })
     }
 
     /// Waits until the kernel has really brought the new link up: both ends operationally
@@ -138,10 +181,39 @@ impl Switch {
     }
 }
 
+/// `fd00:a:b:c::octet` with each decimal octet spelled as a hex group (see
+/// [`Switch::address_v6`]).
+pub fn underlay_v6(prefix: [u8; 3], octet: u8) -> Ipv6Addr {
+    let group = |d: u8| {
+        let d = u16::from(d);
+        ((d / 100) << 8) | ((d / 10 % 10) << 4) | (d % 10)
+    };
+    let [a, b, c] = prefix;
+    Ipv6Addr::new(0xfd00, group(a), group(b), group(c), 0, 0, 0, group(octet))
+}
+
 /// `ip -json link show dev NAME` reports operstate UP.
 fn oper_up(ns: &NetnsGuard, dev: &str) -> bool {
     ns.ip(&["-json", "link", "show", "dev", dev])
         .ok()
         .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
         .is_some_and(|v| v[0]["operstate"] == "UP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v6_underlay_address_reads_like_the_v4_one() {
+        assert_eq!(
+            underlay_v6([192, 168, 77], 1).to_string(),
+            "fd00:192:168:77::1"
+        );
+        assert_eq!(
+            underlay_v6([10, 0, 124], 254).to_string(),
+            "fd00:10:0:124::254"
+        );
+        assert_eq!(underlay_v6([0, 9, 99], 0).to_string(), "fd00:0:9:99::");
+    }
 }

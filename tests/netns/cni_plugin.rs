@@ -309,6 +309,83 @@ fn check_verifies_against_prev_result() {
     node.assert_clean("after CHECK tests");
 }
 
+/// CHECK verifies the veth pair: prevResult's container interface must be a veth whose peer is
+/// prevResult's host veth, and that host end must be a port of the bridge.
+#[test]
+fn check_verifies_the_veth_pair_and_its_bridge_port() {
+    let node = Node::new("cv");
+    let p = pod("cvp");
+    let out = node.ours(&Call::new("ADD", "c1", &path_of(&p)), &node.conf("1.0.0"));
+    let prev = out.expect_ok().json();
+    let host_veth = prev["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let pod_mac = prev["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    let mut conf = node.conf("1.0.0");
+    conf["prevResult"] = prev.clone();
+    let check = Call::new("CHECK", "c1", &path_of(&p));
+    node.ours(&check, &conf).expect_ok();
+
+    // A host interface a later chained plugin added (bandwidth's ifb) is not ours to judge.
+    let mut chained = conf.clone();
+    chained["prevResult"]["interfaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "bwp0c1", "mac": "02:00:00:00:00:01"}));
+    node.ours(&check, &chained).expect_ok();
+
+    // The host end is taken off the bridge.
+    node.ns
+        .ip(&["link", "set", "dev", &host_veth, "nomaster"])
+        .unwrap();
+    let out = node.ours(&check, &conf);
+    assert_eq!(out.code(), 999, "{}", out.stdout);
+    assert_eq!(
+        out.msg(),
+        format!("host veth {host_veth} (peer of eth0) is not enslaved to bridge cni0")
+    );
+    node.ns
+        .ip(&["link", "set", "dev", &host_veth, "master", "cni0"])
+        .unwrap();
+    node.ours(&check, &conf).expect_ok();
+
+    // eth0 is replaced by an unrelated veth with the same name and MAC; the original pair
+    // stays (renamed), so prevResult's host veth still exists and is still a bridge port.
+    p.ip(&["link", "set", "dev", "eth0", "down"]).unwrap();
+    p.ip(&["link", "set", "dev", "eth0", "name", "eth0old"])
+        .unwrap();
+    node.ns
+        .ip(&[
+            "link",
+            "add",
+            "frsimp0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            p.name(),
+        ])
+        .unwrap();
+    p.ip(&["link", "set", "dev", "eth0", "address", &pod_mac])
+        .unwrap();
+    let out = node.ours(&check, &conf);
+    assert_eq!(out.code(), 999, "{}", out.stdout);
+    let msg = out.msg();
+    assert!(
+        msg.starts_with(&format!("eth0 in {} (peer index ", path_of(&p)))
+            && msg.ends_with(&format!(
+                "is not the veth peer of prevResult's host interface {host_veth}"
+            )),
+        "{msg}"
+    );
+
+    // DEL removes the impostor (CNI_IFNAME); the original pair goes with its pod end.
+    p.ip(&["link", "del", "eth0old"]).unwrap();
+    node.ours(&Call::new("DEL", "c1", &path_of(&p)), &conf)
+        .expect_ok();
+    node.assert_clean("after the veth pairing CHECKs");
+}
+
 #[test]
 fn status_and_add_while_flanneld_is_not_ready() {
     let node = Node::new("st");

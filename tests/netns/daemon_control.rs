@@ -15,13 +15,18 @@ pub const TESTSERVER: &str = env!("CARGO_BIN_EXE_kube-testserver");
 const P: &str = "flannel.alpha.coreos.com/";
 
 pub fn lab(tag: &str, third_octet: u8) -> Lab {
+    lab_with(tag, third_octet, LabOptions::default())
+}
+
+/// A lab on `192.168.<third_octet>.0/24` with the other options from `opts`.
+pub fn lab_with(tag: &str, third_octet: u8, opts: LabOptions) -> Lab {
     // Make sure a failure to create namespaces reads as such (and stale ones are cleaned).
     drop(netns("probe"));
     Lab::new(
         LabOptions {
             tag: tag.into(),
             underlay: [192, 168, third_octet],
-            ..LabOptions::default()
+            ..opts
         },
         TESTSERVER,
     )

@@ -2,7 +2,7 @@
 //! lab, the test API server as the cluster, and every check through an independent view of
 //! the kernel (`ip -json`, `bridge -json`, `ip monitor`, `iptables -S`, `tcpdump`).
 //!
-//! Each test uses its own underlay /24 (third octet 111–123) and its own namespaces.
+//! Each test uses its own underlay /24 (third octet 111–124) and its own namespaces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -60,7 +60,7 @@ impl Entries {
     }
 }
 
-fn str_of(v: &Value) -> String {
+pub(crate) fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or("-").to_string()
 }
 
@@ -107,7 +107,7 @@ fn kernel_entries(ns: &NetnsGuard) -> Entries {
     e
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !ok() {
         assert!(
@@ -183,14 +183,14 @@ fn expected_from_api(lab: &Lab, own: &str) -> Entries {
 // ---------------------------------------------------------------------------------------------
 // The daemon and its lab.
 
-fn start(lab: &Lab, host: &Host, node: &str, args: &[&str]) -> Flanneld {
+pub(crate) fn start(lab: &Lab, host: &Host, node: &str, args: &[&str]) -> Flanneld {
     let mut d = lab.start_flanneld(FLANNELD, host, node, args).unwrap();
     d.wait_ready(Duration::from_secs(30)).unwrap();
     d
 }
 
 /// One sample of the daemon's Prometheus text (a full series name, labels included).
-fn metric(d: &Flanneld, series: &str) -> u64 {
+pub(crate) fn metric(d: &Flanneld, series: &str) -> u64 {
     let (code, body) = d.health("/metrics").expect("GET /metrics");
     assert_eq!(code, 200);
     body.lines()
@@ -1267,7 +1267,7 @@ fn add_pod(host: &Host, tag: &str, k: u8) -> NetnsGuard {
     pod
 }
 
-fn link_stats(ns: &NetnsGuard, dev: &str) -> (u64, u64) {
+pub(crate) fn link_stats(ns: &NetnsGuard, dev: &str) -> (u64, u64) {
     let l = &ip_json(ns, &["-s", "link", "show", dev])[0]["stats64"];
     (
         l["tx"]["packets"].as_u64().unwrap(),
@@ -1428,4 +1428,217 @@ fn kubelet_heartbeats_cost_no_netlink_write_and_no_reconcile() {
     );
     wait_entries(&host.ns, &more, Duration::from_secs(10));
     assert!(metric(&d, "flannel_reconciles_total") > passes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DirectRouting (spec §5.7).
+
+const DIRECT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+
+/// Main-table routes with our DirectRouting protocol (0x66 = 102), filtered by the kernel
+/// dump itself, as (destination, gateway, device).
+fn direct_routes(ns: &NetnsGuard) -> BTreeSet<(String, String, String)> {
+    ip_json(ns, &["route", "show", "table", "main", "proto", "102"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (str_of(&r["dst"]), str_of(&r["gateway"]), str_of(&r["dev"])))
+        .collect()
+}
+
+/// Every main-table route to exactly `dst`, as the kernel lists them (with details: scope,
+/// type and protocol always shown).
+fn routes_to(ns: &NetnsGuard, dst: &str) -> Vec<Value> {
+    ip_json(ns, &["-d", "route", "show", "table", "main", "exact", dst])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Starts `tcpdump -c 1` with `filter` on `iface` in `ns` and returns once it is listening;
+/// its output is the first matching packet (or nothing when `timeout` s pass without one).
+pub(crate) fn tcpdump_first(ns: &NetnsGuard, iface: &str, timeout: u32, filter: &[&str]) -> Child {
+    let mut child = ns
+        .command("timeout")
+        .arg(timeout.to_string())
+        .args(["tcpdump", "-n", "-c", "1", "-l", "-i", iface])
+        .args(filter)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains(&format!("listening on {iface}")) {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "tcpdump did not start: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    child
+}
+
+pub(crate) fn ping_ok(pod: &NetnsGuard, args: &[&str], what: &str) {
+    let out = pod.exec("ping", args).unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The state DirectRouting wants on `host`: the same-subnet peer routed straight over eth0
+/// via its underlay IP (proto 0x66, nothing on flannel.1 for it), `far` tunnelled as usual.
+fn wait_direct(host: &Host, peer_cidr: &str, peer_ip: &str, far: &Entries) {
+    let want = BTreeSet::from([(
+        peer_cidr.to_string(),
+        peer_ip.to_string(),
+        "eth0".to_string(),
+    )]);
+    wait_until(
+        &format!("direct route to {peer_cidr} in {}", host.ns.name()),
+        Duration::from_secs(10),
+        || direct_routes(&host.ns) == want,
+    );
+    wait_entries(&host.ns, far, Duration::from_secs(10));
+    let routes = routes_to(&host.ns, peer_cidr);
+    assert_eq!(routes.len(), 1, "one route to {peer_cidr}: {routes:#?}");
+    let r = &routes[0];
+    assert!(
+        r["gateway"] == peer_ip
+            && r["dev"] == "eth0"
+            && r["scope"] == "global"
+            && r["type"] == "unicast"
+            && r["protocol"] == "102"
+            && r.get("flags").is_none_or(|f| f == &json!([])),
+        "{peer_cidr} via {peer_ip} dev eth0, proto 0x66, not onlink: {r}"
+    );
+}
+
+#[test]
+fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() {
+    let lab = crate::daemon_control::lab_with(
+        "dd14",
+        124,
+        flannel_rs::testsupport::lab::LabOptions {
+            net_conf: DIRECT_NET_CONF.into(),
+            ..Default::default()
+        },
+    );
+    let h1 = lab.add_host("dd14-n1", 1).unwrap();
+    let h2 = lab.add_host("dd14-n2", 2).unwrap();
+    lab.create_node("n1", "10.244.1.0/24", h1.address, BTreeMap::new())
+        .unwrap();
+    lab.create_node("n2", "10.244.2.0/24", h2.address, BTreeMap::new())
+        .unwrap();
+    // A peer behind a router (not on the underlay /24): still tunnelled.
+    let far = synthetic_peer(
+        &lab,
+        "n3",
+        "10.244.3.0/24",
+        "0e:00:00:00:00:03",
+        "172.20.0.3",
+    );
+    let (ip1, ip2) = (h1.address.to_string(), h2.address.to_string());
+    let mut d1 = start(&lab, &h1, "n1", &[]);
+    let mut d2 = start(&lab, &h2, "n2", &[]);
+    let pod1 = add_pod(&h1, "dd14-pod1", 1);
+    let pod2 = add_pod(&h2, "dd14-pod2", 2);
+    wait_direct(&h1, "10.244.2.0/24", &ip2, &far);
+    wait_direct(&h2, "10.244.1.0/24", &ip1, &far);
+
+    // Pods reach each other as plain IP on the underlay; flannel.1 carries nothing.
+    let tcpdump = tcpdump_first(&h2.ns, "eth0", 15, &["icmp", "and", "host", "10.244.1.2"]);
+    let (tx1, _) = link_stats(&h1.ns, DEV);
+    let (_, rx2) = link_stats(&h2.ns, DEV);
+    ping_ok(
+        &pod1,
+        &["-c", "3", "-i", "0.2", "-W", "2", "10.244.2.2"],
+        "pod1 → pod2 (direct)",
+    );
+    ping_ok(
+        &pod2,
+        &["-c", "1", "-W", "2", "10.244.1.2"],
+        "pod2 → pod1 (direct)",
+    );
+    let out = tcpdump.wait_with_output().unwrap();
+    let captured = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && captured.contains("IP 10.244.1.2 > 10.244.2.2: ICMP echo request"),
+        "n2's eth0 saw pod1's ping unencapsulated: {captured}"
+    );
+    assert_eq!(link_stats(&h1.ns, DEV).0, tx1, "n1's {DEV} sent nothing");
+    assert_eq!(
+        link_stats(&h2.ns, DEV).1,
+        rx2,
+        "n2's {DEV} received nothing"
+    );
+    println!("direct: {}", captured.trim());
+
+    // DirectRouting off: the direct routes go, the tunnel entries come (restart, as a
+    // ConfigMap change is applied).
+    d1.stop();
+    d2.stop();
+    std::fs::write(
+        &lab.net_conf_path,
+        flannel_rs::testsupport::lab::STOCK_NET_CONF,
+    )
+    .unwrap();
+    d1 = start(&lab, &h1, "n1", &[]);
+    d2 = start(&lab, &h2, "n2", &[]);
+    for (host, own, peer_cidr) in [(&h1, "n1", "10.244.2.0/24"), (&h2, "n2", "10.244.1.0/24")] {
+        let want = expected_from_api(&lab, own);
+        assert_eq!(want.counts(), (2, 2, 2));
+        wait_entries(&host.ns, &want, Duration::from_secs(10));
+        assert!(
+            direct_routes(&host.ns).is_empty(),
+            "direct routes left in {own}"
+        );
+        let routes = routes_to(&host.ns, peer_cidr);
+        assert!(
+            routes.len() == 1 && routes[0]["dev"] == DEV,
+            "only the tunnel route to {peer_cidr}: {routes:#?}"
+        );
+    }
+    let tcpdump = tcpdump_first(&h2.ns, "eth0", 15, &["udp", "dst", "port", "8472"]);
+    let (tx1, _) = link_stats(&h1.ns, DEV);
+    let (_, rx2) = link_stats(&h2.ns, DEV);
+    ping_ok(
+        &pod1,
+        &["-c", "3", "-i", "0.2", "-W", "2", "10.244.2.2"],
+        "pod1 → pod2 (tunnel)",
+    );
+    let out = tcpdump.wait_with_output().unwrap();
+    let captured = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && captured.contains(&format!("IP {ip1}."))
+            && captured.contains("IP 10.244.1.2 > 10.244.2.2: ICMP echo request"),
+        "pod1's ping in a VXLAN datagram from n1: {captured}"
+    );
+    assert!(
+        link_stats(&h1.ns, DEV).0 >= tx1 + 3,
+        "n1's {DEV} sent the pings"
+    );
+    assert!(
+        link_stats(&h2.ns, DEV).1 >= rx2 + 3,
+        "n2's {DEV} received them"
+    );
+
+    // And on again: the tunnel entries of the near peer go (neighbour and FDB too).
+    d1.stop();
+    d2.stop();
+    std::fs::write(&lab.net_conf_path, DIRECT_NET_CONF).unwrap();
+    let _d1 = start(&lab, &h1, "n1", &[]);
+    let _d2 = start(&lab, &h2, "n2", &[]);
+    wait_direct(&h1, "10.244.2.0/24", &ip2, &far);
+    wait_direct(&h2, "10.244.1.0/24", &ip1, &far);
+    ping_ok(
+        &pod1,
+        &["-c", "1", "-W", "2", "10.244.2.2"],
+        "pod1 → pod2 (direct again)",
+    );
 }

@@ -7,6 +7,7 @@ mod cni_reference;
 mod cni_support;
 mod daemon_control;
 mod daemon_data;
+mod daemon_dual;
 mod e2e_cluster;
 mod harness;
 mod harness_tests;

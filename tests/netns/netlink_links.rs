@@ -232,6 +232,16 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
         let pod_nl = Netlink::in_netns(&pod_ns).unwrap();
         let eth0 = pod_nl.link_by_name("eth0").await.unwrap().unwrap();
         assert_eq!(eth0.mac, Some(mac("0e:00:00:00:0a:0a")));
+        // Each end names the other (IFLA_LINK) in the other namespace (IFLA_LINK_NETNSID).
+        assert_eq!(eth0.link_index, Some(veth.index));
+        assert_eq!(veth.link_index, Some(eth0.index));
+        assert!(eth0.link_netnsid.is_some() && veth.link_netnsid.is_some());
+        assert_eq!((eth0.master, eth0.kind.as_deref()), (None, Some("veth")));
+        let br_now = nl.link_by_index(br.index).await.unwrap().unwrap();
+        assert_eq!(
+            br_now.link_index, None,
+            "a bridge has no IFLA_LINK of its own"
+        );
 
         let err = nl
             .create_veth_with_peer_in("veth0123", "eth1", &pod_ns, 1450, None, None)
@@ -273,10 +283,11 @@ fn link_attributes_are_set() {
         let br = nl.ensure_bridge("br0", 1500, None).await.unwrap();
         nl.set_link_master(a, Some(br.index)).await.unwrap();
         assert_eq!(ip_link(ns, "la0").unwrap()["master"], "br0");
-        assert_eq!(
-            nl.link_by_index(a).await.unwrap().unwrap().master,
-            Some(br.index)
-        );
+        let la0 = nl.link_by_index(a).await.unwrap().unwrap();
+        assert_eq!(la0.master, Some(br.index));
+        // Both ends in this namespace: the peer's index, no namespace id.
+        let la1 = nl.link_by_name("la1").await.unwrap().unwrap();
+        assert_eq!((la0.link_index, la0.link_netnsid), (Some(la1.index), None));
 
         nl.set_hairpin(a, true).await.unwrap();
         let slave = &ip_link(ns, "la0").unwrap()["linkinfo"]["info_slave_data"];

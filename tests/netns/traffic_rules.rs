@@ -8,12 +8,12 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use flannel_rs::flanneld::subnet_env::SubnetEnv;
 use flannel_rs::flanneld::traffic::{
     BlackholeRoutes, BlackholeState, EnsureOutcome, FamilyNets, ToolNames, TrafficConfig,
     TrafficRules,
 };
 use flannel_rs::netlink::Netlink;
+use flannel_rs::subnet_env::SubnetEnv;
 use nix::sched::{CloneFlags, setns};
 use tokio_util::sync::CancellationToken;
 
