@@ -98,7 +98,10 @@ pub async fn run(
 
     // Our Node on its own, while the list runs: the lease, the device and the first peers need
     // not wait for thousands of Nodes. Any failure just leaves it to the list.
-    match Api::<SlimNode>::all(client.clone()).get_opt(&node_name).await {
+    match Api::<SlimNode>::all(client.clone())
+        .get_opt(&node_name)
+        .await
+    {
         Ok(Some(node)) => cache.seed(NodeInfo::from_slim(node, &keys.prefix)),
         Ok(None) => {}
         Err(err) => {
@@ -451,10 +454,7 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
     }
 }
 
-fn render_status(
-    status: &std::sync::Mutex<StatusDoc>,
-    metrics: &Metrics,
-) -> String {
+fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics) -> String {
     let Ok(s) = status.lock() else {
         return "{}".into();
     };

@@ -228,7 +228,7 @@ pub fn spawn_node_watcher(
                         let is_own = node.name == own_node;
                         cache.upsert(node.clone());
                         listed += 1;
-                        if listed % page_size as usize == 0 {
+                        if listed.is_multiple_of(page_size as usize) {
                             signaller.peers();
                         }
                         if is_own {

@@ -588,13 +588,19 @@ mod tests {
             peer_entries(&mut desired, n, mac(n), "192.168.1.9");
         }
         let actual = KernelEntries::default();
-        assert_eq!(diff(&actual, &desired).additions_only(&actual), diff(&actual, &desired));
+        assert_eq!(
+            diff(&actual, &desired).additions_only(&actual),
+            diff(&actual, &desired)
+        );
     }
 
     #[test]
     fn overlap_is_exact_for_v6_and_the_default_route() {
         let present: BTreeSet<(IpAddr, u8)> = [("fd00:1::".parse().unwrap(), 64)].into();
-        assert!(overlaps_any(&"fd00:1::8000:0:0/65".parse().unwrap(), &present));
+        assert!(overlaps_any(
+            &"fd00:1::8000:0:0/65".parse().unwrap(),
+            &present
+        ));
         assert!(overlaps_any(&"fd00::/16".parse().unwrap(), &present));
         assert!(!overlaps_any(&"fd00:2::/64".parse().unwrap(), &present));
         let default: BTreeSet<(IpAddr, u8)> = [("0.0.0.0".parse().unwrap(), 0)].into();
