@@ -18,7 +18,8 @@
 //! public IPs are data only (programming does not need them reachable; DirectRouting is off).
 //! Everything lives in `frs-` namespaces and temp dirs of the lab, removed on exit or error.
 //!
-//! Usage: cargo build --release --bins && target/release/bench-peers [N ...] (default 1000 5000)
+//! Usage: cargo build --profile dist --bins && target/dist/bench-peers [N ...] (default 1000 5000)
+//! (the shipped profile; `--release` works too, with a larger binary and RSS)
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -98,7 +99,7 @@ fn main() -> Result<()> {
     for bin in [&flanneld, &testserver] {
         ensure!(
             bin.exists(),
-            "{} not found (cargo build --release --bins)",
+            "{} not found (cargo build --profile dist --bins)",
             bin.display()
         );
     }

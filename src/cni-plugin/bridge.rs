@@ -159,6 +159,14 @@ impl Handles {
                 let _runtime = runtime.enter();
                 // The side thread starts in the plugin's namespace: the node's.
                 let _ = tx.send(Netlink::current());
+                // This thread is ours alone and ends right after: it may enter the pod's
+                // namespace itself, and the handle then opens there without another thread.
+                setns(pod_ns.file().as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetlinkError::from(NetnsError::Enter {
+                        path: pod_ns.path().to_path_buf(),
+                        source,
+                    })
+                })?;
                 Netlink::in_netns(&pod_ns)
             })
             .map_err(|e| BridgeError::Internal(format!("spawn thread: {e}")))?;

@@ -102,6 +102,16 @@ impl NodeCache {
         }
     }
 
+    /// Ends the first list, whose nodes went straight into the cache: a node fetched on its
+    /// own before (`seed`) that the list did not return is dropped.
+    fn finish_first_list(&self, own_node: &str, own_listed: bool) {
+        let mut state = self.write();
+        if !own_listed {
+            state.nodes.remove(own_node);
+        }
+        state.synced = true;
+    }
+
     fn replace_all(&self, nodes: BTreeMap<String, NodeInfo>) {
         let mut state = self.write();
         state.nodes = nodes;
@@ -191,8 +201,10 @@ pub fn spawn_node_watcher(
         // Nodes of a (re)list in progress; a Vec, turned into the map once complete.
         let mut relist: Option<Vec<(String, NodeInfo)>> = None;
         let mut failing = false;
-        // Nodes seen by the first list so far.
+        // The list in progress: nodes seen, whether ours was among them.
         let mut listed = 0usize;
+        let mut own_listed = false;
+        let mut first_attempt_started = false;
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -217,37 +229,53 @@ pub fn spawn_node_watcher(
                 }
             };
             match event {
-                Event::Init => relist = Some(Vec::new()),
+                Event::Init => {
+                    listed = 0;
+                    own_listed = false;
+                    // The very first attempt of the first list goes straight into the cache (see
+                    // InitApply). Any later list — a re-list after 410, or a first list that
+                    // restarted midway — is gathered aside and swapped in whole, which also drops
+                    // nodes that are gone; meanwhile the cache keeps serving the previous state.
+                    relist = if cache.is_synced() || first_attempt_started {
+                        Some(Vec::new())
+                    } else {
+                        None
+                    };
+                    first_attempt_started = true;
+                }
                 Event::InitApply(node) => {
                     let node = slim(node, &annotation_prefix);
-                    // The first list also fills the cache as it goes, a page at a time, so the
-                    // reconciler can program peers while later pages are still on the wire
-                    // (it only adds while the cache is not synced; see `Plan::additions_only`).
-                    // A re-list keeps serving the complete previous state instead.
-                    if !cache.is_synced() {
-                        let is_own = node.name == own_node;
-                        cache.upsert(node.clone());
-                        listed += 1;
-                        if listed.is_multiple_of(page_size as usize) {
-                            signaller.peers();
-                        }
-                        if is_own {
-                            signaller.own();
-                        }
-                    }
                     if let Some(buf) = relist.as_mut() {
                         buf.push((node.name.clone(), node));
+                        continue;
+                    }
+                    // The first list fills the cache as it goes, so the reconciler can program
+                    // peers while later pages are still on the wire (it only adds while the
+                    // cache is not synced; see `Plan::additions_only`). Moved, never copied: a
+                    // second copy, freed later, would leave MBs of holes in the heap.
+                    let is_own = node.name == own_node;
+                    own_listed |= is_own;
+                    cache.upsert(node);
+                    listed += 1;
+                    if listed.is_multiple_of(page_size as usize) {
+                        signaller.peers();
+                    }
+                    if is_own {
+                        signaller.own();
                     }
                 }
                 Event::InitDone => {
-                    // Built in one go, the map's B-tree nodes are full; inserted one by one in
-                    // name order (the list's order) they end up half empty — ~1.2 MB more at
-                    // 5000 nodes. A duplicate name keeps its last entry, as inserts would.
-                    let nodes: BTreeMap<String, NodeInfo> =
-                        relist.take().unwrap_or_default().into_iter().collect();
-                    tracing::info!(nodes = nodes.len(), "node list synced");
-                    cache.replace_all(nodes);
-                    // The list pages (MBs of JSON each) and the old cache are gone now.
+                    match relist.take() {
+                        // Built in one go, the map's B-tree nodes are full; inserted one by one in
+                        // name order (the list's order) they end up half empty — ~1.2 MB more at
+                        // 5000 nodes. A duplicate name keeps its last entry, as inserts would.
+                        Some(buf) => cache.replace_all(buf.into_iter().collect()),
+                        // The first list is in the cache already, plus our Node if it was
+                        // fetched on its own at start-up: drop that if the list did not have it.
+                        None => cache.finish_first_list(&own_node, own_listed),
+                    }
+                    tracing::info!(nodes = cache.len(), "node list synced");
+                    // The list pages (MBs of JSON each) and any old cache are gone now.
                     super::memory::release_free_memory();
                     signaller.peers();
                     signaller.own();
@@ -329,5 +357,31 @@ mod tests {
         assert!(cache.remove("n1"));
         assert!(!cache.remove("n1"));
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_seeded_node_never_overrides_the_list_and_goes_if_the_list_lacks_it() {
+        let cache = NodeCache::new();
+        cache.seed(node("self", &[], "5"));
+        assert_eq!(cache.get("self").unwrap().resource_version, "5");
+        // The first list's copy wins over the seed, whatever the order.
+        cache.upsert(node("self", &[], "6"));
+        cache.seed(node("self", &[], "4"));
+        assert_eq!(cache.get("self").unwrap().resource_version, "6");
+        cache.upsert(node("peer", &[], "7"));
+        assert!(!cache.is_synced());
+        cache.finish_first_list("self", true);
+        assert!(cache.is_synced());
+        assert_eq!(cache.len(), 2);
+        // Once synced, seeding does nothing.
+        cache.seed(node("late", &[], "8"));
+        assert!(cache.get("late").is_none());
+
+        let cache = NodeCache::new();
+        cache.seed(node("self", &[], "5"));
+        cache.upsert(node("peer", &[], "7"));
+        cache.finish_first_list("self", false);
+        assert!(cache.get("self").is_none(), "seeded but not listed: gone");
+        assert_eq!(cache.len(), 1);
     }
 }

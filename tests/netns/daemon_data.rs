@@ -281,15 +281,29 @@ impl IpMonitor {
 
     /// Makes a change nobody else makes (a /32 route on eth0 in TEST-NET-2, added and removed)
     /// and waits until the monitor printed it: every earlier event has then been captured.
+    /// A freshly spawned `ip monitor` may not have subscribed yet when the first marker goes
+    /// by, so a marker that does not show up soon is followed by a new one.
     fn sync(&mut self, ns: &NetnsGuard) {
-        self.marker += 1;
-        let dst = format!("198.51.100.{}", self.marker);
-        ns.ip(&["route", "add", &dst, "dev", "eth0"]).unwrap();
-        ns.ip(&["route", "del", &dst, "dev", "eth0"]).unwrap();
-        let deleted = format!("Deleted {dst} dev eth0");
-        wait_until("ip monitor caught up", Duration::from_secs(5), || {
-            self.text().contains(&deleted)
-        });
+        let started = Instant::now();
+        loop {
+            self.marker += 1;
+            assert!(self.marker < 250, "ran out of marker addresses");
+            let dst = format!("198.51.100.{}", self.marker);
+            ns.ip(&["route", "add", &dst, "dev", "eth0"]).unwrap();
+            ns.ip(&["route", "del", &dst, "dev", "eth0"]).unwrap();
+            let deleted = format!("Deleted {dst} dev eth0");
+            let sent = Instant::now();
+            while sent.elapsed() < Duration::from_millis(500) {
+                if self.text().contains(&deleted) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "ip monitor never printed a marker route in 10 s"
+            );
+        }
     }
 
     /// Lines that concern flannel.1 (link, neighbour, FDB or route events).

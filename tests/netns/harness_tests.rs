@@ -74,3 +74,29 @@ fn helper_thread_runs_inside_the_namespace() {
         "the test thread itself must not have moved"
     );
 }
+
+#[test]
+fn run_in_the_callers_own_namespace_stays_on_the_calling_thread() {
+    let ns = netns("s");
+    let file = ns.open().unwrap();
+    let caller = std::thread::current().id();
+    // From a thread inside the namespace: no helper thread.
+    let same = file
+        .run({
+            let file = ns.open().unwrap();
+            move || {
+                let me = std::thread::current().id();
+                let nested = file.run(move || std::thread::current().id()).unwrap();
+                (me, nested)
+            }
+        })
+        .unwrap();
+    assert_ne!(
+        same.0, caller,
+        "a foreign namespace still needs a helper thread"
+    );
+    assert_eq!(same.1, same.0, "already inside: ran on the same thread");
+    // The test thread's own namespace (not `ns`): also direct.
+    let home = flannel_rs::netns::NetnsFile::current().unwrap();
+    assert_eq!(home.run(|| std::thread::current().id()).unwrap(), caller);
+}
