@@ -1249,11 +1249,29 @@ fn ip_masq_rules_have_upstreams_layout_and_survive_a_restart() {
 /// A pod on `host`: namespace with eth0 = 10.244.K.2/24 (gateway .1), attached to a bridge
 /// `cni0` = 10.244.K.1/24 on the node, as the bridge CNI plugin does.
 fn add_pod(host: &Host, tag: &str, k: u8) -> NetnsGuard {
+    add_pod_with(host, tag, k, 1450, false)
+}
+
+/// [`add_pod`] with the pod MTU given and, with `dual_stack`, also fd10:244:0:K::2/64 behind
+/// cni0's ::1 (addresses skip DAD — nobody else claims them — so the pod can talk at once).
+pub(crate) fn add_pod_with(
+    host: &Host,
+    tag: &str,
+    k: u8,
+    mtu: u32,
+    dual_stack: bool,
+) -> NetnsGuard {
     let pod = netns(tag);
     let node = &host.ns;
+    let v6 = |h: u8| format!("fd10:244:0:{k}::{h}");
     node.ip(&["link", "add", "cni0", "type", "bridge"]).unwrap();
     node.ip(&["addr", "add", &format!("10.244.{k}.1/24"), "dev", "cni0"])
         .unwrap();
+    if dual_stack {
+        let gw6 = format!("{}/64", v6(1));
+        node.ip(&["addr", "add", &gw6, "dev", "cni0", "nodad"])
+            .unwrap();
+    }
     node.ip(&["link", "set", "cni0", "up"]).unwrap();
     // The pod end is created directly in the pod's namespace.
     node.ip(&[
@@ -1274,10 +1292,20 @@ fn add_pod(host: &Host, tag: &str, k: u8) -> NetnsGuard {
     node.ip(&["link", "set", "veth0", "up"]).unwrap();
     pod.ip(&["addr", "add", &format!("10.244.{k}.2/24"), "dev", "eth0"])
         .unwrap();
-    pod.ip(&["link", "set", "eth0", "mtu", "1450"]).unwrap();
+    if dual_stack {
+        let addr6 = format!("{}/64", v6(2));
+        pod.ip(&["addr", "add", &addr6, "dev", "eth0", "nodad"])
+            .unwrap();
+    }
+    pod.ip(&["link", "set", "eth0", "mtu", &mtu.to_string()])
+        .unwrap();
     pod.ip(&["link", "set", "eth0", "up"]).unwrap();
     pod.ip(&["route", "add", "default", "via", &format!("10.244.{k}.1")])
         .unwrap();
+    if dual_stack {
+        pod.ip(&["-6", "route", "add", "default", "via", &v6(1)])
+            .unwrap();
+    }
     pod
 }
 

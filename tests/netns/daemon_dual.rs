@@ -14,7 +14,9 @@ use flannel_rs::testsupport::lab::{Lab, LabOptions};
 use flannel_rs::testsupport::topology::Host;
 
 use crate::daemon_control::lab_with;
-use crate::daemon_data::{link_stats, metric, ping_ok, start, str_of, tcpdump_first, wait_until};
+use crate::daemon_data::{
+    add_pod_with, link_stats, metric, ping_ok, start, str_of, tcpdump_first, wait_until,
+};
 use crate::harness::*;
 
 const P: &str = "flannel.alpha.coreos.com/";
@@ -100,63 +102,6 @@ fn tunnel_entries(subnet_net: &str, prefix: u8, mac: &str, public_ip: &str) -> D
 
 fn link(ns: &NetnsGuard, dev: &str) -> Value {
     ip_json(ns, &["-d", "link", "show", "dev", dev])[0].clone()
-}
-
-/// A dual-stack pod on `host`: eth0 = 10.244.K.2/24 + fd10:244:0:K::2/64 behind a bridge
-/// `cni0` = .1 / ::1, as the bridge CNI plugin wires it. Addresses skip DAD (nobody else
-/// claims them) so the pod can talk at once.
-fn add_dual_pod(host: &Host, tag: &str, k: u8, mtu: u32) -> NetnsGuard {
-    let pod = netns(tag);
-    let node = &host.ns;
-    let v6 = |h: u8| format!("fd10:244:0:{k}::{h}");
-    node.ip(&["link", "add", "cni0", "type", "bridge"]).unwrap();
-    node.ip(&["addr", "add", &format!("10.244.{k}.1/24"), "dev", "cni0"])
-        .unwrap();
-    node.ip(&[
-        "addr",
-        "add",
-        &format!("{}/64", v6(1)),
-        "dev",
-        "cni0",
-        "nodad",
-    ])
-    .unwrap();
-    node.ip(&["link", "set", "cni0", "up"]).unwrap();
-    node.ip(&[
-        "link",
-        "add",
-        "veth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.name(),
-    ])
-    .unwrap();
-    node.ip(&["link", "set", "veth0", "master", "cni0"])
-        .unwrap();
-    node.ip(&["link", "set", "veth0", "up"]).unwrap();
-    pod.ip(&["addr", "add", &format!("10.244.{k}.2/24"), "dev", "eth0"])
-        .unwrap();
-    pod.ip(&[
-        "addr",
-        "add",
-        &format!("{}/64", v6(2)),
-        "dev",
-        "eth0",
-        "nodad",
-    ])
-    .unwrap();
-    pod.ip(&["link", "set", "eth0", "mtu", &mtu.to_string()])
-        .unwrap();
-    pod.ip(&["link", "set", "eth0", "up"]).unwrap();
-    pod.ip(&["route", "add", "default", "via", &format!("10.244.{k}.1")])
-        .unwrap();
-    pod.ip(&["-6", "route", "add", "default", "via", &v6(1)])
-        .unwrap();
-    pod
 }
 
 /// Checks one node's own side: both devices as upstream makes them and the published
@@ -296,8 +241,8 @@ fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
         "a pod MTU of {pod_mtu} does not fit {DEV6}"
     );
 
-    let pod1 = add_dual_pod(&h1, "dv1-pod1", 1, pod_mtu);
-    let pod2 = add_dual_pod(&h2, "dv1-pod2", 2, pod_mtu);
+    let pod1 = add_pod_with(&h1, "dv1-pod1", 1, pod_mtu, true);
+    let pod2 = add_pod_with(&h2, "dv1-pod2", 2, pod_mtu, true);
 
     // IPv6 pod to pod, witnessed as an IPv6 VXLAN datagram on n2's underlay.
     let tcpdump = tcpdump_first(
@@ -453,8 +398,8 @@ fn dual_stack_direct_routing_routes_both_families_directly_without_self_triggere
     }
 
     // IPv6 pod to pod as plain IPv6 on the underlay; flannel-v6.1 carries nothing.
-    let pod1 = add_dual_pod(&h1, "dv2-pod1", 1, 1430);
-    let _pod2 = add_dual_pod(&h2, "dv2-pod2", 2, 1430);
+    let pod1 = add_pod_with(&h1, "dv2-pod1", 1, 1430, true);
+    let _pod2 = add_pod_with(&h2, "dv2-pod2", 2, 1430, true);
     let tcpdump = tcpdump_first(
         &h2.ns,
         "eth0",
