@@ -188,6 +188,7 @@ impl Reconciler {
         let mut selection = self.cache.with_nodes(|nodes| {
             peers::select_peers(nodes.values(), &inputs.keys, &inputs.validation)
         });
+        let selected_us = started.elapsed().as_micros() as u64;
         keep_peers_that_lost_their_annotations(
             &mut selection,
             &mut self.last_good,
@@ -227,6 +228,7 @@ impl Reconciler {
             &selection.peers,
         )?;
 
+        let desired_us = started.elapsed().as_micros() as u64;
         let mut summary = PassSummary {
             trigger: Some(trigger),
             provisional,
@@ -249,11 +251,15 @@ impl Reconciler {
                     tracing::warn!(device = %device.name, index = device.index, "recreated vxlan device")
                 }
             }
+            let device_us = started.elapsed().as_micros() as u64;
             let actual = datapath::actual_entries(&self.nl, &device, family).await?;
+            let dumped_us = started.elapsed().as_micros() as u64;
             let mut plan = plan::diff(&actual, &state.entries);
             if provisional {
                 plan = plan.additions_only(&actual);
             }
+            drop(actual);
+            let planned_us = started.elapsed().as_micros() as u64;
             if !plan.is_empty() {
                 let ops = datapath::plan_ops(&plan, device.index);
                 let results = self.nl.apply(&ops).await;
@@ -283,6 +289,17 @@ impl Reconciler {
                 }
                 summary.errors.extend(failed);
             }
+            tracing::debug!(
+                device = %device.name,
+                provisional,
+                selected_us,
+                desired_us,
+                device_us,
+                dumped_us,
+                planned_us,
+                applied_us = started.elapsed().as_micros() as u64,
+                "reconcile pass steps (µs since the pass began)"
+            );
             summary.devices.push(DeviceSummary {
                 name: device.name.clone(),
                 index: device.index,

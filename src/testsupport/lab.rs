@@ -319,7 +319,11 @@ impl Lab {
             .arg(format!("--subnet-file={}", subnet_file.display()))
             .args(extra_args)
             .env("NODE_NAME", node)
-            .env("RUST_LOG", "info")
+            // FRS_FLANNELD_LOG=debug shows e.g. the reconcile passes' step timings.
+            .env(
+                "RUST_LOG",
+                std::env::var("FRS_FLANNELD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
