@@ -9,7 +9,7 @@
 //! `actual` must contain only entries we may manage: permanent neighbours and FDB entries with a
 //! destination on the VXLAN device, routes via the device, and our DirectRouting routes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -185,40 +185,57 @@ pub fn diff(actual: &KernelEntries, desired: &KernelEntries) -> Plan {
     }
 }
 
+/// Entries of both sets come in key order: every entry type's key is its first field, so
+/// the derived `Ord` sorts by key first. One merge pass over the two sorted sets, without
+/// per-key allocations — at 5000 peers a pass diffs 15 000 entries even when nothing changed.
 fn diff_keyed<T, K, F>(actual: &BTreeSet<T>, desired: &BTreeSet<T>, key: F) -> EntryChanges<T>
 where
     T: Ord + Copy,
     K: Ord,
     F: Fn(&T) -> K,
 {
-    let mut actual_by_key: BTreeMap<K, Vec<T>> = BTreeMap::new();
-    for a in actual {
-        actual_by_key.entry(key(a)).or_default().push(*a);
-    }
     let mut out = EntryChanges::default();
-    let mut seen = BTreeSet::new();
-    for d in desired {
-        // The desired state has one entry per key by construction (validated peers); should two
-        // ever share a key, the first wins rather than emitting conflicting operations.
-        if !seen.insert(key(d)) {
-            continue;
-        }
-        match actual_by_key.remove(&key(d)) {
-            None => out.add.push(*d),
-            Some(mut existing) => {
-                if let Some(pos) = existing.iter().position(|a| a == d) {
-                    existing.remove(pos);
-                } else {
-                    // Replace the first entry in place; any further ones are duplicates.
-                    let old = existing.remove(0);
-                    out.replace.push((old, *d));
-                }
-                out.remove.extend(existing);
+    let mut a = actual.iter().copied().peekable();
+    let mut d = desired.iter().copied().peekable();
+    loop {
+        let k = match (a.peek(), d.peek()) {
+            (None, None) => break,
+            (Some(x), None) => key(x),
+            (None, Some(y)) => key(y),
+            (Some(x), Some(y)) => std::cmp::min(key(x), key(y)),
+        };
+        // The desired state has one entry per key by construction (validated peers); should
+        // two ever share a key, the first wins rather than emitting conflicting operations.
+        let wanted = d.next_if(|y| key(y) == k);
+        while d.next_if(|y| key(y) == k).is_some() {}
+        let first = a.next_if(|x| key(x) == k);
+        let Some(wanted) = wanted else {
+            out.remove.extend(first);
+            while let Some(x) = a.next_if(|x| key(x) == k) {
+                out.remove.push(x);
             }
+            continue;
+        };
+        let Some(first) = first else {
+            out.add.push(wanted);
+            continue;
+        };
+        if first == wanted && a.peek().is_none_or(|x| key(x) != k) {
+            continue; // converged: the common case, without an allocation
         }
-    }
-    for (_, rest) in actual_by_key {
-        out.remove.extend(rest);
+        // The kernel has entries under this key: keep the one that is right, else replace the
+        // first in place; any further ones are duplicates.
+        let mut existing = vec![first];
+        while let Some(x) = a.next_if(|x| key(x) == k) {
+            existing.push(x);
+        }
+        if let Some(pos) = existing.iter().position(|x| *x == wanted) {
+            existing.remove(pos);
+        } else {
+            let old = existing.remove(0);
+            out.replace.push((old, wanted));
+        }
+        out.remove.extend(existing);
     }
     out
 }
@@ -536,6 +553,33 @@ mod tests {
                 }
             }
             let p = diff(&actual, &desired);
+            // Minimal: nothing wanted is removed, nothing present is added again, and a
+            // replacement really changes something.
+            for r in &p.neighbours.remove {
+                assert!(
+                    !desired.neighbours.contains(r)
+                        || actual.neighbours.iter().filter(|x| x.ip == r.ip).count() > 1
+                );
+            }
+            assert!(
+                p.neighbours
+                    .add
+                    .iter()
+                    .all(|x| !actual.neighbours.contains(x))
+            );
+            assert!(p.fdb.add.iter().all(|x| !actual.fdb.contains(x)));
+            assert!(p.routes.add.iter().all(|x| !actual.routes.contains(x)));
+            assert!(p.neighbours.replace.iter().all(|(o, n)| o != n
+                && actual.neighbours.contains(o)
+                && desired.neighbours.contains(n)));
+            assert!(
+                p.fdb
+                    .replace
+                    .iter()
+                    .all(|(o, n)| o != n && actual.fdb.contains(o) && desired.fdb.contains(n))
+            );
+            assert!(p.fdb.remove.iter().all(|x| !desired.fdb.contains(x)));
+            assert!(p.routes.remove.iter().all(|x| !desired.routes.contains(x)));
             let after = apply(&actual, &p);
             assert_eq!(after, desired, "{actual:?}");
             assert!(diff(&after, &desired).is_empty());
