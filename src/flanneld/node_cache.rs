@@ -204,6 +204,7 @@ pub fn spawn_node_watcher(
         // The list in progress: nodes seen, whether ours was among them.
         let mut listed = 0usize;
         let mut own_listed = false;
+        // Whether the first list put any node into the cache directly.
         let mut first_attempt_started = false;
         loop {
             let next = tokio::select! {
@@ -241,7 +242,6 @@ pub fn spawn_node_watcher(
                     } else {
                         None
                     };
-                    first_attempt_started = true;
                 }
                 Event::InitApply(node) => {
                     let node = slim(node, &annotation_prefix);
@@ -255,6 +255,10 @@ pub fn spawn_node_watcher(
                     // second copy, freed later, would leave MBs of holes in the heap.
                     let is_own = node.name == own_node;
                     own_listed |= is_own;
+                    // From now on a restarted list must be gathered aside to drop what it no
+                    // longer returns. (kube-rs announces every attempt with Init, also one whose
+                    // request then fails, so an attempt counts once it delivered a node.)
+                    first_attempt_started = true;
                     cache.upsert(node);
                     listed += 1;
                     if listed.is_multiple_of(page_size as usize) {

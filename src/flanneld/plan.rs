@@ -9,12 +9,13 @@
 //! `actual` must contain only entries we may manage: permanent neighbours and FDB entries with a
 //! destination on the VXLAN device, routes via the device, and our DirectRouting routes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use super::desired::{FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
+use super::types::VtepMac;
 
 /// Adds, in-place replacements and removals of one entry kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,21 +128,51 @@ impl Plan {
 
 impl Plan {
     /// The part of the plan a pass may apply before the first complete node list: entries for
-    /// keys the kernel does not hold yet, and nothing else. Without every node, a subnet
-    /// conflict cannot be settled in favour of the older node, so nothing present is replaced
-    /// or removed, and no route is added that overlaps one already on the device (it could
-    /// take an established peer's traffic). The first pass with the whole list does the rest.
+    /// keys the kernel does not hold yet, and nothing else. Without every node, a subnet or
+    /// MAC conflict cannot be settled in favour of the older node, so nothing present is
+    /// replaced or removed. A route is held back when it overlaps one already on the device
+    /// (it could take an established peer's traffic), or when its gateway's neighbour or that
+    /// neighbour's FDB entry is one of the replacements held back (the route would send the
+    /// traffic to whoever holds them now). The first pass with the whole list does the rest.
     pub fn additions_only(self, actual: &KernelEntries) -> Plan {
         let present: BTreeSet<(IpAddr, u8)> = actual
             .routes
             .iter()
             .map(|r| (r.dst.network(), r.dst.prefix()))
             .collect();
+        let held_gateways: BTreeSet<IpAddr> = self
+            .neighbours
+            .replace
+            .iter()
+            .map(|(old, _)| old.ip)
+            .collect();
+        let held_macs: BTreeSet<VtepMac> =
+            self.fdb.replace.iter().map(|(old, _)| old.mac).collect();
+        // The MAC each gateway resolves to once the additions are in: added, else present.
+        let added: BTreeMap<IpAddr, VtepMac> =
+            self.neighbours.add.iter().map(|n| (n.ip, n.mac)).collect();
+        let mac_of = |gw: &IpAddr| {
+            added.get(gw).copied().or_else(|| {
+                actual
+                    .neighbours
+                    .range(
+                        NeighbourEntry {
+                            ip: *gw,
+                            mac: VtepMac([0; 6]),
+                        }..,
+                    )
+                    .next()
+                    .filter(|n| n.ip == *gw)
+                    .map(|n| n.mac)
+            })
+        };
         let routes = self
             .routes
             .add
             .into_iter()
             .filter(|r| !overlaps_any(&r.dst, &present))
+            .filter(|r| !held_gateways.contains(&r.gateway))
+            .filter(|r| !mac_of(&r.gateway).is_some_and(|m| held_macs.contains(&m)))
             .collect();
         Plan {
             neighbours: EntryChanges {
@@ -649,5 +680,26 @@ mod tests {
         assert!(!overlaps_any(&"fd00:2::/64".parse().unwrap(), &present));
         let default: BTreeSet<(IpAddr, u8)> = [("0.0.0.0".parse().unwrap(), 0)].into();
         assert!(overlaps_any(&"10.1.0.0/24".parse().unwrap(), &default));
+    }
+
+    #[test]
+    fn additions_only_holds_back_a_route_whose_neighbour_or_fdb_entry_belongs_to_someone_else() {
+        // Page 1 had newer node B (subnet 1, MAC 9 → 192.168.1.2); the complete picture so far
+        // says older node A holds MAC 9 (→ 192.168.1.1) for subnet 4, and subnet 5 belongs to
+        // C (MAC 5) while B's neighbour claims its gateway.
+        let mut actual = KernelEntries::default();
+        peer_entries(&mut actual, 1, mac(9), "192.168.1.2");
+        actual.neighbours.insert(NeighbourEntry {
+            ip: ip("10.244.5.0"),
+            mac: mac(9),
+        });
+        let mut desired = KernelEntries::default();
+        peer_entries(&mut desired, 4, mac(9), "192.168.1.1"); // A: FDB for MAC 9 differs
+        peer_entries(&mut desired, 5, mac(5), "192.168.1.5"); // C: neighbour 10.244.5.0 differs
+        peer_entries(&mut desired, 6, mac(6), "192.168.1.6"); // D: untouched by conflicts
+        let early = diff(&actual, &desired).additions_only(&actual);
+        let routes: Vec<String> = early.routes.add.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(routes, ["10.244.6.0/24"], "{early:?}");
+        assert!(early.neighbours.replace.is_empty() && early.fdb.replace.is_empty());
     }
 }

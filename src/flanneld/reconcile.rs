@@ -414,7 +414,8 @@ impl Reconciler {
                 return;
             };
             trigger = next;
-            if !(backlog && trigger == Trigger::NodeChange) {
+            // After a failed pass the retry backoff paces passes, queued events or not.
+            if !(backlog && trigger == Trigger::NodeChange && retry_in.is_none()) {
                 // Let a burst of node events or kernel notifications settle into one pass.
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
