@@ -28,6 +28,7 @@ use flannel_rs::testsupport::cluster::{
     Binaries, Cluster, ClusterOptions, NodeSpec, PeerFacts, VXLAN_DEVICE,
 };
 use flannel_rs::testsupport::lab::LabOptions;
+use flannel_rs::testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
 
 #[derive(Parser, Debug)]
 #[command(about = "N real flanneld daemons: convergence time, RSS and idle CPU (with API churn)")]
@@ -207,7 +208,10 @@ fn measure(n: usize, args: &Args, bin_dir: &std::path::Path) -> anyhow::Result<R
     }
     // Let start-up work settle before the idle measurement.
     std::thread::sleep(Duration::from_secs(2));
-    let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).collect();
+    let rss: Vec<u64> = pids
+        .iter()
+        .map(|p| status_kib(*p, "VmRSS").unwrap_or(0))
+        .collect();
     let idle = Duration::from_secs(args.idle_secs);
     let cpu_idle = cpu_pct_per_daemon(&pids, idle)?;
     let rv0 = c.lab.server.resource_version()?;
@@ -280,30 +284,9 @@ fn has_all_peers(
     })
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat; after the name, state is field 3 → index 0.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Average CPU per daemon (percent of one core) over `window`.
 fn cpu_pct_per_daemon(pids: &[u32], window: Duration) -> anyhow::Result<f64> {
-    let ticks_per_sec =
-        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK")? as f64;
+    let ticks_per_sec = clock_ticks_per_sec();
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
     let t = Instant::now();
     std::thread::sleep(window);
@@ -463,6 +446,6 @@ mod tests {
     fn stat_cpu_fields() {
         let pid = std::process::id();
         assert!(cpu_ticks(pid).is_some());
-        assert!(rss_kib(pid).unwrap() > 0);
+        assert!(status_kib(pid, "VmRSS").unwrap() > 0);
     }
 }

@@ -138,6 +138,16 @@ impl Stats {
             .max()
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     }
+    /// `median / p95 (min / max)` in ms, as the report prints a latency.
+    fn spread(&self) -> String {
+        format!(
+            "{:.2} / {:.2} ({:.2} / {:.2})",
+            self.median(),
+            self.ms(0.95),
+            self.min(),
+            self.max()
+        )
+    }
 }
 
 struct Results {
@@ -602,20 +612,8 @@ fn main() -> Result<()> {
         println!(
             "{:<30} {:>30} {:>30} {:>9.2} {:>9.2} {:>9.2}",
             s.label,
-            format!(
-                "{:.2} / {:.2} ({:.2} / {:.2})",
-                r.seq_add.median(),
-                r.seq_add.ms(0.95),
-                r.seq_add.min(),
-                r.seq_add.max()
-            ),
-            format!(
-                "{:.2} / {:.2} ({:.2} / {:.2})",
-                r.seq_del.median(),
-                r.seq_del.ms(0.95),
-                r.seq_del.min(),
-                r.seq_del.max()
-            ),
+            r.seq_add.spread(),
+            r.seq_del.spread(),
             r.seq_add.cpu_median(),
             r.seq_del.cpu_median(),
             r.version.median(),

@@ -35,6 +35,7 @@ use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
 use flannel_rs::testsupport::iproute;
 use flannel_rs::testsupport::kube_testserver::{LogFilter, TestServerOptions};
 use flannel_rs::testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
+use flannel_rs::testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 
@@ -306,7 +307,7 @@ fn run_one(
     // Irrelevant churn.
     let ops0 = metric(&d, "flannel_netlink_ops_total")?;
     let passes0 = metric(&d, "flannel_reconciles_total")?;
-    let ticks0 = cpu_ticks(pid)?;
+    let ticks0 = cpu_ticks(pid).context("read /proc/PID/stat")?;
     let rv0 = lab.server.resource_version()?;
     let t = Instant::now();
     lab.server.start_churn(args.churn_rate)?;
@@ -316,11 +317,11 @@ fn run_one(
     // Let the daemon drain what the watch still carries; the CPU share covers this too.
     std::thread::sleep(Duration::from_millis(500));
     let wall = t.elapsed().as_secs_f64();
-    let ticks1 = cpu_ticks(pid)?;
+    let ticks1 = cpu_ticks(pid).context("read /proc/PID/stat")?;
     row.churn_events = rv1 - rv0;
     row.churn_ops = metric(&d, "flannel_netlink_ops_total")? - ops0;
     row.churn_passes = metric(&d, "flannel_reconciles_total")? - passes0;
-    row.churn_cpu_pct = (ticks1 - ticks0) as f64 / clock_ticks() / wall * 100.0;
+    row.churn_cpu_pct = (ticks1 - ticks0) as f64 / clock_ticks_per_sec() / wall * 100.0;
     (row.rss_after_churn_kib, _) = rss(pid)?;
     eprintln!(
         "# N={n}: churn {} events: {} netlink ops, {} passes, CPU {:.1} %",
@@ -715,35 +716,10 @@ fn last_pass_ms(d: &Flanneld) -> Result<Option<f64>> {
 
 /// (VmRSS, VmHWM) in KiB.
 fn rss(pid: u32) -> Result<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    let field = |name: &str| {
+        status_kib(pid, name).with_context(|| format!("no {name} in /proc/{pid}/status"))
     };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// utime + stime of the process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("bad /proc/PID/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let t = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    Ok((field("VmRSS")?, field("VmHWM")?))
 }
 
 fn percentile(samples: &[f64], p: f64) -> f64 {

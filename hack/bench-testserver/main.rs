@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use flannel_rs::testsupport::kube_testserver::{KubeTestServer, TestServerOptions};
+use flannel_rs::testsupport::procfs::status_kib;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -35,17 +36,6 @@ struct Args {
     /// kube-testserver binary (default: next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -146,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         "kube-testserver: {} realistic nodes loaded in {:.2} s; server RSS {} MiB",
         args.nodes,
         started.elapsed().as_secs_f64(),
-        rss_kib(server.pid()).unwrap_or(0) / 1024
+        status_kib(server.pid(), "VmRSS").unwrap_or(0) / 1024
     );
     let c = client(&server).await?;
     let nodes: Api<Node> = Api::all(c.clone());
@@ -293,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "server RSS after run: {} MiB",
-        rss_kib(server.pid()).unwrap_or(0) / 1024
+        status_kib(server.pid(), "VmRSS").unwrap_or(0) / 1024
     );
     Ok(())
 }

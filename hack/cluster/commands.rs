@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use flannel_rs::testsupport::cluster::{Cluster, NodeSpec, PingStats, PodWiring, poll};
-use flannel_rs::testsupport::kube_testserver::{Clobber, LogFilter};
+use flannel_rs::testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
 
 /// flannel's annotation prefix (upstream's default).
 pub const ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com/";
@@ -330,21 +330,7 @@ pub fn incident(
         since: Some(seq),
         ..LogFilter::default()
     })?;
-    let clobber_at = log
-        .iter()
-        .find(|e| e.identity.as_deref() == Some("clobber"))
-        .map(|e| e.time_ms)
-        .context("the clobber is not in the request log")?;
-    let heal = log
-        .iter()
-        .find(|e| {
-            e.identity.as_deref() == Some("flannel")
-                && e.method == "PATCH"
-                && e.code == 200
-                && e.name.as_deref() == Some(node)
-                && e.time_ms >= clobber_at
-        })
-        .context("no healing patch in the request log")?;
+    let (clobber_at, heal) = heal_after_clobber(&log, node).map_err(anyhow::Error::msg)?;
     let heal_ms_server = heal.time_ms - clobber_at;
     writeln!(
         out,

@@ -210,6 +210,31 @@ impl LogEntry {
     }
 }
 
+/// From a request log: the time of the clobber (the admin's unconditional stale write) and
+/// the first successful flanneld PATCH of `node` after it — a heal as the server's own clock
+/// saw it. Entries are in `seq` order, so the first match is also the earliest.
+pub fn heal_after_clobber<'a>(
+    log: &'a [LogEntry],
+    node: &str,
+) -> Result<(u64, &'a LogEntry), &'static str> {
+    let clobber_at = log
+        .iter()
+        .find(|e| e.identity.as_deref() == Some("clobber"))
+        .map(|e| e.time_ms)
+        .ok_or("the clobber is not in the request log")?;
+    let heal = log
+        .iter()
+        .find(|e| {
+            e.identity.as_deref() == Some("flannel")
+                && e.method == "PATCH"
+                && e.code == 200
+                && e.name.as_deref() == Some(node)
+                && e.time_ms >= clobber_at
+        })
+        .ok_or("no healing patch in the request log")?;
+    Ok((clobber_at, heal))
+}
+
 /// Filters for `request_log`; unset fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {

@@ -5,4 +5,5 @@ pub mod cni_runtime;
 pub mod iproute;
 pub mod kube_testserver;
 pub mod lab;
+pub mod procfs;
 pub mod topology;

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flannel_rs::testsupport::kube_testserver::{Clobber, Fault, LogEntry, LogFilter};
+use flannel_rs::testsupport::kube_testserver::{
+    Clobber, Fault, LogEntry, LogFilter, heal_after_clobber,
+};
 use flannel_rs::testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
 use flannel_rs::testsupport::topology::Host;
 
@@ -225,20 +227,8 @@ fn a_stale_overwrite_is_healed_and_other_annotations_survive() {
     });
     // The precise figure comes from the server's own clock: clobber write → healing patch.
     let log = lab.server.request_log(&LogFilter::default()).unwrap();
-    let clobber_at = log
-        .iter()
-        .find(|e| e.identity.as_deref() == Some("clobber"))
-        .expect("clobber logged")
-        .time_ms;
-    let healed_at = log
-        .iter()
-        .filter(|e| {
-            e.identity.as_deref() == Some("flannel") && e.method == "PATCH" && e.code == 200
-        })
-        .map(|e| e.time_ms)
-        .filter(|t| *t >= clobber_at)
-        .min()
-        .expect("healing patch logged");
+    let (clobber_at, healing_patch) = heal_after_clobber(&log, "n1").unwrap();
+    let healed_at = healing_patch.time_ms;
     println!(
         "heal time after clobber: {} ms by the API server's log ({:.0} ms observed by the test's polling)",
         healed_at - clobber_at,

@@ -9,7 +9,7 @@ use flannel_rs::testsupport::cluster::{
     Binaries, Cluster, ClusterOptions, NodeSpec, PingStats, Pinger, PodWiring, Registration,
     VXLAN_DEVICE, poll,
 };
-use flannel_rs::testsupport::kube_testserver::{Clobber, LogFilter};
+use flannel_rs::testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
 use flannel_rs::testsupport::lab::{LabOptions, peer_annotations};
 
 use crate::daemon_control::{FLANNELD, TESTSERVER};
@@ -196,22 +196,8 @@ fn the_clobber_is_healed_without_losing_a_ping_to_that_nodes_pods() {
             ..LogFilter::default()
         })
         .unwrap();
-    let clobber_at = log
-        .iter()
-        .find(|e| e.identity.as_deref() == Some("clobber"))
-        .expect("clobber logged")
-        .time_ms;
-    let healed_at = log
-        .iter()
-        .filter(|e| {
-            e.identity.as_deref() == Some("flannel")
-                && e.method == "PATCH"
-                && e.code == 200
-                && e.name.as_deref() == Some("node-2")
-        })
-        .map(|e| e.time_ms)
-        .find(|t| *t >= clobber_at)
-        .expect("healing patch logged");
+    let (clobber_at, heal) = heal_after_clobber(&log, "node-2").unwrap();
+    let healed_at = heal.time_ms;
     println!(
         "clobber healed in {} ms (API server clock; {:.0} ms seen by polling)",
         healed_at - clobber_at,
@@ -253,11 +239,20 @@ fn ip_in(c: &Cluster, node: &str, args: &[&str]) {
 fn entries_deleted_by_hand_are_repaired() {
     let c = cluster("e2e4", 114, 3, 1);
     let peer = c.peer_facts("node-2").unwrap();
-    let ns = c.node("node-1").unwrap().host.ns.name().to_string();
     let gw = peer.subnet.network().to_string();
     let mac = peer.vtep_mac.to_string();
     let dst = peer.underlay.to_string();
     let subnet = peer.subnet.to_string();
+    let node_ns = &c.node("node-1").unwrap().host.ns;
+    let del_fdb = || {
+        let fdb = ["fdb", "del", &mac, "dev", VXLAN_DEVICE, "dst", &dst];
+        let out = node_ns.exec("bridge", &fdb).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     type Deletion<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let deletions: Vec<Deletion> = vec![
         (
@@ -274,30 +269,7 @@ fn entries_deleted_by_hand_are_repaired() {
             "neighbour",
             Box::new(|| ip_in(&c, "node-1", &["neigh", "del", &gw, "dev", VXLAN_DEVICE])),
         ),
-        (
-            "fdb entry",
-            Box::new(|| {
-                let out = std::process::Command::new("bridge")
-                    .args([
-                        "-n",
-                        &ns,
-                        "fdb",
-                        "del",
-                        &mac,
-                        "dev",
-                        VXLAN_DEVICE,
-                        "dst",
-                        &dst,
-                    ])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }),
-        ),
+        ("fdb entry", Box::new(del_fdb)),
         (
             "route + neighbour + fdb entry",
             Box::new(|| {
@@ -307,21 +279,7 @@ fn entries_deleted_by_hand_are_repaired() {
                     &["route", "del", &subnet, "dev", VXLAN_DEVICE],
                 );
                 ip_in(&c, "node-1", &["neigh", "del", &gw, "dev", VXLAN_DEVICE]);
-                let out = std::process::Command::new("bridge")
-                    .args([
-                        "-n",
-                        &ns,
-                        "fdb",
-                        "del",
-                        &mac,
-                        "dev",
-                        VXLAN_DEVICE,
-                        "dst",
-                        &dst,
-                    ])
-                    .output()
-                    .unwrap();
-                assert!(out.status.success());
+                del_fdb();
             }),
         ),
     ];
