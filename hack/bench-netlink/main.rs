@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use flannel_rs::netlink::{
-    Address, FdbEntry, IpFamily, MacAddr, Neighbour, Netlink, Op, Route, RouteFilter, VxlanOutcome,
-    VxlanSpec,
+    Address, FdbEntry, IpFamily, MacAddr, Neighbour, Netlink, Op, Route, RouteFilter, VethPair,
+    VxlanOutcome, VxlanSpec,
 };
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
 use flannel_rs::testsupport::iproute;
@@ -249,7 +249,15 @@ fn peer_ops(fl: u32, n: u32) -> ([Vec<Op>; 3], [Vec<Op>; 3]) {
 async fn setup_ours(nl: &Netlink) -> Result<u32> {
     let ns = nl.netns();
     let under = nl
-        .create_veth_with_peer_in("nlb-under", "nlb-under-p", ns, 1500, None, None)
+        .create_veth_with_peer_in(&VethPair {
+            host_name: "nlb-under",
+            peer_name: "nlb-under-p",
+            peer_ns: ns,
+            mtu: 1500,
+            master: None,
+            peer_mac: None,
+            host_up: true,
+        })
         .await?;
     let peer = nl
         .link_by_name("nlb-under-p")

@@ -3,20 +3,21 @@
 //! directly in the pod namespace, addresses, routes and the sysctls the reference sets.
 //!
 //! Order of ADD (each step undone on failure, in reverse):
-//! bridge → IP reservation → gateway address + MAC pin + forwarding → veth (host end
-//! enslaved, up, hairpin) → pod side (sysctls, addresses, up, routes) → masquerade.
-//! Reserving before the veth exists means an exhausted pool fails before anything is created.
+//! IP reservation → bridge → gateway address + MAC pin + forwarding → veth (host end
+//! enslaved, still down; hairpin) → pod side (sysctls, addresses, up, routes) → host end up
+//! → masquerade. Reserving first means an exhausted pool fails before anything is created.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use crate::netlink::{
-    Address, Link, MacAddr, Netlink, NetlinkError, Op, Route as NlRoute, RouteFilter, RouteScope,
+    Address, IpFamily, Link, LinkOperState, MacAddr, Netlink, NetlinkError, Op, Route as NlRoute,
+    RouteFilter, RouteScope, VethPair,
 };
 use crate::netns::{NetnsError, NetnsFile};
 use nix::sched::{CloneFlags, setns};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 use super::config::BridgeConf;
 use super::ifreq::{TxqlenError, set_txqlen};
@@ -138,67 +139,19 @@ impl Undo {
     }
 }
 
-/// The node's and the pod's netlink handles, being opened on a side thread. Opening one waits
-/// for a helper thread (setns is per thread) to be scheduled, which on a busy node takes
-/// milliseconds; meanwhile the caller does its file work (DEL record, IP reservation).
-pub struct Handles {
-    node: std::sync::mpsc::Receiver<Result<Netlink, NetlinkError>>,
-    pod: std::thread::JoinHandle<Result<Netlink, NetlinkError>>,
-}
-
-impl Handles {
-    /// Starts opening both handles. Opening a socket changes nothing, so this may run before
-    /// the first side effect of ADD.
-    pub fn open(rt: &tokio::runtime::Runtime, pod_ns: &NetnsFile) -> Result<Self, BridgeError> {
-        let pod_ns = NetnsFile::open(format!("/proc/self/fd/{}", pod_ns.file().as_raw_fd()))?;
-        let runtime = rt.handle().clone();
-        let (tx, node) = std::sync::mpsc::sync_channel(1);
-        let pod = std::thread::Builder::new()
-            .name("cni-netlink".into())
-            .spawn(move || {
-                let _runtime = runtime.enter();
-                // The side thread starts in the plugin's namespace: the node's.
-                let _ = tx.send(Netlink::current());
-                // This thread is ours alone and ends right after: it may enter the pod's
-                // namespace itself, and the handle then opens there without another thread.
-                setns(pod_ns.file().as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetlinkError::from(NetnsError::Enter {
-                        path: pod_ns.path().to_path_buf(),
-                        source,
-                    })
-                })?;
-                Netlink::in_netns(&pod_ns)
-            })
-            .map_err(|e| BridgeError::Internal(format!("spawn thread: {e}")))?;
-        Ok(Self { node, pod })
-    }
-
-    fn node(&self) -> Result<Netlink, BridgeError> {
-        self.node
-            .recv()
-            .map_err(|_| BridgeError::Internal("netlink thread ended early".into()))?
-            .map_err(BridgeError::from)
-    }
-
-    fn pod(self) -> Result<Netlink, BridgeError> {
-        self.pod
-            .join()
-            .map_err(|_| BridgeError::Internal("netlink thread panicked".into()))?
-            .map_err(BridgeError::from)
-    }
-}
-
 /// ADD: returns the result (interfaces `[bridge, host veth, container]`, `ips[].interface = 2`).
 ///
-/// Order: IP reservation (files, while `handles` open) → node side on the current-thread
-/// runtime `rt` (bridge, gateway address, forwarding, veth, hairpin) → a synchronous step in
-/// which the calling thread briefly enters the pod namespace ([`in_pod_namespace`]) → pod side
-/// (addresses, up, routes) → masquerade. Reserving first means an exhausted pool fails before
-/// anything else is touched.
-#[allow(clippy::too_many_arguments)]
+/// Order: IP reservation (files) → node side on the current-thread runtime `rt` (bridge,
+/// gateway address, forwarding, veth with its host end still down, hairpin) → a synchronous
+/// step in which the calling thread briefly enters the pod namespace ([`in_pod_namespace`]:
+/// sysctls, and the pod's netlink socket is opened there) → pod side (addresses, up, routes)
+/// → host end up → masquerade. Reserving first means an exhausted pool fails before anything
+/// else is touched.
+///
+/// No helper thread: both sockets are opened by the calling thread, in the namespace it is in
+/// at that moment (a socket keeps the namespace it was created in).
 pub fn add(
     rt: &tokio::runtime::Runtime,
-    handles: Handles,
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
     at: &Attach<'_>,
@@ -225,16 +178,17 @@ pub fn add(
             return Err(BridgeError::NoAddresses);
         }
         timer.step("ipam");
-        let node = node.insert(handles.node()?);
+        let node = node.insert(open_netlink(rt, &home)?);
         timer.step("node socket");
         let node_side = rt.block_on(node_phase(
             node, conf, ipam_conf, at, mac, &mut undo, &timer,
         ))?;
         let has_v6 = undo.allocations.iter().any(|a| a.address.is_ipv6());
-        in_pod_namespace(at.netns, &home, || pod_settings(at.ifname, has_v6))??;
-        timer.step("pod settings");
-        let pod = handles.pod()?;
-        timer.step("pod socket");
+        let pod = in_pod_namespace(at.netns, &home, || {
+            pod_settings(at.ifname, has_v6)?;
+            open_netlink(rt, at.netns)
+        })??;
+        timer.step("pod settings and socket");
         rt.block_on(pod_phase(
             node, &pod, conf, at, node_side, &mut undo, &timer,
         ))
@@ -253,6 +207,13 @@ pub fn add(
             })
         }
     }
+}
+
+/// A netlink handle in `ns`, which must be the calling thread's namespace (then no helper
+/// thread is involved).
+fn open_netlink(rt: &tokio::runtime::Runtime, ns: &NetnsFile) -> Result<Netlink, BridgeError> {
+    let _runtime = rt.enter();
+    Ok(Netlink::in_netns(ns)?)
 }
 
 /// Debug-level timing of ADD's steps (`FLANNEL_CNI_LOG=debug`).
@@ -296,8 +257,19 @@ fn in_pod_namespace<T>(
     Ok(out)
 }
 
+/// `veth` and 8 random hex digits, like the reference. Straight from getrandom(2): the
+/// plugin runs once per call and needs one number, not a seeded generator (whose seeding
+/// costs a poll of /dev/random and a read of /dev/urandom in a static build).
 fn random_veth_name() -> String {
-    format!("veth{:08x}", rand::random::<u32>())
+    let mut bytes = [0u8; 4];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
+    let n = unsafe { nix::libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let value = if n == bytes.len() as isize {
+        u32::from_ne_bytes(bytes)
+    } else {
+        rand::random::<u32>()
+    };
+    format!("veth{value:08x}")
 }
 
 /// Creates the bridge (MTU, up) or adopts an existing one without touching its MTU, like the
@@ -337,11 +309,12 @@ async fn ensure_gateway_address(
     bridge: &Link,
     wanted: IpNetwork,
 ) -> Result<(), BridgeError> {
-    let existing = node.addresses(bridge.index).await?;
-    for a in existing
-        .iter()
-        .filter(|a| a.net.is_ipv4() == wanted.is_ipv4())
-    {
+    let family = if wanted.is_ipv4() {
+        IpFamily::V4
+    } else {
+        IpFamily::V6
+    };
+    for a in &node.addresses_in(bridge.index, family).await? {
         if a.net == wanted {
             return Ok(());
         }
@@ -448,7 +421,7 @@ struct NodeSide {
     result: CniResult,
 }
 
-/// Node side: bridge, gateway address, forwarding, veth (host end enslaved and set up,
+/// Node side: bridge, gateway address, forwarding, veth (host end enslaved but down,
 /// container end created in the pod namespace), hairpin.
 async fn node_phase(
     node: &Netlink,
@@ -479,18 +452,24 @@ async fn node_phase(
     timer.step("gateway");
 
     let mtu = if conf.mtu == 0 { bridge.mtu } else { conf.mtu };
+    // The host end normally comes up only after the pod side is configured (see pod_phase).
+    // A bridge whose carrier never changed yet (operstate UNKNOWN: just created) gets its
+    // first port up at once, as the reference does: the port then starts without carrier and
+    // toggles the bridge's carrier, which is what moves the bridge to operstate UP.
+    let host_up_now = bridge.operstate == LinkOperState::Unknown;
     let mut host = None;
     for _ in 0..VETH_NAME_TRIES {
         let name = random_veth_name();
         match node
-            .create_veth_with_peer_in(
-                &name,
-                at.ifname,
-                at.netns,
+            .create_veth_with_peer_in(&VethPair {
+                host_name: &name,
+                peer_name: at.ifname,
+                peer_ns: at.netns,
                 mtu,
-                Some(bridge.index),
-                container_mac,
-            )
+                master: Some(bridge.index),
+                peer_mac: container_mac,
+                host_up: host_up_now,
+            })
             .await
         {
             Ok(link) => {
@@ -521,7 +500,12 @@ async fn node_phase(
     })
 }
 
-/// Pod side: addresses, link up, routes; then masquerading and the result.
+/// Pod side: addresses, link up, routes (one batch); then the host end up, masquerading and
+/// the result.
+///
+/// The host end comes up last so that the pair has no carrier while the pod side is being
+/// configured: carrier starts the kernel's IPv6 DAD and link-watch work on both ends, which
+/// takes the RTNL lock and would make our route requests wait (spinning) for it.
 async fn pod_phase(
     node: &Netlink,
     pod: &Netlink,
@@ -540,20 +524,24 @@ async fn pod_phase(
         .link_by_name(at.ifname)
         .await?
         .ok_or_else(|| BridgeError::Internal(format!("{} vanished from the pod", at.ifname)))?;
-    let addresses: Vec<Op> = undo
+    let ops: Vec<Op> = undo
         .allocations
         .iter()
         .map(|a| Op::EnsureAddress(Address::new(container.index, a.address)))
+        .chain([Op::SetLinkUp(container.index)])
+        .chain(
+            result
+                .routes
+                .iter()
+                .map(|r| Op::EnsureRoute(pod_route(r, container.index, &result.ips))),
+        )
         .collect();
-    pod.apply_all(&addresses).await?;
-    pod.set_link_up(container.index).await?;
-    let routes: Vec<Op> = result
-        .routes
-        .iter()
-        .map(|r| Op::EnsureRoute(pod_route(r, container.index, &result.ips)))
-        .collect();
-    pod.apply_all(&routes).await?;
+    pod.apply_all(&ops).await?;
     timer.step("pod addresses, up, routes");
+    if !host.up {
+        node.set_link_up(host.index).await?;
+        timer.step("host end up");
+    }
 
     if conf.ip_masq {
         let chain = ipmasq::chain_name(at.network, at.container_id);
@@ -565,14 +553,15 @@ async fn pod_phase(
         timer.step("masquerade");
     }
 
-    // Re-read MACs: the bridge's may have been pinned, the veth's can change on enslaving.
-    // A gateway bridge had its MAC pinned to the value we read; otherwise it may have moved.
+    // A gateway bridge had its MAC pinned to the value we read; otherwise it may have moved
+    // to the lowest port MAC now that ours joined. The host end was read after it was
+    // created enslaved, so its MAC is final.
     let bridge_now = if conf.is_gateway {
         bridge
     } else {
         node.link_by_name(&conf.bridge).await?.unwrap_or(bridge)
     };
-    let host_now = node.link_by_name(&host.name).await?.unwrap_or(host);
+    let host_now = Link { up: true, ..host };
     let mac_str = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
     result.interfaces = vec![
         Interface {

@@ -171,14 +171,8 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
     let bytes = delegate_bytes(&delegate);
     let prepared = prepare(&delegate, &conf.name, env, &args)?;
 
-    // The native path's runtime and netlink handles start opening now, on a side thread, while
-    // the file work goes on (opening a socket changes nothing).
     let mut native = match &prepared {
-        Prepared::Native { .. } => {
-            let rt = runtime()?;
-            let handles = bridge::Handles::open(&rt, &netns).map_err(CniError::from)?;
-            Some((rt, handles))
-        }
+        Prepared::Native { .. } => Some(runtime()?),
         Prepared::Exec { .. } => None,
     };
 
@@ -207,9 +201,8 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
             };
             match native.take() {
                 None => Err((CniError::internal("native path not prepared"), true)),
-                Some((rt, handles)) => bridge::add(
+                Some(rt) => bridge::add(
                     &rt,
-                    handles,
                     bridge,
                     ipam,
                     &attach,

@@ -38,25 +38,35 @@ impl Netlink {
 
     /// IPv4 and IPv6 addresses of one link (including kernel-assigned IPv6 link-local ones).
     pub async fn addresses(&self, ifindex: u32) -> Result<Vec<Address>, NetlinkError> {
-        let mut out = Vec::new();
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let mut req = AddressMessage::default();
-            req.header.family = family.address_family();
-            // Honoured by the kernel on a strict socket; also checked below.
-            req.header.index = ifindex;
-            let replies = self
-                .dump_of_link(
-                    "list addresses",
-                    ifindex,
-                    RouteNetlinkMessage::GetAddress(req),
-                )
-                .await?;
-            out.extend(replies.iter().filter_map(|m| match m {
+        let mut out = self.addresses_in(ifindex, IpFamily::V4).await?;
+        out.extend(self.addresses_in(ifindex, IpFamily::V6).await?);
+        Ok(out)
+    }
+
+    /// The addresses of one family on one link (one dump).
+    pub async fn addresses_in(
+        &self,
+        ifindex: u32,
+        family: IpFamily,
+    ) -> Result<Vec<Address>, NetlinkError> {
+        let mut req = AddressMessage::default();
+        req.header.family = family.address_family();
+        // Honoured by the kernel on a strict socket; also checked below.
+        req.header.index = ifindex;
+        let replies = self
+            .dump_of_link(
+                "list addresses",
+                ifindex,
+                RouteNetlinkMessage::GetAddress(req),
+            )
+            .await?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
                 RouteNetlinkMessage::NewAddress(a) => Address::from_message(a),
                 _ => None,
-            }));
-        }
-        out.retain(|a| a.ifindex == ifindex);
-        Ok(out)
+            })
+            .filter(|a| a.ifindex == ifindex)
+            .collect())
     }
 }

@@ -3,6 +3,7 @@
 
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::LinkUnspec;
 
 use super::error::{NetlinkError, RawError};
 use super::types::{Address, FdbEntry, Neighbour, Route};
@@ -18,6 +19,8 @@ const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
 /// when the object is already gone, `AppendFdb` adds one more destination to an entry
 /// (meaningful for the all-zero MAC used for flooding), `AddRoute` creates a route only when
 /// none with the same key exists (EEXIST otherwise: never overwrites someone else's route).
+/// `SetLinkUp` sits among them so that a link can come up between its addresses and the
+/// routes that need it up, in one batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     EnsureAddress(Address),
@@ -30,6 +33,8 @@ pub enum Op {
     EnsureFdb(FdbEntry),
     AppendFdb(FdbEntry),
     RemoveFdb(FdbEntry),
+    /// `ip link set up` of the link with this index.
+    SetLinkUp(u32),
 }
 
 impl Op {
@@ -46,6 +51,7 @@ impl Op {
             Op::EnsureFdb(_) => "replace fdb entry",
             Op::AppendFdb(_) => "append fdb entry",
             Op::RemoveFdb(_) => "delete fdb entry",
+            Op::SetLinkUp(_) => "set up",
         }
     }
 
@@ -56,6 +62,7 @@ impl Op {
             Op::EnsureRoute(r) | Op::AddRoute(r) | Op::RemoveRoute(r) => r.oif,
             Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => Some(n.ifindex),
             Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => Some(f.ifindex),
+            Op::SetLinkUp(index) => Some(*index),
         }
     }
 
@@ -70,6 +77,7 @@ impl Op {
             Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => {
                 format!("{} dst {} dev {ifname}", f.mac, f.dst)
             }
+            Op::SetLinkUp(_) => format!("link {ifname}"),
         }
     }
 
@@ -117,6 +125,10 @@ impl Op {
                 NLM_F_CREATE | NLM_F_APPEND,
             ),
             Op::RemoveFdb(f) => (RouteNetlinkMessage::DelNeighbour(neigh::fdb_message(f)), 0),
+            Op::SetLinkUp(index) => (
+                RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(*index).up().build()),
+                0,
+            ),
         })
     }
 
@@ -127,7 +139,8 @@ impl Op {
             | Op::EnsureRoute(_)
             | Op::AddRoute(_)
             | Op::EnsureNeighbour(_)
-            | Op::EnsureFdb(_) => false,
+            | Op::EnsureFdb(_)
+            | Op::SetLinkUp(_) => false,
             Op::AppendFdb(_) => errno == EEXIST,
             Op::RemoveAddress(_) => matches!(errno, EADDRNOTAVAIL | ENOENT | ENODEV),
             Op::RemoveRoute(_) => matches!(errno, ESRCH | ENOENT | ENODEV),

@@ -49,6 +49,21 @@ fn single_link(replies: Vec<RouteNetlinkMessage>) -> Option<Link> {
     })
 }
 
+/// A veth pair for [`Netlink::create_veth_with_peer_in`].
+#[derive(Debug, Clone, Copy)]
+pub struct VethPair<'a> {
+    pub host_name: &'a str,
+    pub peer_name: &'a str,
+    /// Where the peer end is created.
+    pub peer_ns: &'a NetnsFile,
+    pub mtu: u32,
+    /// Bridge to enslave the host end to.
+    pub master: Option<u32>,
+    pub peer_mac: Option<MacAddr>,
+    /// Set the host end up in the same request.
+    pub host_up: bool,
+}
+
 impl Netlink {
     /// The link called `name`, or `None`.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
@@ -214,19 +229,23 @@ impl Netlink {
         self.require_link("ensure bridge", name).await
     }
 
-    /// Creates a veth pair whose host end `host_name` lives in this handle's namespace (up,
-    /// enslaved to `master` if given) and whose peer `peer_name` is created directly inside
+    /// Creates a veth pair whose host end lives in this handle's namespace (up if
+    /// `host_up`, enslaved to `master` if given) and whose peer is created directly inside
     /// `peer_ns` (IFLA_NET_NS_FD; no move afterwards), left down for its owner to configure.
     /// Returns the host end.
     pub async fn create_veth_with_peer_in(
         &self,
-        host_name: &str,
-        peer_name: &str,
-        peer_ns: &NetnsFile,
-        mtu: u32,
-        master: Option<u32>,
-        peer_mac: Option<MacAddr>,
+        pair: &VethPair<'_>,
     ) -> Result<Link, NetlinkError> {
+        let &VethPair {
+            host_name,
+            peer_name,
+            peer_ns,
+            mtu,
+            master,
+            peer_mac,
+            host_up,
+        } = pair;
         let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer_name)
             .setns_by_fd(peer_ns.file().as_raw_fd())
@@ -236,8 +255,10 @@ impl Netlink {
         }
         let mut host = LinkVeth::new(host_name, peer_name)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-            .mtu(mtu)
-            .up();
+            .mtu(mtu);
+        if host_up {
+            host = host.up();
+        }
         if let Some(master) = master {
             host = host.controller(master);
         }

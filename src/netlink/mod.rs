@@ -29,8 +29,11 @@ use std::sync::Arc;
 
 pub use batch::Op;
 pub use error::NetlinkError;
+pub use link::VethPair;
 pub use monitor::{Monitor, MonitorEvent, MonitorGroups};
-/// Route attribute types used in [`Route`] (re-exported so callers need no extra crate).
+/// Link and route attribute types used in [`Link`] and [`Route`] (re-exported so callers
+/// need no extra crate).
+pub use netlink_packet_route::link::State as LinkOperState;
 pub use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 pub use types::{
     Address, FdbEntry, IpFamily, Link, MacAddr, MacParseError, Neighbour, NeighbourEntry,

@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
+
+use super::LinkOperState;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -156,6 +158,9 @@ pub struct Link {
     pub mac: Option<MacAddr>,
     /// Administratively up (IFF_UP).
     pub up: bool,
+    /// RFC 2863 operational state (`IFLA_OPERSTATE`). `Unknown` on a device whose carrier
+    /// has never changed since it was created.
+    pub operstate: LinkOperState,
     /// Index of the master (bridge) this link is enslaved to.
     pub master: Option<u32>,
     /// `IFLA_LINK` when it differs from the link's own index: for a veth the peer's index,
@@ -176,6 +181,7 @@ impl Link {
         let mut link_index = None;
         let mut link_netnsid = None;
         let mut vxlan = None;
+        let mut operstate = LinkOperState::Unknown;
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
@@ -187,6 +193,7 @@ impl Link {
                     link_index = Some(*l)
                 }
                 LinkAttribute::LinkNetNsId(id) if *id >= 0 => link_netnsid = Some(*id),
+                LinkAttribute::OperState(state) => operstate = *state,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -206,6 +213,7 @@ impl Link {
             mtu,
             mac,
             up: msg.header.flags.contains(LinkFlags::Up),
+            operstate,
             master,
             link_index,
             link_netnsid,
@@ -789,6 +797,7 @@ mod tests {
             mtu: 1450,
             mac: None,
             up: false,
+            operstate: LinkOperState::Down,
             master: None,
             link_index: None,
             link_netnsid: None,

@@ -1,7 +1,7 @@
 //! Links through `flannel_rs::netlink`, each result checked with `ip -d -json link` /
 //! `bridge -json link`.
 
-use flannel_rs::netlink::{Netlink, NetlinkError, VxlanOutcome};
+use flannel_rs::netlink::{Netlink, NetlinkError, VethPair, VxlanOutcome};
 use flannel_rs::netns::NetnsFile;
 
 use crate::harness::{bridge_json, netns, runtime};
@@ -200,14 +200,15 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
         let br = nl.ensure_bridge("cni0", 1450, None).await.unwrap();
         let pod_ns = NetnsFile::open(pod.path()).unwrap();
         let veth = nl
-            .create_veth_with_peer_in(
-                "veth0123",
-                "eth0",
-                &pod_ns,
-                1450,
-                Some(br.index),
-                Some(mac("0e:00:00:00:0a:0a")),
-            )
+            .create_veth_with_peer_in(&VethPair {
+                host_name: "veth0123",
+                peer_name: "eth0",
+                peer_ns: &pod_ns,
+                mtu: 1450,
+                master: Some(br.index),
+                peer_mac: Some(mac("0e:00:00:00:0a:0a")),
+                host_up: true,
+            })
             .await
             .unwrap();
         assert_eq!(veth.master, Some(br.index));
@@ -244,7 +245,15 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
         );
 
         let err = nl
-            .create_veth_with_peer_in("veth0123", "eth1", &pod_ns, 1450, None, None)
+            .create_veth_with_peer_in(&VethPair {
+                host_name: "veth0123",
+                peer_name: "eth1",
+                peer_ns: &pod_ns,
+                mtu: 1450,
+                master: None,
+                peer_mac: None,
+                host_up: true,
+            })
             .await
             .unwrap_err();
         assert_eq!(err.errno(), Some(17));
