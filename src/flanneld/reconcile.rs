@@ -154,6 +154,12 @@ pub struct Reconciler {
     watched: Vec<(Family, u32, KernelEntries)>,
     /// The pod MTU of the last desired state (the smallest device MTU), for subnet.env.
     pub pod_mtu: Option<u32>,
+    /// Before the first complete node list: per device, what the kernel holds on it as far as
+    /// this daemon knows — the last dump plus every addition applied since. A provisional pass
+    /// runs per list page, and re-dumping up to 3N entries each time was a third of its fixed
+    /// cost; reading a stale view is safe there because provisional passes only add (an entry
+    /// removed behind our back meanwhile shows up as drift, and the first complete pass dumps).
+    known_during_list: Vec<(Family, u32, KernelEntries)>,
 }
 
 impl Reconciler {
@@ -176,6 +182,7 @@ impl Reconciler {
             kept: HashSet::new(),
             watched: Vec::new(),
             pod_mtu: None,
+            known_during_list: Vec::new(),
         }
     }
 
@@ -184,6 +191,13 @@ impl Reconciler {
         let started = Instant::now();
         // Before the first complete list, peers are programmed as pages arrive, additively.
         let provisional = !self.cache.is_synced();
+        // Only a page of the list (a node change) may reuse the view; anything else dumps.
+        let mut known = if provisional && trigger == Trigger::NodeChange {
+            std::mem::take(&mut self.known_during_list)
+        } else {
+            self.known_during_list = Vec::new();
+            Vec::new()
+        };
         let inputs = &self.inputs;
         let mut selection = self.cache.with_nodes(|nodes| {
             peers::select_peers(nodes.values(), &inputs.keys, &inputs.validation)
@@ -252,15 +266,29 @@ impl Reconciler {
                 }
             }
             let device_us = started.elapsed().as_micros() as u64;
-            let actual = datapath::actual_entries(&self.nl, &device, family).await?;
+            let reused = known
+                .iter()
+                .position(|(f, index, _)| *f == family && *index == device.index)
+                .filter(|_| action == DeviceAction::Adopted)
+                .map(|i| known.swap_remove(i).2);
+            let dumped = reused.is_none();
+            let actual = match reused {
+                Some(entries) => entries,
+                None => datapath::actual_entries(&self.nl, &device, family).await?,
+            };
             let dumped_us = started.elapsed().as_micros() as u64;
             let mut plan = plan::diff(&actual, &state.entries);
+            // A provisional pass keeps its view of the kernel for the next page; otherwise the
+            // dump (15 000 entries at 5000 peers) is not needed while the plan is applied.
+            let mut view = None;
             if provisional {
                 plan = plan.additions_only(&actual);
+                view = Some(actual);
+            } else {
+                drop(actual);
             }
-            // The dump (15 000 entries at 5000 peers) is not needed while the plan is applied.
-            drop(actual);
             let planned_us = started.elapsed().as_micros() as u64;
+            let mut all_applied = true;
             if !plan.is_empty() {
                 let ops = datapath::plan_ops(&plan, device.index);
                 let results = self.nl.apply(&ops).await;
@@ -268,6 +296,7 @@ impl Reconciler {
                     .iter()
                     .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
                     .collect();
+                all_applied = failed.is_empty();
                 summary.operations += ops.len();
                 self.metrics.add_netlink_ops(ops.len() as u64);
                 if matches!(trigger, Trigger::Drift | Trigger::Resync)
@@ -290,9 +319,19 @@ impl Reconciler {
                 }
                 summary.errors.extend(failed);
             }
+            // What failed is unknown ground: the next pass dumps.
+            if let Some(mut entries) = view.filter(|_| all_applied) {
+                entries
+                    .neighbours
+                    .extend(plan.neighbours.add.iter().copied());
+                entries.fdb.extend(plan.fdb.add.iter().copied());
+                entries.routes.extend(plan.routes.add.iter().copied());
+                self.known_during_list.push((family, device.index, entries));
+            }
             tracing::debug!(
                 device = %device.name,
                 provisional,
+                dumped,
                 selected_us,
                 desired_us,
                 device_us,

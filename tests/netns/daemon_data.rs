@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
+use flannel_rs::testsupport::kube_testserver::Fault;
 use flannel_rs::testsupport::lab::{Flanneld, Lab, peer_annotations};
 use flannel_rs::testsupport::topology::Host;
 
@@ -1185,6 +1186,127 @@ fn a_burst_of_500_joins_is_programmed_in_a_few_batched_passes() {
         1500,
         "one write per entry"
     );
+}
+
+/// A first list of several pages (the daemon lists 500 Nodes per page) is programmed page by
+/// page, additively, and a subnet conflict whose newer claimant is listed first is settled for
+/// the older node once the list is complete: the newcomer's entries, programmed from the first
+/// page, are replaced or removed; stale entries go; the rest were never touched twice.
+#[test]
+fn a_first_list_of_several_pages_is_programmed_page_by_page_and_settled_at_the_end() {
+    let (lab, host) = lab_with_n1("dd14", 124);
+    // 1100 peers `peer-…` (/28s): three pages with n1 and the two below.
+    generate_peers_sized(&lab, 1100, 28);
+    let mut want = expected_from_api(&lab, "n1");
+    assert_eq!(want.counts(), (1100, 1100, 1100));
+    // The older holder of 10.244.5.0/24 sorts last (page 3); the newcomer claiming the same
+    // subnet sorts first (page 1). creationTimestamp has one-second resolution.
+    want.add_peer("10.244.5.0/24", "0e:00:00:00:05:01", "172.21.0.1");
+    lab.create_node(
+        "zz-holder",
+        "10.244.5.0/24",
+        "172.21.0.1".parse().unwrap(),
+        peer_annotations("0e:00:00:00:05:01", "172.21.0.1"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    lab.create_node(
+        "a-newcomer",
+        "10.244.5.0/24",
+        "172.21.0.2".parse().unwrap(),
+        peer_annotations("0e:00:00:00:05:02", "172.21.0.2"),
+    )
+    .unwrap();
+    // A stale peer left by an earlier run, to be removed by the first complete pass.
+    host.ns
+        .ip(&[
+            "link",
+            "add",
+            DEV,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &host.address.to_string(),
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])
+        .unwrap();
+    host.ns.ip(&["link", "set", DEV, "up"]).unwrap();
+    host.ns
+        .ip(&[
+            "neigh",
+            "add",
+            "10.244.9.0",
+            "lladdr",
+            "0e:00:00:00:00:09",
+            "dev",
+            DEV,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    host.ns
+        .ip(&[
+            "route",
+            "add",
+            "10.244.9.0/24",
+            "via",
+            "10.244.9.0",
+            "dev",
+            DEV,
+            "onlink",
+        ])
+        .unwrap();
+
+    // Each page of the daemon's list takes 300 ms more: a page's pass surely runs before the
+    // next page arrives.
+    lab.server
+        .inject_fault(
+            &Fault::latency(Duration::from_millis(300))
+                .verb("list")
+                .resource("nodes")
+                .times(3),
+        )
+        .unwrap();
+    let mut monitor = IpMonitor::start(&lab, &host.ns);
+    let d = start(&lab, &host, "n1", &[]);
+    wait_entries(&host.ns, &want, Duration::from_secs(30));
+
+    // The newcomer was programmed from the first page, then replaced by the older holder.
+    monitor.sync(&host.ns);
+    let lines = monitor.device_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("10.244.5.0 ") && l.contains("lladdr 0e:00:00:00:05:02")),
+        "the newcomer's neighbour never appeared:\n{}",
+        lines.join("\n")
+    );
+    // Programming began before the list was complete (provisional passes, one per page).
+    let log = d.log();
+    let synced = log
+        .find("node list synced")
+        .expect("list synced in the log");
+    let early = log[..synced].matches("applied kernel changes").count();
+    assert!(
+        early >= 1,
+        "no pass applied changes before the list completed:\n{log}"
+    );
+    let st = status(&d);
+    let rejected = st["last_reconcile"]["rejected"].as_array().unwrap();
+    let newcomer: Vec<&Value> = rejected
+        .iter()
+        .filter(|r| r["node"] == "a-newcomer")
+        .collect();
+    assert_eq!(newcomer.len(), 1, "{rejected:#?}");
+    assert_eq!(newcomer[0]["kind"], "subnet_conflict", "{:#}", newcomer[0]);
+    assert_eq!(metric(&d, "flannel_peers_programmed"), 1101);
+    assert_eq!(metric(&d, "flannel_reconcile_errors_total"), 0);
 }
 
 fn iptables_s(ns: &NetnsGuard, table: &str) -> Vec<String> {
