@@ -157,8 +157,11 @@ pub struct Reconciler {
     /// Before the first complete node list: per device, what the kernel holds on it as far as
     /// this daemon knows — the last dump plus every addition applied since. A provisional pass
     /// runs per list page, and re-dumping up to 3N entries each time was a third of its fixed
-    /// cost; reading a stale view is safe there because provisional passes only add (an entry
-    /// removed behind our back meanwhile shows up as drift, and the first complete pass dumps).
+    /// cost. The first complete pass uses it too (its dump was on the critical path of start-up).
+    /// The view cannot silently go stale: the kernel monitor is open before the first dump, and
+    /// any change on the device by someone else that matters is a drift event, which makes the
+    /// next pass dump (an event that arrives while a node change is handled waits in the
+    /// monitor's queue for the pass after). Without a monitor every pass dumps.
     known_during_list: Vec<(Family, u32, KernelEntries)>,
 }
 
@@ -191,8 +194,9 @@ impl Reconciler {
         let started = Instant::now();
         // Before the first complete list, peers are programmed as pages arrive, additively.
         let provisional = !self.cache.is_synced();
-        // Only a page of the list (a node change) may reuse the view; anything else dumps.
-        let mut known = if provisional && trigger == Trigger::NodeChange {
+        // Only a node change (a page of the list, or its end) may reuse the view; a drift,
+        // retry or resync pass dumps.
+        let mut known = if trigger == Trigger::NodeChange {
             std::mem::take(&mut self.known_during_list)
         } else {
             self.known_during_list = Vec::new();
@@ -453,6 +457,10 @@ impl Reconciler {
             else {
                 return;
             };
+            if monitor.is_none() {
+                // Nothing would tell us that the view went stale.
+                self.known_during_list.clear();
+            }
             trigger = next;
             // After a failed pass the retry backoff paces passes, queued events or not.
             if !(backlog && trigger == Trigger::NodeChange && retry_in.is_none()) {
