@@ -497,13 +497,26 @@ pub fn select_peers<'a, I>(
 where
     I: IntoIterator<Item = &'a NodeInfo>,
 {
+    select_peers_parsed_by(nodes, ctx, |node| parse_peer(node, keys, ctx))
+}
+
+/// [`select_peers`] with each node's [`parse_peer`] verdict supplied by `parse` (e.g. from a
+/// memo of earlier passes).
+pub fn select_peers_parsed_by<'a, I>(
+    nodes: I,
+    ctx: &ValidationContext,
+    mut parse: impl FnMut(&NodeInfo) -> Result<Peer, Rejection>,
+) -> PeerSelection
+where
+    I: IntoIterator<Item = &'a NodeInfo>,
+{
     let mut out = PeerSelection::default();
     let mut candidates = Vec::new();
     for node in nodes {
         if node.name == ctx.own_node {
             continue;
         }
-        match parse_peer(node, keys, ctx) {
+        match parse(node) {
             Ok(p) => candidates.push(p),
             Err(reason) => out.rejected.push(RejectedNode {
                 name: node.name.clone(),
@@ -531,6 +544,48 @@ where
     out.peers.sort_by(|a, b| a.name.cmp(&b.name));
     out.rejected.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// [`parse_peer`] verdicts by node name, valid while the node's uid and resourceVersion are
+/// the same. Used during the first list, when a pass runs per page over every node listed so
+/// far and would otherwise parse the first page's nodes once per page.
+#[derive(Debug, Default)]
+pub struct ParseMemo {
+    by_name: HashMap<String, MemoEntry>,
+}
+
+#[derive(Debug)]
+struct MemoEntry {
+    uid: String,
+    resource_version: String,
+    verdict: Result<Peer, Rejection>,
+}
+
+impl ParseMemo {
+    /// `parse_peer(node, ..)`, from the memo when the node is unchanged.
+    pub fn parse(
+        &mut self,
+        node: &NodeInfo,
+        keys: &AnnotationKeys,
+        ctx: &ValidationContext,
+    ) -> Result<Peer, Rejection> {
+        if let Some(e) = self.by_name.get(&node.name)
+            && e.uid == node.uid
+            && e.resource_version == node.resource_version
+        {
+            return e.verdict.clone();
+        }
+        let verdict = parse_peer(node, keys, ctx);
+        self.by_name.insert(
+            node.name.clone(),
+            MemoEntry {
+                uid: node.uid.clone(),
+                resource_version: node.resource_version.clone(),
+                verdict: verdict.clone(),
+            },
+        );
+        verdict
+    }
 }
 
 /// Remembers each node's last rejection so that a rejection is logged and counted once per
@@ -700,6 +755,41 @@ mod tests {
             None => n.annotations.remove(&format!("{K}{key}")),
         };
         n
+    }
+
+    #[test]
+    fn the_parse_memo_reuses_a_verdict_only_for_the_same_node_version() {
+        let ctx = ctx(false);
+        let a = node("a", 5, 0);
+        let clash = node("b", 5, 1); // same subnet, younger
+        let broken = with(node("c", 7, 0), "backend-data", Some("{"));
+        let nodes = [&a, &clash, &broken];
+        let mut memo = ParseMemo::default();
+        for _ in 0..2 {
+            let memoed = select_peers_parsed_by(nodes, &ctx, |n| memo.parse(n, &keys(), &ctx));
+            assert_eq!(memoed, select_peers(nodes, &keys(), &ctx));
+        }
+        // Same uid and resourceVersion: the remembered verdict stands (the API never changes
+        // an object without a new resourceVersion).
+        let same_version = with(node("c", 7, 0), "backend-data", None);
+        assert!(matches!(
+            memo.parse(&same_version, &keys(), &ctx),
+            Err(Rejection::BackendData { .. })
+        ));
+        // A new version, or a new node under the old name, is parsed again.
+        let new_version = NodeInfo {
+            resource_version: "2".into(),
+            ..same_version.clone()
+        };
+        assert!(matches!(
+            memo.parse(&new_version, &keys(), &ctx),
+            Err(Rejection::MissingAnnotation { .. })
+        ));
+        let recreated = NodeInfo {
+            uid: "uid-c-2".into(),
+            ..node("c", 7, 0)
+        };
+        assert_eq!(memo.parse(&recreated, &keys(), &ctx), judge(&recreated));
     }
 
     #[test]

@@ -23,7 +23,8 @@ use super::metrics::Metrics;
 use super::netconf::NetConf;
 use super::node_cache::NodeCache;
 use super::peers::{
-    self, Peer, PeerEndpoint, PeerSelection, RejectKind, RejectionTracker, ValidationContext,
+    self, ParseMemo, Peer, PeerEndpoint, PeerSelection, RejectKind, RejectionTracker,
+    ValidationContext,
 };
 use super::plan;
 use super::types::{Family, PodSubnets};
@@ -163,6 +164,8 @@ pub struct Reconciler {
     /// next pass dump (an event that arrives while a node change is handled waits in the
     /// monitor's queue for the pass after). Without a monitor every pass dumps.
     known_during_list: Vec<(Family, u32, KernelEntries)>,
+    /// Each node's parse verdict while the first list is in progress (see [`ParseMemo`]).
+    parse_memo: ParseMemo,
 }
 
 impl Reconciler {
@@ -186,6 +189,7 @@ impl Reconciler {
             watched: Vec::new(),
             pod_mtu: None,
             known_during_list: Vec::new(),
+            parse_memo: ParseMemo::default(),
         }
     }
 
@@ -203,8 +207,19 @@ impl Reconciler {
             Vec::new()
         };
         let inputs = &self.inputs;
+        // The memo lives only while the list is in progress (no memory kept for later).
+        let memo = &mut self.parse_memo;
+        if !provisional {
+            *memo = ParseMemo::default();
+        }
         let mut selection = self.cache.with_nodes(|nodes| {
-            peers::select_peers(nodes.values(), &inputs.keys, &inputs.validation)
+            if provisional {
+                peers::select_peers_parsed_by(nodes.values(), &inputs.validation, |node| {
+                    memo.parse(node, &inputs.keys, &inputs.validation)
+                })
+            } else {
+                peers::select_peers(nodes.values(), &inputs.keys, &inputs.validation)
+            }
         });
         let selected_us = started.elapsed().as_micros() as u64;
         keep_peers_that_lost_their_annotations(
