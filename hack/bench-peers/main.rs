@@ -633,8 +633,11 @@ async fn dump_entries(ns: &str) -> Result<Dumped> {
 
 /// Programs `entries` into a fresh namespace's flannel.1 with three batch processes
 /// (neighbours → FDB → routes, flannel's order) and returns the wall time of the three.
+/// The same kernel witness as in the daemon's run listens there: a listener makes the kernel
+/// build a notification for every entry, which the daemon's figure pays too.
 async fn ip_batch(entries: &Dumped, dir: &Path, n: u32, rep: usize) -> Result<f64> {
     let ns = NetnsGuard::new(&format!("bp{n}-batch{rep}"))?;
+    let witness = KernelWitness::start(ns.name())?;
     for args in [
         "link add under0 type veth peer name under0p",
         "link set under0p up",
@@ -681,6 +684,17 @@ async fn ip_batch(entries: &Dumped, dir: &Path, n: u32, rep: usize) -> Result<f6
         iproute::batch(ns.name(), tool, file).await?;
     }
     let secs = t.elapsed().as_secs_f64();
+    let want = (entries.neigh.len(), entries.fdb.len(), entries.routes.len());
+    let seen_by = Instant::now() + Duration::from_secs(5);
+    while witness.counts() != want && Instant::now() < seen_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ensure!(
+        witness.counts() == want,
+        "the witness saw {:?} of the {want:?} entries ip -batch programmed",
+        witness.counts()
+    );
+    drop(witness);
     let check = dump_entries(ns.name()).await?;
     ensure!(
         (check.neigh.len(), check.fdb.len(), check.routes.len())
