@@ -4,8 +4,8 @@
 //!
 //! Order of ADD (each step undone on failure, in reverse):
 //! IP reservation → bridge → gateway address + MAC pin + forwarding → veth (host end
-//! enslaved, still down; hairpin) → pod side (sysctls, addresses, up, routes) → host end up
-//! → masquerade. Reserving first means an exhausted pool fails before anything is created.
+//! enslaved, still down — up at once only as a brand-new bridge's first port; hairpin) → pod
+//! side (sysctls, addresses, up, routes) → host end up → masquerade. Reserving first means an exhausted pool fails before anything is created.
 
 use std::net::IpAddr;
 
