@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -243,6 +244,50 @@ fn generate_peers_sized(lab: &Lab, count: u32, prefix_len: u8) {
             "podCidrPrefixLen": prefix_len,
             "nodeIpBase": "172.20.0.0/16",
         }))
+        .unwrap();
+}
+
+/// A `flannel.1` as a daemon that ran here before left it (up; `mac` if given).
+fn plant_device(ns: &NetnsGuard, local: Ipv4Addr, mac: Option<&str>) {
+    let local = local.to_string();
+    let mut args = vec!["link", "add", DEV];
+    if let Some(mac) = mac {
+        args.extend(["address", mac]);
+    }
+    args.extend([
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&args).unwrap();
+    ns.ip(&["link", "set", DEV, "up"]).unwrap();
+}
+
+/// A peer's neighbour and route on `flannel.1` as a daemon that ran here before left them.
+fn plant_peer(ns: &NetnsGuard, cidr: &str, mac: &str) {
+    let net: Ipv4Network = cidr.parse().unwrap();
+    let gw = net.network().to_string();
+    ns.ip(&[
+        "neigh",
+        "add",
+        &gw,
+        "lladdr",
+        mac,
+        "dev",
+        DEV,
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    ns.ip(&["route", "add", cidr, "via", &gw, "dev", DEV, "onlink"])
         .unwrap();
 }
 
@@ -627,70 +672,10 @@ fn stale_entries_present_at_start_up_are_removed() {
     // What a daemon that was down while n9 was deleted and n2 recreated its device leaves: a
     // flannel.1 of ours with n9's entries and n2's outdated MAC.
     let ns = &host.ns;
-    let local = host.address.to_string();
-    ns.ip(&[
-        "link",
-        "add",
-        DEV,
-        "address",
-        "0e:aa:00:00:00:01",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &local,
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ])
-    .unwrap();
-    ns.ip(&["link", "set", DEV, "up"]).unwrap();
+    plant_device(ns, host.address, Some("0e:aa:00:00:00:01"));
+    plant_peer(ns, "10.244.9.0/24", "0e:00:00:00:00:09");
+    plant_peer(ns, "10.244.2.0/24", "0e:00:00:00:00:f2");
     for args in [
-        &[
-            "neigh",
-            "add",
-            "10.244.9.0",
-            "lladdr",
-            "0e:00:00:00:00:09",
-            "dev",
-            DEV,
-            "nud",
-            "permanent",
-        ][..],
-        &[
-            "route",
-            "add",
-            "10.244.9.0/24",
-            "via",
-            "10.244.9.0",
-            "dev",
-            DEV,
-            "onlink",
-        ],
-        &[
-            "neigh",
-            "add",
-            "10.244.2.0",
-            "lladdr",
-            "0e:00:00:00:00:f2",
-            "dev",
-            DEV,
-            "nud",
-            "permanent",
-        ],
-        &[
-            "route",
-            "add",
-            "10.244.2.0/24",
-            "via",
-            "10.244.2.0",
-            "dev",
-            DEV,
-            "onlink",
-        ],
         // Someone else's, outside flannel.1: must survive.
         &[
             "route",
@@ -700,7 +685,7 @@ fn stale_entries_present_at_start_up_are_removed() {
             &lab.switch.address(7).to_string(),
             "dev",
             "eth0",
-        ],
+        ][..],
         &[
             "neigh",
             "add",
@@ -1218,50 +1203,8 @@ fn a_first_list_of_several_pages_is_programmed_page_by_page_and_settled_at_the_e
     )
     .unwrap();
     // A stale peer left by an earlier run, to be removed by the first complete pass.
-    host.ns
-        .ip(&[
-            "link",
-            "add",
-            DEV,
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            &host.address.to_string(),
-            "dev",
-            "eth0",
-            "dstport",
-            "8472",
-            "nolearning",
-        ])
-        .unwrap();
-    host.ns.ip(&["link", "set", DEV, "up"]).unwrap();
-    host.ns
-        .ip(&[
-            "neigh",
-            "add",
-            "10.244.9.0",
-            "lladdr",
-            "0e:00:00:00:00:09",
-            "dev",
-            DEV,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    host.ns
-        .ip(&[
-            "route",
-            "add",
-            "10.244.9.0/24",
-            "via",
-            "10.244.9.0",
-            "dev",
-            DEV,
-            "onlink",
-        ])
-        .unwrap();
+    plant_device(&host.ns, host.address, None);
+    plant_peer(&host.ns, "10.244.9.0/24", "0e:00:00:00:00:09");
 
     // Each page of the daemon's list takes 300 ms more: a page's pass surely runs before the
     // next page arrives.
