@@ -689,6 +689,12 @@ async fn ip_batch(entries: &Dumped, dir: &Path, n: u32, rep: usize) -> Result<f6
     while witness.counts() != want && Instant::now() < seen_by {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if let Ok(seen) = witness.seen.lock() {
+        ensure!(!seen.overflow, "the witness overflowed during ip -batch");
+        if let Some(e) = &seen.error {
+            bail!("the witness failed during ip -batch: {e}");
+        }
+    }
     ensure!(
         witness.counts() == want,
         "the witness saw {:?} of the {want:?} entries ip -batch programmed",

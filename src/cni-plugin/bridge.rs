@@ -273,7 +273,8 @@ fn random_veth_name() -> String {
 }
 
 /// Creates the bridge (MTU, up) or adopts an existing one without touching its MTU, like the
-/// reference. Pins the MAC when the bridge is a gateway, before any port of ours joins.
+/// reference. (A gateway bridge's MAC is pinned when its address is added, before any port of
+/// ours joins: see [`ensure_gateway_address`].)
 async fn ensure_bridge(node: &Netlink, conf: &BridgeConf) -> Result<Link, BridgeError> {
     let link = match node.link_by_name(&conf.bridge).await? {
         Some(link) => {
@@ -291,13 +292,6 @@ async fn ensure_bridge(node: &Netlink, conf: &BridgeConf) -> Result<Link, Bridge
         }
     };
     sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0")?;
-    if conf.is_gateway
-        && let Some(mac) = link.mac
-    {
-        // Setting the MAC to itself marks it as set (addr_assign_type 3), so it no longer
-        // follows the lowest port MAC as pods come and go.
-        node.set_link_mac(link.index, mac).await?;
-    }
     Ok(link)
 }
 
@@ -333,6 +327,13 @@ async fn ensure_gateway_address(
     }
     node.ensure_address(&Address::new(bridge.index, wanted))
         .await?;
+    // Setting the MAC to itself marks it as set (addr_assign_type 3), so it no longer follows
+    // the lowest port MAC as pods come and go. Only when the address was just added, like
+    // the reference: a MAC change, even to the same value, makes the kernel flush the
+    // bridge's ARP cache, which on every ADD would make the node re-resolve all its pods.
+    if let Some(mac) = bridge.mac {
+        node.set_link_mac(bridge.index, mac).await?;
+    }
     Ok(())
 }
 
@@ -453,10 +454,11 @@ async fn node_phase(
 
     let mtu = if conf.mtu == 0 { bridge.mtu } else { conf.mtu };
     // The host end normally comes up only after the pod side is configured (see pod_phase).
-    // A bridge whose carrier never changed yet (operstate UNKNOWN: just created) gets its
-    // first port up at once, as the reference does: the port then starts without carrier and
-    // toggles the bridge's carrier, which is what moves the bridge to operstate UP.
-    let host_up_now = bridge.operstate == LinkOperState::Unknown;
+    // A bridge whose carrier never changed yet (operstate UNKNOWN: just created), or that was
+    // down until this ADD, gets its port up at once, as the reference does: the port then
+    // starts without carrier and toggles the bridge's carrier, which is what moves the bridge
+    // to operstate UP.
+    let host_up_now = !bridge.up || bridge.operstate == LinkOperState::Unknown;
     let mut host = None;
     for _ in 0..VETH_NAME_TRIES {
         let name = random_veth_name();
@@ -483,7 +485,12 @@ async fn node_phase(
                     return Err(BridgeError::InterfaceExists(at.ifname.to_string()));
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // The pair may exist even so (the create succeeded, reading it back failed):
+                // the name is ours, so undo removes whatever is there under it.
+                undo.host_veth = Some(name);
+                return Err(e.into());
+            }
         }
     }
     let host = host.ok_or(BridgeError::NoVethName)?;

@@ -159,10 +159,13 @@ pub struct Reconciler {
     /// this daemon knows — the last dump plus every addition applied since. A provisional pass
     /// runs per list page, and re-dumping up to 3N entries each time was a third of its fixed
     /// cost. The first complete pass uses it too (its dump was on the critical path of start-up).
-    /// The view cannot silently go stale: the kernel monitor is open before the first dump, and
-    /// any change on the device by someone else that matters is a drift event, which makes the
-    /// next pass dump (an event that arrives while a node change is handled waits in the
-    /// monitor's queue for the pass after). Without a monitor every pass dumps.
+    /// The view cannot silently go stale: the kernel monitor is open before the first dump; a
+    /// change on the device by someone else that matters to the desired state is a drift event,
+    /// which makes the next pass dump, and one that only contradicts the view (a stale entry
+    /// deleted) drops the view (an event that arrives while a node change is handled waits in
+    /// the monitor's queue for the pass after). The view is kept only from a pass that
+    /// completed, along with the desired entries the drift test uses. Without a monitor every
+    /// pass dumps.
     known_during_list: Vec<(Family, u32, KernelEntries)>,
     /// Each node's parse verdict while the first list is in progress (see [`ParseMemo`]).
     parse_memo: ParseMemo,
@@ -268,6 +271,9 @@ impl Reconciler {
             ..PassSummary::default()
         };
         let mut watched = Vec::new();
+        // Kept only if the whole pass completes, together with `watched`, which the drift
+        // test needs to notice changes behind the views.
+        let mut views = Vec::new();
         for family in [Family::V4, Family::V6] {
             let Some(state) = desired.family(family) else {
                 continue;
@@ -345,7 +351,7 @@ impl Reconciler {
                     .extend(plan.neighbours.add.iter().copied());
                 entries.fdb.extend(plan.fdb.add.iter().copied());
                 entries.routes.extend(plan.routes.add.iter().copied());
-                self.known_during_list.push((family, device.index, entries));
+                views.push((family, device.index, entries));
             }
             tracing::debug!(
                 device = %device.name,
@@ -368,6 +374,7 @@ impl Reconciler {
             });
             watched.push((family, device.index));
         }
+        self.known_during_list = views;
         // Keep the desired entries (moved, not copied) for drift detection until the next pass.
         let mut desired = desired;
         self.pod_mtu = desired.pod_mtu();
@@ -540,6 +547,15 @@ impl Reconciler {
                             .watched
                             .iter()
                             .any(|(family, index, entries)| datapath::is_drift(&event, *family, *index, entries));
+                        // A change to an entry the view holds but no pass wants (yet), e.g. a stale one
+                        // deleted by someone: the view no longer matches the kernel.
+                        if !drift
+                            && self.known_during_list.iter().any(|(family, index, entries)| {
+                                datapath::is_drift(&event, *family, *index, entries)
+                            })
+                        {
+                            self.known_during_list.clear();
+                        }
                         if drift {
                             tracing::info!(event = ?event, "kernel state drifted from the desired state");
                             return Some(Trigger::Drift);

@@ -992,3 +992,58 @@ fn a_failed_del_keeps_the_record_and_a_retry_finishes() {
     node.ours(&del, &conf).expect_ok();
     node.assert_clean("retried DEL");
 }
+
+/// An ADD leaves the node's ARP cache alone, as the reference does: the bridge's MAC is pinned
+/// once, when its gateway address is added, not on every ADD (setting a MAC, even to the same
+/// value, makes the kernel flush the device's neighbour table, and the node would re-resolve
+/// every pod after each pod start).
+#[test]
+fn an_add_leaves_the_nodes_arp_cache_alone() {
+    let node = Node::new("ga");
+    let conf = node.conf("0.3.1");
+    let p1 = pod("ga1");
+    let r1 = node
+        .ours(&Call::new("ADD", "c1", &path_of(&p1)), &conf)
+        .expect_ok()
+        .json();
+    let mac1 = r1["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    let assign_type = || {
+        node.ns
+            .exec("cat", &["/sys/class/net/cni0/addr_assign_type"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        assign_type(),
+        "3",
+        "the bridge MAC is pinned by the first ADD"
+    );
+    // The node has resolved pod 1.
+    node.ns
+        .ip(&[
+            "neigh",
+            "replace",
+            "10.244.1.2",
+            "lladdr",
+            &mac1,
+            "dev",
+            "cni0",
+            "nud",
+            "reachable",
+        ])
+        .unwrap();
+    let p2 = pod("ga2");
+    node.ours(&Call::new("ADD", "c2", &path_of(&p2)), &conf)
+        .expect_ok();
+    let cached = ip_json(&node.ns, &["neigh", "show", "10.244.1.2", "dev", "cni0"]);
+    assert_eq!(
+        cached[0]["lladdr"], mac1,
+        "pod 1's ARP entry survived pod 2's ADD: {cached}"
+    );
+    assert_eq!(assign_type(), "3");
+    for (cid, p) in [("c1", &p1), ("c2", &p2)] {
+        node.ours(&Call::new("DEL", cid, &path_of(p)), &conf)
+            .expect_ok();
+    }
+    node.assert_clean("after the ARP cache test");
+}

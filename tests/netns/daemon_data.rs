@@ -1252,6 +1252,49 @@ fn a_first_list_of_several_pages_is_programmed_page_by_page_and_settled_at_the_e
     assert_eq!(metric(&d, "flannel_reconcile_errors_total"), 0);
 }
 
+/// The first list's passes plan against a kept view of the kernel instead of dumping per page.
+/// An entry that view holds but no pass wants yet (left by an earlier run for a node on a later
+/// page) and that someone deletes meanwhile must still be programmed: the deletion drops the
+/// view, and the next pass dumps.
+#[test]
+fn an_entry_deleted_during_the_first_list_is_programmed_all_the_same() {
+    let (lab, host) = lab_with_n1("dd15", 125);
+    generate_peers_sized(&lab, 1100, 28);
+    let want = expected_from_api(&lab, "n1");
+    // A node on the last page, and its entries as an earlier run of the daemon left them.
+    let late = lab.get_node("peer-01050").unwrap();
+    let cidr = late.spec.unwrap().pod_cidr.unwrap();
+    let ann = late.metadata.annotations.unwrap();
+    let data: Value = serde_json::from_str(&ann[&format!("{P}backend-data")]).unwrap();
+    let mac = data["VtepMAC"].as_str().unwrap().to_string();
+    let gw = cidr.parse::<Ipv4Network>().unwrap().network().to_string();
+    plant_device(&host.ns, host.address, None);
+    plant_peer(&host.ns, &cidr, &mac);
+
+    lab.server
+        .inject_fault(
+            &Fault::latency(Duration::from_millis(300))
+                .verb("list")
+                .resource("nodes")
+                .times(3),
+        )
+        .unwrap();
+    let mut d = lab.start_flanneld(FLANNELD, &host, "n1", &[]).unwrap();
+    // Once the first page is programmed (its pass dumped the device, so the view holds the
+    // planted entries), the late node's neighbour goes, before its page arrives.
+    wait_until("the first page programmed", Duration::from_secs(10), || {
+        d.log().contains("applied kernel changes")
+    });
+    assert!(
+        !d.log().contains("node list synced"),
+        "the list completed before the deletion:\n{}",
+        d.log()
+    );
+    host.ns.ip(&["neigh", "del", &gw, "dev", DEV]).unwrap();
+    d.wait_ready(Duration::from_secs(30)).unwrap();
+    wait_entries(&host.ns, &want, Duration::from_secs(10));
+}
+
 fn iptables_s(ns: &NetnsGuard, table: &str) -> Vec<String> {
     let out = ns.exec("iptables", &["-t", table, "-S"]).unwrap();
     assert!(out.status.success(), "{out:?}");
