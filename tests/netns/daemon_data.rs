@@ -247,6 +247,19 @@ fn generate_peers_sized(lab: &Lab, count: u32, prefix_len: u8) {
         .unwrap();
 }
 
+/// The next `pages` list requests for Nodes take 300 ms more each: a page's pass surely runs
+/// before the daemon's next page arrives.
+fn slow_down_list_pages(lab: &Lab, pages: u64) {
+    lab.server
+        .inject_fault(
+            &Fault::latency(Duration::from_millis(300))
+                .verb("list")
+                .resource("nodes")
+                .times(pages),
+        )
+        .unwrap();
+}
+
 /// A `flannel.1` as a daemon that ran here before left it (up; `mac` if given).
 fn plant_device(ns: &NetnsGuard, local: Ipv4Addr, mac: Option<&str>) {
     let local = local.to_string();
@@ -1206,16 +1219,7 @@ fn a_first_list_of_several_pages_is_programmed_page_by_page_and_settled_at_the_e
     plant_device(&host.ns, host.address, None);
     plant_peer(&host.ns, "10.244.9.0/24", "0e:00:00:00:00:09");
 
-    // Each page of the daemon's list takes 300 ms more: a page's pass surely runs before the
-    // next page arrives.
-    lab.server
-        .inject_fault(
-            &Fault::latency(Duration::from_millis(300))
-                .verb("list")
-                .resource("nodes")
-                .times(3),
-        )
-        .unwrap();
+    slow_down_list_pages(&lab, 3);
     let mut monitor = IpMonitor::start(&lab, &host.ns);
     let d = start(&lab, &host, "n1", &[]);
     wait_entries(&host.ns, &want, Duration::from_secs(30));
@@ -1271,14 +1275,7 @@ fn an_entry_deleted_during_the_first_list_is_programmed_all_the_same() {
     plant_device(&host.ns, host.address, None);
     plant_peer(&host.ns, &cidr, &mac);
 
-    lab.server
-        .inject_fault(
-            &Fault::latency(Duration::from_millis(300))
-                .verb("list")
-                .resource("nodes")
-                .times(3),
-        )
-        .unwrap();
+    slow_down_list_pages(&lab, 3);
     let mut d = lab.start_flanneld(FLANNELD, &host, "n1", &[]).unwrap();
     // Once the first page is programmed (its pass dumped the device, so the view holds the
     // planted entries), the late node's neighbour goes, before its page arrives.
