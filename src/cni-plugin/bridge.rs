@@ -5,7 +5,8 @@
 //! Order of ADD (each step undone on failure, in reverse):
 //! IP reservation → bridge → gateway address + MAC pin + forwarding → veth (host end
 //! enslaved, still down — up at once only as a brand-new bridge's first port; hairpin) → pod
-//! side (sysctls, addresses, up, routes) → host end up → masquerade. Reserving first means an exhausted pool fails before anything is created.
+//! side (sysctls, addresses, up, routes) → host end up → masquerade. Reserving first means an
+//! exhausted pool fails before anything is created.
 
 use std::net::IpAddr;
 
@@ -303,11 +304,7 @@ async fn ensure_gateway_address(
     bridge: &Link,
     wanted: IpNetwork,
 ) -> Result<(), BridgeError> {
-    let family = if wanted.is_ipv4() {
-        IpFamily::V4
-    } else {
-        IpFamily::V6
-    };
+    let family = IpFamily::of(&wanted.ip());
     for a in &node.addresses_in(bridge.index, family).await? {
         if a.net == wanted {
             return Ok(());
@@ -568,7 +565,6 @@ async fn pod_phase(
     } else {
         node.link_by_name(&conf.bridge).await?.unwrap_or(bridge)
     };
-    let host_now = Link { up: true, ..host };
     let mac_str = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
     result.interfaces = vec![
         Interface {
@@ -578,9 +574,9 @@ async fn pod_phase(
             ..Default::default()
         },
         Interface {
-            name: host_now.name.clone(),
-            mac: mac_str(host_now.mac),
-            mtu: Some(host_now.mtu),
+            name: host.name.clone(),
+            mac: mac_str(host.mac),
+            mtu: Some(host.mtu),
             ..Default::default()
         },
         Interface {

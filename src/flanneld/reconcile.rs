@@ -203,12 +203,10 @@ impl Reconciler {
         let provisional = !self.cache.is_synced();
         // Only a node change (a page of the list, or its end) may reuse the view; a drift,
         // retry or resync pass dumps.
-        let mut known = if trigger == Trigger::NodeChange {
-            std::mem::take(&mut self.known_during_list)
-        } else {
-            self.known_during_list = Vec::new();
-            Vec::new()
-        };
+        let mut known = std::mem::take(&mut self.known_during_list);
+        if trigger != Trigger::NodeChange {
+            known.clear();
+        }
         let inputs = &self.inputs;
         // The memo lives only while the list is in progress (no memory kept for later).
         let memo = &mut self.parse_memo;

@@ -9,9 +9,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
-use super::Netlink;
 use super::error::{NetlinkError, RawError};
 use super::types::{Link, MacAddr, VxlanOutcome, VxlanSpec};
+use super::{Netlink, Op};
 use crate::netns::NetnsFile;
 
 const ENODEV: i32 = nix::libc::ENODEV;
@@ -298,9 +298,7 @@ impl Netlink {
 
     /// `ip link set up`.
     pub async fn set_link_up(&self, index: u32) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index).up().build();
-        self.set_link("set up", index, RouteNetlinkMessage::SetLink(msg))
-            .await
+        self.apply_one(Op::SetLinkUp(index)).await
     }
 
     /// `ip link set down`.

@@ -74,15 +74,7 @@ fn add_builds_the_reference_state_and_del_removes_it() {
     assert_eq!(cni0["linkinfo"]["info_data"]["stp_state"], 0);
     assert_eq!(cni0["address"], ifaces[0]["mac"]);
     assert_eq!(global_addrs(&node.ns, "cni0"), ["10.244.1.1/24"]);
-    let assign = node
-        .ns
-        .exec("cat", &["/sys/class/net/cni0/addr_assign_type"])
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&assign.stdout).trim(),
-        "3",
-        "bridge MAC pinned"
-    );
+    assert_eq!(bridge_mac_assign_type(&node.ns), "3", "bridge MAC pinned");
     let veth = link(&node.ns, &host_veth);
     assert_eq!(veth["master"], "cni0");
     assert_eq!(veth["mtu"], 1450);
@@ -1007,14 +999,8 @@ fn an_add_leaves_the_nodes_arp_cache_alone() {
         .expect_ok()
         .json();
     let mac1 = r1["interfaces"][2]["mac"].as_str().unwrap().to_string();
-    let assign_type = || {
-        node.ns
-            .exec("cat", &["/sys/class/net/cni0/addr_assign_type"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
     assert_eq!(
-        assign_type(),
+        bridge_mac_assign_type(&node.ns),
         "3",
         "the bridge MAC is pinned by the first ADD"
     );
@@ -1040,7 +1026,7 @@ fn an_add_leaves_the_nodes_arp_cache_alone() {
         cached[0]["lladdr"], mac1,
         "pod 1's ARP entry survived pod 2's ADD: {cached}"
     );
-    assert_eq!(assign_type(), "3");
+    assert_eq!(bridge_mac_assign_type(&node.ns), "3");
     for (cid, p) in [("c1", &p1), ("c2", &p2)] {
         node.ours(&Call::new("DEL", cid, &path_of(p)), &conf)
             .expect_ok();

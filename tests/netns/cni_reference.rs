@@ -65,10 +65,6 @@ fn snapshot(node: &Node, pod: &NetnsGuard, result: &Value) -> Value {
     let cni0 = link(&node.ns, "cni0");
     let veth = link(&node.ns, &host_veth);
     let port = bridge_json(&node.ns, &["-d", "link", "show", "dev", &host_veth])[0].clone();
-    let assign = node
-        .ns
-        .exec("cat", &["/sys/class/net/cni0/addr_assign_type"])
-        .unwrap();
     let pod_sysctls: Vec<(String, String)> = [
         "net/ipv4/conf/eth0/arp_notify",
         "net/ipv6/conf/eth0/accept_dad",
@@ -114,7 +110,7 @@ fn snapshot(node: &Node, pod: &NetnsGuard, result: &Value) -> Value {
             "cni0_kind": cni0["linkinfo"]["info_kind"],
             "cni0_bridge": pick(&cni0["linkinfo"]["info_data"],
                 &["stp_state", "vlan_filtering", "forward_delay", "ageing_time", "hello_time", "max_age", "priority"]),
-            "cni0_addr_assign_type": String::from_utf8_lossy(&assign.stdout).trim(),
+            "cni0_addr_assign_type": bridge_mac_assign_type(&node.ns),
             "cni0_addrs": addr_details(&node.ns, "cni0"),
             "routes4": routes(&node.ns, "-4"),
             "veth": pick(&veth, &["mtu", "operstate", "flags", "master", "promiscuity", "txqlen"]),

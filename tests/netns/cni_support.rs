@@ -318,6 +318,19 @@ pub fn links_of_kind(ns: &NetnsGuard, kind: &str) -> Vec<String> {
     names
 }
 
+/// `/sys/class/net/cni0/addr_assign_type` in `ns`: "3" once the bridge MAC is pinned.
+pub fn bridge_mac_assign_type(ns: &NetnsGuard) -> String {
+    let out = ns
+        .exec("cat", &["/sys/class/net/cni0/addr_assign_type"])
+        .expect("run cat");
+    assert!(
+        out.status.success(),
+        "read cni0's addr_assign_type: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub fn sysctl_in(ns: &NetnsGuard, key: &str) -> String {
     let out = ns
         .exec("cat", &[&format!("/proc/sys/{key}")])
