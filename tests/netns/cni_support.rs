@@ -320,24 +320,19 @@ pub fn links_of_kind(ns: &NetnsGuard, kind: &str) -> Vec<String> {
 
 /// `/sys/class/net/cni0/addr_assign_type` in `ns`: "3" once the bridge MAC is pinned.
 pub fn bridge_mac_assign_type(ns: &NetnsGuard) -> String {
-    let out = ns
-        .exec("cat", &["/sys/class/net/cni0/addr_assign_type"])
-        .expect("run cat");
-    assert!(
-        out.status.success(),
-        "read cni0's addr_assign_type: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    read_in(ns, "/sys/class/net/cni0/addr_assign_type")
 }
 
 pub fn sysctl_in(ns: &NetnsGuard, key: &str) -> String {
-    let out = ns
-        .exec("cat", &[&format!("/proc/sys/{key}")])
-        .expect("run cat");
+    read_in(ns, &format!("/proc/sys/{key}"))
+}
+
+/// A file as seen from inside `ns` (its own /proc/sys and /sys), trimmed.
+fn read_in(ns: &NetnsGuard, path: &str) -> String {
+    let out = ns.exec("cat", &[path]).expect("run cat");
     assert!(
         out.status.success(),
-        "read {key}: {}",
+        "read {path}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
