@@ -14,8 +14,8 @@ leaks_before=$(ip netns list | grep -c '^frs-' || true)
 files_before=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' | wc -l)
 daemons() { { pgrep -x flanneld || true; pgrep -x kube-testserver || true; } | wc -l; }
 procs_before=$(daemons)
-cargo build --all-targets --locked
-cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
+cargo build --workspace --all-targets --locked
+cargo test --workspace --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
 
 # A leftover namespace is a bug: fail loudly.
 leaks_after=$(ip netns list | grep -c '^frs-' || true)

@@ -5,4 +5,3 @@ pub mod flanneld;
 pub mod netlink;
 pub mod netns;
 pub mod subnet_env;
-pub mod testsupport;

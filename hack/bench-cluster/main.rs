@@ -1,5 +1,5 @@
 //! `bench-cluster`: N real flanneld daemons in a local namespace cluster (see
-//! src/testsupport/cluster.rs). Per N it measures
+//! hack/testsupport/src/cluster.rs). Per N it measures
 //! - convergence: from starting the daemons (all Node objects already registered, as after a
 //!   DaemonSet roll-out) until every node has a route, a neighbour and an FDB entry for
 //!   every other node, read from each node's kernel;
@@ -24,11 +24,11 @@ use clap::Parser;
 use ipnetwork::IpNetwork;
 
 use flannel_rs::netlink::{IpFamily, Netlink, RouteFilter};
-use flannel_rs::testsupport::cluster::{
+use frs_testsupport::cluster::{
     Binaries, Cluster, ClusterOptions, NodeSpec, PeerFacts, VXLAN_DEVICE,
 };
-use flannel_rs::testsupport::lab::LabOptions;
-use flannel_rs::testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
+use frs_testsupport::lab::LabOptions;
+use frs_testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
 
 #[derive(Parser, Debug)]
 #[command(about = "N real flanneld daemons: convergence time, RSS and idle CPU (with API churn)")]

@@ -21,7 +21,7 @@ use flannel_rs::netlink::{
     VxlanOutcome, VxlanSpec,
 };
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
-use flannel_rs::testsupport::iproute;
+use frs_testsupport::iproute;
 use ipnetwork::IpNetwork;
 
 #[derive(Parser, Debug)]

@@ -4,16 +4,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flannel_rs::testsupport::kube_testserver::{
-    Clobber, Fault, LogEntry, LogFilter, heal_after_clobber,
-};
-use flannel_rs::testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::kube_testserver::{Clobber, Fault, LogEntry, LogFilter, heal_after_clobber};
+use frs_testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
+use frs_testsupport::topology::Host;
 
 use crate::harness::*;
 
 pub const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
-pub const TESTSERVER: &str = env!("CARGO_BIN_EXE_kube-testserver");
+/// The test API server (a workspace member of its own, see `frs_testsupport::bins`).
+pub fn testserver() -> std::path::PathBuf {
+    frs_testsupport::bins::workspace_bin("kube-testserver")
+}
 const P: &str = "flannel.alpha.coreos.com/";
 
 pub fn lab(tag: &str, third_octet: u8) -> Lab {
@@ -30,7 +31,7 @@ pub fn lab_with(tag: &str, third_octet: u8, opts: LabOptions) -> Lab {
             underlay: [192, 168, third_octet],
             ..opts
         },
-        TESTSERVER,
+        &testserver(),
     )
     .expect("lab")
 }

@@ -16,9 +16,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use flannel_rs::testsupport::kube_testserver::Fault;
-use flannel_rs::testsupport::lab::{Flanneld, Lab, peer_annotations};
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::kube_testserver::Fault;
+use frs_testsupport::lab::{Flanneld, Lab, peer_annotations};
+use frs_testsupport::topology::Host;
 
 use crate::daemon_control::{FLANNELD, lab};
 use crate::harness::*;
@@ -1670,7 +1670,7 @@ fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() 
     let lab = crate::daemon_control::lab_with(
         "dd14",
         124,
-        flannel_rs::testsupport::lab::LabOptions {
+        frs_testsupport::lab::LabOptions {
             net_conf: DIRECT_NET_CONF.into(),
             ..Default::default()
         },
@@ -1729,11 +1729,7 @@ fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() 
     // ConfigMap change is applied).
     d1.stop();
     d2.stop();
-    std::fs::write(
-        &lab.net_conf_path,
-        flannel_rs::testsupport::lab::STOCK_NET_CONF,
-    )
-    .unwrap();
+    std::fs::write(&lab.net_conf_path, frs_testsupport::lab::STOCK_NET_CONF).unwrap();
     d1 = start(&lab, &h1, "n1", &[]);
     d2 = start(&lab, &h2, "n2", &[]);
     for (host, own, peer_cidr) in [(&h1, "n1", "10.244.2.0/24"), (&h2, "n2", "10.244.1.0/24")] {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use flannel_rs::testsupport::lab::{Lab, LabOptions};
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::lab::{Lab, LabOptions};
+use frs_testsupport::topology::Host;
 
 use crate::daemon_control::lab_with;
 use crate::daemon_data::{
@@ -304,7 +304,7 @@ fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
 
 /// Upstream-format annotations of a dual-stack flannel vxlan peer.
 fn dual_peer_annotations(mac4: &str, ip4: &str, mac6: &str, ip6: &str) -> BTreeMap<String, String> {
-    let mut a = flannel_rs::testsupport::lab::peer_annotations(mac4, ip4);
+    let mut a = frs_testsupport::lab::peer_annotations(mac4, ip4);
     a.insert(
         format!("{P}backend-v6-data"),
         format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#),

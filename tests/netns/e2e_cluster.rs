@@ -5,14 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use flannel_rs::testsupport::cluster::{
+use frs_testsupport::cluster::{
     Binaries, Cluster, ClusterOptions, NodeSpec, PingStats, Pinger, PodWiring, Registration,
     VXLAN_DEVICE, poll,
 };
-use flannel_rs::testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
-use flannel_rs::testsupport::lab::{LabOptions, peer_annotations};
+use frs_testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
+use frs_testsupport::lab::{LabOptions, peer_annotations};
 
-use crate::daemon_control::{FLANNELD, TESTSERVER};
+use crate::daemon_control::{FLANNELD, testserver};
 use crate::harness::netns;
 
 const FLANNEL_CNI: &str = env!("CARGO_BIN_EXE_flannel");
@@ -23,7 +23,7 @@ const PING_EVERY: Duration = Duration::from_millis(10);
 fn binaries() -> Binaries {
     Binaries {
         flanneld: FLANNELD.into(),
-        testserver: TESTSERVER.into(),
+        testserver: testserver(),
         flannel_cni: FLANNEL_CNI.into(),
         reference_cni_dir: "/usr/lib/cni".into(),
     }
@@ -573,11 +573,9 @@ fn a_node_with_the_reference_plugin_chain_interoperates() {
     assert_full_mesh(&c);
 }
 
-const CLUSTER_CLI: &str = env!("CARGO_BIN_EXE_cluster");
-
 /// Runs `cluster --name NAME ARGS`; returns (success, stdout + stderr).
 fn cli(name: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(CLUSTER_CLI)
+    let out = std::process::Command::new(frs_testsupport::bins::workspace_bin("cluster"))
         .arg(format!("--name={name}"))
         .args(args)
         .output()

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use flannel_rs::testsupport::kube_testserver::TestServerOptions;
+use frs_testsupport::kube_testserver::TestServerOptions;
 use serde_json::{Value, json};
 
 use crate::common::*;

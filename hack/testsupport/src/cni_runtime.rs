@@ -21,8 +21,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Map, Value, json};
 
-use crate::netns::NetnsFile;
-use crate::subnet_env::SubnetEnv;
+use flannel_rs::netns::NetnsFile;
+use flannel_rs::subnet_env::SubnetEnv;
 
 /// kube-flannel.yml's `cni-conf.json`, as shipped.
 pub const STOCK_CONFLIST: &str = r#"{

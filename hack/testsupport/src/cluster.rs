@@ -30,8 +30,8 @@ use super::cni_runtime::{
 };
 use super::lab::{Flanneld, Lab, LabError, LabOptions};
 use super::topology::Host;
-use crate::netlink::{IpFamily, MacAddr, Netlink, RouteFilter};
-use crate::netns::NetnsGuard;
+use flannel_rs::netlink::{IpFamily, MacAddr, Netlink, RouteFilter};
+use flannel_rs::netns::NetnsGuard;
 
 /// The VXLAN device flanneld manages (VNI 1).
 pub const VXLAN_DEVICE: &str = "flannel.1";
@@ -948,7 +948,7 @@ fn health_get(netns: &str, path: &str) -> Result<(u16, String), ClusterError> {
         context: format!("GET {path} in {netns}"),
         detail,
     };
-    let ns = crate::netns::NetnsFile::open_named(netns).map_err(|e| err(e.to_string()))?;
+    let ns = flannel_rs::netns::NetnsFile::open_named(netns).map_err(|e| err(e.to_string()))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT));
     let stream = ns
         .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use flannel_rs::testsupport::kube_testserver::{KubeTestServer, TestServerOptions};
+use frs_testsupport::kube_testserver::{KubeTestServer, TestServerOptions};
 use http_body_util::BodyExt;
 use kube::client::Body;
 use serde_json::Value;

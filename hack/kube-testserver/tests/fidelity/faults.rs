@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flannel_rs::testsupport::kube_testserver::{Clobber, Fault, LogFilter};
+use frs_testsupport::kube_testserver::{Clobber, Fault, LogFilter};
 use serde_json::json;
 
 use crate::common::*;

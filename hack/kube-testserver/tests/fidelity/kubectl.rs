@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use flannel_rs::testsupport::kube_testserver::{KubeTestServer, LogFilter};
+use frs_testsupport::kube_testserver::{KubeTestServer, LogFilter};
 use serde_json::Value;
 
 use crate::common::*;

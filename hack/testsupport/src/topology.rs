@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::netns::{NetnsError, NetnsGuard};
+use flannel_rs::netns::{NetnsError, NetnsGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {

@@ -267,7 +267,7 @@ pub struct KubeTestServer {
     ca_file: Option<PathBuf>,
     kubeconfigs: BTreeMap<String, PathBuf>,
     tokens: BTreeMap<String, String>,
-    netns: Option<crate::netns::NetnsFile>,
+    netns: Option<flannel_rs::netns::NetnsFile>,
 }
 
 fn unique_dir(parent: Option<&Path>) -> PathBuf {
@@ -342,7 +342,7 @@ impl KubeTestServer {
             .stderr(stderr);
         let netns = match &opts.netns {
             Some(path) => Some(
-                crate::netns::NetnsFile::open(path)
+                flannel_rs::netns::NetnsFile::open(path)
                     .map_err(|e| TestServerError::Startup(e.to_string()))?,
             ),
             None => None,

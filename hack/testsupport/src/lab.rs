@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::kube_testserver::{KubeTestServer, TestServerError, TestServerOptions};
 use super::topology::{Host, Switch, TopologyError};
-use crate::netns::NetnsGuard;
+use flannel_rs::netns::NetnsGuard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flannel_rs::testsupport::kube_testserver::{Fault, LogFilter, TestServerOptions};
+use frs_testsupport::kube_testserver::{Fault, LogFilter, TestServerOptions};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
