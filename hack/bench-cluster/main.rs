@@ -23,7 +23,9 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use ipnetwork::IpNetwork;
 
-use flannel_rs::netlink::{IpFamily, Netlink, RouteFilter};
+use flannel_rs::netlink::{Netlink, RouteFilter};
+
+use flannel_rs::net::Family;
 use frs_testsupport::cluster::{
     Binaries, Cluster, ClusterOptions, NodeSpec, PeerFacts, VXLAN_DEVICE,
 };
@@ -258,7 +260,7 @@ fn has_all_peers(
             return Ok(false);
         };
         let routes: HashMap<IpNetwork, Option<IpAddr>> = nl
-            .routes(&RouteFilter::main().oif(link.index).family(IpFamily::V4))
+            .routes(&RouteFilter::main().oif(link.index).family(Family::V4))
             .await?
             .into_iter()
             .map(|r| (r.dst, r.gateway))

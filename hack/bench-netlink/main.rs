@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use flannel_rs::net::{Family, MacAddr};
 use flannel_rs::netlink::{
-    Address, FdbEntry, IpFamily, MacAddr, Neighbour, Netlink, Op, Route, RouteFilter, VethPair,
-    VxlanOutcome, VxlanSpec,
+    Address, FdbEntry, Neighbour, Netlink, Op, Route, RouteFilter, VethPair, VxlanOutcome,
+    VxlanSpec,
 };
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
 use frs_testsupport::iproute;
@@ -331,7 +332,7 @@ async fn ours_rep(
 
     let t = Instant::now();
     let routes = nl
-        .routes(&RouteFilter::main().oif(fl).family(IpFamily::V4))
+        .routes(&RouteFilter::main().oif(fl).family(Family::V4))
         .await?;
     let neighs = nl.neighbours(fl).await?;
     let fdbs = nl.fdb_entries(fl).await?;

@@ -13,9 +13,11 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::netlink::{
-    Address, IpFamily, Link, LinkOperState, MacAddr, Netlink, NetlinkError, Op, Route as NlRoute,
-    RouteFilter, RouteScope, VethPair,
+    Address, Link, LinkOperState, Netlink, NetlinkError, Op, Route as NlRoute, RouteFilter,
+    RouteScope, VethPair,
 };
+
+use crate::net::{Family, MacAddr};
 use crate::netns::{NetnsError, NetnsFile};
 use nix::sched::{CloneFlags, setns};
 use std::os::fd::AsFd;
@@ -304,7 +306,7 @@ async fn ensure_gateway_address(
     bridge: &Link,
     wanted: IpNetwork,
 ) -> Result<(), BridgeError> {
-    let family = IpFamily::of(&wanted.ip());
+    let family = Family::of_ip(wanted.ip());
     for a in &node.addresses_in(bridge.index, family).await? {
         if a.net == wanted {
             return Ok(());

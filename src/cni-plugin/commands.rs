@@ -13,7 +13,7 @@ use super::env::{self, RuntimeEnv};
 use super::ipam::{History, IpamConf, Owner, Store, parse_record};
 use super::ipmasq;
 use super::state;
-use crate::netlink::MacAddr;
+use crate::net::MacAddr;
 use crate::subnet_env::SubnetEnv;
 
 use super::types::{CniError, CniResult, CniVersion, ErrorCode, version_info};

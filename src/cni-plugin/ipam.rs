@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::config::DEFAULT_IPAM_DATA_DIR;
 use super::types::{Dns, Route};
-use crate::flanneld::types::parse_cidr_addr;
+use crate::net::parse_cidr_addr;
 
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 pub const LOCK_FILE: &str = "lock";

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::types::{Family, MacError, VtepMac, go_ip_string};
+use crate::net::{Family, MacAddr, MacError, go_ip_string};
 
 /// Upstream's default `--kube-annotation-prefix`.
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -159,7 +159,7 @@ pub const KUBE_SUBNET_MANAGER_TRUE: &str = "true";
 pub struct BackendData {
     /// `None` for very old flannel's `{"VtepMAC":…}` without a VNI.
     pub vni: Option<u32>,
-    pub vtep_mac: VtepMac,
+    pub vtep_mac: MacAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -180,7 +180,7 @@ pub enum BackendDataError {
 
 impl BackendData {
     /// Byte-exact Go `json.Marshal` shape: `{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}`.
-    pub fn encode(vni: u32, mac: VtepMac) -> String {
+    pub fn encode(vni: u32, mac: MacAddr) -> String {
         format!("{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}")
     }
 
@@ -203,7 +203,7 @@ impl BackendData {
         };
         let mac = match lookup(&map, "VtepMAC") {
             None | Some(Value::Null) => return Err(BackendDataError::MissingMac),
-            Some(Value::String(s)) => VtepMac::parse(s)?,
+            Some(Value::String(s)) => MacAddr::parse_go(s)?,
             Some(other) => return Err(BackendDataError::MacNotString(other.to_string())),
         };
         Ok(BackendData { vni, vtep_mac: mac })
@@ -222,7 +222,7 @@ fn lookup<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnAdvertisement {
     pub vni: u32,
-    pub vtep_mac: VtepMac,
+    pub vtep_mac: MacAddr,
     /// The detected external address (`--public-ip`, `node-public-ip` or the interface address).
     pub public_ip: IpAddr,
 }
@@ -401,7 +401,7 @@ pub fn own_mac_from_annotations(
     keys: &AnnotationKeys,
     annotations: &BTreeMap<String, String>,
     family: Family,
-) -> Option<VtepMac> {
+) -> Option<MacAddr> {
     let raw = annotations.get(keys.backend_data_for(family))?;
     let mac = BackendData::decode(raw).ok()?.vtep_mac;
     mac.is_unicast().then_some(mac)
@@ -421,17 +421,17 @@ pub enum MacSource {
 /// VTEP MAC choice (spec §5.4): existing compatible device's MAC > our annotation's MAC > random.
 /// Unusable candidates (zero, multicast) are skipped.
 pub fn choose_vtep_mac<R: Rng + ?Sized>(
-    existing_device: Option<VtepMac>,
-    from_annotation: Option<VtepMac>,
+    existing_device: Option<MacAddr>,
+    from_annotation: Option<MacAddr>,
     rng: &mut R,
-) -> (VtepMac, MacSource) {
+) -> (MacAddr, MacSource) {
     if let Some(m) = existing_device.filter(|m| m.is_unicast()) {
         return (m, MacSource::ExistingDevice);
     }
     if let Some(m) = from_annotation.filter(|m| m.is_unicast()) {
         return (m, MacSource::Annotation);
     }
-    (VtepMac::random_local(rng), MacSource::Random)
+    (MacAddr::random_local(rng), MacSource::Random)
 }
 
 #[cfg(test)]
@@ -446,7 +446,7 @@ mod tests {
             .collect()
     }
 
-    const MAC: VtepMac = VtepMac([0x12, 0xc6, 0x65, 0x89, 0xb4, 0xe3]);
+    const MAC: MacAddr = MacAddr([0x12, 0xc6, 0x65, 0x89, 0xb4, 0xe3]);
 
     #[test]
     fn prefix_normalisation_examples() {
@@ -540,7 +540,7 @@ mod tests {
             r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}"#
         );
         assert_eq!(
-            BackendData::encode(4096, VtepMac([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])),
+            BackendData::encode(4096, MacAddr([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])),
             r#"{"VNI":4096,"VtepMAC":"aa:bb:cc:dd:ee:ff"}"#
         );
     }
@@ -599,7 +599,7 @@ mod tests {
     fn adv6() -> OwnAdvertisement {
         OwnAdvertisement {
             vni: 1,
-            vtep_mac: VtepMac([0x02, 0, 0, 0, 0, 6]),
+            vtep_mac: MacAddr([0x02, 0, 0, 0, 0, 6]),
             public_ip: "2001:db8:0:0:0:0:0:10".parse().unwrap(),
         }
     }
@@ -746,7 +746,7 @@ mod tests {
         assert_eq!(own_mac_from_annotations(&k, &a, Family::V4), Some(MAC));
         assert_eq!(
             own_mac_from_annotations(&k, &a, Family::V6),
-            Some(VtepMac([2, 0, 0, 0, 0, 6]))
+            Some(MacAddr([2, 0, 0, 0, 0, 6]))
         );
         for bad in [
             "garbage",
@@ -766,8 +766,8 @@ mod tests {
     #[test]
     fn mac_choice_precedence() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let dev = VtepMac([0x02, 1, 1, 1, 1, 1]);
-        let ann = VtepMac([0x02, 2, 2, 2, 2, 2]);
+        let dev = MacAddr([0x02, 1, 1, 1, 1, 1]);
+        let ann = MacAddr([0x02, 2, 2, 2, 2, 2]);
         assert_eq!(
             choose_vtep_mac(Some(dev), Some(ann), &mut rng),
             (dev, MacSource::ExistingDevice)
@@ -777,10 +777,10 @@ mod tests {
             (ann, MacSource::Annotation)
         );
         assert_eq!(
-            choose_vtep_mac(Some(VtepMac([0; 6])), Some(ann), &mut rng),
+            choose_vtep_mac(Some(MacAddr([0; 6])), Some(ann), &mut rng),
             (ann, MacSource::Annotation)
         );
-        let (m, src) = choose_vtep_mac(None, Some(VtepMac([0xff; 6])), &mut rng);
+        let (m, src) = choose_vtep_mac(None, Some(MacAddr([0xff; 6])), &mut rng);
         assert_eq!(src, MacSource::Random);
         assert!(m.is_unicast() && m.is_locally_administered());
     }

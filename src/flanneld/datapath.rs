@@ -10,13 +10,14 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::netlink::{
-    self, Address, IpFamily, Link, MacAddr, Netlink, NetlinkError, Op, Route, RouteFilter,
-    RouteProtocol, VxlanOutcome, VxlanSpec,
+    self, Address, Link, Netlink, NetlinkError, Op, Route, RouteFilter, RouteProtocol,
+    VxlanOutcome, VxlanSpec,
 };
+
+use crate::net::Family;
 
 use super::desired::{DeviceSpec, FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
 use super::plan::{Plan, Step};
-use super::types::{Family, VtepMac};
 
 /// Route protocol marking our DirectRouting routes (an unassigned number in
 /// /etc/iproute2/rt_protos). Tunnel routes keep `proto boot`, as upstream installs them.
@@ -57,7 +58,7 @@ pub async fn ensure_device(
         learning: spec.learning,
         gbp: spec.gbp,
         mtu: Some(spec.mtu),
-        mac: Some(MacAddr(spec.mac.0)),
+        mac: Some(spec.mac),
     };
     let (link, action) = match nl.ensure_vxlan(&vx).await? {
         VxlanOutcome::Adopted(link) => (link, DeviceAction::Adopted),
@@ -82,7 +83,7 @@ pub async fn ensure_device(
     let mut ops = Vec::new();
     for a in &addresses {
         let ours_to_remove = a.net != spec.address
-            && IpFamily::of(&a.net.ip()) == IpFamily::of(&spec.address.ip())
+            && Family::of_ip(a.net.ip()) == Family::of_ip(spec.address.ip())
             && !is_link_local(a.net.ip())
             && pod_network.is_none_or(|n| n.contains(a.net.ip()));
         if ours_to_remove {
@@ -121,20 +122,20 @@ pub async fn actual_entries(
     device: &Link,
     family: Family,
 ) -> Result<KernelEntries, DatapathError> {
-    let fam = ip_family(family);
+    let fam = family;
     let mut entries = KernelEntries::default();
     for n in nl.neighbours(device.index).await? {
-        if IpFamily::of(&n.ip) == fam {
+        if Family::of_ip(n.ip) == fam {
             entries.neighbours.insert(NeighbourEntry {
                 ip: n.ip,
-                mac: VtepMac(n.mac.0),
+                mac: n.mac,
             });
         }
     }
     for f in nl.fdb_entries(device.index).await? {
-        if IpFamily::of(&f.dst) == fam {
+        if Family::of_ip(f.dst) == fam {
             entries.fdb.insert(FdbEntry {
-                mac: VtepMac(f.mac.0),
+                mac: f.mac,
                 dst: f.dst,
             });
         }
@@ -178,13 +179,6 @@ pub async fn actual_entries(
     Ok(entries)
 }
 
-fn ip_family(family: Family) -> IpFamily {
-    match family {
-        Family::V4 => IpFamily::V4,
-        Family::V6 => IpFamily::V6,
-    }
-}
-
 /// Translates a plan into netlink operations on the device, in the plan's order.
 pub fn plan_ops(plan: &Plan, ifindex: u32) -> Vec<Op> {
     let mut ops = Vec::with_capacity(plan.len() + 4);
@@ -224,14 +218,14 @@ fn neighbour(n: &NeighbourEntry, ifindex: u32) -> netlink::Neighbour {
     netlink::Neighbour {
         ifindex,
         ip: n.ip,
-        mac: MacAddr(n.mac.0),
+        mac: n.mac,
     }
 }
 
 fn fdb(f: &FdbEntry, ifindex: u32) -> netlink::FdbEntry {
     netlink::FdbEntry {
         ifindex,
-        mac: MacAddr(f.mac.0),
+        mac: f.mac,
         dst: f.dst,
     }
 }
@@ -275,23 +269,22 @@ pub fn is_drift(
             n.ifindex == device
                 && n.permanent
                 && !n.mac.is_some_and(|m| {
-                    desired.neighbours.contains(&NeighbourEntry {
-                        ip: n.ip,
-                        mac: VtepMac(m.0),
-                    })
+                    desired
+                        .neighbours
+                        .contains(&NeighbourEntry { ip: n.ip, mac: m })
                 })
         }
         E::FdbDel(f) => {
             f.ifindex == device
                 && desired.fdb.contains(&FdbEntry {
-                    mac: VtepMac(f.mac.0),
+                    mac: f.mac,
                     dst: f.dst,
                 })
         }
         E::FdbNew(f) => {
             f.ifindex == device
                 && !desired.fdb.contains(&FdbEntry {
-                    mac: VtepMac(f.mac.0),
+                    mac: f.mac,
                     dst: f.dst,
                 })
         }
@@ -327,16 +320,17 @@ fn desired_routes_contain(routes: &BTreeSet<RouteEntry>, r: &Route, device: u32)
 mod tests {
     use super::*;
     use crate::flanneld::plan;
+    use crate::net::MacAddr;
 
     fn n(ip: &str, mac: u8) -> NeighbourEntry {
         NeighbourEntry {
             ip: ip.parse().unwrap(),
-            mac: VtepMac([2, 0, 0, 0, 0, mac]),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
         }
     }
     fn f(mac: u8, dst: &str) -> FdbEntry {
         FdbEntry {
-            mac: VtepMac([2, 0, 0, 0, 0, mac]),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
             dst: dst.parse().unwrap(),
         }
     }

@@ -9,9 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
+use super::lease::PodSubnets;
 use super::netconf::VxlanBackend;
 use super::peers::Peer;
-use super::types::{Family, PodSubnets, VtepMac};
+use crate::net::{Family, MacAddr, PerFamily};
 
 /// Outer-header overhead of VXLAN over an IPv4 underlay (IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14).
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
@@ -26,13 +27,13 @@ pub const MIN_MTU_V6: u32 = 1280;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NeighbourEntry {
     pub ip: IpAddr,
-    pub mac: VtepMac,
+    pub mac: MacAddr,
 }
 
 /// Permanent FDB entry on the VXLAN device (AF_BRIDGE, NTF_SELF): VTEP MAC → peer underlay IP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FdbEntry {
-    pub mac: VtepMac,
+    pub mac: MacAddr,
     pub dst: IpAddr,
 }
 
@@ -84,7 +85,7 @@ pub struct DeviceSpec {
     pub mtu: u32,
     /// Own subnet's network address as `/32` or `/128`.
     pub address: IpNetwork,
-    pub mac: VtepMac,
+    pub mac: MacAddr,
 }
 
 /// Desired state of one family.
@@ -95,18 +96,11 @@ pub struct FamilyState {
 }
 
 /// Desired kernel state for all enabled families.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DesiredState {
-    pub v4: Option<FamilyState>,
-    pub v6: Option<FamilyState>,
-}
+pub type DesiredState = PerFamily<Option<FamilyState>>;
 
 impl DesiredState {
     pub fn family(&self, family: Family) -> Option<&FamilyState> {
-        match family {
-            Family::V4 => self.v4.as_ref(),
-            Family::V6 => self.v6.as_ref(),
-        }
+        self.get(family).as_ref()
     }
 
     /// The MTU to give pods (`FLANNEL_MTU`): the smallest device MTU, so that a dual-stack pod
@@ -144,20 +138,7 @@ impl Underlay {
 }
 
 /// Our own VTEP MACs per family (as chosen by [`super::annotations::choose_vtep_mac`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct OwnMacs {
-    pub v4: Option<VtepMac>,
-    pub v6: Option<VtepMac>,
-}
-
-impl OwnMacs {
-    fn get(&self, family: Family) -> Option<VtepMac> {
-        match family {
-            Family::V4 => self.v4,
-            Family::V6 => self.v6,
-        }
-    }
-}
+pub type OwnMacs = PerFamily<Option<MacAddr>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DesiredError {
@@ -331,8 +312,8 @@ mod tests {
         }
     }
 
-    const MAC4: VtepMac = VtepMac([2, 0, 0, 0, 0, 1]);
-    const MAC6: VtepMac = VtepMac([2, 0, 0, 0, 0, 2]);
+    const MAC4: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const MAC6: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 
     fn macs() -> OwnMacs {
         OwnMacs {
@@ -348,7 +329,7 @@ mod tests {
             created: None,
             v4: Some(PeerEndpoint {
                 subnet: format!("10.244.{n}.0/24").parse().unwrap(),
-                vtep_mac: VtepMac([2, 0, 0, 0, 1, n]),
+                vtep_mac: MacAddr([2, 0, 0, 0, 1, n]),
                 public_ip: public.parse().unwrap(),
                 vni: Some(1),
             }),
@@ -360,7 +341,7 @@ mod tests {
         let mut p = peer(name, n, &format!("192.168.1.{n}"));
         p.v6 = Some(PeerEndpoint {
             subnet: format!("fd00:10:0:{n:x}::/64").parse().unwrap(),
-            vtep_mac: VtepMac([2, 0, 0, 0, 6, n]),
+            vtep_mac: MacAddr([2, 0, 0, 0, 6, n]),
             public_ip: format!("fd00:1::{n:x}").parse().unwrap(),
             vni: Some(1),
         });
@@ -393,10 +374,10 @@ mod tests {
         assert_eq!(e.len(), 6);
         assert!(e.neighbours.contains(&NeighbourEntry {
             ip: "10.244.5.0".parse().unwrap(),
-            mac: VtepMac([2, 0, 0, 0, 1, 5])
+            mac: MacAddr([2, 0, 0, 0, 1, 5])
         }));
         assert!(e.fdb.contains(&FdbEntry {
-            mac: VtepMac([2, 0, 0, 0, 1, 5]),
+            mac: MacAddr([2, 0, 0, 0, 1, 5]),
             dst: "192.168.2.5".parse().unwrap()
         }));
         assert!(e.routes.contains(&RouteEntry {
@@ -429,7 +410,7 @@ mod tests {
         assert_eq!(f6.device.port, 4789);
         assert!(f6.entries.neighbours.contains(&NeighbourEntry {
             ip: "fd00:10:0:5::".parse().unwrap(),
-            mac: VtepMac([2, 0, 0, 0, 6, 5])
+            mac: MacAddr([2, 0, 0, 0, 6, 5])
         }));
         assert_eq!(f6.entries.len(), 3);
         assert_eq!(d.v4.as_ref().unwrap().device.name, "flannel.7");

@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::annotations::OwnAdvertisement;
 use super::config::IfaceSelectors;
 use super::desired::Underlay;
-use super::types::{Family, VtepMac, go_ip_string, normalize};
+use crate::net::{Family, MacAddr, go_ip_string, normalize};
 
 /// Address flags that matter for the choice (from `IFA_F_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,7 +111,7 @@ impl ExternalInterface {
         &self,
         family: Family,
         vni: u32,
-        mac: VtepMac,
+        mac: MacAddr,
     ) -> Option<OwnAdvertisement> {
         let public_ip = match family {
             Family::V4 => self.ext_addr_v4.map(IpAddr::V4),
@@ -499,7 +499,7 @@ mod tests {
         assert_eq!(u.local_v4, Some("10.0.2.15".parse().unwrap()));
         assert_eq!(u.ifindex, 2);
         assert_eq!(e.own_ips(), vec!["10.0.2.15".parse::<IpAddr>().unwrap()]);
-        let mac = VtepMac([2, 0, 0, 0, 0, 1]);
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let adv = e.advertisement(Family::V4, 1, mac).unwrap();
         assert_eq!(adv.public_ip, "10.0.2.15".parse::<IpAddr>().unwrap());
         assert_eq!(e.advertisement(Family::V6, 1, mac), None);

@@ -15,7 +15,7 @@
 
 use ipnetwork::IpNetwork;
 
-use super::types::{Family, go_net_string};
+use crate::net::{Family, go_net_string};
 
 pub const POSTRTG_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FWD_CHAIN: &str = "FLANNEL-FWD";

@@ -34,6 +34,7 @@ pub mod health;
 pub mod iface;
 pub mod keeper;
 pub mod kube;
+pub mod lease;
 pub mod masq;
 pub mod memory;
 pub mod metrics;
@@ -44,7 +45,6 @@ pub mod peers;
 pub mod plan;
 pub mod reconcile;
 pub mod traffic;
-pub mod types;
 
 /// The whole pure pipeline on one realistic input, as the wiring will drive it.
 #[cfg(test)]
@@ -61,7 +61,7 @@ mod pipeline_tests {
     use super::node::{NodeInfo, SlimNode};
     use super::peers::{self, RejectKind, ValidationContext};
     use super::plan::{self, Step};
-    use super::types::{Family, VtepMac};
+    use crate::net::{Family, MacAddr};
 
     const P: &str = "flannel.alpha.coreos.com/";
 
@@ -131,7 +131,7 @@ mod pipeline_tests {
         )
         .unwrap();
 
-        let device_mac = VtepMac([0x0e, 1, 2, 3, 4, 5]);
+        let device_mac = MacAddr([0x0e, 1, 2, 3, 4, 5]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let from_ann =
             annotations::own_mac_from_annotations(&keys, &me.annotations.to_map(), Family::V4);
@@ -234,7 +234,7 @@ mod pipeline_tests {
             .find(|r| r.dst.to_string() == "10.244.3.0/24")
             .unwrap();
         actual.routes.remove(&route_b);
-        let stale_mac = VtepMac([2, 0, 0, 0, 0, 9]);
+        let stale_mac = MacAddr([2, 0, 0, 0, 0, 9]);
         actual.neighbours.insert(NeighbourEntry {
             ip: "10.244.9.0".parse().unwrap(),
             mac: stale_mac,

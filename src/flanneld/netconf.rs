@@ -8,10 +8,9 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::types::{
-    Family, PodCidrError, PodSubnets, first_host_v4, first_host_v6, is_within, parse_cidr_v4,
-    parse_cidr_v6,
-};
+use crate::net::{Family, first_host_v4, first_host_v6, is_within, parse_cidr_v4, parse_cidr_v6};
+
+use super::lease::{PodCidrError, PodSubnets};
 use crate::subnet_env::SubnetEnv;
 
 /// Kernel default VXLAN port, used when `Backend.Port` is 0 or absent.
@@ -332,8 +331,8 @@ fn parse_backend(b: &Obj<'_>) -> Result<VxlanBackend, NetConfError> {
     })
 }
 
-fn cidr_error(field: &str, value: &str, e: super::types::CidrError) -> NetConfError {
-    use super::types::CidrError;
+fn cidr_error(field: &str, value: &str, e: crate::net::CidrError) -> NetConfError {
+    use crate::net::CidrError;
     match e {
         CidrError::Invalid(_) => NetConfError::InvalidCidr {
             field: field.into(),

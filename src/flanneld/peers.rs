@@ -18,16 +18,17 @@ use super::annotations::{
     AnnotationKeys, BACKEND_TYPE_VXLAN, BackendData, BackendDataError, KUBE_SUBNET_MANAGER_TRUE,
     parse_family_ip,
 };
+use super::lease::{PodCidrError, PodSubnets};
 use super::netconf::NetConf;
 use super::node::NodeInfo;
-use super::types::{Family, PodCidrError, PodSubnets, VtepMac, is_within, overlaps};
+use crate::net::{Family, MacAddr, is_within, overlaps};
 
 /// One family's tunnel endpoint of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerEndpoint {
     /// The peer's pod subnet (normalised; its network address is the route gateway).
     pub subnet: IpNetwork,
-    pub vtep_mac: VtepMac,
+    pub vtep_mac: MacAddr,
     /// Underlay address the peer's VXLAN packets go to (`public-ip` / `public-ipv6`).
     pub public_ip: IpAddr,
     /// VNI the peer advertises (`None` for very old annotations without it).
@@ -88,7 +89,7 @@ pub struct ValidationContext {
     /// Our own addresses (local/external/advertised); a peer claiming one is refused.
     pub own_ips: Vec<IpAddr>,
     /// Our own VTEP MACs.
-    pub own_macs: Vec<VtepMac>,
+    pub own_macs: Vec<MacAddr>,
 }
 
 impl ValidationContext {
@@ -97,7 +98,7 @@ impl ValidationContext {
         own_node: impl Into<String>,
         own_subnets: PodSubnets,
         own_ips: Vec<IpAddr>,
-        own_macs: Vec<VtepMac>,
+        own_macs: Vec<MacAddr>,
     ) -> ValidationContext {
         ValidationContext {
             own_node: own_node.into(),
@@ -191,15 +192,15 @@ pub enum Rejection {
         found: u32,
     },
     #[error("{family} VtepMAC {mac} is unusable: {problem:?}")]
-    VtepMac {
+    MacAddr {
         family: Family,
-        mac: VtepMac,
+        mac: MacAddr,
         problem: MacProblem,
     },
     #[error("{family} VtepMAC {mac} is already used by established peer {holder:?}")]
     VtepMacConflict {
         family: Family,
-        mac: VtepMac,
+        mac: MacAddr,
         holder: String,
     },
     #[error("{family} public IP {value:?} is unusable: {problem:?}")]
@@ -298,7 +299,7 @@ impl Rejection {
             } => RejectKind::BadVtepMac,
             Rejection::BackendData { .. } => RejectKind::BadBackendData,
             Rejection::VniMismatch { .. } => RejectKind::VniMismatch,
-            Rejection::VtepMac { .. } => RejectKind::BadVtepMac,
+            Rejection::MacAddr { .. } => RejectKind::BadVtepMac,
             Rejection::VtepMacConflict { .. } => RejectKind::VtepMacConflict,
             Rejection::PublicIp { .. } => RejectKind::BadPublicIp,
         }
@@ -419,7 +420,7 @@ fn check_subnet(
     Ok(())
 }
 
-fn check_mac(family: Family, mac: VtepMac, own: &[VtepMac]) -> Result<(), Rejection> {
+fn check_mac(family: Family, mac: MacAddr, own: &[MacAddr]) -> Result<(), Rejection> {
     let problem = if mac.is_zero() {
         MacProblem::AllZero
     } else if mac.is_broadcast() {
@@ -431,7 +432,7 @@ fn check_mac(family: Family, mac: VtepMac, own: &[VtepMac]) -> Result<(), Reject
     } else {
         return Ok(());
     };
-    Err(Rejection::VtepMac {
+    Err(Rejection::MacAddr {
         family,
         mac,
         problem,
@@ -619,7 +620,7 @@ impl RejectionTracker {
 struct Holdings {
     /// Per family: range start → (range end, index of the holder). Held ranges are disjoint.
     ranges: [BTreeMap<u128, (u128, usize)>; 2],
-    macs: [HashMap<VtepMac, usize>; 2],
+    macs: [HashMap<MacAddr, usize>; 2],
 }
 
 fn family_slot(family: Family) -> usize {
@@ -704,7 +705,7 @@ mod tests {
             "self",
             own,
             vec!["192.168.1.1".parse().unwrap(), "fd00:1::1".parse().unwrap()],
-            vec![VtepMac([2, 0, 0, 0, 0, 1])],
+            vec![MacAddr([2, 0, 0, 0, 0, 1])],
         )
     }
 
@@ -799,7 +800,7 @@ mod tests {
         assert_eq!(p.subnet_v4(), Some("10.244.5.0/24".parse().unwrap()));
         assert_eq!(p.subnet_v6(), None);
         let e = p.v4.unwrap();
-        assert_eq!(e.vtep_mac, VtepMac([2, 0, 0, 0, 1, 5]));
+        assert_eq!(e.vtep_mac, MacAddr([2, 0, 0, 0, 1, 5]));
         assert_eq!(e.public_ip, "192.168.1.5".parse::<IpAddr>().unwrap());
         assert_eq!(e.vni, Some(1));
         assert!(p.v6.is_none());
@@ -836,7 +837,7 @@ mod tests {
         );
         let p = judge(&n).unwrap();
         assert_eq!(p.v4.unwrap().vni, None);
-        assert_eq!(p.v4.unwrap().vtep_mac, VtepMac([2, 0, 0, 0, 1, 5]));
+        assert_eq!(p.v4.unwrap().vtep_mac, MacAddr([2, 0, 0, 0, 1, 5]));
     }
 
     #[test]

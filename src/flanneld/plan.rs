@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::desired::{FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
-use super::types::VtepMac;
+use crate::net::MacAddr;
 
 /// Adds, in-place replacements and removals of one entry kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,10 +146,10 @@ impl Plan {
             .iter()
             .map(|(old, _)| old.ip)
             .collect();
-        let held_macs: BTreeSet<VtepMac> =
+        let held_macs: BTreeSet<MacAddr> =
             self.fdb.replace.iter().map(|(old, _)| old.mac).collect();
         // The MAC each gateway resolves to once the additions are in: added, else present.
-        let added: BTreeMap<IpAddr, VtepMac> =
+        let added: BTreeMap<IpAddr, MacAddr> =
             self.neighbours.add.iter().map(|n| (n.ip, n.mac)).collect();
         let mac_of = |gw: &IpAddr| {
             added.get(gw).copied().or_else(|| {
@@ -158,7 +158,7 @@ impl Plan {
                     .range(
                         NeighbourEntry {
                             ip: *gw,
-                            mac: VtepMac([0; 6]),
+                            mac: MacAddr([0; 6]),
                         }..,
                     )
                     .next()
@@ -274,11 +274,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flanneld::types::VtepMac;
+    use crate::net::MacAddr;
     use std::net::IpAddr;
 
-    fn mac(n: u8) -> VtepMac {
-        VtepMac([2, 0, 0, 0, 1, n])
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 1, n])
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -286,7 +286,7 @@ mod tests {
     }
 
     /// The three tunnel entries of peer n (subnet 10.244.n.0/24, public 192.168.1.n).
-    fn peer_entries(into: &mut KernelEntries, n: u8, m: VtepMac, public: &str) {
+    fn peer_entries(into: &mut KernelEntries, n: u8, m: MacAddr, public: &str) {
         let gw = ip(&format!("10.244.{n}.0"));
         into.neighbours.insert(NeighbourEntry { ip: gw, mac: m });
         into.fdb.insert(FdbEntry {
@@ -301,7 +301,7 @@ mod tests {
         });
     }
 
-    fn entries(peers: &[(u8, VtepMac, &str)]) -> KernelEntries {
+    fn entries(peers: &[(u8, MacAddr, &str)]) -> KernelEntries {
         let mut e = KernelEntries::default();
         for &(n, m, p) in peers {
             peer_entries(&mut e, n, m, p);

@@ -18,6 +18,7 @@ use super::annotations::AnnotationKeys;
 use super::backoff::Backoff;
 use super::datapath::{self, DeviceAction};
 use super::desired::{self, KernelEntries, OwnMacs, Underlay};
+use super::lease::PodSubnets;
 use super::memory;
 use super::metrics::Metrics;
 use super::netconf::NetConf;
@@ -27,7 +28,7 @@ use super::peers::{
     ValidationContext,
 };
 use super::plan;
-use super::types::{Family, PodSubnets};
+use crate::net::Family;
 
 /// Everything a pass needs besides the node cache; fixed for the daemon's lifetime.
 pub struct ReconcileInputs {
@@ -634,7 +635,7 @@ fn keep_peers_that_lost_their_annotations(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flanneld::types::VtepMac;
+    use crate::net::MacAddr;
 
     #[test]
     fn a_peer_summary_serializes_as_lists_of_strings() {
@@ -643,13 +644,13 @@ mod tests {
             endpoints: vec![
                 PeerEndpoint {
                     subnet: "10.244.2.0/24".parse().unwrap(),
-                    vtep_mac: VtepMac([0x0e, 0, 0, 0, 0, 2]),
+                    vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, 2]),
                     public_ip: "192.0.2.2".parse().unwrap(),
                     vni: Some(1),
                 },
                 PeerEndpoint {
                     subnet: "fd00:10:0:2::/64".parse().unwrap(),
-                    vtep_mac: VtepMac([0x0e, 0, 0, 0, 6, 2]),
+                    vtep_mac: MacAddr([0x0e, 0, 0, 0, 6, 2]),
                     public_ip: "2001:db8::2".parse().unwrap(),
                     vni: Some(1),
                 },

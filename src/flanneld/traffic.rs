@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::config::DaemonConfig;
+use super::lease::PodSubnets;
 use super::masq::{self, FWD_CHAIN, FWD_COMMENT, MASQ_COMMENT, MasqSpec, NftSpec, POSTRTG_CHAIN};
 use super::netconf::NetConf;
-use super::types::{Family, PodSubnets, go_net_string};
-use crate::netlink::{IpFamily, Netlink, NetlinkError, Route, RouteFilter, RouteType};
+use crate::net::{Family, go_net_string};
+use crate::netlink::{Netlink, NetlinkError, Route, RouteFilter, RouteType};
 use crate::subnet_env::SubnetEnv;
 
 /// How long one iptables/nft invocation may take (it may wait for the xtables lock).
@@ -942,7 +943,7 @@ impl BlackholeRoutes {
         nl: &Netlink,
         subnet: IpNetwork,
     ) -> Result<BlackholeState, TrafficError> {
-        let family = IpFamily::of(&subnet.ip());
+        let family = Family::of_ip(subnet.ip());
         let routes = nl.routes(&RouteFilter::main().family(family)).await?;
         if let Some(existing) = routes.iter().find(|r| r.dst == subnet) {
             return Ok(if existing.kind == RouteType::BlackHole {

@@ -1,15 +1,17 @@
 //! IPv4/IPv6 addresses.
 
+use super::types::address_family;
 use std::net::IpAddr;
 
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::AddressMessage;
 use rtnetlink::AddressMessageBuilder;
 
+use super::Netlink;
 use super::batch::Op;
 use super::error::NetlinkError;
 use super::types::Address;
-use super::{IpFamily, Netlink};
+use crate::net::Family;
 
 /// RTM_NEWADDR/RTM_DELADDR body: IFA_LOCAL + IFA_ADDRESS (+ broadcast for IPv4 < /31).
 pub(crate) fn message(a: &Address) -> AddressMessage {
@@ -38,8 +40,8 @@ impl Netlink {
 
     /// IPv4 and IPv6 addresses of one link (including kernel-assigned IPv6 link-local ones).
     pub async fn addresses(&self, ifindex: u32) -> Result<Vec<Address>, NetlinkError> {
-        let mut out = self.addresses_in(ifindex, IpFamily::V4).await?;
-        out.extend(self.addresses_in(ifindex, IpFamily::V6).await?);
+        let mut out = self.addresses_in(ifindex, Family::V4).await?;
+        out.extend(self.addresses_in(ifindex, Family::V6).await?);
         Ok(out)
     }
 
@@ -47,10 +49,10 @@ impl Netlink {
     pub async fn addresses_in(
         &self,
         ifindex: u32,
-        family: IpFamily,
+        family: Family,
     ) -> Result<Vec<Address>, NetlinkError> {
         let mut req = AddressMessage::default();
-        req.header.family = family.address_family();
+        req.header.family = address_family(family);
         // Honoured by the kernel on a strict socket; also checked below.
         req.header.index = ifindex;
         let replies = self

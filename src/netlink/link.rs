@@ -10,8 +10,9 @@ use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage}
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
 use super::error::{NetlinkError, RawError};
-use super::types::{Link, MacAddr, VxlanOutcome, VxlanSpec};
+use super::types::{Link, VxlanOutcome, VxlanSpec};
 use super::{Netlink, Op};
+use crate::net::MacAddr;
 use crate::netns::NetnsFile;
 
 const ENODEV: i32 = nix::libc::ENODEV;

@@ -36,8 +36,8 @@ pub use monitor::{Monitor, MonitorEvent, MonitorGroups};
 pub use netlink_packet_route::link::State as LinkOperState;
 pub use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 pub use types::{
-    Address, FdbEntry, IpFamily, Link, MacAddr, MacParseError, Neighbour, NeighbourEntry,
-    RT_TABLE_LOCAL, RT_TABLE_MAIN, Route, RouteFilter, VxlanInfo, VxlanOutcome, VxlanSpec,
+    Address, FdbEntry, Link, Neighbour, NeighbourEntry, RT_TABLE_LOCAL, RT_TABLE_MAIN, Route,
+    RouteFilter, VxlanInfo, VxlanOutcome, VxlanSpec,
 };
 
 use crate::netns::NetnsFile;
@@ -255,7 +255,7 @@ mod kernel_filter_tests {
             let dump = |f: RouteFilter| {
                 let t = t.clone();
                 async move {
-                    t.dump(M::GetRoute(route::dump_request(IpFamily::V4, &f)))
+                    t.dump(M::GetRoute(route::dump_request(crate::net::Family::V4, &f)))
                         .await
                         .unwrap()
                         .into_iter()

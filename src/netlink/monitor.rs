@@ -241,7 +241,8 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<MonitorEvent
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{MacAddr, Neighbour};
+    use crate::net::MacAddr;
+    use crate::netlink::Neighbour;
 
     #[test]
     fn groups_combine_into_the_bind_mask() {

@@ -1,5 +1,6 @@
 //! Permanent neighbours (ARP/NDP) and FDB entries on VXLAN devices.
 
+use super::types::address_family;
 use std::net::IpAddr;
 
 use netlink_packet_route::neighbour::{
@@ -10,7 +11,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use super::Netlink;
 use super::batch::Op;
 use super::error::NetlinkError;
-use super::types::{FdbEntry, FdbRecord, IpFamily, Neighbour, NeighbourEntry};
+use super::types::{FdbEntry, FdbRecord, Neighbour, NeighbourEntry};
+use crate::net::Family;
 
 fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
     match ip {
@@ -22,7 +24,7 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
 /// RTM_NEWNEIGH (permanent, with lladdr) or RTM_DELNEIGH (by address) body.
 pub(crate) fn neighbour_message(n: &Neighbour, for_delete: bool) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
-    msg.header.family = IpFamily::of(&n.ip).address_family();
+    msg.header.family = address_family(Family::of_ip(n.ip));
     msg.header.ifindex = n.ifindex;
     msg.attributes
         .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
@@ -151,7 +153,7 @@ impl Netlink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::MacAddr;
+    use crate::net::MacAddr;
 
     #[test]
     fn fdb_message_is_self_permanent_with_dst() {

@@ -1,5 +1,6 @@
 //! IPv4/IPv6 routes.
 
+use super::types::address_family;
 use std::net::IpAddr;
 
 use netlink_packet_route::RouteNetlinkMessage;
@@ -10,7 +11,8 @@ use netlink_packet_route::route::{
 use super::Netlink;
 use super::batch::Op;
 use super::error::NetlinkError;
-use super::types::{IpFamily, RT_TABLE_MAIN, Route, RouteFilter};
+use super::types::{RT_TABLE_MAIN, Route, RouteFilter};
+use crate::net::Family;
 
 const ENOENT: i32 = nix::libc::ENOENT;
 const ENODEV: i32 = nix::libc::ENODEV;
@@ -38,7 +40,7 @@ fn set_table(msg: &mut RouteMessage, table: u32) {
 pub(crate) fn route_message(r: &Route, for_delete: bool) -> RouteMessage {
     let mut msg = RouteMessage::default();
     let h = &mut msg.header;
-    h.address_family = r.family().address_family();
+    h.address_family = address_family(r.family());
     h.destination_prefix_length = r.dst.prefix();
     if for_delete {
         h.scope = RouteScope::NoWhere;
@@ -102,10 +104,10 @@ pub(crate) fn describe(r: &Route, ifname: &str) -> String {
 }
 
 /// `ip route show`-style description of a filter, e.g. `ipv4 table 254 dev flannel.1`.
-async fn describe_filter(family: IpFamily, filter: &RouteFilter, nl: &Netlink) -> String {
+async fn describe_filter(family: Family, filter: &RouteFilter, nl: &Netlink) -> String {
     let mut s = match family {
-        IpFamily::V4 => "ipv4".to_string(),
-        IpFamily::V6 => "ipv6".to_string(),
+        Family::V4 => "ipv4".to_string(),
+        Family::V6 => "ipv6".to_string(),
     };
     if let Some(t) = filter.table {
         s.push_str(&format!(" table {t}"));
@@ -121,9 +123,9 @@ async fn describe_filter(family: IpFamily, filter: &RouteFilter, nl: &Netlink) -
 
 /// RTM_GETROUTE dump request; on a strict socket the kernel filters by table, protocol and
 /// output device itself.
-pub(crate) fn dump_request(family: IpFamily, filter: &RouteFilter) -> RouteMessage {
+pub(crate) fn dump_request(family: Family, filter: &RouteFilter) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = family.address_family();
+    msg.header.address_family = address_family(family);
     if let Some(table) = filter.table {
         set_table(&mut msg, table);
     }
@@ -159,7 +161,7 @@ impl Netlink {
     pub async fn routes(&self, filter: &RouteFilter) -> Result<Vec<Route>, NetlinkError> {
         let families = match filter.family {
             Some(f) => vec![f],
-            None => vec![IpFamily::V4, IpFamily::V6],
+            None => vec![Family::V4, Family::V6],
         };
         let mut out = Vec::new();
         for family in families {
@@ -249,7 +251,7 @@ mod tests {
     #[test]
     fn dump_request_carries_the_filter() {
         let f = RouteFilter::main().oif(3).protocol(RouteProtocol::Static);
-        let msg = dump_request(IpFamily::V6, &f);
+        let msg = dump_request(Family::V6, &f);
         assert_eq!(msg.header.table, 254);
         assert_eq!(msg.header.protocol, RouteProtocol::Static);
         assert_eq!(msg.header.scope, RouteScope::Universe);

@@ -4,9 +4,10 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
+
+use crate::net::{Family, MacAddr};
 
 use super::LinkOperState;
 use netlink_packet_route::AddressFamily;
@@ -21,111 +22,11 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 
-/// An Ethernet MAC address. Displays as lowercase, colon-separated hex (`0e:00:00:00:01:01`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    /// The address in a 6-byte slice, `None` for any other length.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
-    }
-
-    pub fn octets(&self) -> [u8; 6] {
-        self.0
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 6]
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Why a string is not a MAC address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid MAC address {input:?}: expected six colon-separated hex octets like 0e:00:00:00:01:01"
-)]
-pub struct MacParseError {
-    pub input: String,
-}
-
-impl FromStr for MacAddr {
-    type Err = MacParseError;
-
-    /// Accepts `aa:bb:cc:dd:ee:ff` in either case (the form `ip link` and flannel's
-    /// `VtepMAC` annotation use).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError {
-            input: s.to_string(),
-        };
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for octet in out.iter_mut() {
-            let part = parts.next().ok_or_else(err)?;
-            if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(err());
-            }
-            *octet = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl serde::Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// IPv4 or IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    pub fn of(ip: &IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => IpFamily::V4,
-            IpAddr::V6(_) => IpFamily::V6,
-        }
-    }
-
-    pub(crate) fn address_family(self) -> AddressFamily {
-        match self {
-            IpFamily::V4 => AddressFamily::Inet,
-            IpFamily::V6 => AddressFamily::Inet6,
-        }
+/// The kernel's address family for `family`.
+pub(crate) fn address_family(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
     }
 }
 
@@ -577,22 +478,22 @@ impl Route {
         self
     }
 
-    pub fn family(&self) -> IpFamily {
-        IpFamily::of(&self.dst.ip())
+    pub fn family(&self) -> Family {
+        Family::of_ip(self.dst.ip())
     }
 
     /// Checks that gateway and source have the destination's family.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let fam = self.family();
         if let Some(gw) = self.gateway
-            && IpFamily::of(&gw) != fam
+            && Family::of_ip(gw) != fam
         {
             return Err(format!(
                 "gateway {gw} is not of the destination's address family"
             ));
         }
         if let Some(src) = self.source
-            && IpFamily::of(&src) != fam
+            && Family::of_ip(src) != fam
         {
             return Err(format!(
                 "source {src} is not of the destination's address family"
@@ -607,8 +508,8 @@ impl Route {
     pub(crate) fn from_message(msg: &RouteMessage) -> Option<Route> {
         let h = &msg.header;
         let family = match h.address_family {
-            AddressFamily::Inet => IpFamily::V4,
-            AddressFamily::Inet6 => IpFamily::V6,
+            AddressFamily::Inet => Family::V4,
+            AddressFamily::Inet6 => Family::V6,
             _ => return None,
         };
         let mut dst = None;
@@ -652,10 +553,10 @@ impl fmt::Display for Route {
     }
 }
 
-fn default_net(family: IpFamily) -> IpNetwork {
+fn default_net(family: Family) -> IpNetwork {
     match family {
-        IpFamily::V4 => IpNetwork::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        IpFamily::V6 => IpNetwork::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        Family::V4 => IpNetwork::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        Family::V6 => IpNetwork::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
     }
     .expect("prefix 0 is valid for both families")
 }
@@ -675,7 +576,7 @@ pub struct RouteFilter {
     pub table: Option<u32>,
     pub oif: Option<u32>,
     pub protocol: Option<RouteProtocol>,
-    pub family: Option<IpFamily>,
+    pub family: Option<Family>,
 }
 
 impl RouteFilter {
@@ -702,7 +603,7 @@ impl RouteFilter {
         self
     }
 
-    pub fn family(mut self, family: IpFamily) -> Self {
+    pub fn family(mut self, family: Family) -> Self {
         self.family = Some(family);
         self
     }
@@ -718,57 +619,6 @@ impl RouteFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mac_display_is_lowercase_colon_hex() {
-        let mac = MacAddr([0x0e, 0xAB, 0, 1, 0xff, 0x10]);
-        assert_eq!(mac.to_string(), "0e:ab:00:01:ff:10");
-        assert_eq!(format!("{mac:?}"), "0e:ab:00:01:ff:10");
-    }
-
-    #[test]
-    fn mac_parses_both_cases_and_round_trips() {
-        let mac: MacAddr = "0E:ab:00:01:FF:10".parse().unwrap();
-        assert_eq!(mac, MacAddr([0x0e, 0xab, 0, 1, 0xff, 0x10]));
-        assert_eq!(mac.to_string().parse::<MacAddr>().unwrap(), mac);
-    }
-
-    #[test]
-    fn mac_rejects_malformed_input() {
-        for bad in [
-            "",
-            "0e:ab:00:01:ff",
-            "0e:ab:00:01:ff:10:22",
-            "0e-ab-00-01-ff-10",
-            "e:ab:00:01:ff:10",
-            "0e:ab:00:01:ff:1g",
-            "0e:ab:00:01:ff:+1",
-            "0eab0001ff10",
-        ] {
-            let err = bad.parse::<MacAddr>().unwrap_err();
-            assert_eq!(err.input, bad);
-            assert!(err.to_string().contains("invalid MAC address"));
-        }
-    }
-
-    #[test]
-    fn mac_serde_as_string() {
-        let mac = MacAddr([2, 0x4e, 0, 0, 0x12, 0x34]);
-        let json = serde_json::to_string(&mac).unwrap();
-        assert_eq!(json, "\"02:4e:00:00:12:34\"");
-        assert_eq!(serde_json::from_str::<MacAddr>(&json).unwrap(), mac);
-        assert!(serde_json::from_str::<MacAddr>("\"nope\"").is_err());
-    }
-
-    #[test]
-    fn mac_from_slice_needs_six_bytes() {
-        assert_eq!(
-            MacAddr::from_slice(&[1, 2, 3, 4, 5, 6]),
-            Some(MacAddr([1, 2, 3, 4, 5, 6]))
-        );
-        assert_eq!(MacAddr::from_slice(&[1, 2, 3]), None);
-        assert!(MacAddr::ZERO.is_zero());
-    }
 
     #[test]
     fn permanent_is_a_bit_of_the_state_mask() {
@@ -895,7 +745,7 @@ mod tests {
                 .protocol(RouteProtocol::Boot)
                 .matches(&r)
         );
-        assert!(!RouteFilter::default().family(IpFamily::V6).matches(&r));
+        assert!(!RouteFilter::default().family(Family::V6).matches(&r));
         assert!(!RouteFilter::default().table(100).matches(&r));
     }
 

@@ -31,7 +31,7 @@ pub fn lab_with(tag: &str, third_octet: u8, opts: LabOptions) -> Lab {
             underlay: [192, 168, third_octet],
             ..opts
         },
-        &testserver(),
+        testserver(),
     )
     .expect("lab")
 }

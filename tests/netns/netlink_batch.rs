@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use flannel_rs::netlink::{
-    FdbEntry, IpFamily, MacAddr, Neighbour, NetlinkError, Op, Route, RouteFilter,
-};
+use flannel_rs::netlink::{FdbEntry, Neighbour, NetlinkError, Op, Route, RouteFilter};
+
+use flannel_rs::net::{Family, MacAddr};
 use ipnetwork::IpNetwork;
 
 use crate::harness::{NetnsGuard, bridge_json, ip_json, netns};
@@ -110,7 +110,7 @@ fn a_thousand_peers_in_one_batch() {
 
         // Our dumps agree.
         let routes = nl
-            .routes(&RouteFilter::main().oif(fl).family(IpFamily::V4))
+            .routes(&RouteFilter::main().oif(fl).family(Family::V4))
             .await
             .unwrap();
         assert_eq!(routes.len(), 1000);

@@ -153,14 +153,7 @@ fn a_full_buffer_surfaces_as_overflow() {
                         (i / 256) as u8,
                         (i % 256) as u8,
                     )),
-                    mac: flannel_rs::netlink::MacAddr([
-                        2,
-                        0,
-                        0,
-                        0,
-                        (i / 256) as u8,
-                        (i % 256) as u8,
-                    ]),
+                    mac: flannel_rs::net::MacAddr([2, 0, 0, 0, (i / 256) as u8, (i % 256) as u8]),
                 })
             })
             .collect();

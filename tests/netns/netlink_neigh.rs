@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use flannel_rs::netlink::{FdbEntry, MacAddr, Neighbour};
+use flannel_rs::netlink::{FdbEntry, Neighbour};
+
+use flannel_rs::net::MacAddr;
 use serde_json::Value;
 
 use crate::harness::{NetnsGuard, bridge_json, ip_json, netns};

@@ -30,7 +30,8 @@ use super::cni_runtime::{
 };
 use super::lab::{Flanneld, Lab, LabError, LabOptions};
 use super::topology::Host;
-use flannel_rs::netlink::{IpFamily, MacAddr, Netlink, RouteFilter};
+use flannel_rs::net::{Family, MacAddr};
+use flannel_rs::netlink::{Netlink, RouteFilter};
 use flannel_rs::netns::NetnsGuard;
 
 /// The VXLAN device flanneld manages (VNI 1).
@@ -709,7 +710,7 @@ impl Cluster {
                 ..Datapath::default()
             };
             for r in nl
-                .routes(&RouteFilter::main().oif(link.index).family(IpFamily::V4))
+                .routes(&RouteFilter::main().oif(link.index).family(Family::V4))
                 .await
                 .map_err(|e| probe(e.to_string()))?
             {
