@@ -17,22 +17,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Netlink, RouteFilter};
 
-use super::annotations::{self, AnnotationKeys, OwnAdvertisement};
-use super::config::{DaemonConfig, NodeIdentity};
-use super::desired::{self, OwnMacs};
 use super::health::{self, HealthState};
-use super::iface::{
-    self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
-};
 use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor};
 use super::kube::{self as kube_io, NodeStatusWriter};
-use super::lease::PodSubnets;
 use super::memory;
 use super::metrics::Metrics;
-use super::netconf::NetConf;
-use super::node::{NodeInfo, SlimNode};
 use super::node_cache::{self, NodeCache};
-use super::peers::ValidationContext;
+use super::pure::annotations::{self, AnnotationKeys, OwnAdvertisement};
+use super::pure::config::{DaemonConfig, NodeIdentity};
+use super::pure::desired::{self, OwnMacs};
+use super::pure::iface::{
+    self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
+};
+use super::pure::lease::PodSubnets;
+use super::pure::netconf::NetConf;
+use super::pure::node::{NodeInfo, SlimNode};
+use super::pure::peers::ValidationContext;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
 use super::traffic::{BlackholeRoutes, TrafficConfig, TrafficRules};
 use crate::net::Family;

@@ -16,8 +16,8 @@ use crate::netlink::{
 
 use crate::net::Family;
 
-use super::desired::{DeviceSpec, FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
-use super::plan::{Plan, Step};
+use super::pure::desired::{DeviceSpec, FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
+use super::pure::plan::{Plan, Step};
 
 /// Route protocol marking our DirectRouting routes (an unassigned number in
 /// /etc/iproute2/rt_protos). Tunnel routes keep `proto boot`, as upstream installs them.
@@ -319,7 +319,7 @@ fn desired_routes_contain(routes: &BTreeSet<RouteEntry>, r: &Route, device: u32)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flanneld::plan;
+    use crate::flanneld::pure::plan;
     use crate::net::MacAddr;
 
     fn n(ip: &str, mac: u8) -> NeighbourEntry {

@@ -16,8 +16,8 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::annotations::AnnotationPrefix;
-use super::node::{NodeInfo, SlimNode};
+use super::pure::annotations::AnnotationPrefix;
+use super::pure::node::{NodeInfo, SlimNode};
 
 /// Snapshot of the cluster's nodes as the daemon needs them.
 #[derive(Debug, Default)]
@@ -129,7 +129,7 @@ fn slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
 /// default caps at 30 s, which made a node learn peers added during an API outage up to
 /// ~20 s after the API server came back.
 struct WatchBackoff {
-    delays: super::backoff::Backoff,
+    delays: super::pure::backoff::Backoff,
     rng: rand::rngs::StdRng,
 }
 
@@ -137,7 +137,7 @@ impl WatchBackoff {
     fn new() -> Self {
         use rand::SeedableRng;
         Self {
-            delays: super::backoff::Backoff::new(
+            delays: super::pure::backoff::Backoff::new(
                 std::time::Duration::from_millis(500),
                 std::time::Duration::from_secs(5),
             ),

@@ -14,20 +14,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Monitor, MonitorGroups, Netlink};
 
-use super::annotations::AnnotationKeys;
-use super::backoff::Backoff;
 use super::datapath::{self, DeviceAction};
-use super::desired::{self, KernelEntries, OwnMacs, Underlay};
-use super::lease::PodSubnets;
 use super::memory;
 use super::metrics::Metrics;
-use super::netconf::NetConf;
 use super::node_cache::NodeCache;
-use super::peers::{
+use super::pure::annotations::AnnotationKeys;
+use super::pure::backoff::Backoff;
+use super::pure::desired::{self, KernelEntries, OwnMacs, Underlay};
+use super::pure::lease::PodSubnets;
+use super::pure::netconf::NetConf;
+use super::pure::peers::{
     self, ParseMemo, Peer, PeerEndpoint, PeerSelection, RejectKind, RejectionTracker,
     ValidationContext,
 };
-use super::plan;
+use super::pure::plan;
 use crate::net::Family;
 
 /// Everything a pass needs besides the node cache; fixed for the daemon's lifetime.

@@ -1,5 +1,5 @@
 //! Applies and keeps the ip-masq / forward rules (spec §7) and the `--ip-blackhole-route`
-//! route (§7.5): the I/O side of [`super::masq`].
+//! route (§7.5): the I/O side of [`super::pure::masq`].
 //!
 //! Design note — why atomic `iptables-restore` / `nft -f` batches and not a netlink-native
 //! nftables crate:
@@ -36,10 +36,12 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::config::DaemonConfig;
-use super::lease::PodSubnets;
-use super::masq::{self, FWD_CHAIN, FWD_COMMENT, MASQ_COMMENT, MasqSpec, NftSpec, POSTRTG_CHAIN};
-use super::netconf::NetConf;
+use super::pure::config::DaemonConfig;
+use super::pure::lease::PodSubnets;
+use super::pure::masq::{
+    self, FWD_CHAIN, FWD_COMMENT, MASQ_COMMENT, MasqSpec, NftSpec, POSTRTG_CHAIN,
+};
+use super::pure::netconf::NetConf;
 use crate::net::{Family, go_net_string};
 use crate::netlink::{Netlink, NetlinkError, Route, RouteFilter, RouteType};
 use crate::subnet_env::SubnetEnv;

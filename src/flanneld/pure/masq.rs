@@ -1,7 +1,7 @@
 //! ip-masq and forward rules (spec §7) as pure text: the upstream rule set in `iptables -S`
 //! form, `iptables-restore --noflush` payloads that rewrite our chains atomically, checks of
 //! `iptables -S` output, and the nftables ruleset for `EnableNFTables`. The I/O side that runs
-//! the tools is [`super::traffic`].
+//! the tools is [`crate::flanneld::traffic`].
 //!
 //! Mechanism note: one `iptables-restore --noflush` transaction per table replaces our chain as a
 //! whole (the `:CHAIN - [0:0]` line flushes it), so stale rules from an old subnet vanish in the

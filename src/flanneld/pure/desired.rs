@@ -284,7 +284,7 @@ fn host_network(ip: IpAddr) -> IpNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flanneld::peers::PeerEndpoint;
+    use crate::flanneld::pure::peers::PeerEndpoint;
 
     fn backend() -> VxlanBackend {
         VxlanBackend::default()
