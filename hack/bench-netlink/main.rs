@@ -18,8 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use flannel_rs::net::{Family, MacAddr};
 use flannel_rs::netlink::{
-    Address, FdbEntry, Neighbour, Netlink, Op, Route, RouteFilter, VethPair, VxlanOutcome,
-    VxlanSpec,
+    Address, Fdb, Neighbour, Netlink, Op, Route, RouteFilter, VethPair, VxlanOutcome, VxlanSpec,
 };
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
 use frs_testsupport::iproute;
@@ -231,15 +230,15 @@ fn peer_ops(fl: u32, n: u32) -> ([Vec<Op>; 3], [Vec<Op>; 3]) {
             ip: gw.into(),
             mac,
         };
-        let fdb = FdbEntry {
+        let fdb = Fdb {
             ifindex: fl,
             mac,
             dst: public.into(),
         };
         let route = Route::new(net).via(gw.into()).dev(fl).onlink();
-        add[0].push(Op::EnsureNeighbour(neigh));
-        add[1].push(Op::EnsureFdb(fdb));
-        add[2].push(Op::EnsureRoute(route.clone()));
+        add[0].push(Op::ReplaceNeighbour(neigh));
+        add[1].push(Op::ReplaceFdb(fdb));
+        add[2].push(Op::ReplaceRoute(route.clone()));
         del[0].push(Op::RemoveNeighbour(neigh));
         del[1].push(Op::RemoveFdb(fdb));
         del[2].push(Op::RemoveRoute(route));

@@ -533,13 +533,13 @@ async fn pod_phase(
     let ops: Vec<Op> = undo
         .allocations
         .iter()
-        .map(|a| Op::EnsureAddress(Address::new(container.index, a.address)))
+        .map(|a| Op::ReplaceAddress(Address::new(container.index, a.address)))
         .chain([Op::SetLinkUp(container.index)])
         .chain(
             result
                 .routes
                 .iter()
-                .map(|r| Op::EnsureRoute(pod_route(r, container.index, &result.ips))),
+                .map(|r| Op::ReplaceRoute(pod_route(r, container.index, &result.ips))),
         )
         .collect();
     pod.apply_all(&ops).await?;

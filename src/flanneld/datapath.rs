@@ -91,7 +91,7 @@ pub async fn ensure_device(
         }
     }
     if !addresses.iter().any(|a| a.net == spec.address) {
-        ops.push(Op::EnsureAddress(want));
+        ops.push(Op::ReplaceAddress(want));
     }
     if !ops.is_empty() {
         nl.apply_all(&ops).await?;
@@ -185,27 +185,27 @@ pub fn plan_ops(plan: &Plan, ifindex: u32) -> Vec<Op> {
     for step in plan.steps() {
         match step {
             Step::RemoveRoute(r) => ops.push(Op::RemoveRoute(route(&r, ifindex))),
-            Step::AddNeighbour(n) => ops.push(Op::EnsureNeighbour(neighbour(&n, ifindex))),
+            Step::AddNeighbour(n) => ops.push(Op::ReplaceNeighbour(neighbour(&n, ifindex))),
             Step::ReplaceNeighbour { old, new } => {
-                ops.push(Op::EnsureNeighbour(neighbour(&new, ifindex)));
+                ops.push(Op::ReplaceNeighbour(neighbour(&new, ifindex)));
                 if old.ip != new.ip {
                     ops.push(Op::RemoveNeighbour(neighbour(&old, ifindex)));
                 }
             }
-            Step::AddFdb(f) => ops.push(Op::EnsureFdb(fdb(&f, ifindex))),
+            Step::AddFdb(f) => ops.push(Op::ReplaceFdb(fdb(&f, ifindex))),
             Step::ReplaceFdb { old, new } => {
-                ops.push(Op::EnsureFdb(fdb(&new, ifindex)));
+                ops.push(Op::ReplaceFdb(fdb(&new, ifindex)));
                 if old.mac != new.mac {
                     ops.push(Op::RemoveFdb(fdb(&old, ifindex)));
                 }
             }
-            Step::AddRoute(r) => ops.push(Op::EnsureRoute(route(&r, ifindex))),
+            Step::AddRoute(r) => ops.push(Op::ReplaceRoute(route(&r, ifindex))),
             Step::ReplaceRoute { old, new } => {
                 if old.via_device != new.via_device {
                     // A tunnel route and a direct one are different kernel objects.
                     ops.push(Op::RemoveRoute(route(&old, ifindex)));
                 }
-                ops.push(Op::EnsureRoute(route(&new, ifindex)));
+                ops.push(Op::ReplaceRoute(route(&new, ifindex)));
             }
             Step::RemoveFdb(f) => ops.push(Op::RemoveFdb(fdb(&f, ifindex))),
             Step::RemoveNeighbour(n) => ops.push(Op::RemoveNeighbour(neighbour(&n, ifindex))),
@@ -222,8 +222,8 @@ fn neighbour(n: &NeighbourEntry, ifindex: u32) -> netlink::Neighbour {
     }
 }
 
-fn fdb(f: &FdbEntry, ifindex: u32) -> netlink::FdbEntry {
-    netlink::FdbEntry {
+fn fdb(f: &FdbEntry, ifindex: u32) -> netlink::Fdb {
+    netlink::Fdb {
         ifindex,
         mac: f.mac,
         dst: f.dst,
@@ -365,7 +365,7 @@ mod tests {
             ["replace neighbour", "replace fdb entry", "replace route"]
         );
         assert!(ops.iter().all(|o| o.ifindex() == Some(7)));
-        let Op::EnsureRoute(route) = &ops[2] else {
+        let Op::ReplaceRoute(route) = &ops[2] else {
             panic!()
         };
         assert!(route.onlink);
@@ -385,11 +385,11 @@ mod tests {
             &[r("10.244.2.0/24", "10.244.2.0")],
         );
         let ops = plan_ops(&plan::diff(&actual, &desired), 7);
-        assert!(ops.contains(&Op::EnsureNeighbour(neighbour(&n("10.244.2.0", 9), 7))));
-        assert!(ops.contains(&Op::EnsureFdb(fdb(&f(9, "192.0.2.2"), 7))));
+        assert!(ops.contains(&Op::ReplaceNeighbour(neighbour(&n("10.244.2.0", 9), 7))));
+        assert!(ops.contains(&Op::ReplaceFdb(fdb(&f(9, "192.0.2.2"), 7))));
         assert!(ops.contains(&Op::RemoveFdb(fdb(&f(2, "192.0.2.2"), 7))));
         assert!(!ops.iter().any(|o| matches!(o, Op::RemoveNeighbour(_))));
-        assert!(!ops.iter().any(|o| matches!(o, Op::EnsureRoute(_))));
+        assert!(!ops.iter().any(|o| matches!(o, Op::ReplaceRoute(_))));
     }
 
     #[test]

@@ -42,7 +42,7 @@ use super::pure::masq::{
     self, FWD_CHAIN, FWD_COMMENT, MASQ_COMMENT, MasqSpec, NftSpec, POSTRTG_CHAIN,
 };
 use super::pure::netconf::NetConf;
-use crate::net::{Family, go_net_string};
+use crate::net::{Family, go_net_string, is_within};
 use crate::netlink::{Netlink, NetlinkError, Route, RouteFilter, RouteType};
 use crate::subnet_env::SubnetEnv;
 
@@ -189,7 +189,7 @@ impl TrafficConfig {
                 }
             }
             let (n, s) = (nets.network, nets.subnet);
-            if s.prefix() < n.prefix() || !n.contains(s.network()) {
+            if !is_within(s, n) {
                 return Err(TrafficError::Config(format!(
                     "{family} subnet {s} is not inside network {n}"
                 )));

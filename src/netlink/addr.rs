@@ -1,16 +1,15 @@
 //! IPv4/IPv6 addresses.
 
-use super::types::address_family;
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::AddressMessageBuilder;
 
-use super::Netlink;
 use super::batch::Op;
 use super::error::NetlinkError;
-use super::types::Address;
+use super::{Netlink, address_family};
 use crate::net::Family;
 
 /// RTM_NEWADDR/RTM_DELADDR body: IFA_LOCAL + IFA_ADDRESS (+ broadcast for IPv4 < /31).
@@ -30,7 +29,7 @@ pub(crate) fn message(a: &Address) -> AddressMessage {
 impl Netlink {
     /// Adds the address or replaces its attributes (`ip addr replace`).
     pub async fn ensure_address(&self, address: &Address) -> Result<(), NetlinkError> {
-        self.apply_one(Op::EnsureAddress(*address)).await
+        self.apply_one(Op::ReplaceAddress(*address)).await
     }
 
     /// Removes the address; `Ok` if it is not there.
@@ -70,5 +69,36 @@ impl Netlink {
             })
             .filter(|a| a.ifindex == ifindex)
             .collect())
+    }
+}
+
+/// An IP address on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Address {
+    pub ifindex: u32,
+    pub net: IpNetwork,
+}
+
+impl Address {
+    pub fn new(ifindex: u32, net: IpNetwork) -> Self {
+        Self { ifindex, net }
+    }
+
+    pub(crate) fn from_message(msg: &AddressMessage) -> Option<Address> {
+        let mut local = None;
+        let mut address = None;
+        for attr in &msg.attributes {
+            match attr {
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Address(ip) => address = Some(*ip),
+                _ => {}
+            }
+        }
+        let ip = local.or(address)?;
+        let net = IpNetwork::new(ip, msg.header.prefix_len).ok()?;
+        Some(Address {
+            ifindex: msg.header.index,
+            net,
+        })
     }
 }

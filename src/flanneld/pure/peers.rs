@@ -6,7 +6,7 @@
 //! with the older creationTimestamp (then the smaller name) keeps its entries, so a newcomer can
 //! never displace or cut into an established peer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -21,7 +21,7 @@ use super::annotations::{
 use super::lease::{PodCidrError, PodSubnets};
 use super::netconf::NetConf;
 use super::node::NodeInfo;
-use crate::net::{Family, MacAddr, is_within, overlaps};
+use crate::net::{Family, MacAddr, is_within, overlaps, parse_cidr};
 
 /// One family's tunnel endpoint of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -547,6 +547,72 @@ where
     out
 }
 
+/// A node that still exists (same uid, same podCIDRs) but lost its flannel annotations keeps
+/// the entries it had. That is the incident this project exists for — a stale overwrite of the
+/// Node drops the annotations and the owner re-asserts them within milliseconds — and dropping
+/// the peer meanwhile would cut its pods off from this node. Upstream likewise ignores
+/// updates of a node without its annotation until the node is deleted. A kept peer must still
+/// not conflict (the same rule as [`select_peers`]) with any accepted or kept one.
+#[derive(Debug, Default)]
+pub struct LostAnnotations {
+    /// The last accepted form of every programmed peer.
+    last_good: HashMap<String, Peer>,
+    /// Peers currently kept this way.
+    kept: HashSet<String>,
+}
+
+impl LostAnnotations {
+    /// Moves the peers that qualify from `selection.rejected` back into `selection.peers` (in
+    /// their last accepted form) and remembers the result as the new last accepted set.
+    /// `node` looks up a node's current state. Returns the peers kept now that were not kept
+    /// by the previous call (to log each once).
+    pub fn keep(
+        &mut self,
+        selection: &mut PeerSelection,
+        node: impl Fn(&str) -> Option<NodeInfo>,
+    ) -> Vec<String> {
+        let mut held = Holdings::default();
+        for (i, p) in selection.peers.iter().enumerate() {
+            held.hold(p, i);
+        }
+        let mut kept: Vec<Peer> = Vec::new();
+        let last_good = &self.last_good;
+        let accepted = selection.peers.len();
+        selection.rejected.retain(|r| {
+            if r.reason.kind() != RejectKind::NotManaged {
+                return true;
+            }
+            let (Some(prev), Some(node)) = (last_good.get(&r.name), node(&r.name)) else {
+                return true;
+            };
+            let same_node = node.uid == prev.uid
+                && prev.endpoints().all(|(_, ep)| {
+                    node.pod_cidrs
+                        .iter()
+                        .any(|c| parse_cidr(c).is_ok_and(|c| c == ep.subnet))
+                });
+            if same_node && held.conflict_index(prev).is_none() {
+                held.hold(prev, accepted + kept.len());
+                kept.push(prev.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let kept_names: HashSet<String> = kept.iter().map(|p| p.name.clone()).collect();
+        let newly: Vec<String> = kept_names.difference(&self.kept).cloned().collect();
+        self.kept = kept_names;
+        selection.peers.extend(kept);
+        selection.peers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.last_good = selection
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        newly
+    }
+}
+
 /// [`parse_peer`] verdicts by node name, valid while the node's uid and resourceVersion are
 /// the same. Used during the first list, when a pass runs per page over every node listed so
 /// far and would otherwise parse the first page's nodes once per page.
@@ -623,6 +689,12 @@ struct Holdings {
     macs: [HashMap<MacAddr, usize>; 2],
 }
 
+/// What a conflicting candidate clashed with, by the holder's index.
+enum Held {
+    Subnet(usize),
+    Mac(usize),
+}
+
 fn family_slot(family: Family) -> usize {
     match family {
         Family::V4 => 0,
@@ -643,6 +715,24 @@ fn bounds(net: IpNetwork) -> (u128, u128) {
 
 impl Holdings {
     fn conflict(&self, cand: &Peer, accepted: &[Peer]) -> Option<Rejection> {
+        let (family, ep, what) = self.conflict_index(cand)?;
+        Some(match what {
+            Held::Subnet(idx) => Rejection::SubnetConflict {
+                family,
+                subnet: ep.subnet,
+                holder: accepted[idx].name.clone(),
+            },
+            Held::Mac(idx) => Rejection::VtepMacConflict {
+                family,
+                mac: ep.vtep_mac,
+                holder: accepted[idx].name.clone(),
+            },
+        })
+    }
+
+    /// The peer conflict rule: in one family, two peers may neither overlap in subnet nor
+    /// share a VTEP MAC. Returns the first clash with what is held, and the holder's index.
+    fn conflict_index<'p>(&self, cand: &'p Peer) -> Option<(Family, &'p PeerEndpoint, Held)> {
         for (family, ep) in cand.endpoints() {
             let slot = family_slot(family);
             let (start, end) = bounds(ep.subnet);
@@ -650,18 +740,10 @@ impl Holdings {
             if let Some((_, &(held_end, idx))) = self.ranges[slot].range(..=end).next_back()
                 && held_end >= start
             {
-                return Some(Rejection::SubnetConflict {
-                    family,
-                    subnet: ep.subnet,
-                    holder: accepted[idx].name.clone(),
-                });
+                return Some((family, ep, Held::Subnet(idx)));
             }
             if let Some(&idx) = self.macs[slot].get(&ep.vtep_mac) {
-                return Some(Rejection::VtepMacConflict {
-                    family,
-                    mac: ep.vtep_mac,
-                    holder: accepted[idx].name.clone(),
-                });
+                return Some((family, ep, Held::Mac(idx)));
             }
         }
         None
