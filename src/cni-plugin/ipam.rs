@@ -332,7 +332,7 @@ struct IpamWire {
 /// The default is the page cache, like host-local: a reservation is visible to every process
 /// the moment it is created, so a plugin killed mid-ADD can never cause a duplicate. fsync only
 /// adds survival across power loss, after which every pod is gone anyway (a durable stale
-/// reservation is exactly the leak users fight), and it costs ~4 ms per ADD on a VM disk.
+/// reservation is exactly the leak users fight), and it costs a disk flush per ADD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     #[default]

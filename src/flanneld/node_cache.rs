@@ -126,8 +126,8 @@ fn slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
 }
 
 /// Retry pacing for the watch: jittered, doubling from 0.5 s but capped at 5 s — kube-rs'
-/// default caps at 30 s, which made a node learn peers added during an API outage up to
-/// ~20 s after the API server came back.
+/// default caps at 30 s, so a node would learn peers added during an API outage long after
+/// the API server came back.
 struct WatchBackoff {
     delays: super::pure::backoff::Backoff,
     rng: rand::rngs::StdRng,

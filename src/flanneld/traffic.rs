@@ -1,5 +1,5 @@
-//! Applies and keeps the ip-masq / forward rules (spec §7) and the `--ip-blackhole-route`
-//! route (§7.5): the I/O side of [`super::pure::masq`].
+//! Applies and keeps the ip-masq / forward rules (upstream's pkg/trafficmngr) and the `--ip-blackhole-route`
+//! route (upstream's pkg/trafficmngr): the I/O side of [`super::pure::masq`].
 //!
 //! Design note — why atomic `iptables-restore` / `nft -f` batches and not a netlink-native
 //! nftables crate:
@@ -303,7 +303,7 @@ impl TrafficRules {
         &self.config
     }
 
-    /// Upstream refuses to start in iptables mode without br_netfilter (§2.1): bridged pod
+    /// Upstream refuses to start in iptables mode without br_netfilter: bridged pod
     /// traffic would bypass the rules. Call before the first [`Self::ensure`].
     pub fn check_br_netfilter(&self) -> Result<(), TrafficError> {
         self.check_br_netfilter_in(Path::new("/proc/sys"))

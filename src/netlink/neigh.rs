@@ -73,7 +73,7 @@ impl Netlink {
         let mut req = NeighbourMessage::default();
         req.header.family = AddressFamily::Unspec;
         // NDA_IFINDEX, not the header field: a strict socket rejects a header ifindex in
-        // neighbour dumps (crates-feasibility §3).
+        // neighbour dumps.
         req.attributes.push(NeighbourAttribute::IfIndex(ifindex));
         Ok(self
             .neighbour_dump("list neighbours", ifindex, req)
@@ -116,7 +116,7 @@ impl Netlink {
     pub async fn fdb_entries(&self, ifindex: u32) -> Result<Vec<Fdb>, NetlinkError> {
         let mut req = NeighbourMessage::default();
         req.header.family = AddressFamily::Bridge;
-        // On a strict socket the kernel dumps only this device (crates-feasibility §3).
+        // On a strict socket the kernel dumps only this device.
         req.header.ifindex = ifindex;
         Ok(self
             .neighbour_dump("list fdb entries", ifindex, req)

@@ -944,7 +944,6 @@ pub const HEALTHZ_PORT: u16 = 8081;
 
 /// A plain HTTP/1.0 GET to the daemon's health server, from a socket made inside `netns`.
 fn health_get(netns: &str, path: &str) -> Result<(u16, String), ClusterError> {
-    use std::io::{Read, Write};
     let err = |detail: String| ClusterError::Probe {
         context: format!("GET {path} in {netns}"),
         detail,
@@ -955,25 +954,10 @@ fn health_get(netns: &str, path: &str) -> Result<(u16, String), ClusterError> {
         .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
         .map_err(|e| err(e.to_string()))?
         .map_err(|e| err(e.to_string()))?;
-    let mut stream = stream;
     stream
         .set_read_timeout(Some(Duration::from_secs(3)))
         .map_err(|e| err(e.to_string()))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: flanneld\r\n\r\n")
-        .map_err(|e| err(e.to_string()))?;
-    let mut raw = String::new();
-    stream
-        .read_to_string(&mut raw)
-        .map_err(|e| err(e.to_string()))?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| err("no header end".into()))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| err(format!("bad status line {head:?}")))?;
-    Ok((code, body.to_string()))
+    flannel_rs::flanneld::explain::http_get_on(stream, path).map_err(|e| err(e.to_string()))
 }
 
 /// The first IPv4 address of a CNI result.

@@ -10,7 +10,7 @@
 //!
 //! [`FlannelImpl::UpstreamDelegation`] stands in for upstream's `flannel` CNI binary (which
 //! Debian does not ship): it renders the `bridge` delegate config from subnet.env exactly as
-//! flannel-io/cni-plugin does (cni-spec.md §2) and runs the reference `bridge` (+ `host-local`)
+//! flannel-io/cni-plugin does and runs the reference `bridge` (+ `host-local`)
 //! from the plugin path, so a node can have its pods wired by upstream's plugin chain.
 
 use std::io::Write;
@@ -517,7 +517,7 @@ impl CniRuntime {
     }
 }
 
-/// The delegate config upstream flannel hands to `bridge` (flannel_linux.go, cni-spec §2):
+/// The delegate config upstream flannel hands to `bridge` (flannel_linux.go):
 /// delegate keys win; `type` bridge, `ipMasq` = !FLANNEL_IPMASQ, `mtu`, `isGateway` (bridge)
 /// by default; `cniVersion` and `name` from the flannel config; `ipam` = the flannel config's
 /// `ipam` with `type` host-local by default, `ranges` from the subnet and `routes` + one route
@@ -656,7 +656,7 @@ mod tests {
         .unwrap();
         let conf = ConfList::stock().plugin_config(0, &Map::new(), None);
         let d = upstream_delegate_config(&conf, &env).unwrap();
-        // cni-spec.md §2.6: the exact delegate for this subnet.env.
+        // the exact delegate for this subnet.env.
         let want: Value = serde_json::from_str(
             r#"{"cniVersion":"0.3.1","hairpinMode":true,"ipMasq":false,"ipam":{"ranges":[[{"subnet":"10.244.1.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}],"type":"host-local"},"isDefaultGateway":true,"isGateway":true,"mtu":1450,"name":"cbr0","type":"bridge"}"#,
         )

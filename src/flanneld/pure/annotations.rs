@@ -1,4 +1,4 @@
-//! flannel's Node annotations (spec §3): prefix normalisation, key names, the byte-exact
+//! flannel's Node annotations (upstream's pkg/subnet/kube/annotations.go): prefix normalisation, key names, the byte-exact
 //! `backend-data` encoding, tolerant decoding, the annotations we want on our own Node and the
 //! minimal optimistic-locked merge patch that gets them there.
 
@@ -242,7 +242,7 @@ pub struct DesiredAnnotations {
     pub warnings: Vec<AnnotationWarning>,
 }
 
-/// Computes our node's flannel annotations (spec §3.2, §4.3). `current` is the node's current
+/// Computes our node's flannel annotations (upstream's pkg/subnet/kube/annotations.go). `current` is the node's current
 /// annotation map (only the overwrite keys are read from it): a valid `public-ip-overwrite`
 /// replaces the advertised `public-ip`, exactly like upstream.
 pub fn desired_annotations(
@@ -298,7 +298,7 @@ pub fn parse_family_ip(text: &str, family: Family) -> Option<IpAddr> {
     }
 }
 
-/// The `node-public-ip` / `node-public-ipv6` overrides on our node (spec §1.4 step 1), which
+/// The `node-public-ip` / `node-public-ipv6` overrides on our node (step 1 of upstream's interface selection in main.go), which
 /// take precedence over `--public-ip` / `--public-ipv6`. Invalid values are reported as errors so
 /// the caller can log them; they are then ignored.
 pub fn node_public_ip_override(
@@ -375,7 +375,7 @@ pub fn annotations_patch(
     })
 }
 
-/// Body of the `NetworkUnavailable=False` condition patch (spec §4.8) for
+/// Body of the `NetworkUnavailable=False` condition patch (upstream's pkg/subnet/kube/kube.go) for
 /// `PATCH nodes/NAME/status`. Must be sent as a **strategic** merge patch
 /// (`application/strategic-merge-patch+json`): conditions merge by `type` there, whereas a JSON
 /// merge patch would replace the whole conditions list. `now` is RFC 3339 (`2024-05-01T10:00:00Z`).
@@ -418,7 +418,7 @@ pub enum MacSource {
     Random,
 }
 
-/// VTEP MAC choice (spec §5.4): existing compatible device's MAC > our annotation's MAC > random.
+/// VTEP MAC choice (upstream's pkg/backend/vxlan): existing compatible device's MAC > our annotation's MAC > random.
 /// Unusable candidates (zero, multicast) are skipped.
 pub fn choose_vtep_mac<R: Rng + ?Sized>(
     existing_device: Option<MacAddr>,

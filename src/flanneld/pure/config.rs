@@ -1,4 +1,4 @@
-//! Command-line flags and environment (spec §1): upstream names, defaults and Go `flag`
+//! Command-line flags and environment (upstream's main.go): upstream names, defaults and Go `flag`
 //! semantics, `FLANNELD_<NAME>` environment fallbacks, node-name discovery, and resolution into
 //! a validated [`DaemonConfig`].
 //!
@@ -381,7 +381,7 @@ pub enum NodeIdentity {
 }
 
 impl NodeIdentity {
-    /// `NODE_NAME`, else `POD_NAME` + `POD_NAMESPACE` (spec §1.2).
+    /// `NODE_NAME`, else `POD_NAME` + `POD_NAMESPACE` (upstream's pkg/subnet/kube).
     pub fn from_env<E: Fn(&str) -> Option<String>>(env: E) -> Result<NodeIdentity, ConfigError> {
         let get = |k: &str| env(k).filter(|v| !v.is_empty());
         if let Some(n) = get("NODE_NAME") {

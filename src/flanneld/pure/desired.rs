@@ -1,6 +1,6 @@
 //! The desired kernel state as a pure function of (config, own lease, peers): per enabled
 //! family the VXLAN device spec plus the exact set of neighbour, FDB and route entries
-//! (spec §5.1–5.7). The kernel is a cache of this function; [`super::plan`] diffs it against
+//! (upstream's pkg/backend/vxlan). The kernel is a cache of this function; [`super::plan`] diffs it against
 //! what the kernel actually holds.
 
 use std::collections::BTreeSet;
@@ -120,7 +120,7 @@ pub struct Underlay {
     pub ifindex: u32,
     pub name: String,
     pub mtu: u32,
-    /// VXLAN local address per family (the external address, spec §5.2).
+    /// VXLAN local address per family (the external address, as upstream's pkg/backend/vxlan uses it).
     pub local_v4: Option<Ipv4Addr>,
     pub local_v6: Option<Ipv6Addr>,
     /// Subnets directly reachable on the underlay (no gateway) — peers whose public IP is on

@@ -1,4 +1,4 @@
-//! External (underlay) interface and address selection (spec §1.4), on plain data: the caller
+//! External (underlay) interface and address selection (upstream's main.go, LookupExtIface), on plain data: the caller
 //! lists links, addresses and default routes (and resolves the `--iface-can-reach` route) and
 //! this module decides, exactly in upstream's order of precedence.
 
@@ -222,7 +222,7 @@ fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
-/// Selects the external interface (spec §1.4):
+/// Selects the external interface (upstream's main.go, LookupExtIface):
 /// 1. no selectors: the owner of the public IP if one is known, else the default-route
 ///    interface (dual-stack: both default routes must use the same one);
 /// 2. otherwise each `--iface` (name or IP) in order, then each `--iface-regex` (addresses

@@ -1,4 +1,4 @@
-//! ip-masq and forward rules (spec §7) as pure text: the upstream rule set in `iptables -S`
+//! ip-masq and forward rules (upstream's pkg/trafficmngr) as pure text: the upstream rule set in `iptables -S`
 //! form, `iptables-restore --noflush` payloads that rewrite our chains atomically, checks of
 //! `iptables -S` output, and the nftables ruleset for `EnableNFTables`. The I/O side that runs
 //! the tools is [`crate::flanneld::traffic`].
@@ -265,7 +265,7 @@ pub fn nft_family(family: Family) -> &'static str {
     }
 }
 
-/// The table definition as upstream builds it (§7.4). Rule 4 reproduces upstream's nftables rule
+/// The table definition as upstream builds it (upstream's pkg/trafficmngr). Rule 4 reproduces upstream's nftables rule
 /// (`saddr != S daddr N`), which differs from its iptables rule 4 (`! -s N -d S`); kept identical
 /// so that rule listings match upstream's golden output on mixed clusters.
 pub fn nft_table(spec: &NftSpec) -> String {

@@ -1,4 +1,4 @@
-//! `net-conf.json` (spec §2): parsed like Go's `encoding/json` into flannel's config struct —
+//! `net-conf.json` (upstream's pkg/subnet/config.go): parsed like Go's `encoding/json` into flannel's config struct —
 //! keys match case-insensitively, unknown keys are ignored, `null` leaves the default — then
 //! validated up front so that every mistake is one clear error naming the field.
 
@@ -251,7 +251,7 @@ impl NetConf {
         self.check_lease(node, &lease)
     }
 
-    /// Checks our own node's lease against the config (spec §2.1/§4.2): every enabled family
+    /// Checks our own node's lease against the config (upstream's pkg/subnet/config.go): every enabled family
     /// needs a podCIDR contained in its network. Returns the lease restricted to enabled families.
     pub fn check_lease(&self, node: &str, lease: &PodSubnets) -> Result<PodSubnets, LeaseError> {
         let mut out = PodSubnets::default();

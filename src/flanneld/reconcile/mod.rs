@@ -423,7 +423,7 @@ impl Reconciler {
         let mut retry_in = self.retry_due.then(|| retry.next_delay(&mut rng));
         loop {
             // Node events that came in during the pass have had its whole duration to gather:
-            // waiting for more only delays them (it cost ~20 ms per page of the first list).
+            // waiting for more only delays them.
             let backlog = peers_changed.has_changed().unwrap_or(false);
             let Some(trigger) = self
                 .wait_for_trigger(&mut peers_changed, retry_in, &shutdown)

@@ -21,8 +21,8 @@ pub struct PassSummary {
 }
 
 /// A programmed peer, as `/status` lists it. Kept typed (one small allocation per peer) rather
-/// than as strings: at 5000 peers the summary lives for the daemon's lifetime and the string
-/// form cost three times the memory. Serialized as
+/// than as strings: the summary of every peer lives for the daemon's lifetime, and the string
+/// form takes several times the memory. Serialized as
 /// `{"node", "subnets": [..], "public_ips": [..], "vtep_macs": [..]}`.
 #[derive(Debug, Clone)]
 pub struct PeerSummary {
