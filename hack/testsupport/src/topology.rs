@@ -200,6 +200,16 @@ fn oper_up(ns: &NetnsGuard, dev: &str) -> bool {
         .is_some_and(|v| v[0]["operstate"] == "UP")
 }
 
+/// A fresh underlay /24 (`192.168.N.0/24`) for each lab or cluster a test process builds, so
+/// no two tests of a run share addresses (they live in namespaces of their own anyway, but
+/// distinct addresses keep captures and logs of parallel tests unambiguous). Panics after 150.
+pub fn next_underlay() -> [u8; 3] {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(100);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(n < 250, "more than 150 underlays in one test process");
+    [192, 168, n]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,14 +226,4 @@ mod tests {
         );
         assert_eq!(underlay_v6([0, 9, 99], 0).to_string(), "fd00:0:9:99::");
     }
-}
-
-/// A fresh underlay /24 (`192.168.N.0/24`) for each lab or cluster a test process builds, so
-/// no two tests of a run share addresses (they live in namespaces of their own anyway, but
-/// distinct addresses keep captures and logs of parallel tests unambiguous). Panics after 150.
-pub fn next_underlay() -> [u8; 3] {
-    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(100);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    assert!(n < 250, "more than 150 underlays in one test process");
-    [192, 168, n]
 }
