@@ -176,14 +176,17 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
         Prepared::Exec { .. } => None,
     };
 
-    // First side effect: the DEL record, so even a crash mid-ADD leaves DEL what it needs.
-    let written = state::write(
-        &conf.data_dir,
-        &at.container_id,
-        &bytes,
-        fsync_wanted(&delegate),
-    )
-    .map_err(state_error)?;
+    // First side effect: the DEL record, locked for the whole ADD (a DEL or another ADD for
+    // this container waits), so even a crash mid-ADD leaves DEL what it needs.
+    let mut record = lock_record(&conf, &at.container_id)?;
+    let history = if record.is_new() {
+        History::New
+    } else {
+        History::MayExist
+    };
+    record
+        .write(&bytes, fsync_wanted(&delegate))
+        .map_err(state_error)?;
 
     let outcome: Result<String, (CniError, bool)> = match &prepared {
         Prepared::Native {
@@ -208,11 +211,7 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
                     &attach,
                     *mac,
                     requested,
-                    if written.is_new() {
-                        History::New
-                    } else {
-                        History::MayExist
-                    },
+                    history,
                 )
                 .map(|mut result| {
                     let dns = bridge.dns.clone().filter(|d| !d.is_empty());
@@ -247,7 +246,7 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
         Ok(out) => Ok(out),
         Err((err, clean)) => {
             if clean {
-                if let Err(e) = written.revert() {
+                if let Err(e) = record.revert() {
                     tracing::error!(error = %e, "cannot remove the DEL record of a failed ADD");
                 }
             } else {
@@ -270,16 +269,25 @@ fn render_delegate_result(stdout: &[u8], version: CniVersion) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(stdout).into_owned())
 }
 
+/// The container's record, locked (see [`state`]): ADD and DEL hold it from start to end.
+fn lock_record(conf: &NetConf, container_id: &str) -> Result<state::Record, CniError> {
+    match state::lock(&conf.data_dir, container_id, state::Acquire::Wait) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(CniError::internal("record lock not taken")),
+        Err(e) => Err(state_error(e)),
+    }
+}
+
 /// The delegate config DEL and CHECK replay: the saved one, or (when there is none, or it is
 /// unreadable) one rendered from the current config. `None` when neither is possible.
 fn replay_delegate(
     conf: &NetConf,
     container_id: &str,
-) -> Result<(Option<Map<String, Value>>, bool), CniError> {
-    let saved = state::read(&conf.data_dir, container_id).map_err(state_error)?;
-    if let Some(bytes) = &saved {
+    saved: Option<&[u8]>,
+) -> Result<Option<Map<String, Value>>, CniError> {
+    if let Some(bytes) = saved {
         match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Object(m)) => return Ok((Some(m), true)),
+            Ok(Value::Object(m)) => return Ok(Some(m)),
             _ => tracing::warn!(
                 container_id,
                 "DEL record is not a JSON object; falling back to the current config"
@@ -287,8 +295,8 @@ fn replay_delegate(
         }
     }
     match load_subnet_env(&conf.subnet_file, ErrorCode::TryAgainLater) {
-        Ok(env) => Ok((Some(conf.render_delegate(&env)?), saved.is_some())),
-        Err(_) => Ok((fallback_native_delegate(conf), saved.is_some())),
+        Ok(env) => Ok(Some(conf.render_delegate(&env)?)),
+        Err(_) => Ok(fallback_native_delegate(conf)),
     }
 }
 
@@ -322,7 +330,10 @@ fn del(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
     let conf = NetConf::parse(stdin)?;
     cni_args(env)?;
     let netns = env::open_netns_for_del(env)?;
-    let (delegate, has_record) = replay_delegate(&conf, &at.container_id)?;
+    // Held to the end: an ADD for this container waits, so nothing DEL releases can be an IP
+    // that ADD has reserved and is about to configure, nor the record it just wrote.
+    let record = lock_record(&conf, &at.container_id)?;
+    let delegate = replay_delegate(&conf, &at.container_id, record.saved())?;
     let Some(delegate) = delegate else {
         return Ok(());
     };
@@ -347,10 +358,7 @@ fn del(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         }
     }
     // Only now, with everything torn down, may the record go.
-    if has_record {
-        state::remove(&conf.data_dir, &at.container_id).map_err(state_error)?;
-    }
-    Ok(())
+    record.remove().map_err(state_error)
 }
 
 fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
@@ -372,7 +380,8 @@ fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         )
     })?;
     let prev = CniResult::parse(&prev_value)?;
-    let (delegate, _) = replay_delegate(&conf, &at.container_id)?;
+    let saved = state::read(&conf.data_dir, &at.container_id).map_err(state_error)?;
+    let delegate = replay_delegate(&conf, &at.container_id, saved.as_deref())?;
     let Some(mut delegate) = delegate else {
         return Err(CniError::new(
             ErrorCode::UnknownContainer,
@@ -459,19 +468,29 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         if valid_ids.contains(cid.as_str()) {
             continue;
         }
-        let saved = state::read(&conf.data_dir, &cid).ok().flatten();
-        let delegate = saved.and_then(|b| match serde_json::from_slice::<Value>(&b) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        });
+        // A record someone holds belongs to an ADD or DEL in progress: not stale (yet).
+        let record = match state::lock(&conf.data_dir, &cid, state::Acquire::TryExisting) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        let delegate = record
+            .saved()
+            .and_then(|b| match serde_json::from_slice::<Value>(b) {
+                Ok(Value::Object(m)) => Some(m),
+                _ => None,
+            });
         match delegate {
             Some(d) if d.get("name").and_then(Value::as_str) == Some(conf.name.as_str()) => {
                 add_dir(&d);
-                stale_records.push(cid);
+                stale_records.push(record);
             }
             // Records of other networks sharing the directory are not ours to judge.
             Some(_) => {}
-            None => stale_records.push(cid),
+            None => stale_records.push(record),
         }
     }
 
@@ -526,8 +545,8 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         }
     }
     if errors.is_empty() {
-        for cid in stale_records {
-            if let Err(e) = state::remove(&conf.data_dir, &cid) {
+        for record in stale_records {
+            if let Err(e) = record.remove() {
                 errors.push(e.to_string());
             }
         }
