@@ -204,33 +204,25 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
             };
             match native.take() {
                 None => Err((CniError::internal("native path not prepared"), true)),
-                Some(rt) => bridge::add(
-                    &rt,
-                    bridge,
-                    ipam,
-                    &attach,
-                    *mac,
-                    requested,
-                    history,
-                )
-                .map(|mut result| {
-                    let dns = bridge.dns.clone().filter(|d| !d.is_empty());
-                    result.dns = match dns {
-                        Some(d) => d,
-                        None => ipam.dns().unwrap_or_default(),
-                    };
-                    result.render(conf.version)
-                })
-                .map_err(|f| {
-                    let mut err = CniError::from(f.error);
-                    if !f.undo_errors.is_empty() {
-                        err = err.with_details(format!(
-                            "undo incomplete, DEL will retry: {}",
-                            f.undo_errors.join("; ")
-                        ));
-                    }
-                    (err, f.rolled_back)
-                }),
+                Some(rt) => bridge::add(&rt, bridge, ipam, &attach, *mac, requested, history)
+                    .map(|mut result| {
+                        let dns = bridge.dns.clone().filter(|d| !d.is_empty());
+                        result.dns = match dns {
+                            Some(d) => d,
+                            None => ipam.dns().unwrap_or_default(),
+                        };
+                        result.render(conf.version)
+                    })
+                    .map_err(|f| {
+                        let mut err = CniError::from(f.error);
+                        if !f.undo_errors.is_empty() {
+                            err = err.with_details(format!(
+                                "undo incomplete, DEL will retry: {}",
+                                f.undo_errors.join("; ")
+                            ));
+                        }
+                        (err, f.rolled_back)
+                    }),
             }
         }
         Prepared::Exec { plugin } => match delegate::exec(plugin, "ADD", env, &bytes) {
@@ -418,6 +410,30 @@ fn verb_unsupported(e: &CniError) -> bool {
         || (e.code == ErrorCode::InvalidEnvironment.code() && e.msg.contains("unknown CNI_COMMAND"))
 }
 
+/// The reservations in `store` of attachments not in the valid list: (IP, raw content).
+fn gc_candidates(
+    store: &Store,
+    valid_ids: &HashSet<&str>,
+    valid_pairs: &HashSet<(String, String)>,
+) -> Result<Vec<(std::net::IpAddr, String)>, super::ipam::IpamError> {
+    let Some(locked) = store.lock_if_exists()? else {
+        return Ok(Vec::new());
+    };
+    let mut stale = locked.reservations()?;
+    stale.retain(|(_, content)| match parse_record(content) {
+        Some(Owner {
+            container_id,
+            ifname,
+        }) if ifname.is_empty() => !valid_ids.contains(container_id.as_str()),
+        Some(Owner {
+            container_id,
+            ifname,
+        }) => !valid_pairs.contains(&(container_id, ifname)),
+        None => true,
+    });
+    Ok(stale)
+}
+
 fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
     let conf = NetConf::parse(stdin)?;
     if !conf.version.allows_gc_and_status() {
@@ -494,8 +510,43 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         }
     }
 
+    let mut rt = None;
     for (ipam, ip_masq) in &dirs {
         let store = Store::new(&ipam.dir, ipam.durability);
+        let stale = match gc_candidates(&store, &valid_ids, &valid_pairs) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        if stale.is_empty() {
+            continue;
+        }
+        // Masquerade rules before the reservation (which names the IP; see bridge::del),
+        // outside the store lock (iptables is slow and ADDs wait for that lock).
+        let mut releasable = Vec::new();
+        for (ip, content) in stale {
+            let owner = parse_record(&content);
+            if *ip_masq
+                && let Some(owner) = &owner
+                && let Ok(net) = ipam.pod_network(ip)
+            {
+                let rt = match &rt {
+                    Some(rt) => rt,
+                    None => rt.insert(runtime()?),
+                };
+                if let Err(e) = rt.block_on(ipmasq::teardown(
+                    net,
+                    &ipmasq::chain_name(&conf.name, &owner.container_id),
+                    &ipmasq::comment(&conf.name, &owner.container_id),
+                )) {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            }
+            releasable.push((ip, content));
+        }
         let locked = match store.lock_if_exists() {
             Ok(Some(l)) => l,
             Ok(None) => continue,
@@ -504,42 +555,10 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
                 continue;
             }
         };
-        let reservations = match locked.reservations() {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(e.to_string());
-                continue;
-            }
-        };
-        for (ip, content) in reservations {
-            let keep = match parse_record(&content) {
-                Some(Owner {
-                    container_id,
-                    ifname,
-                }) if ifname.is_empty() => valid_ids.contains(container_id.as_str()),
-                Some(Owner {
-                    container_id,
-                    ifname,
-                }) => valid_pairs.contains(&(container_id, ifname)),
-                None => false,
-            };
-            if keep {
-                continue;
-            }
+        for (ip, content) in releasable {
             tracing::info!(%ip, owner = content.trim(), dir = %ipam.dir.display(), "GC releases reservation");
-            if let Err(e) = locked.remove(ip) {
-                errors.push(e.to_string());
-                continue;
-            }
-            if *ip_masq
-                && let Some(owner) = parse_record(&content)
-                && let Ok(net) = ipam.pod_network(ip)
-                && let Err(e) = ipmasq::teardown(
-                    net,
-                    &ipmasq::chain_name(&conf.name, &owner.container_id),
-                    &ipmasq::comment(&conf.name, &owner.container_id),
-                )
-            {
+            // Between the two locks its owner may have released it and another taken it.
+            if let Err(e) = locked.remove_if_unchanged(ip, &content) {
                 errors.push(e.to_string());
             }
         }

@@ -313,7 +313,10 @@ mod tests {
     fn a_lock_without_a_record_leaves_no_file() {
         let root = tmpdir("empty");
         let r = locked(&root, "c1");
-        assert!(path(&root, "c1").exists(), "the lock file exists while held");
+        assert!(
+            path(&root, "c1").exists(),
+            "the lock file exists while held"
+        );
         drop(r);
         assert!(!path(&root, "c1").exists());
         assert!(lock(&root, "c1", Acquire::TryExisting).unwrap().is_none());
@@ -328,7 +331,10 @@ mod tests {
         let root = tmpdir("excl");
         let mut first = locked(&root, "c1");
         first.write(b"x", false).unwrap();
-        assert!(lock(&root, "c1", Acquire::TryExisting).unwrap().is_none(), "busy");
+        assert!(
+            lock(&root, "c1", Acquire::TryExisting).unwrap().is_none(),
+            "busy"
+        );
         let waiter = {
             let root = root.clone();
             std::thread::spawn(move || {
