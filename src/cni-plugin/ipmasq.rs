@@ -23,8 +23,9 @@ use tokio::process::Command;
 /// How long iptables may wait for the xtables lock (`--wait`), as the daemon allows for one
 /// invocation; overridden by `FLANNEL_CNI_IPTABLES_TIMEOUT` (whole seconds).
 pub const DEFAULT_LOCK_WAIT_SECS: u64 = 30;
-/// Grace after the lock wait before the process is killed: iptables' own "stopped waiting"
-/// error is the clearer one, so the kill only catches an iptables that hangs elsewhere.
+/// Grace after the lock wait (at most as long as the wait) before the process is killed:
+/// iptables' own "stopped waiting" error is the clearer one, so the kill only catches an
+/// iptables that hangs elsewhere.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 pub const TIMEOUT_ENV: &str = "FLANNEL_CNI_IPTABLES_TIMEOUT";
 
@@ -95,7 +96,7 @@ async fn run(program: &'static str, args: &[&str]) -> Result<bool, IpMasqError> 
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| IpMasqError::Spawn { program, source })?;
-    let limit = wait + KILL_GRACE;
+    let limit = wait + KILL_GRACE.min(wait);
     // On timeout the future, and with it the child, is dropped: kill_on_drop kills it.
     let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
         Ok(r) => r.map_err(|source| IpMasqError::Spawn { program, source })?,
