@@ -47,7 +47,7 @@ fn assert_whole_or_absent(
         Some(ip) => {
             assert_eq!(
                 held,
-                [ip.clone()],
+                std::slice::from_ref(&ip),
                 "{cid}: the pod uses {ip}, which must be reserved for it (and nothing else)"
             );
             let bytes = std::fs::read(&record)
