@@ -7,8 +7,10 @@
 //!
 //! So host-local and this module can run on the same node, each respecting the other's
 //! reservations. Differences, all on the safe side: a repeated ADD for the same
-//! (container, ifname) returns the IP it already holds instead of failing, and an ADD that
-//! fails later releases exactly the reservations it made.
+//! (container, ifname) returns the IP it already holds instead of failing, an ADD that
+//! fails later releases exactly the reservations it made, an empty reservation file (a writer
+//! killed between create and write) is taken over when the range is otherwise full, and no
+//! file here is opened through a symlink.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
