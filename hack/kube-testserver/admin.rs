@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppState, ChurnState, Query, lock};
 use crate::errors::ApiError;
 use crate::faults::{FaultSpec, LogEntry, now_ms};
+use crate::managed::Writer;
 use crate::nodegen::{self, GenerateSpec};
 use crate::store::{Subresource, now};
 
@@ -260,7 +261,12 @@ struct ClobberSpec {
     at_resource_version: Option<String>,
     /// A copy read before a writer added keys with this prefix: current minus those keys.
     drop_annotation_prefix: Option<String>,
+    /// The field manager the write is recorded under in managedFields.
+    field_manager: Option<String>,
 }
+
+/// managedFields manager of clobbers that name none.
+const CLOBBER_MANAGER: &str = "clobber";
 
 const CLOBBER_USER: &str = "kube-testserver:clobber";
 
@@ -324,7 +330,13 @@ async fn clobber(State(app): State<Shared>, body: Bytes) -> Response {
     }
     let body_text = stale.to_string();
     let sent = stale.clone();
-    let result = store.update(&name, Subresource::Main, false, move |_| Ok(sent));
+    let writer = Writer::new(
+        spec.field_manager.as_deref().unwrap_or(CLOBBER_MANAGER),
+        None,
+    );
+    let result = store.update_as(&name, Subresource::Main, false, Some(&writer), move |_| {
+        Ok(sent)
+    });
     drop(store);
     let code = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.code);
     lock(&app.log).push(LogEntry {
@@ -367,8 +379,10 @@ struct ChurnSpec {
 /// least a second, so the write is never a no-op.
 pub fn heartbeat(app: &AppState, name: &str) -> Result<(), ApiError> {
     let mut store = lock(&app.store);
+    // Recorded as the kubelet's status writes are.
+    let kubelet = Writer::new("kubelet", Some("status"));
     store
-        .update(name, Subresource::Status, false, |mut v| {
+        .update_as(name, Subresource::Status, false, Some(&kubelet), |mut v| {
             let now_s = k8s_openapi::jiff::Timestamp::now().as_second();
             if let Some(conds) = v
                 .pointer_mut("/status/conditions")

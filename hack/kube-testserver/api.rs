@@ -34,6 +34,7 @@ use crate::app::{AppState, Query, WatchGuard, lock};
 use crate::auth::{self, RequestInfo};
 use crate::errors::ApiError;
 use crate::faults::{LogEntry, MAX_LOGGED_BODY, now_ms};
+use crate::managed::{self, Writer};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::smp;
 use crate::store::{
@@ -821,6 +822,24 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
     }
 }
 
+/// The managedFields identity of a write: `fieldManager`, else the User-Agent's prefix.
+pub fn writer(
+    headers: &HeaderMap,
+    q: &Query,
+    sub: Subresource,
+    options_kind: &str,
+) -> Result<Writer, ApiError> {
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let manager = managed::manager_for(q.get("fieldManager"), ua, options_kind)?;
+    let sub = match sub {
+        Subresource::Main => None,
+        Subresource::Status => Some("status"),
+    };
+    Ok(Writer::new(manager, sub))
+}
+
 fn require_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -851,7 +870,8 @@ async fn create_node(
         let node: Node = serde_json::from_value(value)
             .map_err(|e| ApiError::bad_request(format!("error decoding Node: {e}")))?;
         let dry = dry_run(&q)?;
-        lock(&app.store).create(node, dry)
+        let w = writer(&headers, &q, Subresource::Main, "CreateOptions")?;
+        lock(&app.store).create_as(node, dry, Some(&w))
     })();
     match result {
         Ok(n) => object_response(StatusCode::CREATED, &n, &headers, &q),
@@ -871,7 +891,8 @@ fn do_put(
     let result = (|| {
         let value = require_json_body(headers, body)?;
         let dry = dry_run(&q)?;
-        lock(&app.store).update(name, sub, dry, move |_| Ok(value))
+        let w = writer(headers, &q, sub, "UpdateOptions")?;
+        lock(&app.store).update_as(name, sub, dry, Some(&w), move |_| Ok(value))
     })();
     match result {
         Ok(n) => object_response(StatusCode::OK, &n, headers, &q),
@@ -968,7 +989,8 @@ fn do_patch(
         let ptype = patch_type(headers)?;
         let dry = dry_run(&q)?;
         let body = body.clone();
-        lock(&app.store).update(name, sub, dry, move |current| {
+        let w = writer(headers, &q, sub, "PatchOptions")?;
+        lock(&app.store).update_as(name, sub, dry, Some(&w), move |current| {
             apply_patch(ptype, &body, current)
         })
     })();

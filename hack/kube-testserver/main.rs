@@ -8,6 +8,7 @@ mod app;
 mod auth;
 mod errors;
 mod faults;
+mod managed;
 mod nodegen;
 mod selector;
 mod server;
