@@ -5,4 +5,5 @@ mod common;
 mod faults;
 mod kube_client;
 mod kubectl;
+mod managed_fields;
 mod semantics;
