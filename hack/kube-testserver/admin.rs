@@ -44,6 +44,7 @@ pub fn router(app: Shared) -> Router {
         .route("/admin/clobber", post(clobber))
         .route("/admin/churn", post(start_churn).delete(stop_churn))
         .route("/admin/requestlog", get(get_log).delete(reset_log))
+        .route("/admin/events", get(events_summary))
         .fallback(|| async { admin_error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .with_state(app)
 }
@@ -103,6 +104,7 @@ async fn state(State(app): State<Shared>) -> Response {
         "churnPerSecond": churn,
         "faults": lock(&app.faults).rules.len(),
         "requestLogNextSeq": lock(&app.log).next_seq(),
+        "events": lock(&app.store).events.len(),
     }))
 }
 
@@ -481,6 +483,10 @@ async fn get_log(State(app): State<Shared>, uri: Uri) -> Response {
         .filter(|e| q.value("pathPrefix").is_none_or(|p| e.path.starts_with(p)))
         .collect();
     ok(json!({"entries": entries, "nextSeq": log.next_seq(), "dropped": log.dropped}))
+}
+
+async fn events_summary(State(app): State<Shared>) -> Response {
+    ok(crate::events_api::admin_summary(&app))
 }
 
 async fn reset_log(State(app): State<Shared>) -> Response {

@@ -20,8 +20,8 @@ use base64::Engine;
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroupList, APIResource, APIResourceList, APIVersions, DeleteOptions,
-    ServerAddressByClientCIDR, Status, StatusDetails,
+    APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, DeleteOptions,
+    GroupVersionForDiscovery, ServerAddressByClientCIDR, Status, StatusDetails,
 };
 use k8s_openapi::apimachinery::pkg::version::Info;
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,7 @@ pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 type Shared = Arc<AppState>;
 
 pub fn router(app: Shared) -> Router {
-    Router::new()
+    crate::events_api::routes(Router::new())
         .route("/version", get(version))
         .route("/healthz", get(ok_text))
         .route("/livez", get(ok_text))
@@ -57,6 +57,8 @@ pub fn router(app: Shared) -> Router {
         .route("/api", get(api_versions))
         .route("/api/v1", get(api_v1_resources))
         .route("/apis", get(api_groups))
+        .route("/apis/events.k8s.io", get(events_group))
+        .route("/apis/events.k8s.io/v1", get(events_v1_resources))
         .route(
             "/api/v1/nodes",
             get(nodes_collection_get)
@@ -165,7 +167,7 @@ async fn api_middleware(State(app): State<Shared>, req: Request, next: Next) -> 
     response
 }
 
-fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
+pub fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = (code, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -174,7 +176,7 @@ fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
-fn typed_json<T: Serialize>(code: StatusCode, v: &T) -> Response {
+pub fn typed_json<T: Serialize>(code: StatusCode, v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => json_response(code, b),
         Err(e) => ApiError::internal(format!("encoding response: {e}")).into_response(),
@@ -217,8 +219,54 @@ async fn api_versions(State(app): State<Shared>) -> Response {
     )
 }
 
+fn events_api_group() -> APIGroup {
+    let v1 = GroupVersionForDiscovery {
+        group_version: "events.k8s.io/v1".into(),
+        version: "v1".into(),
+    };
+    APIGroup {
+        name: "events.k8s.io".into(),
+        versions: vec![v1.clone()],
+        preferred_version: Some(v1),
+        server_address_by_client_cidrs: None,
+    }
+}
+
 async fn api_groups() -> Response {
-    typed_json(StatusCode::OK, &APIGroupList { groups: vec![] })
+    typed_json(
+        StatusCode::OK,
+        &APIGroupList {
+            groups: vec![events_api_group()],
+        },
+    )
+}
+
+async fn events_group() -> Response {
+    typed_json(StatusCode::OK, &events_api_group())
+}
+
+fn events_resource(verbs: &[&str]) -> APIResource {
+    APIResource {
+        name: "events".into(),
+        singular_name: "event".into(),
+        namespaced: true,
+        kind: "Event".into(),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        short_names: Some(vec!["ev".into()]),
+        ..Default::default()
+    }
+}
+
+async fn events_v1_resources() -> Response {
+    typed_json(
+        StatusCode::OK,
+        &APIResourceList {
+            group_version: "events.k8s.io/v1".into(),
+            resources: vec![events_resource(&[
+                "create", "get", "list", "patch", "update", "watch",
+            ])],
+        },
+    )
 }
 
 async fn api_v1_resources() -> Response {
@@ -255,6 +303,9 @@ async fn api_v1_resources() -> Response {
                     verbs: verbs(&["get", "patch", "update"]),
                     ..Default::default()
                 },
+                // The same Events, read-only in the core group (what `kubectl get events`
+                // and `kubectl describe` read).
+                events_resource(&["get", "list", "watch"]),
                 APIResource {
                     name: "pods".into(),
                     singular_name: "pod".into(),
@@ -519,11 +570,11 @@ fn bookmark_line(rv: u64, initial_events_end: bool) -> Bytes {
     watch_line("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
 }
 
-fn error_line(err: &ApiError) -> Bytes {
+pub fn error_line(err: &ApiError) -> Bytes {
     watch_line("ERROR", &err.to_json())
 }
 
-fn status_watch_response(lines: Vec<Bytes>) -> Response {
+pub fn status_watch_response(lines: Vec<Bytes>) -> Response {
     let body: Vec<u8> = lines.iter().flat_map(|b| b.iter().copied()).collect();
     json_response(StatusCode::OK, body)
 }
@@ -812,7 +863,7 @@ async fn get_node_status(
     get_node(state, path, headers, uri).await
 }
 
-fn dry_run(q: &Query) -> Result<bool, ApiError> {
+pub fn dry_run(q: &Query) -> Result<bool, ApiError> {
     match q.value("dryRun") {
         None => Ok(false),
         Some("All") => Ok(true),
@@ -840,7 +891,7 @@ pub fn writer(
     Ok(Writer::new(manager, sub))
 }
 
-fn require_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+pub fn require_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -927,7 +978,7 @@ pub enum PatchKind {
     Strategic,
 }
 
-fn patch_type(headers: &HeaderMap) -> Result<PatchKind, ApiError> {
+pub fn patch_type(headers: &HeaderMap) -> Result<PatchKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

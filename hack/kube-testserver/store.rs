@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::errors::ApiError;
+use crate::events::EventStore;
 use crate::managed::{self, Writer};
 use crate::selector::FieldValues;
 use crate::validate;
@@ -121,6 +122,8 @@ pub struct Store {
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     tx: broadcast::Sender<Broadcast>,
+    /// Events share the global revision counter (one etcd revision over all resources).
+    pub events: EventStore,
 }
 
 pub fn now() -> Time {
@@ -143,7 +146,7 @@ pub fn random_uid() -> String {
     )
 }
 
-fn generate_name_suffix() -> String {
+pub fn generate_name_suffix() -> String {
     // apimachinery's names.SimpleNameGenerator alphabet (no vowels, no confusable digits).
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     (0..5)
@@ -161,7 +164,14 @@ impl Store {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             tx,
+            events: EventStore::new(history_limit),
         }
+    }
+
+    /// Takes the next global revision (for writes to other resources than Nodes).
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
     }
 
     pub fn rv(&self) -> u64 {
@@ -196,6 +206,7 @@ impl Store {
     /// Drops all retained history: any watch or continue token older than now gets 410.
     pub fn compact_all(&mut self) -> u64 {
         self.history.clear();
+        self.events.compact_all(self.rv);
         self.compacted_rv = self.rv;
         self.compacted_rv
     }
