@@ -79,6 +79,7 @@ pub fn router(app: Shared) -> Router {
                 .patch(patch_node_status),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+        .route("/api/v1/pods", get(list_pods))
         .fallback(|| async { ApiError::path_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(app.clone(), api_middleware))
@@ -311,7 +312,7 @@ async fn api_v1_resources() -> Response {
                     singular_name: "pod".into(),
                     namespaced: true,
                     kind: "Pod".into(),
-                    verbs: verbs(&["get"]),
+                    verbs: verbs(&["get", "list"]),
                     short_names: Some(vec!["po".into()]),
                     ..Default::default()
                 },
@@ -1169,4 +1170,56 @@ async fn get_pod(State(app): State<Shared>, Path((ns, name)): Path<(String, Stri
         Some(p) => typed_json(StatusCode::OK, &p),
         None => ApiError::not_found("pods", &name).into_response(),
     }
+}
+
+/// Pods across namespaces, selected by `spec.nodeName` and `status.phase` (`=`/`!=`), as
+/// `kubectl describe node` asks for its "Non-terminated Pods".
+async fn list_pods(State(app): State<Shared>, uri: Uri) -> Response {
+    let q = Query::parse(uri.query());
+    let mut terms = Vec::new();
+    for term in q
+        .get("fieldSelector")
+        .unwrap_or("")
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let (field, negate, value) = match term.split_once("!=") {
+            Some((f, v)) => (f, true, v),
+            None => match term.split_once('=') {
+                Some((f, v)) => (f.trim_end_matches('='), false, v),
+                None => {
+                    return ApiError::bad_request(format!("invalid selector: '{term}'"))
+                        .into_response();
+                }
+            },
+        };
+        let pointer = match field {
+            "spec.nodeName" => "/spec/nodeName",
+            "status.phase" => "/status/phase",
+            "metadata.name" => "/metadata/name",
+            "metadata.namespace" => "/metadata/namespace",
+            other => {
+                return ApiError::bad_request(format!("field label not supported: {other}"))
+                    .into_response();
+            }
+        };
+        terms.push((pointer, negate, value.to_string()));
+    }
+    let (pods, rv): (Vec<Value>, u64) = {
+        let pods = lock(&app.pods);
+        let selected = pods
+            .values()
+            .filter(|p| {
+                terms.iter().all(|(ptr, negate, want)| {
+                    (p.pointer(ptr).and_then(Value::as_str).unwrap_or("") == want) != *negate
+                })
+            })
+            .cloned()
+            .collect();
+        (selected, lock(&app.store).rv())
+    };
+    typed_json(
+        StatusCode::OK,
+        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}, "items": pods}),
+    )
 }

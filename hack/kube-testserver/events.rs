@@ -124,6 +124,8 @@ impl StoredEvent {
     }
 }
 
+pub type EventReceiver = broadcast::Receiver<Arc<EventChange>>;
+
 #[derive(Debug)]
 pub struct EventChange {
     pub rv: u64,
@@ -220,7 +222,7 @@ impl EventStore {
         &self,
         from: u64,
         current: u64,
-    ) -> Result<(Vec<Arc<EventChange>>, broadcast::Receiver<Arc<EventChange>>), ApiError> {
+    ) -> Result<(Vec<Arc<EventChange>>, EventReceiver), ApiError> {
         if from < self.compacted_rv {
             return Err(ApiError::expired(format!(
                 "too old resource version: {from} ({})",

@@ -2,6 +2,7 @@
 //! requests, kube-rs and kubectl.
 
 mod common;
+mod events;
 mod faults;
 mod kube_client;
 mod kubectl;
