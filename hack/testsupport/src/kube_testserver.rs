@@ -628,6 +628,12 @@ impl KubeTestServer {
         self.admin("POST", "/admin/clobber", Some(&body))
     }
 
+    /// `GET /admin/events`: `{"events", "created", "patched", "updated", "items": [...]}` —
+    /// the write counters only grow, so a test counts a burst by their difference.
+    pub fn events(&self) -> Result<Value, TestServerError> {
+        self.admin("GET", "/admin/events", None)
+    }
+
     pub fn start_churn(&self, per_second: f64) -> Result<(), TestServerError> {
         self.admin(
             "POST",

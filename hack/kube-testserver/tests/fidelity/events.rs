@@ -21,7 +21,7 @@ fn with_grant() -> KubeTestServer {
 }
 
 fn summary(server: &KubeTestServer) -> Value {
-    server.admin("GET", "/admin/events", None).unwrap()
+    server.events().unwrap()
 }
 
 fn heal(note: &str) -> Publish {
