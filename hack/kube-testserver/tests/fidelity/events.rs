@@ -332,6 +332,16 @@ async fn kubectl_get_events_and_describe_node() {
     )))
     .unwrap();
     assert_eq!(json_out["items"][0]["series"]["count"], 2);
+    // The events.k8s.io/v1 view prints the same table.
+    let v1 = ok(kubectl(
+        &server,
+        "admin",
+        &["get", "events.v1.events.k8s.io", "-n", "default"],
+    ));
+    assert!(
+        v1.contains("AnnotationsRestored") && v1.contains("node/node-00001"),
+        "{v1}"
+    );
     let described = ok(kubectl(
         &server,
         "admin",

@@ -305,4 +305,20 @@ async fn clobber_by_a_named_field_manager_takes_flannels_keys_from_flanneld() {
         owners(&entries(&other), &format!("{prefix}public-ip")),
         ["flanneld"]
     );
+    // A clobber that names no manager is recorded as "clobber"; one that only removes keys
+    // leaves no entry of its own (as upstream: nothing set, nothing owned).
+    server
+        .clobber(
+            "node-00000",
+            &Clobber::Annotations([("mine".to_string(), "1".to_string())].into()),
+        )
+        .unwrap();
+    let other = get(&client, "/api/v1/nodes/node-00000").await.json;
+    assert_eq!(owners(&entries(&other), "mine"), ["clobber"]);
+    server
+        .clobber("node-00000", &Clobber::DropAnnotationPrefix("mine".into()))
+        .unwrap();
+    let other = get(&client, "/api/v1/nodes/node-00000").await.json;
+    let mf = entries(&other);
+    assert!(fields_of(&mf, "clobber", None).is_none(), "{mf:?}");
 }
