@@ -245,53 +245,35 @@ impl EventStore {
     }
 }
 
-fn required(causes: &mut Vec<(String, String)>, field: &str, v: &Option<String>, max: usize) {
-    match v.as_deref() {
-        None | Some("") => causes.push((field.into(), "Required value".into())),
-        Some(s) if s.len() > max => causes.push((
+fn too_long(causes: &mut Vec<(String, String)>, field: &str, v: &Option<String>, max: usize) {
+    if v.as_deref().is_some_and(|s| s.len() > max) {
+        causes.push((
             field.into(),
-            format!("Too long: may not be more than {max} bytes"),
-        )),
-        _ => {}
+            format!("Invalid value: \"\": can have at most {max} characters"),
+        ));
     }
 }
 
-/// events.k8s.io/v1 create validation (upstream's `ValidateEventCreate` for that group).
-pub fn validate_v1_create(e: &CoreEvent) -> Vec<(String, String)> {
+fn required(causes: &mut Vec<(String, String)>, field: &str, v: &Option<String>) {
+    if v.as_deref().unwrap_or("").is_empty() {
+        causes.push((field.into(), "Required value".into()));
+    }
+}
+
+/// What every events.k8s.io/v1 write must satisfy (upstream's `legacyValidateEvent` for an
+/// Event with `eventTime`). Field paths are the internal (core) names, as upstream reports.
+fn validate_v1_common(e: &CoreEvent) -> Vec<(String, String)> {
     let mut causes = Vec::new();
     let ns = e.metadata.namespace.as_deref().unwrap_or("");
     let involved_ns = e.involved_object.namespace.as_deref().unwrap_or("");
-    let ns_mismatch = if involved_ns.is_empty() {
-        // Events about cluster-scoped objects live in "default" (or no namespace).
-        !ns.is_empty() && ns != "default"
-    } else {
-        ns != involved_ns
-    };
-    if ns_mismatch {
+    // Events about cluster-scoped objects (Nodes) live in "default" or "kube-system".
+    if involved_ns.is_empty() && ns != "default" && ns != "kube-system" {
         causes.push((
             "involvedObject.namespace".into(),
-            format!("Invalid value: {involved_ns:?}: does not match event.namespace"),
+            "Invalid value: \"\": does not match event.namespace".into(),
         ));
     }
-    if e.event_time.is_none() {
-        causes.push(("eventTime".into(), "Required value".into()));
-    }
-    match e.type_.as_deref() {
-        Some("Normal" | "Warning") => {}
-        other => causes.push((
-            "type".into(),
-            format!(
-                "Unsupported value: {:?}: supported values: \"Normal\", \"Warning\"",
-                other.unwrap_or("")
-            ),
-        )),
-    }
-    required(
-        &mut causes,
-        "reportingController",
-        &e.reporting_component,
-        316,
-    );
+    required(&mut causes, "reportingController", &e.reporting_component);
     if let Some(rc) = e.reporting_component.as_deref().filter(|r| !r.is_empty())
         && let Err(why) = validate::qualified_name(rc)
     {
@@ -300,69 +282,96 @@ pub fn validate_v1_create(e: &CoreEvent) -> Vec<(String, String)> {
             format!("Invalid value: {rc:?}: {why}"),
         ));
     }
-    required(
+    required(&mut causes, "reportingInstance", &e.reporting_instance);
+    too_long(
         &mut causes,
         "reportingInstance",
         &e.reporting_instance,
         SHORT_MAX,
     );
-    required(&mut causes, "action", &e.action, SHORT_MAX);
-    required(&mut causes, "reason", &e.reason, SHORT_MAX);
-    if e.message.as_deref().is_some_and(|m| m.len() > NOTE_MAX) {
-        causes.push((
-            "note".into(),
-            format!("Too long: may not be more than {NOTE_MAX} bytes"),
-        ));
-    }
-    for (field, set) in [
-        ("deprecatedSource", e.source.is_some()),
-        ("deprecatedFirstTimestamp", e.first_timestamp.is_some()),
-        ("deprecatedLastTimestamp", e.last_timestamp.is_some()),
-        ("deprecatedCount", e.count.is_some_and(|c| c != 0)),
-    ] {
-        if set {
-            causes.push((field.into(), "Invalid value: needs to be unset".into()));
-        }
-    }
+    required(&mut causes, "action", &e.action);
+    too_long(&mut causes, "action", &e.action, SHORT_MAX);
+    required(&mut causes, "reason", &e.reason);
+    too_long(&mut causes, "reason", &e.reason, SHORT_MAX);
+    too_long(&mut causes, "message", &e.message, NOTE_MAX);
+    causes
+}
+
+fn validate_series(e: &CoreEvent, causes: &mut Vec<(String, String)>) {
     if let Some(s) = &e.series {
         if s.count.unwrap_or(0) < 2 {
             causes.push((
                 "series.count".into(),
-                format!(
-                    "Invalid value: {}: should be at least 2",
-                    s.count.unwrap_or(0)
-                ),
+                "Invalid value: \"\": should be at least 2".into(),
             ));
         }
         if s.last_observed_time.is_none() {
             causes.push(("series.lastObservedTime".into(), "Required value".into()));
         }
     }
+}
+
+/// events.k8s.io/v1 create validation (upstream's `ValidateEventCreate` for that group).
+pub fn validate_v1_create(e: &CoreEvent) -> Vec<(String, String)> {
+    if e.event_time.is_none() {
+        // Without eventTime upstream applies the legacy rules first; for this API it is
+        // simply required.
+        return vec![("eventTime".into(), "Required value".into())];
+    }
+    let mut causes = validate_v1_common(e);
+    validate_series(e, &mut causes);
+    match e.type_.as_deref() {
+        Some("Normal" | "Warning") => {}
+        other => causes.push((
+            "type".into(),
+            format!(
+                "Invalid value: \"\": has invalid value: {}",
+                other.unwrap_or("")
+            ),
+        )),
+    }
+    for (field, set) in [
+        ("firstTimestamp", e.first_timestamp.is_some()),
+        ("lastTimestamp", e.last_timestamp.is_some()),
+        ("count", e.count.is_some_and(|c| c != 0)),
+        (
+            "source",
+            e.source.as_ref().is_some_and(|s| {
+                s.component.as_deref().is_some_and(|c| !c.is_empty())
+                    || s.host.as_deref().is_some_and(|h| !h.is_empty())
+            }),
+        ),
+    ] {
+        if set {
+            causes.push((
+                field.into(),
+                "Invalid value: \"\": needs to be unset".into(),
+            ));
+        }
+    }
     causes
 }
 
-/// events.k8s.io/v1 update validation: create rules plus the fields an Event may never change
-/// (only `series` and metadata move).
+/// events.k8s.io/v1 update validation (upstream's `ValidateEventUpdate`): the common rules,
+/// the series when it changed, and every other field immutable (only `series` and metadata
+/// move).
 pub fn validate_v1_update(new: &CoreEvent, old: &CoreEvent) -> Vec<(String, String)> {
-    let mut causes = validate_v1_create(new);
+    let mut causes = validate_v1_common(new);
+    if new.series != old.series {
+        validate_series(new, &mut causes);
+    }
     let mut immutable = |field: &str, same: bool| {
         if !same {
             causes.push((field.into(), "Invalid value: field is immutable".into()));
         }
     };
-    immutable("regarding", new.involved_object == old.involved_object);
+    immutable("involvedObject", new.involved_object == old.involved_object);
     immutable("reason", new.reason == old.reason);
-    immutable("note", new.message == old.message);
-    immutable("deprecatedSource", new.source == old.source);
-    immutable(
-        "deprecatedFirstTimestamp",
-        new.first_timestamp == old.first_timestamp,
-    );
-    immutable(
-        "deprecatedLastTimestamp",
-        new.last_timestamp == old.last_timestamp,
-    );
-    immutable("deprecatedCount", new.count == old.count);
+    immutable("message", new.message == old.message);
+    immutable("source", new.source == old.source);
+    immutable("firstTimestamp", new.first_timestamp == old.first_timestamp);
+    immutable("lastTimestamp", new.last_timestamp == old.last_timestamp);
+    immutable("count", new.count == old.count);
     immutable("type", new.type_ == old.type_);
     immutable("eventTime", new.event_time == old.event_time);
     immutable("action", new.action == old.action);
@@ -648,16 +657,24 @@ mod tests {
     fn v1_validation() {
         let core = from_v1(v1_event());
         assert!(validate_v1_create(&core).is_empty());
+        let mut no_time = core.clone();
+        no_time.event_time = None;
+        let fields = |e: &CoreEvent| -> Vec<String> {
+            validate_v1_create(e).into_iter().map(|c| c.0).collect()
+        };
+        assert_eq!(fields(&no_time), ["eventTime"]);
         let mut bad = core.clone();
-        bad.event_time = None;
         bad.type_ = Some("Odd".into());
         bad.action = None;
-        bad.metadata.namespace = Some("kube-system".into());
-        let fields: Vec<String> = validate_v1_create(&bad).into_iter().map(|c| c.0).collect();
+        bad.count = Some(3);
+        bad.metadata.namespace = Some("kube-flannel".into());
         assert_eq!(
-            fields,
-            ["involvedObject.namespace", "eventTime", "type", "action"]
+            fields(&bad),
+            ["involvedObject.namespace", "action", "type", "count"]
         );
+        let mut system = core.clone();
+        system.metadata.namespace = Some("kube-system".into());
+        assert!(fields(&system).is_empty());
         let mut series = core.clone();
         series.series = Some(CoreSeries {
             count: Some(2),
@@ -668,7 +685,7 @@ mod tests {
         changed.message = Some("other".into());
         let causes = validate_v1_update(&changed, &core);
         assert_eq!(causes.len(), 1);
-        assert_eq!(causes[0].0, "note");
+        assert_eq!(causes[0].0, "message");
     }
 
     #[test]
