@@ -356,15 +356,18 @@ async fn v1_create(
         meta.self_link = None;
         meta.deletion_timestamp = None;
         let requested = meta.managed_fields.take();
+        let reset = managed::is_reset(&requested);
         let mut entries = managed::base_entries(requested, None, None);
-        managed::record_update(
-            &mut entries,
-            &w,
-            &json!({}),
-            &to_value(&ev)?,
-            Version::EventsV1.api_version(),
-            now(),
-        );
+        if !reset {
+            managed::record_update(
+                &mut entries,
+                &w,
+                &json!({}),
+                &to_value(&ev)?,
+                Version::EventsV1.api_version(),
+                now(),
+            );
+        }
         ev.metadata.managed_fields = (!entries.is_empty()).then_some(entries);
         let core = from_v1(ev);
         let causes = events::validate_v1_create(&core);
@@ -462,6 +465,7 @@ fn v1_update(
     meta.generate_name = om.generate_name.clone();
     meta.self_link = None;
     let requested = meta.managed_fields.take();
+    let reset = managed::is_reset(&requested);
     let mut entries = managed::base_entries(requested, om.managed_fields.as_ref(), None);
     meta.managed_fields = om.managed_fields.clone();
     let mut core = from_v1(new);
@@ -469,7 +473,7 @@ fn v1_update(
     if !causes.is_empty() {
         return Err(invalid(name, causes));
     }
-    if core != old.event {
+    if !reset && core != old.event {
         managed::record_update(
             &mut entries,
             &w,

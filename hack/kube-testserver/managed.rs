@@ -386,24 +386,31 @@ fn is_writer(e: &ManagedFieldsEntry, w: &Writer) -> bool {
         && e.subresource.as_deref().filter(|s| !s.is_empty()) == w.subresource.as_deref()
 }
 
-/// The entries an Update starts from, as upstream decides: the request's own managedFields
-/// when it sent a non-empty list on the main resource (a client may rewrite them), none when
-/// it sent `[{}]` (upstream's way to reset them), else the stored ones.
+/// A request asking to reset managedFields: a present but empty list, or one empty entry
+/// (upstream's `isResetManagedFields`). The object then has none, and the write itself is
+/// not recorded either.
+pub fn is_reset(requested: &Option<Vec<ManagedFieldsEntry>>) -> bool {
+    match requested.as_deref() {
+        Some([]) => true,
+        Some([only]) => *only == ManagedFieldsEntry::default(),
+        _ => false,
+    }
+}
+
+/// The entries an Update starts from, as upstream decides: none for a reset; the request's
+/// own managedFields when it sent a list on the main resource (a client may rewrite them);
+/// else (absent, or on a subresource) the stored ones.
 pub fn base_entries(
     requested: Option<Vec<ManagedFieldsEntry>>,
     stored: Option<&Vec<ManagedFieldsEntry>>,
     subresource: Option<&str>,
 ) -> Vec<ManagedFieldsEntry> {
-    let stored = || stored.cloned().unwrap_or_default();
+    if is_reset(&requested) {
+        return Vec::new();
+    }
     match requested {
-        Some(r) if subresource.is_none() && !r.is_empty() => {
-            if r.len() == 1 && r[0] == ManagedFieldsEntry::default() {
-                Vec::new()
-            } else {
-                r
-            }
-        }
-        _ => stored(),
+        Some(r) if subresource.is_none() => r,
+        _ => stored.cloned().unwrap_or_default(),
     }
 }
 
@@ -666,7 +673,8 @@ mod tests {
         let stored = entries(json!([{"manager": "kubelet", "operation": "Update"}]));
         let given = entries(json!([{"manager": "me", "operation": "Update"}]));
         assert_eq!(base_entries(None, Some(&stored), None), stored);
-        assert_eq!(base_entries(Some(vec![]), Some(&stored), None), stored);
+        assert!(base_entries(Some(vec![]), Some(&stored), None).is_empty());
+        assert!(is_reset(&Some(vec![])) && !is_reset(&None) && !is_reset(&Some(stored.clone())));
         assert_eq!(
             base_entries(Some(given.clone()), Some(&stored), None),
             given

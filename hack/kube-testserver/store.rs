@@ -359,16 +359,19 @@ impl Store {
         validate_node(&node, None)?;
         if let Some(w) = writer {
             let requested = node.metadata.managed_fields.take();
+            let reset = managed::is_reset(&requested);
             let mut entries = managed::base_entries(requested, None, None);
-            let new_value = to_value(&node)?;
-            managed::record_update(
-                &mut entries,
-                w,
-                &Value::Object(Default::default()),
-                &new_value,
-                "v1",
-                now(),
-            );
+            if !reset {
+                let new_value = to_value(&node)?;
+                managed::record_update(
+                    &mut entries,
+                    w,
+                    &Value::Object(Default::default()),
+                    &new_value,
+                    "v1",
+                    now(),
+                );
+            }
             node.metadata.managed_fields = (!entries.is_empty()).then_some(entries);
         }
         if dry_run {
@@ -461,13 +464,14 @@ impl Store {
 
         match writer {
             Some(w) => {
+                let reset = managed::is_reset(&requested_fields);
                 let mut entries = managed::base_entries(
                     requested_fields,
                     old_node.metadata.managed_fields.as_ref(),
                     w.subresource.as_deref(),
                 );
                 new.metadata.managed_fields = old_node.metadata.managed_fields.clone();
-                if new != old_node {
+                if !reset && new != old_node {
                     managed::record_update(
                         &mut entries,
                         w,

@@ -190,6 +190,32 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
     .await;
     assert_eq!(rv_of(&again.json), rv_of(&r.json));
     assert_eq!(entries(&again.json), mf);
+    // `[{}]` (or `[]`) resets them; the resetting write is not recorded either.
+    let reset = patch(
+        &client,
+        "/api/v1/nodes/n1?fieldManager=resetter",
+        MERGE,
+        r#"{"metadata":{"managedFields":[{}],"labels":{"y":"1"}}}"#,
+    )
+    .await;
+    assert_eq!(reset.status, 200, "{reset:?}");
+    assert!(
+        reset.json["metadata"].get("managedFields").is_none(),
+        "{reset:?}"
+    );
+    let next = patch(
+        &client,
+        "/api/v1/nodes/n1?fieldManager=after",
+        MERGE,
+        r#"{"metadata":{"labels":{"z":"1"}}}"#,
+    )
+    .await;
+    let mf = entries(&next.json);
+    assert_eq!(mf.len(), 1, "{mf:?}");
+    assert_eq!(
+        fields_of(&mf, "after", None),
+        Some(&json!({"f:metadata": {"f:labels": {"f:z": {}}}}))
+    );
 }
 
 /// kubectl hides managedFields unless asked.
