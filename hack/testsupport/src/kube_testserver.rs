@@ -606,13 +606,32 @@ impl KubeTestServer {
     /// Overwrites a node's annotations with a stale copy via an unconditional update (logged
     /// in the request log as a PUT by identity `clobber`). Returns the server's answer.
     pub fn clobber(&self, node: &str, how: &Clobber) -> Result<Value, TestServerError> {
+        self.clobber_as(node, how, None)
+    }
+
+    /// `clobber` recorded in managedFields under `field_manager` (server default: `clobber`).
+    pub fn clobber_as(
+        &self,
+        node: &str,
+        how: &Clobber,
+        field_manager: Option<&str>,
+    ) -> Result<Value, TestServerError> {
         let mut body = json!({"node": node});
+        if let Some(m) = field_manager {
+            body["fieldManager"] = json!(m);
+        }
         match how {
             Clobber::Annotations(a) => body["annotations"] = json!(a),
             Clobber::AtResourceVersion(rv) => body["atResourceVersion"] = json!(rv),
             Clobber::DropAnnotationPrefix(p) => body["dropAnnotationPrefix"] = json!(p),
         }
         self.admin("POST", "/admin/clobber", Some(&body))
+    }
+
+    /// `GET /admin/events`: `{"events", "created", "patched", "updated", "items": [...]}` —
+    /// the write counters only grow, so a test counts a burst by their difference.
+    pub fn events(&self) -> Result<Value, TestServerError> {
+        self.admin("GET", "/admin/events", None)
     }
 
     pub fn start_churn(&self, per_second: f64) -> Result<(), TestServerError> {

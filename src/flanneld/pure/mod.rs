@@ -25,6 +25,7 @@
 //!    [`masq`].
 
 pub mod annotations;
+pub mod attribution;
 pub mod backoff;
 pub mod config;
 pub mod desired;

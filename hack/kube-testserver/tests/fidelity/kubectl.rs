@@ -13,7 +13,7 @@ use crate::common::*;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
 
-fn kubectl(server: &KubeTestServer, identity: &str, args: &[&str]) -> Output {
+pub fn kubectl(server: &KubeTestServer, identity: &str, args: &[&str]) -> Output {
     assert!(
         Path::new(KUBECTL).exists(),
         "kubectl not found at {KUBECTL}: install Debian's kubernetes-client package"
@@ -31,7 +31,7 @@ fn kubectl(server: &KubeTestServer, identity: &str, args: &[&str]) -> Output {
 }
 
 #[track_caller]
-fn ok(out: Output) -> String {
+pub fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
         "kubectl failed: {}\n{}",

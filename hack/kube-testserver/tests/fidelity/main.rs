@@ -2,7 +2,9 @@
 //! requests, kube-rs and kubectl.
 
 mod common;
+mod events;
 mod faults;
 mod kube_client;
 mod kubectl;
+mod managed_fields;
 mod semantics;
