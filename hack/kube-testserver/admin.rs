@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppState, ChurnState, Query, lock};
 use crate::errors::ApiError;
-use crate::faults::{FaultSpec, LogEntry, now_ms};
+use crate::faults::{Fault, LogEntry, now_ms};
 use crate::managed::Writer;
 use crate::nodegen::{self, GenerateSpec};
 use crate::store::{Subresource, now};
@@ -182,7 +182,7 @@ async fn list_faults(State(app): State<Shared>) -> Response {
 }
 
 async fn add_fault(State(app): State<Shared>, body: Bytes) -> Response {
-    let spec: FaultSpec = match parse_body(&body) {
+    let spec: Fault = match parse_body(&body) {
         Ok(s) => s,
         Err(r) => return *r,
     };

@@ -17,8 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
+
+/// The admin API's documents, defined once beside the server.
+pub use kube_testserver::{Fault, LogEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestServerError {
@@ -89,88 +92,6 @@ impl Default for TestServerOptions {
     }
 }
 
-/// A fault rule for `POST /admin/faults` (see hack/kube-testserver/README.md).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Fault {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verb: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after_seconds: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delay_ms: Option<u64>,
-}
-
-impl Fault {
-    /// Fail matching requests with this HTTP status (409, 429, 500, 503, …).
-    pub fn fail(code: u16) -> Self {
-        Self {
-            code: Some(code),
-            ..Self::default()
-        }
-    }
-
-    /// Delay matching requests.
-    pub fn latency(delay: Duration) -> Self {
-        Self {
-            delay_ms: Some(delay.as_millis() as u64),
-            ..Self::default()
-        }
-    }
-
-    /// Kube verb (`get`, `list`, `watch`, `patch`, …) or HTTP method.
-    pub fn verb(mut self, verb: &str) -> Self {
-        self.verb = Some(verb.into());
-        self
-    }
-
-    /// `nodes`, `nodes/status`, `pods`.
-    pub fn resource(mut self, resource: &str) -> Self {
-        self.resource = Some(resource.into());
-        self
-    }
-
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    pub fn path_prefix(mut self, prefix: &str) -> Self {
-        self.path_prefix = Some(prefix.into());
-        self
-    }
-
-    pub fn identity(mut self, identity: &str) -> Self {
-        self.identity = Some(identity.into());
-        self
-    }
-
-    /// Apply to the next `n` matching requests only (default: until removed).
-    pub fn times(mut self, n: u64) -> Self {
-        self.count = Some(n);
-        self
-    }
-
-    pub fn retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after_seconds = Some(seconds);
-        self
-    }
-}
-
 /// What `clobber` overwrites the node's annotations with (an unconditional PUT).
 #[derive(Debug, Clone)]
 pub enum Clobber {
@@ -180,34 +101,6 @@ pub enum Clobber {
     AtResourceVersion(String),
     /// A copy taken before keys with this prefix were written.
     DropAnnotationPrefix(String),
-}
-
-/// One request-log entry (`GET /admin/requestlog`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct LogEntry {
-    pub seq: u64,
-    pub time_ms: u64,
-    pub method: String,
-    /// Path and query as sent.
-    pub path: String,
-    pub content_type: Option<String>,
-    pub body: Option<String>,
-    pub code: u16,
-    pub identity: Option<String>,
-    pub user: Option<String>,
-    pub verb: String,
-    pub resource: String,
-    pub name: Option<String>,
-    pub injected: bool,
-}
-
-impl LogEntry {
-    pub fn body_json(&self) -> Option<Value> {
-        self.body
-            .as_deref()
-            .and_then(|b| serde_json::from_str(b).ok())
-    }
 }
 
 /// From a request log: the time of the clobber (the admin's unconditional stale write) and
