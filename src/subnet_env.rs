@@ -514,21 +514,12 @@ mod tests {
     }
 
     /// A per-test temp directory, removed on drop.
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!(
-                "frs-subnetenv-{}-{tag}-{}",
-                std::process::id(),
-                TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// A per-test directory under the temp dir, removed on drop.
+    fn temp_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("frs-subnet-env-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn mode(p: &Path) -> u32 {
@@ -537,8 +528,8 @@ mod tests {
 
     #[test]
     fn written_file_parses_back_to_the_same_value() {
-        let t = TempDir::new("rt");
-        let path = t.0.join("subnet.env");
+        let t = temp_dir("rt");
+        let path = t.path().join("subnet.env");
         let env = SubnetEnv::parse(DUAL).unwrap();
         write_if_changed(&path, env.render().as_bytes()).unwrap();
         assert_eq!(fs::read(&path).unwrap(), DUAL.as_bytes());
@@ -548,8 +539,8 @@ mod tests {
 
     #[test]
     fn atomic_write_creates_dirs_and_skips_unchanged() {
-        let t = TempDir::new("w");
-        let path = t.0.join("run/flannel/subnet.env");
+        let t = temp_dir("w");
+        let path = t.path().join("run/flannel/subnet.env");
         assert_eq!(
             write_if_changed(&path, b"A=1\n").unwrap(),
             WriteOutcome::Written
@@ -580,8 +571,8 @@ mod tests {
 
     #[test]
     fn wrong_mode_is_repaired() {
-        let t = TempDir::new("m");
-        let path = t.0.join("subnet.env");
+        let t = temp_dir("m");
+        let path = t.path().join("subnet.env");
         write_if_changed(&path, b"A=1\n").unwrap();
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
@@ -593,15 +584,15 @@ mod tests {
 
     #[test]
     fn failure_leaves_nothing_behind() {
-        let t = TempDir::new("f");
-        fs::create_dir_all(&t.0).unwrap();
+        let t = temp_dir("f");
+        fs::create_dir_all(t.path()).unwrap();
         // the target is a non-empty directory: rename must fail
-        let path = t.0.join("subnet.env");
+        let path = t.path().join("subnet.env");
         fs::create_dir_all(path.join("x")).unwrap();
         let e = write_if_changed(&path, b"A=1\n").unwrap_err();
         assert_eq!(e.op, "rename");
         assert!(e.to_string().contains("subnet.env"));
-        let names: Vec<_> = fs::read_dir(&t.0)
+        let names: Vec<_> = fs::read_dir(t.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

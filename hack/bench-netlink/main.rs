@@ -10,19 +10,18 @@
 //!
 //! Usage: bench-netlink [--reps R] [--current-thread] [N ...]   (default N = 1000 5000)
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use flannel_rs::net::{Family, MacAddr};
+use flannel_rs::net::Family;
 use flannel_rs::netlink::{
     Address, Fdb, Neighbour, Netlink, Op, Route, RouteFilter, VethPair, VxlanOutcome, VxlanSpec,
 };
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
 use frs_testsupport::iproute;
-use ipnetwork::IpNetwork;
+use frs_testsupport::topology::numbered_vxlan_peer;
 
 #[derive(Parser, Debug)]
 #[command(about = "flannel peer programming: flannel_rs::netlink vs ip -batch")]
@@ -202,29 +201,13 @@ fn median(samples: &[Times]) -> Times {
     }
 }
 
-/// Peer `i` as in netlink-limit.sh: podCIDR 10.(128+i/256).(i%256).0/24 with 10.244/16
-/// skipped, gateway = the .0 address, VTEP MAC 02:4e:00:00:HH:LL, public IP
-/// 10.99.((i+1)/256).((i+1)%256) (never 10.99.0.1, the local VTEP).
-fn peer(i: u32) -> (IpNetwork, Ipv4Addr, MacAddr, Ipv4Addr) {
-    let mut x = 128 + i / 256;
-    if x >= 244 {
-        x += 1;
-    }
-    let gw = Ipv4Addr::new(10, x as u8, (i % 256) as u8, 0);
-    let mac = MacAddr([0x02, 0x4e, 0, 0, (i / 256) as u8, (i % 256) as u8]);
-    let p = i + 1;
-    let public = Ipv4Addr::new(10, 99, (p / 256) as u8, (p % 256) as u8);
-    let net = IpNetwork::new(IpAddr::V4(gw), 24).expect("/24 is a valid prefix");
-    (net, gw, mac, public)
-}
-
 /// (add ops, remove ops), each split into neighbours, FDB entries and routes: the daemon
 /// applies them in that order, one phase after the other.
 fn peer_ops(fl: u32, n: u32) -> ([Vec<Op>; 3], [Vec<Op>; 3]) {
     let mut add = [Vec::new(), Vec::new(), Vec::new()];
     let mut del = [Vec::new(), Vec::new(), Vec::new()];
     for i in 1..=n {
-        let (net, gw, mac, public) = peer(i);
+        let (net, gw, mac, public) = numbered_vxlan_peer(i);
         let neigh = Neighbour {
             ifindex: fl,
             ip: gw.into(),
@@ -465,7 +448,7 @@ impl BatchFiles {
     fn write(dir: &Path, n: u32) -> Result<Self> {
         let mut text: [String; 6] = Default::default();
         for i in 1..=n {
-            let (net, gw, mac, public) = peer(i);
+            let (net, gw, mac, public) = numbered_vxlan_peer(i);
             let lines = [
                 format!("neigh add {gw} lladdr {mac} dev flannel.1 nud permanent\n"),
                 format!("fdb add {mac} dev flannel.1 dst {public} self permanent\n"),

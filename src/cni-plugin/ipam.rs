@@ -1049,28 +1049,36 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    pub(crate) struct TempDir(PathBuf);
-    impl TempDir {
-        pub(crate) fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "frs-ipam-{}-{tag}-{}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A per-test directory under the temp dir, removed on drop.
+    fn temp_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("frs-ipam-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn set(subnet: &str) -> RangeSet {
         RangeSet(vec![
             Range::new(subnet.parse().unwrap(), None, None, None).unwrap(),
         ])
+    }
+
+    /// An allocation for `id`/eth0 on a store that may already hold its record, asking for
+    /// `requested` addresses.
+    fn alloc(
+        locked: &Locked<'_>,
+        sets: &[RangeSet],
+        id: &str,
+        requested: &[&str],
+    ) -> Result<Vec<Allocation>, IpamError> {
+        let requested: Vec<IpAddr> = requested.iter().map(|a| a.parse().unwrap()).collect();
+        allocate(
+            locked,
+            sets,
+            &Owner::new(id, "eth0"),
+            &requested,
+            History::MayExist,
+        )
     }
 
     fn ipam(json: &str) -> Result<IpamConf, IpamError> {
@@ -1160,8 +1168,8 @@ mod tests {
 
     #[test]
     fn on_disk_format_matches_host_local() {
-        let tmp = TempDir::new("fmt");
-        let store = Store::new(tmp.0.join("cbr0"), Durability::PageCache);
+        let tmp = temp_dir("fmt");
+        let store = Store::new(tmp.path().join("cbr0"), Durability::PageCache);
         let locked = store.lock().unwrap();
         let owner = Owner::new("cnib-seq-1", "eth0");
         let a = allocate(
@@ -1174,19 +1182,19 @@ mod tests {
         .unwrap();
         assert_eq!(a[0].address.to_string(), "10.244.1.2/24");
         assert_eq!(a[0].gateway.to_string(), "10.244.1.1");
-        let bytes = std::fs::read(tmp.0.join("cbr0/10.244.1.2")).unwrap();
+        let bytes = std::fs::read(tmp.path().join("cbr0/10.244.1.2")).unwrap();
         assert_eq!(bytes, b"cnib-seq-1\r\neth0", "CRLF, no trailing newline");
         assert_eq!(
-            std::fs::read_to_string(tmp.0.join("cbr0/last_reserved_ip.0")).unwrap(),
+            std::fs::read_to_string(tmp.path().join("cbr0/last_reserved_ip.0")).unwrap(),
             "10.244.1.2"
         );
-        assert!(tmp.0.join("cbr0/lock").exists());
+        assert!(tmp.path().join("cbr0/lock").exists());
     }
 
     #[test]
     fn round_robin_repeat_add_release_and_exhaustion() {
-        let tmp = TempDir::new("rr");
-        let store = Store::new(tmp.0.join("n"), Durability::PageCache);
+        let tmp = temp_dir("rr");
+        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/29")];
         let locked = store.lock().unwrap();
         let mut got = Vec::new();
@@ -1208,25 +1216,11 @@ mod tests {
         );
 
         // The same (container, ifname) gets the same IP back, not a second one.
-        let again = allocate(
-            &locked,
-            &sets,
-            &Owner::new("c2", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap();
+        let again = alloc(&locked, &sets, "c2", &[]).unwrap();
         assert_eq!(again[0].address.ip().to_string(), "10.0.0.4");
         assert!(!again[0].newly_reserved);
 
-        let err = allocate(
-            &locked,
-            &sets,
-            &Owner::new("c9", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap_err();
+        let err = alloc(&locked, &sets, "c9", &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "failed to allocate for range 0: no IP addresses available in range set: 10.0.0.1-10.0.0.6"
@@ -1238,14 +1232,7 @@ mod tests {
             vec!["10.0.0.3".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(locked.last_reserved(0).unwrap().to_string(), "10.0.0.6");
-        let a = allocate(
-            &locked,
-            &sets,
-            &Owner::new("c7", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap();
+        let a = alloc(&locked, &sets, "c7", &[]).unwrap();
         assert_eq!(a[0].address.ip().to_string(), "10.0.0.3");
         // Releasing what does not exist is fine.
         assert!(
@@ -1258,8 +1245,8 @@ mod tests {
 
     #[test]
     fn freed_ip_is_not_reused_until_the_cursor_wraps() {
-        let tmp = TempDir::new("wrap");
-        let store = Store::new(tmp.0.join("n"), Durability::PageCache);
+        let tmp = temp_dir("wrap");
+        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.244.1.0/24")];
         let locked = store.lock().unwrap();
         for i in 0..3 {
@@ -1267,49 +1254,21 @@ mod tests {
             allocate(&locked, &sets, &o, &[], History::MayExist).unwrap();
             locked.release_owner(&o).unwrap();
         }
-        let a = allocate(
-            &locked,
-            &sets,
-            &Owner::new("x", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap();
+        let a = alloc(&locked, &sets, "x", &[]).unwrap();
         assert_eq!(a[0].address.ip().to_string(), "10.244.1.5");
     }
 
     #[test]
     fn dual_stack_rollback_releases_only_new_reservations() {
-        let tmp = TempDir::new("dual");
-        let store = Store::new(tmp.0.join("n"), Durability::PageCache);
+        let tmp = temp_dir("dual");
+        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/24"), set("fd00::/126")]; // v6: ::2, ::3 usable
         let locked = store.lock().unwrap();
-        let a = allocate(
-            &locked,
-            &sets,
-            &Owner::new("a", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap();
+        let a = alloc(&locked, &sets, "a", &[]).unwrap();
         assert_eq!(a[1].address.to_string(), "fd00::2/126");
         assert_eq!(a[1].gateway.to_string(), "fd00::1");
-        allocate(
-            &locked,
-            &sets,
-            &Owner::new("b", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap();
-        let err = allocate(
-            &locked,
-            &sets,
-            &Owner::new("c", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap_err();
+        alloc(&locked, &sets, "b", &[]).unwrap();
+        let err = alloc(&locked, &sets, "c", &[]).unwrap_err();
         assert!(
             matches!(err, IpamError::Exhausted { index: 1, .. }),
             "{err}"
@@ -1322,51 +1281,22 @@ mod tests {
             "the v4 IP of the failed ADD was released"
         );
         assert_eq!(locked.reservations().unwrap().len(), 4);
-        assert!(tmp.0.join("n/last_reserved_ip.1").exists());
+        assert!(tmp.path().join("n/last_reserved_ip.1").exists());
     }
 
     #[test]
     fn requested_ips() {
-        let tmp = TempDir::new("req");
-        let store = Store::new(tmp.0.join("n"), Durability::PageCache);
+        let tmp = temp_dir("req");
+        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/24")];
         let locked = store.lock().unwrap();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let a = allocate(
-            &locked,
-            &sets,
-            &Owner::new("a", "eth0"),
-            &[ip("10.0.0.50")],
-            History::MayExist,
-        )
-        .unwrap();
+        let a = alloc(&locked, &sets, "a", &["10.0.0.50"]).unwrap();
         assert_eq!(a[0].address.to_string(), "10.0.0.50/24");
-        let err = allocate(
-            &locked,
-            &sets,
-            &Owner::new("b", "eth0"),
-            &[ip("10.0.0.50")],
-            History::MayExist,
-        )
-        .unwrap_err();
+        let err = alloc(&locked, &sets, "b", &["10.0.0.50"]).unwrap_err();
         assert!(matches!(err, IpamError::RequestedTaken { .. }), "{err}");
-        let err = allocate(
-            &locked,
-            &sets,
-            &Owner::new("b", "eth0"),
-            &[ip("10.0.0.1")],
-            History::MayExist,
-        )
-        .unwrap_err();
+        let err = alloc(&locked, &sets, "b", &["10.0.0.1"]).unwrap_err();
         assert!(matches!(err, IpamError::RequestedGateway { .. }), "{err}");
-        let err = allocate(
-            &locked,
-            &sets,
-            &Owner::new("b", "eth0"),
-            &[ip("192.168.0.1")],
-            History::MayExist,
-        )
-        .unwrap_err();
+        let err = alloc(&locked, &sets, "b", &["192.168.0.1"]).unwrap_err();
         assert!(matches!(err, IpamError::RequestedUnmatched(_)), "{err}");
         assert!(
             locked
@@ -1375,34 +1305,20 @@ mod tests {
                 .is_empty()
         );
         // Same request again by the holder is idempotent.
-        let again = allocate(
-            &locked,
-            &sets,
-            &Owner::new("a", "eth0"),
-            &[ip("10.0.0.50")],
-            History::MayExist,
-        )
-        .unwrap();
+        let again = alloc(&locked, &sets, "a", &["10.0.0.50"]).unwrap();
         assert!(!again[0].newly_reserved);
     }
 
     #[test]
     fn legacy_records_and_other_ifnames() {
-        let tmp = TempDir::new("legacy");
-        let dir = tmp.0.join("n");
+        let tmp = temp_dir("legacy");
+        let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("10.0.0.9"), "oldcontainer\n").unwrap();
         let store = Store::new(&dir, Durability::PageCache);
         let locked = store.lock().unwrap();
         let sets = [set("10.0.0.0/24")];
-        allocate(
-            &locked,
-            &sets,
-            &Owner::new("c", "eth0"),
-            &[],
-            History::MayExist,
-        )
-        .unwrap();
+        alloc(&locked, &sets, "c", &[]).unwrap();
         allocate(
             &locked,
             &sets,
@@ -1440,8 +1356,8 @@ mod tests {
 
     #[test]
     fn fsync_durability_writes_the_same_files() {
-        let tmp = TempDir::new("fsync");
-        let store = Store::new(tmp.0.join("n"), Durability::Fsync);
+        let tmp = temp_dir("fsync");
+        let store = Store::new(tmp.path().join("n"), Durability::Fsync);
         let locked = store.lock().unwrap();
         allocate(
             &locked,
@@ -1452,25 +1368,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            std::fs::read(tmp.0.join("n/10.0.0.2")).unwrap(),
+            std::fs::read(tmp.path().join("n/10.0.0.2")).unwrap(),
             b"c\r\neth0"
         );
     }
 
     #[test]
     fn lock_if_exists_creates_nothing() {
-        let tmp = TempDir::new("noc");
-        let store = Store::new(tmp.0.join("missing"), Durability::PageCache);
+        let tmp = temp_dir("noc");
+        let store = Store::new(tmp.path().join("missing"), Durability::PageCache);
         assert!(store.lock_if_exists().unwrap().is_none());
-        assert!(!tmp.0.join("missing").exists());
+        assert!(!tmp.path().join("missing").exists());
     }
 
     /// Many threads, each with its own open of `lock` (flock is per open file description, so
     /// threads contend exactly like processes): every IP is handed out once.
     #[test]
     fn concurrent_allocations_never_duplicate() {
-        let tmp = TempDir::new("conc");
-        let dir = tmp.0.join("n");
+        let tmp = temp_dir("conc");
+        let dir = tmp.path().join("n");
         let sets = vec![set("10.9.0.0/24")];
         let threads: Vec<_> = (0..16)
             .map(|t| {
@@ -1502,8 +1418,8 @@ mod tests {
 
     #[test]
     fn a_new_attachment_skips_the_walk_and_a_known_one_does_not() {
-        let tmp = TempDir::new("hist");
-        let store = Store::new(tmp.0.join("n"), Durability::PageCache);
+        let tmp = temp_dir("hist");
+        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/24")];
         let locked = store.lock().unwrap();
         let o = Owner::new("c", "eth0");
@@ -1521,8 +1437,8 @@ mod tests {
 
     #[test]
     fn reads_long_and_empty_records() {
-        let tmp = TempDir::new("long");
-        let dir = tmp.0.join("n");
+        let tmp = temp_dir("long");
+        let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
         let long = format!("{}\r\neth0", "x".repeat(700));
         std::fs::write(dir.join("10.0.0.7"), &long).unwrap();
@@ -1544,8 +1460,8 @@ mod tests {
     /// taken over once the range has no other IP, in candidate order; never before.
     #[test]
     fn an_empty_reservation_is_reclaimed_when_the_range_is_full() {
-        let tmp = TempDir::new("reclaim");
-        let dir = tmp.0.join("n");
+        let tmp = temp_dir("reclaim");
+        let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("10.0.0.4"), "").unwrap();
         let store = Store::new(&dir, Durability::PageCache);
@@ -1593,10 +1509,10 @@ mod tests {
 
     #[test]
     fn symlinks_in_the_store_are_not_followed() {
-        let tmp = TempDir::new("links");
-        let dir = tmp.0.join("n");
+        let tmp = temp_dir("links");
+        let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
-        let victim = tmp.0.join("victim");
+        let victim = tmp.path().join("victim");
         std::fs::write(&victim, "c\r\neth0").unwrap();
         let link = |name: &str| std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
         let store = Store::new(&dir, Durability::PageCache);
@@ -1637,8 +1553,8 @@ mod tests {
 
     #[test]
     fn cursor_shrinks_and_grows_exactly() {
-        let tmp = TempDir::new("cur");
-        let p = tmp.0.join("last_reserved_ip.0");
+        let tmp = temp_dir("cur");
+        let p = tmp.path().join("last_reserved_ip.0");
         for text in ["10.244.1.100", "10.244.1.9", "fd00::1234", "10.0.0.2"] {
             write_cursor(&p, text).unwrap();
             assert_eq!(std::fs::read_to_string(&p).unwrap(), text);

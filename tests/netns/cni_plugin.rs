@@ -466,7 +466,7 @@ fn bad_input_leaves_nothing_behind() {
     let node = Node::new("bi");
     let p = pod("bp");
     let good = node.conf("0.3.1");
-    let regular_file = node.dir.0.join("not-a-netns");
+    let regular_file = node.dir.path().join("not-a-netns");
     std::fs::write(&regular_file, "x").unwrap();
     let base = Call::new("ADD", "ok-id", &path_of(&p));
 
@@ -550,14 +550,17 @@ fn bad_input_leaves_nothing_behind() {
         assert!(!file_exists(&node.ipam_dir()), "{what}: IPAM dir created");
         assert!(!file_exists(&node.data_dir()), "{what}: data dir created");
         // Nothing escaped the temp dir's known layout (e.g. "../escape" next to the data dir).
-        let mut top: Vec<String> = std::fs::read_dir(&node.dir.0)
+        let mut top: Vec<String> = std::fs::read_dir(node.dir.path())
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         top.sort();
         assert_eq!(top, ["not-a-netns", "run"], "{what}");
-        assert!(!file_exists(&node.dir.0.join("lib/cni/escape")), "{what}");
+        assert!(
+            !file_exists(&node.dir.path().join("lib/cni/escape")),
+            "{what}"
+        );
     }
 }
 
@@ -947,9 +950,9 @@ fn a_failed_del_keeps_the_record_and_a_retry_finishes() {
     let node = Node::new("fd");
     let p = pod("fdp");
     // A delegate that is the reference ptp plugin, except that DEL fails while `broken` exists.
-    let bin = node.dir.0.join("bin");
+    let bin = node.dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let marker = node.dir.0.join("broken");
+    let marker = node.dir.path().join("broken");
     let script = bin.join("flakyptp");
     std::fs::write(
         &script,

@@ -180,7 +180,7 @@ fn symlinks_planted_in_the_data_dirs_are_not_followed() {
     let node = Node::new("sl");
     let conf = node.conf("0.3.1");
     let p = pod("slp");
-    let victim = node.dir.0.join("victim");
+    let victim = node.dir.path().join("victim");
     std::fs::write(&victim, "precious").unwrap();
     std::fs::create_dir_all(node.data_dir()).unwrap();
     std::fs::create_dir_all(node.ipam_dir()).unwrap();
@@ -262,7 +262,7 @@ fn fake_iptables(node: &Node, script: &str) -> String {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("iptables is installed");
-    let bin = node.dir.0.join("fakebin");
+    let bin = node.dir.path().join("fakebin");
     std::fs::create_dir_all(&bin).unwrap();
     let path = bin.join("iptables");
     std::fs::write(&path, format!("#!/bin/sh\nREAL={real}\n{script}\n")).unwrap();

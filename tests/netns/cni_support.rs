@@ -19,25 +19,12 @@ pub const NET_NAME: &str = "cbr0";
 
 pub const SUBNET_ENV_V4: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
 
-/// A temp dir removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "frs-cni-{}-{tag}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A per-test directory under the temp dir, removed on drop.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("frs-cni-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// What a plugin invocation returned.
@@ -112,7 +99,7 @@ impl Call {
 /// A node: its namespace and a temp dir with subnet.env, flannel's dataDir and the IPAM dir.
 pub struct Node {
     pub ns: NetnsGuard,
-    pub dir: TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -123,14 +110,14 @@ impl Node {
     pub fn with_subnet_env(tag: &str, subnet_env: &str) -> Self {
         let node = Node {
             ns: netns(tag),
-            dir: TempDir::new(tag),
+            dir: temp_dir(tag),
         };
         node.write_subnet_env(subnet_env);
         node
     }
 
     pub fn subnet_file(&self) -> PathBuf {
-        self.dir.0.join("run/flannel/subnet.env")
+        self.dir.path().join("run/flannel/subnet.env")
     }
 
     pub fn write_subnet_env(&self, text: &str) {
@@ -145,12 +132,12 @@ impl Node {
 
     /// flannel's `dataDir` (DEL records).
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.0.join("lib/cni/flannel")
+        self.dir.path().join("lib/cni/flannel")
     }
 
     /// host-local's `dataDir`; reservations live in `<it>/cbr0`.
     pub fn ipam_data_dir(&self) -> PathBuf {
-        self.dir.0.join("lib/cni/networks")
+        self.dir.path().join("lib/cni/networks")
     }
 
     pub fn ipam_dir(&self) -> PathBuf {

@@ -78,14 +78,7 @@ fn annotation_patches(entries: &[LogEntry]) -> Vec<&LogEntry> {
 }
 
 fn ours(lab: &Lab, node: &str) -> BTreeMap<String, String> {
-    lab.get_node(node)
-        .unwrap()
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(P))
-        .collect()
+    lab.node_annotations(node, P).unwrap()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {

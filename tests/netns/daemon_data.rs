@@ -227,6 +227,17 @@ fn synthetic_peer(lab: &Lab, name: &str, cidr: &str, mac: &str, ip: &str) -> Ent
     Entries::peer(cidr, mac, ip)
 }
 
+/// Peer `n<i>`: podCIDR 10.244.<i>.0/24, VTEP MAC 0e:00:00:00:00:<i>, public IP 172.20.0.<i>.
+fn numbered_peer(lab: &Lab, i: u8) -> Entries {
+    synthetic_peer(
+        lab,
+        &format!("n{i}"),
+        &format!("10.244.{i}.0/24"),
+        &format!("0e:00:00:00:00:{i:02x}"),
+        &format!("172.20.0.{i}"),
+    )
+}
+
 /// `count` (≤ 128) generated peers `peer-00000…` with /24 podCIDRs from 10.244.128.0/17 and
 /// public IPs from 172.20.0.0/16.
 fn generate_peers(lab: &Lab, count: u32) {
@@ -448,20 +459,8 @@ fn fifty_peers_get_exactly_their_entries_and_nothing_else() {
 #[test]
 fn a_peer_changing_mac_or_public_ip_is_updated_in_place() {
     let (lab, host) = lab_with_n1("dd2");
-    let mut want = synthetic_peer(
-        &lab,
-        "n2",
-        "10.244.2.0/24",
-        "0e:00:00:00:00:02",
-        "172.20.0.2",
-    );
-    let n3 = synthetic_peer(
-        &lab,
-        "n3",
-        "10.244.3.0/24",
-        "0e:00:00:00:00:03",
-        "172.20.0.3",
-    );
+    let mut want = numbered_peer(&lab, 2);
+    let n3 = numbered_peer(&lab, 3);
     want.neigh.extend(n3.neigh.clone());
     want.fdb.extend(n3.fdb.clone());
     want.routes.extend(n3.routes.clone());
@@ -532,20 +531,8 @@ fn a_peer_changing_mac_or_public_ip_is_updated_in_place() {
 #[test]
 fn a_deleted_nodes_entries_go() {
     let (lab, host) = lab_with_n1("dd3");
-    let n2 = synthetic_peer(
-        &lab,
-        "n2",
-        "10.244.2.0/24",
-        "0e:00:00:00:00:02",
-        "172.20.0.2",
-    );
-    let n3 = synthetic_peer(
-        &lab,
-        "n3",
-        "10.244.3.0/24",
-        "0e:00:00:00:00:03",
-        "172.20.0.3",
-    );
+    let n2 = numbered_peer(&lab, 2);
+    let n3 = numbered_peer(&lab, 3);
     let mut both = n2.clone();
     both.neigh.extend(n3.neigh);
     both.fdb.extend(n3.fdb);
@@ -675,13 +662,7 @@ fn entries_deleted_or_changed_by_hand_are_restored_within_a_second() {
 #[test]
 fn stale_entries_present_at_start_up_are_removed() {
     let (lab, host) = lab_with_n1("dd5");
-    let n2 = synthetic_peer(
-        &lab,
-        "n2",
-        "10.244.2.0/24",
-        "0e:00:00:00:00:02",
-        "172.20.0.2",
-    );
+    let n2 = numbered_peer(&lab, 2);
     // What a daemon that was down while n9 was deleted and n2 recreated its device leaves: a
     // flannel.1 of ours with n9's entries and n2's outdated MAC.
     let ns = &host.ns;
@@ -1681,13 +1662,7 @@ fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() 
     lab.create_node("n2", "10.244.2.0/24", h2.address, BTreeMap::new())
         .unwrap();
     // A peer behind a router (not on the underlay /24): still tunnelled.
-    let far = synthetic_peer(
-        &lab,
-        "n3",
-        "10.244.3.0/24",
-        "0e:00:00:00:00:03",
-        "172.20.0.3",
-    );
+    let far = numbered_peer(&lab, 3);
     let (ip1, ip2) = (h1.address.to_string(), h2.address.to_string());
     let mut d1 = start(&lab, &h1, "n1", &[]);
     let mut d2 = start(&lab, &h2, "n2", &[]);

@@ -86,15 +86,7 @@ fn full_mesh_pod_ping_across_three_nodes() {
 const P: &str = "flannel.alpha.coreos.com/";
 
 fn flannel_annotations(c: &Cluster, node: &str) -> std::collections::BTreeMap<String, String> {
-    c.lab
-        .get_node(node)
-        .unwrap()
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(P))
-        .collect()
+    c.lab.node_annotations(node, P).unwrap()
 }
 
 fn pod_ip(c: &Cluster, node: &str, i: usize) -> std::net::Ipv4Addr {

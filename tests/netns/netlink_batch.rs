@@ -1,7 +1,7 @@
 //! Pipelined batches: 1000 flannel peers (neighbour, FDB entry, onlink route each) in one
 //! `apply`, idempotent re-apply, per-op results in order, removal — counted with `ip`/`bridge`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use flannel_rs::netlink::{Fdb, Neighbour, NetlinkError, Op, Route, RouteFilter};
 
@@ -11,23 +11,10 @@ use ipnetwork::IpNetwork;
 use crate::harness::{NetnsGuard, bridge_json, ip_json, netns};
 use crate::netlink_util::*;
 
-/// Peer `i` in netlink-limit.sh's scheme: podCIDR 10.(128+i/256).(i%256).0/24 (10.244/16
-/// skipped), VTEP MAC 02:4e:00:00:HH:LL, public IP 10.99.((i+1)/256).((i+1)%256).
+/// Peer `i` of the benchmarks' numbering, with the addresses as the netlink types take them.
 fn peer(i: u32) -> (IpNetwork, IpAddr, MacAddr, IpAddr) {
-    let mut x = 128 + i / 256;
-    if x >= 244 {
-        x += 1;
-    }
-    let gw = Ipv4Addr::new(10, x as u8, (i % 256) as u8, 0);
-    let mac = MacAddr([0x02, 0x4e, 0, 0, (i / 256) as u8, (i % 256) as u8]);
-    let p = i + 1;
-    let public = Ipv4Addr::new(10, 99, (p / 256) as u8, (p % 256) as u8);
-    (
-        IpNetwork::new(IpAddr::V4(gw), 24).unwrap(),
-        IpAddr::V4(gw),
-        mac,
-        IpAddr::V4(public),
-    )
+    let (net, gw, mac, public) = frs_testsupport::topology::numbered_vxlan_peer(i);
+    (net, gw.into(), mac, public.into())
 }
 
 /// Neighbours, then FDB entries, then routes (the daemon's order).

@@ -14,8 +14,6 @@
 //! from the plugin path, so a node can have its pods wired by upstream's plugin chain.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -410,18 +408,7 @@ impl CniRuntime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let fd = ns.file().as_raw_fd();
-        // SAFETY: only the setns syscall runs between fork and exec; `ns` (and so the fd)
-        // stays open in the parent for the whole spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(
-                    BorrowedFd::borrow_raw(fd),
-                    nix::sched::CloneFlags::CLONE_NEWNET,
-                )
-                .map_err(std::io::Error::from)
-            });
-        }
+        crate::spawn::enter_netns_on_exec(&mut cmd, &ns);
         let mut child = cmd
             .spawn()
             .map_err(io(format!("start {}", bin.display())))?;

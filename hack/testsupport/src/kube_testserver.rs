@@ -241,20 +241,7 @@ impl KubeTestServer {
             None => None,
         };
         if let Some(ns) = &netns {
-            use std::os::fd::{AsRawFd, BorrowedFd};
-            use std::os::unix::process::CommandExt;
-            let fd = ns.file().as_raw_fd();
-            // SAFETY: only the setns syscall runs between fork and exec; the fd stays open in
-            // the parent (owned by `netns`) for the whole spawn.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(
-                        BorrowedFd::borrow_raw(fd),
-                        nix::sched::CloneFlags::CLONE_NEWNET,
-                    )
-                    .map_err(std::io::Error::from)
-                });
-            }
+            crate::spawn::enter_netns_on_exec(&mut cmd, ns);
         }
         let child = cmd
             .spawn()

@@ -249,6 +249,23 @@ impl Lab {
         self.kube(move |c| async move { Api::<Node>::all(c).get(&name).await })
     }
 
+    /// The node's annotations whose keys start with `prefix` (e.g. flannel's
+    /// `flannel.alpha.coreos.com/`).
+    pub fn node_annotations(
+        &self,
+        name: &str,
+        prefix: &str,
+    ) -> Result<BTreeMap<String, String>, LabError> {
+        Ok(self
+            .get_node(name)?
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect())
+    }
+
     pub fn delete_node(&self, name: &str) -> Result<(), LabError> {
         let name = name.to_string();
         self.kube(move |c| async move {

@@ -7,4 +7,5 @@ pub mod iproute;
 pub mod kube_testserver;
 pub mod lab;
 pub mod procfs;
+pub mod spawn;
 pub mod topology;

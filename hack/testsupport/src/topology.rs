@@ -2,10 +2,12 @@
 //! "switch" (a bridge in its own namespace) and hosts (namespaces with an `eth0` on the
 //! switch). Everything is created in namespaces this process owns and removed on drop.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use flannel_rs::net::MacAddr;
 use flannel_rs::netns::{NetnsError, NetnsGuard};
+use ipnetwork::IpNetwork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -208,6 +210,22 @@ pub fn next_underlay() -> [u8; 3] {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     assert!(n < 250, "more than 150 underlays in one test process");
     [192, 168, n]
+}
+
+/// Peer `i` of the scheme the netlink benchmarks use (the shared netlink-limit script's): podCIDR
+/// 10.(128+i/256).(i%256).0/24 with 10.244/16 skipped, gateway = its .0 address, VTEP MAC
+/// 02:4e:00:00:HH:LL, public IP 10.99.((i+1)/256).((i+1)%256) (never 10.99.0.1, the local VTEP).
+pub fn numbered_vxlan_peer(i: u32) -> (IpNetwork, Ipv4Addr, MacAddr, Ipv4Addr) {
+    let mut x = 128 + i / 256;
+    if x >= 244 {
+        x += 1;
+    }
+    let gw = Ipv4Addr::new(10, x as u8, (i % 256) as u8, 0);
+    let mac = MacAddr([0x02, 0x4e, 0, 0, (i / 256) as u8, (i % 256) as u8]);
+    let p = i + 1;
+    let public = Ipv4Addr::new(10, 99, (p / 256) as u8, (p % 256) as u8);
+    let net = IpNetwork::new(IpAddr::V4(gw), 24).expect("/24 is a valid prefix");
+    (net, gw, mac, public)
 }
 
 #[cfg(test)]

@@ -186,13 +186,8 @@ mod pipeline_tests {
         assert_eq!(cache[1].annotations.len(), 4, "foreign annotation dropped");
         let ctx = ValidationContext::new(&netconf, "me", lease, ext.own_ips(), vec![mac]);
         let sel = peers::select_peers(&cache, &keys, &ctx);
-        let names: Vec<_> = sel.peers.iter().map(|p| p.name.as_str()).collect();
+        let (names, rejected) = sel.verdicts();
         assert_eq!(names, ["a", "b"]);
-        let rejected: Vec<_> = sel
-            .rejected
-            .iter()
-            .map(|r| (r.name.as_str(), r.reason.kind()))
-            .collect();
         assert_eq!(
             rejected,
             [

@@ -487,6 +487,20 @@ pub struct PeerSelection {
     pub rejected: Vec<RejectedNode>,
 }
 
+#[cfg(test)]
+impl PeerSelection {
+    /// The accepted names and each rejected node's name and kind, for assertions.
+    pub(crate) fn verdicts(&self) -> (Vec<&str>, Vec<(&str, RejectKind)>) {
+        let names = self.peers.iter().map(|p| p.name.as_str()).collect();
+        let rejected = self
+            .rejected
+            .iter()
+            .map(|r| (r.name.as_str(), r.reason.kind()))
+            .collect();
+        (names, rejected)
+    }
+}
+
 /// Judges every node (our own node, by name, is skipped): per-node validation, then conflicts
 /// resolved in age order — the oldest node (then smallest name) keeps a contested subnet or
 /// MAC; later claimants are rejected.
@@ -1185,13 +1199,8 @@ mod tests {
             vec![&fine, &around, &nested, &newer, &old],
         ] {
             let sel = select_peers(order, &keys(), &ctx(false));
-            let names: Vec<_> = sel.peers.iter().map(|p| p.name.as_str()).collect();
+            let (names, rejected) = sel.verdicts();
             assert_eq!(names, vec!["delta", "zeta"]);
-            let rejected: Vec<_> = sel
-                .rejected
-                .iter()
-                .map(|r| (r.name.as_str(), r.reason.kind()))
-                .collect();
             assert_eq!(
                 rejected,
                 vec![
