@@ -306,6 +306,7 @@ impl Drop for TempGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::temp_dir;
 
     fn net<T: std::str::FromStr>(s: &str) -> T
     where
@@ -513,22 +514,13 @@ mod tests {
         );
     }
 
-    /// A per-test temp directory, removed on drop.
-    /// A per-test directory under the temp dir, removed on drop.
-    fn temp_dir(tag: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("frs-subnet-env-{tag}-"))
-            .tempdir()
-            .unwrap()
-    }
-
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
     }
 
     #[test]
     fn written_file_parses_back_to_the_same_value() {
-        let t = temp_dir("rt");
+        let t = temp_dir("subnet-env-rt");
         let path = t.path().join("subnet.env");
         let env = SubnetEnv::parse(DUAL).unwrap();
         write_if_changed(&path, env.render().as_bytes()).unwrap();
@@ -539,7 +531,7 @@ mod tests {
 
     #[test]
     fn atomic_write_creates_dirs_and_skips_unchanged() {
-        let t = temp_dir("w");
+        let t = temp_dir("subnet-env-w");
         let path = t.path().join("run/flannel/subnet.env");
         assert_eq!(
             write_if_changed(&path, b"A=1\n").unwrap(),
@@ -571,7 +563,7 @@ mod tests {
 
     #[test]
     fn wrong_mode_is_repaired() {
-        let t = temp_dir("m");
+        let t = temp_dir("subnet-env-m");
         let path = t.path().join("subnet.env");
         write_if_changed(&path, b"A=1\n").unwrap();
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
@@ -584,7 +576,7 @@ mod tests {
 
     #[test]
     fn failure_leaves_nothing_behind() {
-        let t = temp_dir("f");
+        let t = temp_dir("subnet-env-f");
         fs::create_dir_all(t.path()).unwrap();
         // the target is a non-empty directory: rename must fail
         let path = t.path().join("subnet.env");

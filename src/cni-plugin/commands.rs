@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::bridge::{self, Attach};
+use super::bridge;
 use super::config::{BridgeConf, CniArgs, NetConf, Plan, delegate_bytes};
 use super::delegate;
 use super::env::{self, RuntimeEnv};
@@ -195,13 +195,7 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
             mac,
             requested,
         } => {
-            let attach = Attach {
-                network: &conf.name,
-                container_id: &at.container_id,
-                ifname: &at.ifname,
-                netns: &netns,
-                netns_path: &netns_path,
-            };
+            let attach = at.in_netns(&conf.name, &netns, &netns_path);
             match native.take() {
                 None => Err((CniError::internal("native path not prepared"), true)),
                 Some(rt) => bridge::add(&rt, bridge, ipam, &attach, *mac, requested, history)
@@ -384,13 +378,7 @@ fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
     match bridge.plan() {
         Plan::Native => {
             let ipam = IpamConf::from_ipam(&conf.name, &bridge.ipam).map_err(ipam_config_error)?;
-            let attach = Attach {
-                network: &conf.name,
-                container_id: &at.container_id,
-                ifname: &at.ifname,
-                netns: &netns,
-                netns_path: &netns_path,
-            };
+            let attach = at.in_netns(&conf.name, &netns, &netns_path);
             runtime()?
                 .block_on(bridge::check(&bridge, &ipam, &attach, &prev))
                 .map_err(CniError::from)

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::bridge::Attach;
 use super::types::{CniError, CniVersion, Dns, ErrorCode, Route};
 use crate::net::parse_cidr_addr;
+use crate::netns::NetnsFile;
 use crate::subnet_env::SubnetEnv;
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
@@ -17,12 +19,32 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
 pub const DEFAULT_BRIDGE: &str = "cni0";
 pub const DEFAULT_IPAM_DATA_DIR: &str = "/var/lib/cni/networks";
 
-/// One still-valid attachment named by a GC request.
+/// A container's attachment to the network: the runtime's own (`CNI_CONTAINERID`,
+/// `CNI_IFNAME`), or one still-valid attachment named by a GC request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Attachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
+}
+
+impl Attachment {
+    /// What the bridge step needs to wire this attachment in `netns` (opened from
+    /// `netns_path`, `CNI_NETNS` as given) on `network`.
+    pub fn in_netns<'a>(
+        &'a self,
+        network: &'a str,
+        netns: &'a NetnsFile,
+        netns_path: &'a str,
+    ) -> Attach<'a> {
+        Attach {
+            network,
+            container_id: &self.container_id,
+            ifname: &self.ifname,
+            netns,
+            netns_path,
+        }
+    }
 }
 
 /// The flannel plugin's own configuration (one conflist entry or a standalone .conf).

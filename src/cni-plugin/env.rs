@@ -86,13 +86,9 @@ fn missing(var: &str) -> CniError {
     )
 }
 
-/// Validated attachment identity: safe to use in file names and as an interface name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    pub container_id: String,
-    pub ifname: String,
-}
+pub use super::config::Attachment;
 
+/// The runtime's attachment, validated: safe to use in file names and as an interface name.
 pub fn require_attachment(env: &RuntimeEnv) -> Result<Attachment, CniError> {
     let container_id = env
         .container_id

@@ -1047,15 +1047,8 @@ fn allocate_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::temp_dir;
     use std::collections::HashSet;
-
-    /// A per-test directory under the temp dir, removed on drop.
-    fn temp_dir(tag: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("frs-ipam-{tag}-"))
-            .tempdir()
-            .unwrap()
-    }
 
     fn set(subnet: &str) -> RangeSet {
         RangeSet(vec![
@@ -1079,6 +1072,13 @@ mod tests {
             &requested,
             History::MayExist,
         )
+    }
+
+    /// The addresses [`Candidates`] offers, in order, after `last` (the last reserved).
+    fn candidate_order(set: &RangeSet, last: Option<&str>) -> Vec<String> {
+        Candidates::new(set, last.map(|a| a.parse().unwrap()))
+            .map(|(ip, _)| ip.to_string())
+            .collect()
     }
 
     fn ipam(json: &str) -> Result<IpamConf, IpamError> {
@@ -1110,23 +1110,17 @@ mod tests {
     #[test]
     fn candidate_order_skips_gateway_network_and_broadcast_and_wraps() {
         let s = set("10.0.0.0/29"); // .1 gateway, .2-.6 usable, .7 broadcast
-        let all: Vec<String> = Candidates::new(&s, None)
-            .map(|(ip, _)| ip.to_string())
-            .collect();
+        let all = candidate_order(&s, None);
         assert_eq!(
             all,
             ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
         );
-        let from4: Vec<String> = Candidates::new(&s, Some("10.0.0.4".parse().unwrap()))
-            .map(|(ip, _)| ip.to_string())
-            .collect();
+        let from4 = candidate_order(&s, Some("10.0.0.4"));
         assert_eq!(
             from4,
             ["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
         );
-        let from_outside: Vec<String> = Candidates::new(&s, Some("192.168.0.1".parse().unwrap()))
-            .map(|(ip, _)| ip.to_string())
-            .collect();
+        let from_outside = candidate_order(&s, Some("192.168.0.1"));
         assert_eq!(from_outside[0], "10.0.0.2");
     }
 
@@ -1136,9 +1130,7 @@ mod tests {
             Range::new("10.0.0.0/30".parse().unwrap(), None, None, None).unwrap(),
             Range::new("10.0.1.0/30".parse().unwrap(), None, None, None).unwrap(),
         ]);
-        let all: Vec<String> = Candidates::new(&s, Some("10.0.0.2".parse().unwrap()))
-            .map(|(ip, _)| ip.to_string())
-            .collect();
+        let all = candidate_order(&s, Some("10.0.0.2"));
         assert_eq!(all, ["10.0.1.2", "10.0.0.2"]);
     }
 
@@ -1168,7 +1160,7 @@ mod tests {
 
     #[test]
     fn on_disk_format_matches_host_local() {
-        let tmp = temp_dir("fmt");
+        let tmp = temp_dir("ipam-fmt");
         let store = Store::new(tmp.path().join("cbr0"), Durability::PageCache);
         let locked = store.lock().unwrap();
         let owner = Owner::new("cnib-seq-1", "eth0");
@@ -1193,7 +1185,7 @@ mod tests {
 
     #[test]
     fn round_robin_repeat_add_release_and_exhaustion() {
-        let tmp = temp_dir("rr");
+        let tmp = temp_dir("ipam-rr");
         let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/29")];
         let locked = store.lock().unwrap();
@@ -1245,7 +1237,7 @@ mod tests {
 
     #[test]
     fn freed_ip_is_not_reused_until_the_cursor_wraps() {
-        let tmp = temp_dir("wrap");
+        let tmp = temp_dir("ipam-wrap");
         let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.244.1.0/24")];
         let locked = store.lock().unwrap();
@@ -1260,7 +1252,7 @@ mod tests {
 
     #[test]
     fn dual_stack_rollback_releases_only_new_reservations() {
-        let tmp = temp_dir("dual");
+        let tmp = temp_dir("ipam-dual");
         let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/24"), set("fd00::/126")]; // v6: ::2, ::3 usable
         let locked = store.lock().unwrap();
@@ -1286,7 +1278,7 @@ mod tests {
 
     #[test]
     fn requested_ips() {
-        let tmp = temp_dir("req");
+        let tmp = temp_dir("ipam-req");
         let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/24")];
         let locked = store.lock().unwrap();
@@ -1311,7 +1303,7 @@ mod tests {
 
     #[test]
     fn legacy_records_and_other_ifnames() {
-        let tmp = temp_dir("legacy");
+        let tmp = temp_dir("ipam-legacy");
         let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("10.0.0.9"), "oldcontainer\n").unwrap();
@@ -1356,7 +1348,7 @@ mod tests {
 
     #[test]
     fn fsync_durability_writes_the_same_files() {
-        let tmp = temp_dir("fsync");
+        let tmp = temp_dir("ipam-fsync");
         let store = Store::new(tmp.path().join("n"), Durability::Fsync);
         let locked = store.lock().unwrap();
         allocate(
@@ -1375,7 +1367,7 @@ mod tests {
 
     #[test]
     fn lock_if_exists_creates_nothing() {
-        let tmp = temp_dir("noc");
+        let tmp = temp_dir("ipam-noc");
         let store = Store::new(tmp.path().join("missing"), Durability::PageCache);
         assert!(store.lock_if_exists().unwrap().is_none());
         assert!(!tmp.path().join("missing").exists());
@@ -1385,7 +1377,7 @@ mod tests {
     /// threads contend exactly like processes): every IP is handed out once.
     #[test]
     fn concurrent_allocations_never_duplicate() {
-        let tmp = temp_dir("conc");
+        let tmp = temp_dir("ipam-conc");
         let dir = tmp.path().join("n");
         let sets = vec![set("10.9.0.0/24")];
         let threads: Vec<_> = (0..16)
@@ -1418,7 +1410,7 @@ mod tests {
 
     #[test]
     fn a_new_attachment_skips_the_walk_and_a_known_one_does_not() {
-        let tmp = temp_dir("hist");
+        let tmp = temp_dir("ipam-hist");
         let store = Store::new(tmp.path().join("n"), Durability::PageCache);
         let sets = [set("10.0.0.0/24")];
         let locked = store.lock().unwrap();
@@ -1437,7 +1429,7 @@ mod tests {
 
     #[test]
     fn reads_long_and_empty_records() {
-        let tmp = temp_dir("long");
+        let tmp = temp_dir("ipam-long");
         let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
         let long = format!("{}\r\neth0", "x".repeat(700));
@@ -1460,7 +1452,7 @@ mod tests {
     /// taken over once the range has no other IP, in candidate order; never before.
     #[test]
     fn an_empty_reservation_is_reclaimed_when_the_range_is_full() {
-        let tmp = temp_dir("reclaim");
+        let tmp = temp_dir("ipam-reclaim");
         let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("10.0.0.4"), "").unwrap();
@@ -1509,7 +1501,7 @@ mod tests {
 
     #[test]
     fn symlinks_in_the_store_are_not_followed() {
-        let tmp = temp_dir("links");
+        let tmp = temp_dir("ipam-links");
         let dir = tmp.path().join("n");
         std::fs::create_dir_all(&dir).unwrap();
         let victim = tmp.path().join("victim");
@@ -1553,7 +1545,7 @@ mod tests {
 
     #[test]
     fn cursor_shrinks_and_grows_exactly() {
-        let tmp = temp_dir("cur");
+        let tmp = temp_dir("ipam-cur");
         let p = tmp.path().join("last_reserved_ip.0");
         for text in ["10.244.1.100", "10.244.1.9", "fd00::1234", "10.0.0.2"] {
             write_cursor(&p, text).unwrap();

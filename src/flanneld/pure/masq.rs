@@ -551,15 +551,20 @@ mod tests {
         assert!(!rule_present(hook, &forward_jump_rule()));
     }
 
-    #[test]
-    fn golden_nftables_v4() {
-        let spec = NftSpec {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+    /// Masquerade, forward rules and fully-random on.
+    fn nft_spec(network: &str, subnet: &str) -> NftSpec {
+        NftSpec {
+            network: network.parse().unwrap(),
+            subnet: subnet.parse().unwrap(),
             masquerade: true,
             forward: true,
             fully_random: true,
-        };
+        }
+    }
+
+    #[test]
+    fn golden_nftables_v4() {
+        let spec = nft_spec("10.244.0.0/16", "10.244.1.0/24");
         assert_eq!(
             nft_table(&spec),
             "table ip flannel-ipv4 {\n\
@@ -590,13 +595,7 @@ mod tests {
 
     #[test]
     fn nft_listing_comparison_and_table_discovery() {
-        let spec = NftSpec {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            masquerade: true,
-            forward: true,
-            fully_random: true,
-        };
+        let spec = nft_spec("10.244.0.0/16", "10.244.1.0/24");
         // `nft list table` indents with tabs and separates chains by a blank line.
         let listing = nft_table(&spec).replace("\t}\n\tchain postrtg", "\t}\n\n\tchain postrtg");
         assert_ne!(listing, nft_table(&spec));
@@ -627,11 +626,9 @@ mod tests {
     #[test]
     fn nftables_v6_and_optional_chains() {
         let spec = NftSpec {
-            network: "fd00:10::/56".parse().unwrap(),
-            subnet: "fd00:10:0:3::/64".parse().unwrap(),
-            masquerade: true,
             forward: false,
             fully_random: false,
+            ..nft_spec("fd00:10::/56", "fd00:10:0:3::/64")
         };
         let t = nft_table(&spec);
         assert!(t.starts_with("table ip6 flannel-ipv6 {\n\tcomment \"rules for flannel-ipv6\"\n"));
