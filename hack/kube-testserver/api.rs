@@ -3,11 +3,9 @@
 //! authorization, fault injection and request logging.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -15,7 +13,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use base64::Engine;
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Node;
@@ -26,11 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::version::Info;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppState, Query, WatchGuard, lock};
+use crate::app::{AppState, Query, lock};
 use crate::auth::{self, RequestInfo};
 use crate::errors::ApiError;
 use crate::faults::{LogEntry, MAX_LOGGED_BODY, now_ms};
@@ -41,6 +36,7 @@ use crate::store::{
     Broadcast, DeleteOutcome, Event, EventType, RESOURCE, StoredNode, Subresource, watch_line,
 };
 use crate::table::{self, IncludeObject};
+use crate::watch::{self, Watch, WatchView};
 
 /// Upstream's default max request body (3 MiB) with headroom.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -67,16 +63,11 @@ pub fn router(app: Shared) -> Router {
         )
         .route(
             "/api/v1/nodes/{name}",
-            get(get_node)
-                .put(put_node)
-                .patch(patch_node)
-                .delete(delete_node),
+            node_methods(Subresource::Main).delete(delete_node),
         )
         .route(
             "/api/v1/nodes/{name}/status",
-            get(get_node_status)
-                .put(put_node_status)
-                .patch(patch_node_status),
+            node_methods(Subresource::Status),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
         .route("/api/v1/pods", get(list_pods))
@@ -580,20 +571,14 @@ pub fn status_watch_response(lines: Vec<Bytes>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
-struct WatchStream {
-    pending: VecDeque<Bytes>,
-    rx: broadcast::Receiver<Broadcast>,
+struct NodeView {
     selectors: Selectors,
     allow_bookmarks: bool,
     table: Option<IncludeObject>,
     table_columns_sent: bool,
-    deadline: Instant,
-    close: CancellationToken,
-    last_rv: u64,
-    _guard: WatchGuard,
 }
 
-impl WatchStream {
+impl NodeView {
     /// The line to send for `ev`, honouring selector transitions like the watch cache:
     /// entering the selection is ADDED, leaving it is DELETED.
     fn render(&mut self, ev: &Event) -> Option<Bytes> {
@@ -662,37 +647,26 @@ impl WatchStream {
         }
         Some(watch_line("ADDED", &n.json))
     }
+}
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some(b);
+impl WatchView for NodeView {
+    type Msg = Broadcast;
+
+    fn on_message(&mut self, msg: Broadcast, last_rv: &mut u64) -> Option<Bytes> {
+        match msg {
+            Broadcast::Event(ev) => {
+                if ev.rv <= *last_rv {
+                    return None;
+                }
+                *last_rv = ev.rv;
+                self.render(&ev)
             }
-            tokio::select! {
-                biased;
-                _ = self.close.cancelled() => return None,
-                _ = tokio::time::sleep_until(self.deadline) => return None,
-                msg = self.rx.recv() => match msg {
-                    Ok(Broadcast::Event(ev)) => {
-                        if ev.rv <= self.last_rv {
-                            continue;
-                        }
-                        self.last_rv = ev.rv;
-                        if let Some(line) = self.render(&ev) {
-                            return Some(line);
-                        }
-                    }
-                    Ok(Broadcast::Bookmark(rv)) => {
-                        if self.allow_bookmarks && self.table.is_none() && rv >= self.last_rv {
-                            self.last_rv = rv;
-                            return Some(bookmark_line(rv, false));
-                        }
-                    }
-                    // A watcher too slow for the broadcast buffer is closed, as upstream closes
-                    // slow watchers; the client resumes from its last resourceVersion.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return None,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
+            Broadcast::Bookmark(rv) => {
+                if self.allow_bookmarks && self.table.is_none() && rv >= *last_rv {
+                    *last_rv = rv;
+                    return Some(bookmark_line(rv, false));
+                }
+                None
             }
         }
     }
@@ -733,13 +707,7 @@ async fn watch(
             "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
         ));
     }
-    let timeout = match q.value("timeoutSeconds") {
-        Some(t) => Duration::from_secs(
-            t.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}")))?,
-        ),
-        None => app.settings.default_watch_timeout,
-    };
+    let timeout = watch::timeout(q, app.settings.default_watch_timeout)?;
     let requested = q.value("resourceVersion").map(parse_rv).transpose()?;
 
     let (initial, events, rx, start_rv, end_bookmark) = {
@@ -776,21 +744,15 @@ async fn watch(
         }
     };
 
-    let close = lock(&app.watch_close).clone();
-    let mut stream = WatchStream {
-        pending: VecDeque::new(),
-        rx,
+    let view = NodeView {
         selectors,
         allow_bookmarks,
         table,
         table_columns_sent: false,
-        deadline: Instant::now() + timeout,
-        close,
-        last_rv: start_rv,
-        _guard: WatchGuard::new(app.clone()),
     };
+    let mut stream = Watch::new(&app, rx, timeout, start_rv, view);
     for n in &initial {
-        if let Some(line) = stream.initial_line(n) {
+        if let Some(line) = stream.view.initial_line(n) {
             stream.pending.push_back(line);
         }
     }
@@ -799,21 +761,11 @@ async fn watch(
     }
     for ev in &events {
         stream.last_rv = ev.rv;
-        if let Some(line) = stream.render(ev) {
+        if let Some(line) = stream.view.render(ev) {
             stream.pending.push_back(line);
         }
     }
-    let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|b| (Ok::<Bytes, Infallible>(b), s))
-    });
-    let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(stream.into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -853,15 +805,6 @@ async fn get_node(
         Some(n) => object_response(StatusCode::OK, &n, &headers, &q),
         None => ApiError::not_found(RESOURCE, &name).into_response(),
     }
-}
-
-async fn get_node_status(
-    state: State<Shared>,
-    path: Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    get_node(state, path, headers, uri).await
 }
 
 pub fn dry_run(q: &Query) -> Result<bool, ApiError> {
@@ -931,47 +874,6 @@ async fn create_node(
     }
 }
 
-fn do_put(
-    app: &Shared,
-    name: &str,
-    sub: Subresource,
-    headers: &HeaderMap,
-    uri: &Uri,
-    body: &Bytes,
-) -> Response {
-    let q = Query::parse(uri.query());
-    let result = (|| {
-        let value = require_json_body(headers, body)?;
-        let dry = dry_run(&q)?;
-        let w = writer(headers, &q, sub, "UpdateOptions")?;
-        lock(&app.store).update_as(name, sub, dry, Some(&w), move |_| Ok(value))
-    })();
-    match result {
-        Ok(n) => object_response(StatusCode::OK, &n, headers, &q),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn put_node(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_put(&app, &name, Subresource::Main, &headers, &uri, &body)
-}
-
-async fn put_node_status(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_put(&app, &name, Subresource::Status, &headers, &uri, &body)
-}
-
 #[derive(Clone, Copy)]
 pub enum PatchKind {
     Json,
@@ -1028,48 +930,63 @@ pub fn apply_patch(ptype: PatchKind, body: &[u8], mut current: Value) -> Result<
     }
 }
 
-fn do_patch(
+#[derive(Clone, Copy)]
+enum WriteOp {
+    Put,
+    Patch,
+}
+
+/// GET, PUT and PATCH of a Node (`Main`) or of its status: reads are the same for both.
+fn node_methods(sub: Subresource) -> MethodRouter<Shared> {
+    let write = move |op: WriteOp| {
+        move |State(app): State<Shared>,
+              Path(name): Path<String>,
+              headers: HeaderMap,
+              uri: Uri,
+              body: Bytes| async move { write_node(&app, &name, sub, op, &headers, &uri, &body) }
+    };
+    get(get_node)
+        .put(write(WriteOp::Put))
+        .patch(write(WriteOp::Patch))
+}
+
+enum Change {
+    Replace(Value),
+    Patch(PatchKind),
+}
+
+fn write_node(
     app: &Shared,
     name: &str,
     sub: Subresource,
+    op: WriteOp,
     headers: &HeaderMap,
     uri: &Uri,
     body: &Bytes,
 ) -> Response {
     let q = Query::parse(uri.query());
     let result = (|| {
-        let ptype = patch_type(headers)?;
+        // The body's media type is judged before the query, as upstream does.
+        let change = match op {
+            WriteOp::Put => Change::Replace(require_json_body(headers, body)?),
+            WriteOp::Patch => Change::Patch(patch_type(headers)?),
+        };
         let dry = dry_run(&q)?;
+        let options_kind = match op {
+            WriteOp::Put => "UpdateOptions",
+            WriteOp::Patch => "PatchOptions",
+        };
+        let w = writer(headers, &q, sub, options_kind)?;
         let body = body.clone();
-        let w = writer(headers, &q, sub, "PatchOptions")?;
-        lock(&app.store).update_as(name, sub, dry, Some(&w), move |current| {
-            apply_patch(ptype, &body, current)
+        lock(&app.store).update_as(name, sub, dry, Some(&w), move |current| match change {
+            Change::Replace(value) => Ok(value),
+            Change::Patch(ptype) => apply_patch(ptype, &body, current),
         })
     })();
     match result {
         Ok(n) => object_response(StatusCode::OK, &n, headers, &q),
         Err(e) => e.into_response(),
     }
-}
-
-async fn patch_node(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_patch(&app, &name, Subresource::Main, &headers, &uri, &body)
-}
-
-async fn patch_node_status(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_patch(&app, &name, Subresource::Status, &headers, &uri, &body)
 }
 
 fn delete_options(body: &Bytes) -> Result<Option<DeleteOptions>, ApiError> {
