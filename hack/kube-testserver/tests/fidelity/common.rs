@@ -78,6 +78,11 @@ pub async fn call(
     let req = req
         .body(Body::from(body.unwrap_or("").as_bytes().to_vec()))
         .unwrap();
+    send(client, req).await
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(client: &kube::Client, req: http::Request<Body>) -> Resp {
     let resp = client.send(req).await.expect("request is sent");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -98,6 +103,11 @@ pub async fn get(client: &kube::Client, path: &str) -> Resp {
 
 pub async fn patch(client: &kube::Client, path: &str, ct: &str, body: &str) -> Resp {
     call(client, "PATCH", path, Some(ct), Some(body)).await
+}
+
+/// A JSON merge patch, the most common write in these tests.
+pub async fn merge_patch(client: &kube::Client, path: &str, body: &str) -> Resp {
+    patch(client, path, MERGE, body).await
 }
 
 pub const MERGE: &str = "application/merge-patch+json";

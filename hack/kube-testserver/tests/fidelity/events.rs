@@ -235,7 +235,7 @@ async fn events_validation_patches_and_watch() {
     assert!(rv_of(&r.json) > created_rv);
     let ev = watch.expect_event().await;
     assert_eq!(ev["type"], "MODIFIED");
-    let r = patch(&admin, &path, MERGE, r#"{"note":"second"}"#).await;
+    let r = merge_patch(&admin, &path, r#"{"note":"second"}"#).await;
     assert_status(&r, 422, "Invalid");
     assert!(r.text.contains("field is immutable"), "{r:?}");
     let stale = format!(

@@ -22,10 +22,9 @@ async fn injected_errors_are_counted_and_shaped_like_upstream() {
         )
         .unwrap();
     for _ in 0..2 {
-        let r = patch(
+        let r = merge_patch(
             &c,
             "/api/v1/nodes/node-00000/status",
-            MERGE,
             r#"{"metadata":{"labels":{"a":"1"}}}"#,
         )
         .await;
@@ -36,15 +35,14 @@ async fn injected_errors_are_counted_and_shaped_like_upstream() {
     // Other verbs/resources were never affected; the third patch goes through.
     assert_eq!(get(&c, "/api/v1/nodes/node-00000").await.status, 200);
     assert_eq!(
-        patch(&c, "/api/v1/nodes/node-00000", MERGE, "{}")
+        merge_patch(&c, "/api/v1/nodes/node-00000", "{}")
             .await
             .status,
         200
     );
-    let r = patch(
+    let r = merge_patch(
         &c,
         "/api/v1/nodes/node-00000/status",
-        MERGE,
         r#"{"metadata":{"labels":{"a":"1"}}}"#,
     )
     .await;
@@ -116,10 +114,9 @@ async fn close_watches_ends_every_stream() {
     // New watches work and see later writes.
     let mut again =
         WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
@@ -130,10 +127,9 @@ async fn close_watches_ends_every_stream() {
 async fn outage_refuses_connections_and_keeps_state() {
     let server = spawn_nodes(3);
     let c = client(&server, "admin").await;
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00001",
-        MERGE,
         r#"{"metadata":{"labels":{"kept":"yes"}}}"#,
     )
     .await;
@@ -172,10 +168,9 @@ async fn outage_refuses_connections_and_keeps_state() {
         &format!("/api/v1/nodes?watch=1&resourceVersion={rv}"),
     )
     .await;
-    patch(
+    merge_patch(
         &fresh,
         "/api/v1/nodes/node-00002",
-        MERGE,
         r#"{"metadata":{"labels":{"after":"1"}}}"#,
     )
     .await;

@@ -50,6 +50,23 @@ fn node_json(server: &KubeTestServer, name: &str) -> Value {
     .unwrap()
 }
 
+/// `kubectl patch node node-00000 --type TYPE -p PATCH`.
+fn patch_node(server: &KubeTestServer, patch_type: &str, patch: &str) -> Output {
+    kubectl(
+        server,
+        "admin",
+        &[
+            "patch",
+            "node",
+            "node-00000",
+            "--type",
+            patch_type,
+            "-p",
+            patch,
+        ],
+    )
+}
+
 #[tokio::test]
 async fn kubectl_get_and_get_json() {
     let server = spawn_nodes(3);
@@ -126,57 +143,25 @@ async fn kubectl_annotate_label_and_patch_types() {
         "admin",
         &["label", "node", "node-00000", "team-"],
     ));
-    ok(kubectl(
+    ok(patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"metadata":{"labels":{"m":"1"}}}"#,
-        ],
+        "merge",
+        r#"{"metadata":{"labels":{"m":"1"}}}"#,
     ));
-    ok(kubectl(
+    ok(patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "strategic",
-            "-p",
-            r#"{"metadata":{"labels":{"s":"1"}}}"#,
-        ],
+        "strategic",
+        r#"{"metadata":{"labels":{"s":"1"}}}"#,
     ));
-    ok(kubectl(
+    ok(patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"add","path":"/metadata/labels/j","value":"1"}]"#,
-        ],
+        "json",
+        r#"[{"op":"add","path":"/metadata/labels/j","value":"1"}]"#,
     ));
-    let failed = kubectl(
+    let failed = patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"test","path":"/metadata/labels/j","value":"2"}]"#,
-        ],
+        "json",
+        r#"[{"op":"test","path":"/metadata/labels/j","value":"2"}]"#,
     );
     assert!(!failed.status.success());
     let n = node_json(&server, "node-00000");

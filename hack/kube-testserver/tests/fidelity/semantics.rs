@@ -61,10 +61,9 @@ async fn global_resource_version_and_noop_writes() {
     let a = create_node(&c, "a", json!({})).await;
     let b = create_node(&c, "b", json!({})).await;
     assert!(rv_of(&b) > rv_of(&a), "one global revision across objects");
-    let p = patch(
+    let p = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"annotations":{"k":"v"}}}"#,
     )
     .await;
@@ -80,10 +79,9 @@ async fn global_resource_version_and_noop_writes() {
     )
     .await;
     // The same value again: no new revision, no event.
-    let noop = patch(
+    let noop = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"annotations":{"k":"v"}}}"#,
     )
     .await;
@@ -103,10 +101,9 @@ async fn global_resource_version_and_noop_writes() {
         after_write,
         "no-op PUT keeps the revision"
     );
-    let real = patch(
+    let real = merge_patch(
         &c,
         "/api/v1/nodes/b",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
@@ -132,10 +129,9 @@ async fn uid_creation_timestamp_and_generation() {
         .as_str()
         .unwrap()
         .to_string();
-    let labels = patch(
+    let labels = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
@@ -143,21 +139,14 @@ async fn uid_creation_timestamp_and_generation() {
         labels.json["metadata"]["generation"], 1,
         "metadata changes keep generation"
     );
-    let spec = patch(
-        &c,
-        "/api/v1/nodes/a",
-        MERGE,
-        r#"{"spec":{"unschedulable":true}}"#,
-    )
-    .await;
+    let spec = merge_patch(&c, "/api/v1/nodes/a", r#"{"spec":{"unschedulable":true}}"#).await;
     assert_eq!(
         spec.json["metadata"]["generation"], 2,
         "spec changes bump generation"
     );
-    let ts = patch(
+    let ts = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"creationTimestamp":"2000-01-01T00:00:00Z","labels":{"y":"2"}}}"#,
     )
     .await;
@@ -309,10 +298,9 @@ async fn bookmarks_only_when_allowed_and_timeout_seconds_ends_watch() {
     let mut without =
         WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
     server.wait_for_watches(2, Duration::from_secs(5)).unwrap();
-    let p = patch(
+    let p = merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"b":"1"}}}"#,
     )
     .await;
@@ -358,10 +346,9 @@ async fn send_initial_events_ends_with_annotated_bookmark() {
         "true"
     );
     assert_eq!(rv_of(&end["object"]), current);
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00001",
-        MERGE,
         r#"{"metadata":{"labels":{"z":"1"}}}"#,
     )
     .await;
@@ -405,17 +392,15 @@ async fn watch_with_label_selector_sees_selection_transitions() {
         &format!("/api/v1/nodes?watch=1&resourceVersion={rv}&labelSelector=team%3Dblue"),
     )
     .await;
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00001",
-        MERGE,
         r#"{"metadata":{"annotations":{"noise":"1"}}}"#,
     )
     .await;
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"team":"blue"}}}"#,
     )
     .await;
@@ -425,18 +410,16 @@ async fn watch_with_label_selector_sees_selection_transitions() {
         "entering the selection is ADDED: {added}"
     );
     assert_eq!(added["object"]["metadata"]["name"], "node-00000");
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"annotations":{"a":"1"}}}"#,
     )
     .await;
     assert_eq!(w.expect_event().await["type"], "MODIFIED");
-    let left = patch(
+    let left = merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"team":"red"}}}"#,
     )
     .await;
@@ -465,10 +448,9 @@ async fn paginated_list_is_a_consistent_snapshot() {
         .unwrap()
         .to_string();
     // Writes between pages must not show up in later pages.
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00022",
-        MERGE,
         r#"{"metadata":{"labels":{"late":"1"}}}"#,
     )
     .await;
@@ -521,10 +503,9 @@ async fn list_resource_version_semantics() {
     let server = spawn_nodes(2);
     let c = client(&server, "admin").await;
     let before = server.resource_version().unwrap();
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"v":"2"}}}"#,
     )
     .await;
@@ -640,10 +621,9 @@ async fn put_create_delete_conflicts() {
     let c = client(&server, "admin").await;
     let original = create_node(&c, "a", json!({})).await;
     // Another writer adds annotations.
-    let newer = patch(
+    let newer = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"annotations":{"flannel.alpha.coreos.com/public-ip":"192.168.9.1"}}}"#,
     )
     .await;
@@ -757,7 +737,7 @@ async fn patch_types_and_their_errors() {
     let c = client(&server, "admin").await;
     let original = create_node(&c, "a", json!({"keep": "1", "drop": "1"})).await;
     // Merge patch: null deletes, lists replace.
-    let m = patch(&c, "/api/v1/nodes/a/status", MERGE, r#"{"metadata":{"labels":{"drop":null}},"status":{"conditions":[{"type":"NetworkUnavailable","status":"False"}]}}"#).await;
+    let m = merge_patch(&c, "/api/v1/nodes/a/status", r#"{"metadata":{"labels":{"drop":null}},"status":{"conditions":[{"type":"NetworkUnavailable","status":"False"}]}}"#).await;
     assert_eq!(m.status, 200, "{m:?}");
     assert_eq!(m.json["metadata"]["labels"], json!({"keep": "1"}));
     assert_eq!(
@@ -849,7 +829,7 @@ async fn patch_types_and_their_errors() {
         "UnsupportedMediaType",
     );
     assert_status(
-        &patch(&c, "/api/v1/nodes/missing", MERGE, "{}").await,
+        &merge_patch(&c, "/api/v1/nodes/missing", "{}").await,
         404,
         "NotFound",
     );
@@ -860,7 +840,7 @@ async fn status_subresource_rules() {
     let server = spawn_nodes(0);
     let c = client(&server, "admin").await;
     create_node(&c, "a", json!({})).await;
-    let via_status = patch(&c, "/api/v1/nodes/a/status", MERGE, r#"{"metadata":{"annotations":{"flannel.alpha.coreos.com/backend-type":"vxlan"}},"spec":{"unschedulable":true}}"#).await;
+    let via_status = merge_patch(&c, "/api/v1/nodes/a/status", r#"{"metadata":{"annotations":{"flannel.alpha.coreos.com/backend-type":"vxlan"}},"spec":{"unschedulable":true}}"#).await;
     assert_eq!(via_status.status, 200);
     assert_eq!(
         via_status.json["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-type"],
@@ -871,10 +851,9 @@ async fn status_subresource_rules() {
         via_status.json["spec"].get("unschedulable").is_none(),
         "spec never changes through /status"
     );
-    let via_main = patch(
+    let via_main = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
     )
     .await;
