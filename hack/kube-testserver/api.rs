@@ -348,7 +348,7 @@ fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
     Ok(t)
 }
 
-fn parse_rv(raw: &str) -> Result<u64, ApiError> {
+pub fn parse_rv(raw: &str) -> Result<u64, ApiError> {
     raw.parse::<u64>()
         .map_err(|_| ApiError::bad_request(format!("invalid resource version: \"{raw}\"")))
 }
@@ -617,15 +617,7 @@ impl NodeView {
             }
         };
         if let Some(include) = self.table {
-            let node = obj.to_node().ok()?;
-            let t = table::table(
-                vec![table::row(&node, include)],
-                &ev.rv.to_string(),
-                None,
-                !self.table_columns_sent,
-            );
-            self.table_columns_sent = true;
-            return Some(watch_line(kind.as_str(), &serde_json::to_vec(&t).ok()?));
+            return self.table_line(kind.as_str(), &obj, ev.rv, include);
         }
         if kind == ev.kind && matches!(obj, Cow::Borrowed(_)) {
             return Some(ev.line.clone());
@@ -635,17 +627,28 @@ impl NodeView {
 
     fn initial_line(&mut self, n: &StoredNode) -> Option<Bytes> {
         if let Some(include) = self.table {
-            let node = n.to_node().ok()?;
-            let t = table::table(
-                vec![table::row(&node, include)],
-                &n.rv.to_string(),
-                None,
-                !self.table_columns_sent,
-            );
-            self.table_columns_sent = true;
-            return Some(watch_line("ADDED", &serde_json::to_vec(&t).ok()?));
+            return self.table_line("ADDED", n, n.rv, include);
         }
         Some(watch_line("ADDED", &n.json))
+    }
+
+    /// `n` as a one-row Table at `rv`; the first Table of a watch carries the columns.
+    fn table_line(
+        &mut self,
+        kind: &str,
+        n: &StoredNode,
+        rv: u64,
+        include: IncludeObject,
+    ) -> Option<Bytes> {
+        let node = n.to_node().ok()?;
+        let t = table::table(
+            vec![table::row(&node, include)],
+            &rv.to_string(),
+            None,
+            !self.table_columns_sent,
+        );
+        self.table_columns_sent = true;
+        Some(watch_line(kind, &serde_json::to_vec(&t).ok()?))
     }
 }
 
@@ -708,7 +711,7 @@ async fn watch(
         ));
     }
     let timeout = watch::timeout(q, app.settings.default_watch_timeout)?;
-    let requested = q.value("resourceVersion").map(parse_rv).transpose()?;
+    let requested = watch::resource_version(q)?;
 
     let (initial, events, rx, start_rv, end_bookmark) = {
         let store = lock(&app.store);
@@ -738,9 +741,7 @@ async fn watch(
                 };
                 (initial, events, rx, from, end_bookmark)
             }
-            // Upstream answers 200 and delivers 410 as a watch ERROR event.
-            Err(e) if e.code == 410 => return Ok(status_watch_response(vec![error_line(&e)])),
-            Err(e) => return Err(e),
+            Err(e) => return watch::start_failed(e),
         }
     };
 
@@ -930,10 +931,52 @@ pub fn apply_patch(ptype: PatchKind, body: &[u8], mut current: Value) -> Result<
     }
 }
 
+/// An update of a whole object: PUT replaces it, PATCH patches it.
 #[derive(Clone, Copy)]
-enum WriteOp {
+pub enum WriteOp {
     Put,
     Patch,
+}
+
+impl WriteOp {
+    /// The options type upstream names in this write's validation errors.
+    pub fn options_kind(self) -> &'static str {
+        match self {
+            WriteOp::Put => "UpdateOptions",
+            WriteOp::Patch => "PatchOptions",
+        }
+    }
+}
+
+/// What a PUT or PATCH does to the stored object's JSON.
+pub enum Change {
+    Replace(Value),
+    Patch(PatchKind, Bytes),
+}
+
+impl Change {
+    /// Reads the request's body: its media type and JSON are judged before the query, as
+    /// upstream does.
+    pub fn read(op: WriteOp, headers: &HeaderMap, body: &Bytes) -> Result<Self, ApiError> {
+        match op {
+            WriteOp::Put => Ok(Change::Replace(require_json_body(headers, body)?)),
+            WriteOp::Patch => Ok(Change::Patch(patch_type(headers)?, body.clone())),
+        }
+    }
+
+    pub fn op(&self) -> WriteOp {
+        match self {
+            Change::Replace(_) => WriteOp::Put,
+            Change::Patch(..) => WriteOp::Patch,
+        }
+    }
+
+    pub fn apply(self, current: Value) -> Result<Value, ApiError> {
+        match self {
+            Change::Replace(value) => Ok(value),
+            Change::Patch(ptype, body) => apply_patch(ptype, &body, current),
+        }
+    }
 }
 
 /// GET, PUT and PATCH of a Node (`Main`) or of its status: reads are the same for both.
@@ -950,11 +993,6 @@ fn node_methods(sub: Subresource) -> MethodRouter<Shared> {
         .patch(write(WriteOp::Patch))
 }
 
-enum Change {
-    Replace(Value),
-    Patch(PatchKind),
-}
-
 fn write_node(
     app: &Shared,
     name: &str,
@@ -966,21 +1004,11 @@ fn write_node(
 ) -> Response {
     let q = Query::parse(uri.query());
     let result = (|| {
-        // The body's media type is judged before the query, as upstream does.
-        let change = match op {
-            WriteOp::Put => Change::Replace(require_json_body(headers, body)?),
-            WriteOp::Patch => Change::Patch(patch_type(headers)?),
-        };
+        let change = Change::read(op, headers, body)?;
         let dry = dry_run(&q)?;
-        let options_kind = match op {
-            WriteOp::Put => "UpdateOptions",
-            WriteOp::Patch => "PatchOptions",
-        };
-        let w = writer(headers, &q, sub, options_kind)?;
-        let body = body.clone();
-        lock(&app.store).update_as(name, sub, dry, Some(&w), move |current| match change {
-            Change::Replace(value) => Ok(value),
-            Change::Patch(ptype) => apply_patch(ptype, &body, current),
+        let w = writer(headers, &q, sub, op.options_kind())?;
+        lock(&app.store).update_as(name, sub, dry, Some(&w), move |current| {
+            change.apply(current)
         })
     })();
     match result {

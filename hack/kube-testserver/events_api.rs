@@ -14,10 +14,7 @@ use bytes::Bytes;
 use k8s_openapi::api::events::v1::Event as V1Event;
 use serde_json::{Value, json};
 
-use crate::api::{
-    apply_patch, dry_run, error_line, json_response, patch_type, require_json_body,
-    status_watch_response, writer,
-};
+use crate::api::{Change, WriteOp, dry_run, json_response, require_json_body, writer};
 use crate::app::{AppState, Query, lock};
 use crate::errors::ApiError;
 use crate::events::{
@@ -34,6 +31,13 @@ type Shared = Arc<AppState>;
 pub fn routes(router: Router<Shared>) -> Router<Shared> {
     let core = reads(Version::Core);
     let v1 = reads(Version::EventsV1);
+    let write = |op: WriteOp| {
+        move |State(app): State<Shared>,
+              Path((ns, name)): Path<(String, String)>,
+              headers: HeaderMap,
+              uri: Uri,
+              body: Bytes| async move { v1_write(&app, &ns, &name, op, &headers, &uri, &body) }
+    };
     router
         .route("/api/v1/events", core.all)
         .route("/api/v1/namespaces/{ns}/events", core.namespaced)
@@ -45,7 +49,7 @@ pub fn routes(router: Router<Shared>) -> Router<Shared> {
         )
         .route(
             "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
-            v1.one.patch(v1_patch).put(v1_put),
+            v1.one.patch(write(WriteOp::Patch)).put(write(WriteOp::Put)),
         )
 }
 
@@ -384,34 +388,24 @@ async fn v1_create(
     }
 }
 
-#[derive(Clone, Copy)]
-enum UpdateKind {
-    Patch,
-    Put,
-}
-
 fn v1_update(
     app: &Shared,
     ns: &str,
     name: &str,
-    kind: UpdateKind,
+    change: Change,
     headers: &HeaderMap,
     q: &Query,
-    compute: impl FnOnce(Value) -> Result<Value, ApiError>,
 ) -> Result<Arc<StoredEvent>, ApiError> {
+    let op = change.op();
     let dry = dry_run(q)?;
-    let options = match kind {
-        UpdateKind::Patch => "PatchOptions",
-        UpdateKind::Put => "UpdateOptions",
-    };
-    let w = writer(headers, q, Subresource::Main, options)?;
+    let w = writer(headers, q, Subresource::Main, op.options_kind())?;
     let mut store = lock(&app.store);
     let old = store
         .events
         .get(ns, name)
         .ok_or_else(|| ApiError::not_found(&qualified(Version::EventsV1), name))?;
     let old_v1 = to_v1(&old.event);
-    let mut new = decode_v1(compute(to_value(&old_v1)?)?)?;
+    let mut new = decode_v1(change.apply(to_value(&old_v1)?)?)?;
     let new_name = new.metadata.name.clone().unwrap_or_default();
     if new_name != name {
         return Err(ApiError::bad_request(format!(
@@ -480,45 +474,25 @@ fn v1_update(
     }
     let rv = store.next_rv();
     let stored = store.events.commit(rv, EventType::Modified, core);
-    match kind {
-        UpdateKind::Patch => store.events.counts.patched += 1,
-        UpdateKind::Put => store.events.counts.updated += 1,
+    match op {
+        WriteOp::Patch => store.events.counts.patched += 1,
+        WriteOp::Put => store.events.counts.updated += 1,
     }
     Ok(stored)
 }
 
-async fn v1_patch(
-    State(app): State<Shared>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
+fn v1_write(
+    app: &Shared,
+    ns: &str,
+    name: &str,
+    op: WriteOp,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &Bytes,
 ) -> Response {
     let q = Query::parse(uri.query());
-    let result = patch_type(&headers).and_then(|ptype| {
-        v1_update(&app, &ns, &name, UpdateKind::Patch, &headers, &q, |cur| {
-            apply_patch(ptype, &body, cur)
-        })
-    });
-    match result {
-        Ok(e) => object_response(StatusCode::OK, &e, Version::EventsV1, None),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn v1_put(
-    State(app): State<Shared>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let q = Query::parse(uri.query());
-    let result = require_json_body(&headers, &body).and_then(|value| {
-        v1_update(&app, &ns, &name, UpdateKind::Put, &headers, &q, |_| {
-            Ok(value)
-        })
-    });
+    let result = Change::read(op, headers, body)
+        .and_then(|change| v1_update(app, ns, name, change, headers, &q));
     match result {
         Ok(e) => object_response(StatusCode::OK, &e, Version::EventsV1, None),
         Err(e) => e.into_response(),
@@ -579,13 +553,7 @@ fn watch(
     table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
     let timeout = watch::timeout(q, app.settings.default_watch_timeout)?;
-    let requested = match q.value("resourceVersion") {
-        Some(r) => Some(
-            r.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version: \"{r}\"")))?,
-        ),
-        None => None,
-    };
+    let requested = watch::resource_version(q)?;
     let (initial, changes, rx, from) = {
         let store = lock(&app.store);
         let current = store.rv();
@@ -606,8 +574,7 @@ fn watch(
                 };
                 (initial, changes, rx, from)
             }
-            Err(e) if e.code == 410 => return Ok(status_watch_response(vec![error_line(&e)])),
-            Err(e) => return Err(e),
+            Err(e) => return watch::start_failed(e),
         }
     };
     let view = EventView {

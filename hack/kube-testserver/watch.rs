@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{error_line, parse_rv, status_watch_response};
 use crate::app::{AppState, Query, WatchGuard, lock};
 use crate::errors::ApiError;
 
@@ -35,6 +36,20 @@ pub fn timeout(q: &Query, default: Duration) -> Result<Duration, ApiError> {
         })?)),
         None => Ok(default),
     }
+}
+
+/// `resourceVersion`, where the client resumes from.
+pub fn resource_version(q: &Query) -> Result<Option<u64>, ApiError> {
+    q.value("resourceVersion").map(parse_rv).transpose()
+}
+
+/// The answer when the watch cannot start from the requested point: upstream answers `200` and
+/// delivers a `410` as the stream's one ERROR event; other errors stay errors.
+pub fn start_failed(e: ApiError) -> Result<Response, ApiError> {
+    if e.code == 410 {
+        return Ok(status_watch_response(vec![error_line(&e)]));
+    }
+    Err(e)
 }
 
 pub struct Watch<V: WatchView> {
