@@ -394,19 +394,24 @@ async fn nodes_collection_get(State(app): State<Shared>, headers: HeaderMap, uri
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// `limit`: at most this many items a page; 0 (or absent, or negative) for all.
+pub fn list_limit(q: &Query) -> Result<usize, ApiError> {
+    match q.value("limit") {
+        Some(l) => Ok(l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
+            .max(0) as usize),
+        None => Ok(0),
+    }
+}
+
 fn list(
     app: &Shared,
     q: &Query,
     selectors: &Selectors,
     table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
-    let limit: usize = match q.value("limit") {
-        Some(l) => l
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
-            .max(0) as usize,
-        None => 0,
-    };
+    let limit = list_limit(q)?;
     let cont = q.value("continue");
     let rv = q.value("resourceVersion");
     let rv_match = q.value("resourceVersionMatch");

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use k8s_openapi::api::events::v1::Event as V1Event;
 use serde_json::{Value, json};
 
-use crate::api::{Change, WriteOp, dry_run, json_response, require_json_body, writer};
+use crate::api::{Change, WriteOp, dry_run, json_response, list_limit, require_json_body, writer};
 use crate::app::{AppState, Query, lock};
 use crate::errors::ApiError;
 use crate::events::{
@@ -179,13 +179,7 @@ fn list(
     filter: &Filter,
     table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
-    let limit: usize = match q.value("limit") {
-        Some(l) => l
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
-            .max(0) as usize,
-        None => 0,
-    };
+    let limit = list_limit(q)?;
     let after = q.value("continue").map(decode_continue).transpose()?;
     let store = lock(&app.store);
     let rv = store.rv();

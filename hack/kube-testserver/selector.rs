@@ -217,41 +217,51 @@ pub struct FieldValues<'a> {
     pub unschedulable: bool,
 }
 
+/// The terms of a field selector (`f=v`, `f==v`, `f!=v`, comma-separated) as (field, negated,
+/// value), each field name resolved by `field_of`, which rejects the unsupported ones.
+pub fn parse_field_terms<F>(
+    input: &str,
+    field_of: impl Fn(&str) -> Result<F, String>,
+) -> Result<Vec<(F, bool, String)>, String> {
+    let mut terms = Vec::new();
+    for term in input.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (field, negate, value) = if let Some((f, v)) = term.split_once("!=") {
+            (f, true, v)
+        } else if let Some((f, v)) = term.split_once("==") {
+            (f, false, v)
+        } else if let Some((f, v)) = term.split_once('=') {
+            (f, false, v)
+        } else {
+            return Err(format!(
+                "invalid selector: '{term}'; can't understand '{term}'"
+            ));
+        };
+        terms.push((field_of(field.trim())?, negate, value.trim().to_string()));
+    }
+    Ok(terms)
+}
+
 impl FieldSelector {
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
     }
 
     pub fn parse(input: &str) -> Result<Self, String> {
-        let mut terms = Vec::new();
-        for term in input.split(',') {
-            let term = term.trim();
-            if term.is_empty() {
-                continue;
-            }
-            let (field, negate, value) = if let Some((f, v)) = term.split_once("!=") {
-                (f, true, v)
-            } else if let Some((f, v)) = term.split_once("==") {
-                (f, false, v)
-            } else if let Some((f, v)) = term.split_once('=') {
-                (f, false, v)
-            } else {
-                return Err(format!(
-                    "invalid selector: '{term}'; can't understand '{term}'"
-                ));
-            };
-            let field = match field.trim() {
-                "metadata.name" => NodeField::Name,
-                "spec.unschedulable" => NodeField::Unschedulable,
-                other => return Err(format!("field label not supported: {other}")),
-            };
-            terms.push(FieldTerm {
-                field,
-                negate,
-                value: value.trim().to_string(),
-            });
-        }
-        Ok(Self { terms })
+        let terms = parse_field_terms(input, |field| match field {
+            "metadata.name" => Ok(NodeField::Name),
+            "spec.unschedulable" => Ok(NodeField::Unschedulable),
+            other => Err(format!("field label not supported: {other}")),
+        })?;
+        Ok(Self {
+            terms: terms
+                .into_iter()
+                .map(|(field, negate, value)| FieldTerm {
+                    field,
+                    negate,
+                    value,
+                })
+                .collect(),
+        })
     }
 
     pub fn matches(&self, values: &FieldValues<'_>) -> bool {
