@@ -151,6 +151,15 @@ pub async fn create_node(client: &kube::Client, name: &str, labels: Value) -> Va
     r.json
 }
 
+/// A Node watch resuming after `rv`.
+pub async fn watch_nodes_from(client: &kube::Client, rv: u64) -> WatchReader {
+    WatchReader::open(
+        client,
+        &format!("/api/v1/nodes?watch=1&resourceVersion={rv}"),
+    )
+    .await
+}
+
 #[derive(Debug)]
 pub enum Next {
     Event(Value),

@@ -73,11 +73,7 @@ async fn global_resource_version_and_noop_writes() {
         after_write > rv_of(&b),
         "a write to a bumps past b's revision"
     );
-    let mut w = WatchReader::open(
-        &c,
-        &format!("/api/v1/nodes?watch=1&resourceVersion={after_write}"),
-    )
-    .await;
+    let mut w = watch_nodes_from(&c, after_write).await;
     // The same value again: no new revision, no event.
     let noop = merge_patch(
         &c,
@@ -247,8 +243,7 @@ async fn watch_below_retained_history_gets_410_error_event() {
         .await;
         assert_eq!(r.status, 200);
     }
-    let mut w =
-        WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={old}")).await;
+    let mut w = watch_nodes_from(&c, old).await;
     assert_eq!(
         w.status, 200,
         "upstream answers 200 and sends the error as an event"
@@ -268,18 +263,10 @@ async fn watch_below_retained_history_gets_410_error_event() {
 
     // Within the retained window it works; after compaction the same point is gone.
     let recent = server.resource_version().unwrap() - 2;
-    let mut ok = WatchReader::open(
-        &c,
-        &format!("/api/v1/nodes?watch=1&resourceVersion={recent}"),
-    )
-    .await;
+    let mut ok = watch_nodes_from(&c, recent).await;
     assert_eq!(ok.expect_event().await["type"], "MODIFIED");
     server.compact_history().unwrap();
-    let mut gone = WatchReader::open(
-        &c,
-        &format!("/api/v1/nodes?watch=1&resourceVersion={recent}"),
-    )
-    .await;
+    let mut gone = watch_nodes_from(&c, recent).await;
     assert_eq!(gone.expect_event().await["object"]["code"], 410);
 }
 
@@ -295,8 +282,7 @@ async fn bookmarks_only_when_allowed_and_timeout_seconds_ends_watch() {
         ),
     )
     .await;
-    let mut without =
-        WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
+    let mut without = watch_nodes_from(&c, rv).await;
     server.wait_for_watches(2, Duration::from_secs(5)).unwrap();
     let p = merge_patch(
         &c,
