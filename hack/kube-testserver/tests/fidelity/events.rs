@@ -10,7 +10,7 @@ use kube::runtime::events::{Event as Publish, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::kubectl::{kubectl, ok};
+use crate::kubectl::{admin_json, kubectl, ok};
 
 fn with_grant() -> KubeTestServer {
     spawn(TestServerOptions {
@@ -325,12 +325,7 @@ async fn kubectl_get_events_and_describe_node() {
         lines[1].contains("node/node-00001") && lines[1].contains("field manager \"rancher\""),
         "{out}"
     );
-    let json_out: Value = serde_json::from_str(&ok(kubectl(
-        &server,
-        "admin",
-        &["get", "events", "-n", "default", "-o", "json"],
-    )))
-    .unwrap();
+    let json_out: Value = admin_json(&server, &["get", "events", "-n", "default", "-o", "json"]);
     assert_eq!(json_out["items"][0]["series"]["count"], 2);
     // The events.k8s.io/v1 view prints the same table.
     let v1 = ok(kubectl(

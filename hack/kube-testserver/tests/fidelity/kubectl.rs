@@ -41,13 +41,13 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `kubectl ARGS` as admin, its output parsed as JSON.
+pub fn admin_json(server: &KubeTestServer, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(kubectl(server, "admin", args))).unwrap()
+}
+
 fn node_json(server: &KubeTestServer, name: &str) -> Value {
-    serde_json::from_str(&ok(kubectl(
-        server,
-        "admin",
-        &["get", "node", name, "-o", "json"],
-    )))
-    .unwrap()
+    admin_json(server, &["get", "node", name, "-o", "json"])
 }
 
 /// `kubectl patch node node-00000 --type TYPE -p PATCH`.
@@ -81,12 +81,7 @@ async fn kubectl_get_and_get_json() {
         lines[1].starts_with("node-00000") && lines[1].contains("Ready"),
         "{table}"
     );
-    let list: Value = serde_json::from_str(&ok(kubectl(
-        &server,
-        "admin",
-        &["get", "nodes", "-o", "json"],
-    )))
-    .unwrap();
+    let list: Value = admin_json(&server, &["get", "nodes", "-o", "json"]);
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
     let one = node_json(&server, "node-00002");
     assert_eq!(one["kind"], "Node");

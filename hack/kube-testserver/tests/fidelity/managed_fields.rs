@@ -10,7 +10,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::kubectl::{kubectl, ok};
+use crate::kubectl::{admin_json, kubectl, ok};
 
 fn entries(obj: &Value) -> Vec<ManagedFieldsEntry> {
     serde_json::from_value(obj["metadata"]["managedFields"].clone()).unwrap_or_default()
@@ -203,12 +203,10 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
 
 /// kubectl hides managedFields unless asked.
 fn node_json(server: &KubeTestServer, name: &str) -> Value {
-    serde_json::from_str(&ok(kubectl(
+    admin_json(
         server,
-        "admin",
         &["get", "node", name, "-o", "json", "--show-managed-fields"],
-    )))
-    .unwrap()
+    )
 }
 
 fn annotation_owners(server: &KubeTestServer, node: &str, key: &str) -> Vec<String> {
