@@ -22,7 +22,10 @@ use crate::events::{
 };
 use crate::managed;
 use crate::selector::LabelSelector;
-use crate::store::{EventType, Subresource, generate_name_suffix, now, random_uid, watch_line};
+use crate::store::{
+    EventType, Subresource, check_no_resource_version, generate_name_suffix, now, random_uid,
+    watch_line,
+};
 use crate::table::{self, IncludeObject};
 use crate::watch::{self, Watch, WatchView};
 
@@ -323,15 +326,7 @@ async fn v1_create(
                 )],
             ));
         }
-        if meta
-            .resource_version
-            .as_deref()
-            .is_some_and(|r| !r.is_empty())
-        {
-            return Err(ApiError::internal(
-                "resourceVersion should not be set on objects to be created",
-            ));
-        }
+        check_no_resource_version(meta.resource_version.as_deref())?;
         meta.uid = Some(random_uid());
         meta.creation_timestamp = Some(now());
         meta.self_link = None;

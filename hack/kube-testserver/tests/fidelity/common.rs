@@ -81,6 +81,18 @@ pub async fn call(
     send(client, req).await
 }
 
+/// `method path` with `body` as its JSON document.
+pub async fn send_json(client: &kube::Client, method: &str, path: &str, body: &Value) -> Resp {
+    call(
+        client,
+        method,
+        path,
+        Some("application/json"),
+        Some(&body.to_string()),
+    )
+    .await
+}
+
 /// Sends `req` and reads the whole response.
 pub async fn send(client: &kube::Client, req: http::Request<Body>) -> Resp {
     let resp = client.send(req).await.expect("request is sent");
@@ -139,14 +151,7 @@ pub async fn create_node(client: &kube::Client, name: &str, labels: Value) -> Va
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
                    "addresses": [{"type": "InternalIP", "address": "192.168.9.1"}, {"type": "Hostname", "address": name}]}
     });
-    let r = call(
-        client,
-        "POST",
-        "/api/v1/nodes",
-        Some("application/json"),
-        Some(&body.to_string()),
-    )
-    .await;
+    let r = send_json(client, "POST", "/api/v1/nodes", &body).await;
     assert_eq!(r.status, 201, "{r:?}");
     r.json
 }

@@ -183,16 +183,7 @@ async fn events_validation_patches_and_watch() {
     let admin = client(&server, "admin").await;
     let post = |body: Value| {
         let admin = admin.clone();
-        async move {
-            call(
-                &admin,
-                "POST",
-                V1_PATH,
-                Some("application/json"),
-                Some(&body.to_string()),
-            )
-            .await
-        }
+        async move { send_json(&admin, "POST", V1_PATH, &body).await }
     };
     let mut watch = WatchReader::open(&admin, "/apis/events.k8s.io/v1/events?watch=1").await;
     assert_eq!(watch.status, 200);

@@ -84,14 +84,7 @@ async fn global_resource_version_and_noop_writes() {
     assert_eq!(noop.status, 200);
     assert_eq!(rv_of(&noop.json), after_write);
     assert_eq!(server.resource_version().unwrap(), after_write);
-    let noop_put = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&noop.json.to_string()),
-    )
-    .await;
+    let noop_put = send_json(&c, "PUT", "/api/v1/nodes/a", &noop.json).await;
     assert_eq!(
         rv_of(&noop_put.json),
         after_write,
@@ -151,14 +144,7 @@ async fn uid_creation_timestamp_and_generation() {
     assert_eq!(ts.json["metadata"]["uid"], uid.as_str());
     let mut other_uid = ts.json.clone();
     other_uid["metadata"]["uid"] = json!("00000000-0000-4000-8000-000000000000");
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&other_uid.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a", &other_uid).await;
     assert_status(&r, 409, "Conflict");
     assert!(
         r.json["message"]
@@ -614,14 +600,7 @@ async fn put_create_delete_conflicts() {
     )
     .await;
     // PUT with the stale resourceVersion: 409, nothing lost.
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&original.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a", &original).await;
     assert_status(&r, 409, "Conflict");
     assert_eq!(r.json["details"]["name"], "a");
     assert_eq!(r.json["details"]["kind"], "nodes");
@@ -638,14 +617,7 @@ async fn put_create_delete_conflicts() {
         .as_object_mut()
         .unwrap()
         .remove("resourceVersion");
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&unconditional.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a", &unconditional).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
         r.json["metadata"]["annotations"]
@@ -655,41 +627,37 @@ async fn put_create_delete_conflicts() {
     assert!(rv_of(&r.json) > rv_of(&newer.json));
 
     assert_status(
-        &call(
+        &send_json(
             &c,
             "PUT",
             "/api/v1/nodes/zz",
-            Some("application/json"),
-            Some(&json!({"metadata":{"name":"zz"}}).to_string()),
+            &json!({"metadata":{"name":"zz"}}),
         )
         .await,
         404,
         "NotFound",
     );
-    let mismatch = call(
+    let mismatch = send_json(
         &c,
         "PUT",
         "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&json!({"metadata":{"name":"b"}}).to_string()),
+        &json!({"metadata":{"name":"b"}}),
     )
     .await;
     assert_status(&mismatch, 400, "BadRequest");
-    let dup = call(
+    let dup = send_json(
         &c,
         "POST",
         "/api/v1/nodes",
-        Some("application/json"),
-        Some(&json!({"metadata":{"name":"a"}}).to_string()),
+        &json!({"metadata":{"name":"a"}}),
     )
     .await;
     assert_status(&dup, 409, "AlreadyExists");
-    let bad = call(
+    let bad = send_json(
         &c,
         "POST",
         "/api/v1/nodes",
-        Some("application/json"),
-        Some(&json!({"metadata":{"name":"Bad_Name"}}).to_string()),
+        &json!({"metadata":{"name":"Bad_Name"}}),
     )
     .await;
     assert_status(&bad, 422, "Invalid");
@@ -856,14 +824,7 @@ async fn status_subresource_rules() {
     let mut put = via_main.json.clone();
     put["spec"]["unschedulable"] = json!(true);
     put["status"]["conditions"][0]["status"] = json!("Unknown");
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a/status",
-        Some("application/json"),
-        Some(&put.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a/status", &put).await;
     assert_eq!(r.json["status"]["conditions"][0]["status"], "Unknown");
     assert!(r.json["spec"].get("unschedulable").is_none());
 }
