@@ -11,12 +11,13 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::json_response;
 use crate::app::{AppState, ChurnState, Query, lock};
 use crate::errors::ApiError;
 use crate::faults::{Fault, LogEntry, now_ms};
@@ -50,12 +51,7 @@ pub fn router(app: Shared) -> Router {
 }
 
 fn json_body(code: StatusCode, v: Value) -> Response {
-    let mut resp = (code, v.to_string()).into_response();
-    resp.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    json_response(code, v.to_string().into_bytes())
 }
 
 fn admin_error(code: StatusCode, msg: impl Into<String>) -> Response {

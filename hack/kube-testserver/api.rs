@@ -3,11 +3,9 @@
 //! authorization, fault injection and request logging.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -15,7 +13,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use base64::Engine;
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Node;
@@ -26,11 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::version::Info;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppState, Query, WatchGuard, lock};
+use crate::app::{AppState, Query, lock};
 use crate::auth::{self, RequestInfo};
 use crate::errors::ApiError;
 use crate::faults::{LogEntry, MAX_LOGGED_BODY, now_ms};
@@ -41,6 +36,7 @@ use crate::store::{
     Broadcast, DeleteOutcome, Event, EventType, RESOURCE, StoredNode, Subresource, watch_line,
 };
 use crate::table::{self, IncludeObject};
+use crate::watch::{self, Watch, WatchView};
 
 /// Upstream's default max request body (3 MiB) with headroom.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -67,16 +63,11 @@ pub fn router(app: Shared) -> Router {
         )
         .route(
             "/api/v1/nodes/{name}",
-            get(get_node)
-                .put(put_node)
-                .patch(patch_node)
-                .delete(delete_node),
+            node_methods(Subresource::Main).delete(delete_node),
         )
         .route(
             "/api/v1/nodes/{name}/status",
-            get(get_node_status)
-                .put(put_node_status)
-                .patch(patch_node_status),
+            node_methods(Subresource::Status),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
         .route("/api/v1/pods", get(list_pods))
@@ -357,7 +348,7 @@ fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
     Ok(t)
 }
 
-fn parse_rv(raw: &str) -> Result<u64, ApiError> {
+pub fn parse_rv(raw: &str) -> Result<u64, ApiError> {
     raw.parse::<u64>()
         .map_err(|_| ApiError::bad_request(format!("invalid resource version: \"{raw}\"")))
 }
@@ -403,19 +394,24 @@ async fn nodes_collection_get(State(app): State<Shared>, headers: HeaderMap, uri
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// `limit`: at most this many items a page; 0 (or absent, or negative) for all.
+pub fn list_limit(q: &Query) -> Result<usize, ApiError> {
+    match q.value("limit") {
+        Some(l) => Ok(l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
+            .max(0) as usize),
+        None => Ok(0),
+    }
+}
+
 fn list(
     app: &Shared,
     q: &Query,
     selectors: &Selectors,
     table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
-    let limit: usize = match q.value("limit") {
-        Some(l) => l
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
-            .max(0) as usize,
-        None => 0,
-    };
+    let limit = list_limit(q)?;
     let cont = q.value("continue");
     let rv = q.value("resourceVersion");
     let rv_match = q.value("resourceVersionMatch");
@@ -580,20 +576,14 @@ pub fn status_watch_response(lines: Vec<Bytes>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
-struct WatchStream {
-    pending: VecDeque<Bytes>,
-    rx: broadcast::Receiver<Broadcast>,
+struct NodeView {
     selectors: Selectors,
     allow_bookmarks: bool,
     table: Option<IncludeObject>,
     table_columns_sent: bool,
-    deadline: Instant,
-    close: CancellationToken,
-    last_rv: u64,
-    _guard: WatchGuard,
 }
 
-impl WatchStream {
+impl NodeView {
     /// The line to send for `ev`, honouring selector transitions like the watch cache:
     /// entering the selection is ADDED, leaving it is DELETED.
     fn render(&mut self, ev: &Event) -> Option<Bytes> {
@@ -632,15 +622,7 @@ impl WatchStream {
             }
         };
         if let Some(include) = self.table {
-            let node = obj.to_node().ok()?;
-            let t = table::table(
-                vec![table::row(&node, include)],
-                &ev.rv.to_string(),
-                None,
-                !self.table_columns_sent,
-            );
-            self.table_columns_sent = true;
-            return Some(watch_line(kind.as_str(), &serde_json::to_vec(&t).ok()?));
+            return self.table_line(kind.as_str(), &obj, ev.rv, include);
         }
         if kind == ev.kind && matches!(obj, Cow::Borrowed(_)) {
             return Some(ev.line.clone());
@@ -650,49 +632,49 @@ impl WatchStream {
 
     fn initial_line(&mut self, n: &StoredNode) -> Option<Bytes> {
         if let Some(include) = self.table {
-            let node = n.to_node().ok()?;
-            let t = table::table(
-                vec![table::row(&node, include)],
-                &n.rv.to_string(),
-                None,
-                !self.table_columns_sent,
-            );
-            self.table_columns_sent = true;
-            return Some(watch_line("ADDED", &serde_json::to_vec(&t).ok()?));
+            return self.table_line("ADDED", n, n.rv, include);
         }
         Some(watch_line("ADDED", &n.json))
     }
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some(b);
+    /// `n` as a one-row Table at `rv`; the first Table of a watch carries the columns.
+    fn table_line(
+        &mut self,
+        kind: &str,
+        n: &StoredNode,
+        rv: u64,
+        include: IncludeObject,
+    ) -> Option<Bytes> {
+        let node = n.to_node().ok()?;
+        let t = table::table(
+            vec![table::row(&node, include)],
+            &rv.to_string(),
+            None,
+            !self.table_columns_sent,
+        );
+        self.table_columns_sent = true;
+        Some(watch_line(kind, &serde_json::to_vec(&t).ok()?))
+    }
+}
+
+impl WatchView for NodeView {
+    type Msg = Broadcast;
+
+    fn on_message(&mut self, msg: Broadcast, last_rv: &mut u64) -> Option<Bytes> {
+        match msg {
+            Broadcast::Event(ev) => {
+                if ev.rv <= *last_rv {
+                    return None;
+                }
+                *last_rv = ev.rv;
+                self.render(&ev)
             }
-            tokio::select! {
-                biased;
-                _ = self.close.cancelled() => return None,
-                _ = tokio::time::sleep_until(self.deadline) => return None,
-                msg = self.rx.recv() => match msg {
-                    Ok(Broadcast::Event(ev)) => {
-                        if ev.rv <= self.last_rv {
-                            continue;
-                        }
-                        self.last_rv = ev.rv;
-                        if let Some(line) = self.render(&ev) {
-                            return Some(line);
-                        }
-                    }
-                    Ok(Broadcast::Bookmark(rv)) => {
-                        if self.allow_bookmarks && self.table.is_none() && rv >= self.last_rv {
-                            self.last_rv = rv;
-                            return Some(bookmark_line(rv, false));
-                        }
-                    }
-                    // A watcher too slow for the broadcast buffer is closed, as upstream closes
-                    // slow watchers; the client resumes from its last resourceVersion.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return None,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
+            Broadcast::Bookmark(rv) => {
+                if self.allow_bookmarks && self.table.is_none() && rv >= *last_rv {
+                    *last_rv = rv;
+                    return Some(bookmark_line(rv, false));
+                }
+                None
             }
         }
     }
@@ -733,14 +715,8 @@ async fn watch(
             "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
         ));
     }
-    let timeout = match q.value("timeoutSeconds") {
-        Some(t) => Duration::from_secs(
-            t.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}")))?,
-        ),
-        None => app.settings.default_watch_timeout,
-    };
-    let requested = q.value("resourceVersion").map(parse_rv).transpose()?;
+    let timeout = watch::timeout(q, app.settings.default_watch_timeout)?;
+    let requested = watch::resource_version(q)?;
 
     let (initial, events, rx, start_rv, end_bookmark) = {
         let store = lock(&app.store);
@@ -770,27 +746,19 @@ async fn watch(
                 };
                 (initial, events, rx, from, end_bookmark)
             }
-            // Upstream answers 200 and delivers 410 as a watch ERROR event.
-            Err(e) if e.code == 410 => return Ok(status_watch_response(vec![error_line(&e)])),
-            Err(e) => return Err(e),
+            Err(e) => return watch::start_failed(e),
         }
     };
 
-    let close = lock(&app.watch_close).clone();
-    let mut stream = WatchStream {
-        pending: VecDeque::new(),
-        rx,
+    let view = NodeView {
         selectors,
         allow_bookmarks,
         table,
         table_columns_sent: false,
-        deadline: Instant::now() + timeout,
-        close,
-        last_rv: start_rv,
-        _guard: WatchGuard::new(app.clone()),
     };
+    let mut stream = Watch::new(&app, rx, timeout, start_rv, view);
     for n in &initial {
-        if let Some(line) = stream.initial_line(n) {
+        if let Some(line) = stream.view.initial_line(n) {
             stream.pending.push_back(line);
         }
     }
@@ -799,21 +767,11 @@ async fn watch(
     }
     for ev in &events {
         stream.last_rv = ev.rv;
-        if let Some(line) = stream.render(ev) {
+        if let Some(line) = stream.view.render(ev) {
             stream.pending.push_back(line);
         }
     }
-    let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|b| (Ok::<Bytes, Infallible>(b), s))
-    });
-    let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(stream.into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -853,15 +811,6 @@ async fn get_node(
         Some(n) => object_response(StatusCode::OK, &n, &headers, &q),
         None => ApiError::not_found(RESOURCE, &name).into_response(),
     }
-}
-
-async fn get_node_status(
-    state: State<Shared>,
-    path: Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    get_node(state, path, headers, uri).await
 }
 
 pub fn dry_run(q: &Query) -> Result<bool, ApiError> {
@@ -931,47 +880,6 @@ async fn create_node(
     }
 }
 
-fn do_put(
-    app: &Shared,
-    name: &str,
-    sub: Subresource,
-    headers: &HeaderMap,
-    uri: &Uri,
-    body: &Bytes,
-) -> Response {
-    let q = Query::parse(uri.query());
-    let result = (|| {
-        let value = require_json_body(headers, body)?;
-        let dry = dry_run(&q)?;
-        let w = writer(headers, &q, sub, "UpdateOptions")?;
-        lock(&app.store).update_as(name, sub, dry, Some(&w), move |_| Ok(value))
-    })();
-    match result {
-        Ok(n) => object_response(StatusCode::OK, &n, headers, &q),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn put_node(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_put(&app, &name, Subresource::Main, &headers, &uri, &body)
-}
-
-async fn put_node_status(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_put(&app, &name, Subresource::Status, &headers, &uri, &body)
-}
-
 #[derive(Clone, Copy)]
 pub enum PatchKind {
     Json,
@@ -1028,48 +936,90 @@ pub fn apply_patch(ptype: PatchKind, body: &[u8], mut current: Value) -> Result<
     }
 }
 
-fn do_patch(
+/// An update of a whole object: PUT replaces it, PATCH patches it.
+#[derive(Clone, Copy)]
+pub enum WriteOp {
+    Put,
+    Patch,
+}
+
+impl WriteOp {
+    /// The options type upstream names in this write's validation errors.
+    pub fn options_kind(self) -> &'static str {
+        match self {
+            WriteOp::Put => "UpdateOptions",
+            WriteOp::Patch => "PatchOptions",
+        }
+    }
+}
+
+/// What a PUT or PATCH does to the stored object's JSON.
+pub enum Change {
+    Replace(Value),
+    Patch(PatchKind, Bytes),
+}
+
+impl Change {
+    /// Reads the request's body: its media type and JSON are judged before the query, as
+    /// upstream does.
+    pub fn read(op: WriteOp, headers: &HeaderMap, body: &Bytes) -> Result<Self, ApiError> {
+        match op {
+            WriteOp::Put => Ok(Change::Replace(require_json_body(headers, body)?)),
+            WriteOp::Patch => Ok(Change::Patch(patch_type(headers)?, body.clone())),
+        }
+    }
+
+    pub fn op(&self) -> WriteOp {
+        match self {
+            Change::Replace(_) => WriteOp::Put,
+            Change::Patch(..) => WriteOp::Patch,
+        }
+    }
+
+    pub fn apply(self, current: Value) -> Result<Value, ApiError> {
+        match self {
+            Change::Replace(value) => Ok(value),
+            Change::Patch(ptype, body) => apply_patch(ptype, &body, current),
+        }
+    }
+}
+
+/// GET, PUT and PATCH of a Node (`Main`) or of its status: reads are the same for both.
+fn node_methods(sub: Subresource) -> MethodRouter<Shared> {
+    let write = move |op: WriteOp| {
+        move |State(app): State<Shared>,
+              Path(name): Path<String>,
+              headers: HeaderMap,
+              uri: Uri,
+              body: Bytes| async move { write_node(&app, &name, sub, op, &headers, &uri, &body) }
+    };
+    get(get_node)
+        .put(write(WriteOp::Put))
+        .patch(write(WriteOp::Patch))
+}
+
+fn write_node(
     app: &Shared,
     name: &str,
     sub: Subresource,
+    op: WriteOp,
     headers: &HeaderMap,
     uri: &Uri,
     body: &Bytes,
 ) -> Response {
     let q = Query::parse(uri.query());
     let result = (|| {
-        let ptype = patch_type(headers)?;
+        let change = Change::read(op, headers, body)?;
         let dry = dry_run(&q)?;
-        let body = body.clone();
-        let w = writer(headers, &q, sub, "PatchOptions")?;
+        let w = writer(headers, &q, sub, op.options_kind())?;
         lock(&app.store).update_as(name, sub, dry, Some(&w), move |current| {
-            apply_patch(ptype, &body, current)
+            change.apply(current)
         })
     })();
     match result {
         Ok(n) => object_response(StatusCode::OK, &n, headers, &q),
         Err(e) => e.into_response(),
     }
-}
-
-async fn patch_node(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_patch(&app, &name, Subresource::Main, &headers, &uri, &body)
-}
-
-async fn patch_node_status(
-    State(app): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    do_patch(&app, &name, Subresource::Status, &headers, &uri, &body)
 }
 
 fn delete_options(body: &Bytes) -> Result<Option<DeleteOptions>, ApiError> {

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::errors::ApiError;
+use crate::selector::parse_field_terms;
 use crate::store::EventType;
 use crate::table::{IncludeObject, human_duration};
 use crate::validate;
@@ -434,24 +435,9 @@ pub struct EventFieldSelector {
 
 impl EventFieldSelector {
     pub fn parse(input: &str) -> Result<Self, String> {
-        let mut terms = Vec::new();
-        for term in input.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let (field, negate, value) = if let Some((f, v)) = term.split_once("!=") {
-                (f, true, v)
-            } else if let Some((f, v)) = term.split_once("==") {
-                (f, false, v)
-            } else if let Some((f, v)) = term.split_once('=') {
-                (f, false, v)
-            } else {
-                return Err(format!(
-                    "invalid selector: '{term}'; can't understand '{term}'"
-                ));
-            };
-            let field = field.trim();
-            let f =
-                event_field(field).ok_or_else(|| format!("field label not supported: {field}"))?;
-            terms.push((f, negate, value.trim().to_string()));
-        }
+        let terms = parse_field_terms(input, |field| {
+            event_field(field).ok_or_else(|| format!("field label not supported: {field}"))
+        })?;
         Ok(Self { terms })
     }
 

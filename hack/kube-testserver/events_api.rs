@@ -2,55 +2,89 @@
 //! the read-only `core/v1` view of the same store (get, list, watch), both namespaced, with
 //! printed Tables for kubectl.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use base64::Engine;
 use bytes::Bytes;
 use k8s_openapi::api::events::v1::Event as V1Event;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::api::{
-    apply_patch, dry_run, error_line, json_response, patch_type, require_json_body,
-    status_watch_response, writer,
-};
-use crate::app::{AppState, Query, WatchGuard, lock};
+use crate::api::{Change, WriteOp, dry_run, json_response, list_limit, require_json_body, writer};
+use crate::app::{AppState, Query, lock};
 use crate::errors::ApiError;
 use crate::events::{
     self, EventChange, EventFieldSelector, StoredEvent, V1_GROUP, Version, from_v1, to_v1,
 };
 use crate::managed;
 use crate::selector::LabelSelector;
-use crate::store::{EventType, Subresource, generate_name_suffix, now, random_uid, watch_line};
+use crate::store::{
+    EventType, Subresource, check_no_resource_version, generate_name_suffix, now, random_uid,
+    watch_line,
+};
 use crate::table::{self, IncludeObject};
+use crate::watch::{self, Watch, WatchView};
 
 type Shared = Arc<AppState>;
 
 pub fn routes(router: Router<Shared>) -> Router<Shared> {
+    let core = reads(Version::Core);
+    let v1 = reads(Version::EventsV1);
+    let write = |op: WriteOp| {
+        move |State(app): State<Shared>,
+              Path((ns, name)): Path<(String, String)>,
+              headers: HeaderMap,
+              uri: Uri,
+              body: Bytes| async move { v1_write(&app, &ns, &name, op, &headers, &uri, &body) }
+    };
     router
-        .route("/api/v1/events", get(core_list_all))
-        .route("/api/v1/namespaces/{ns}/events", get(core_list))
-        .route("/api/v1/namespaces/{ns}/events/{name}", get(core_get))
-        .route("/apis/events.k8s.io/v1/events", get(v1_list_all))
+        .route("/api/v1/events", core.all)
+        .route("/api/v1/namespaces/{ns}/events", core.namespaced)
+        .route("/api/v1/namespaces/{ns}/events/{name}", core.one)
+        .route("/apis/events.k8s.io/v1/events", v1.all)
         .route(
             "/apis/events.k8s.io/v1/namespaces/{ns}/events",
-            get(v1_list).post(v1_create),
+            v1.namespaced.post(v1_create),
         )
         .route(
             "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
-            get(v1_get).patch(v1_patch).put(v1_put),
+            v1.one.patch(write(WriteOp::Patch)).put(write(WriteOp::Put)),
         )
+}
+
+/// The reads both API versions serve: list across namespaces, list one, get one.
+struct Reads {
+    all: MethodRouter<Shared>,
+    namespaced: MethodRouter<Shared>,
+    one: MethodRouter<Shared>,
+}
+
+fn reads(version: Version) -> Reads {
+    Reads {
+        all: get(
+            move |State(app): State<Shared>, headers: HeaderMap, uri: Uri| async move {
+                collection(app, version, None, &headers, &uri).await
+            },
+        ),
+        namespaced: get(
+            move |State(app): State<Shared>,
+                  Path(ns): Path<String>,
+                  headers: HeaderMap,
+                  uri: Uri| async move {
+                collection(app, version, Some(ns), &headers, &uri).await
+            },
+        ),
+        one: get(
+            move |State(app): State<Shared>,
+                  Path((ns, name)): Path<(String, String)>,
+                  headers: HeaderMap,
+                  uri: Uri| async move { one(&app, version, &ns, &name, &headers, &uri) },
+        ),
+    }
 }
 
 /// `events` or `events.events.k8s.io`, as upstream names the resource in messages.
@@ -59,50 +93,6 @@ fn qualified(version: Version) -> String {
         Version::Core => events::RESOURCE.to_string(),
         Version::EventsV1 => format!("{}.{V1_GROUP}", events::RESOURCE),
     }
-}
-
-async fn core_list_all(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
-    collection(app, Version::Core, None, &headers, &uri).await
-}
-
-async fn core_list(
-    State(app): State<Shared>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    collection(app, Version::Core, Some(ns), &headers, &uri).await
-}
-
-async fn v1_list_all(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
-    collection(app, Version::EventsV1, None, &headers, &uri).await
-}
-
-async fn v1_list(
-    State(app): State<Shared>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    collection(app, Version::EventsV1, Some(ns), &headers, &uri).await
-}
-
-async fn core_get(
-    State(app): State<Shared>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    one(&app, Version::Core, &ns, &name, &headers, &uri)
-}
-
-async fn v1_get(
-    State(app): State<Shared>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    one(&app, Version::EventsV1, &ns, &name, &headers, &uri)
 }
 
 struct Filter {
@@ -192,13 +182,7 @@ fn list(
     filter: &Filter,
     table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
-    let limit: usize = match q.value("limit") {
-        Some(l) => l
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
-            .max(0) as usize,
-        None => 0,
-    };
+    let limit = list_limit(q)?;
     let after = q.value("continue").map(decode_continue).transpose()?;
     let store = lock(&app.store);
     let rv = store.rv();
@@ -342,15 +326,7 @@ async fn v1_create(
                 )],
             ));
         }
-        if meta
-            .resource_version
-            .as_deref()
-            .is_some_and(|r| !r.is_empty())
-        {
-            return Err(ApiError::internal(
-                "resourceVersion should not be set on objects to be created",
-            ));
-        }
+        check_no_resource_version(meta.resource_version.as_deref())?;
         meta.uid = Some(random_uid());
         meta.creation_timestamp = Some(now());
         meta.self_link = None;
@@ -401,34 +377,24 @@ async fn v1_create(
     }
 }
 
-#[derive(Clone, Copy)]
-enum UpdateKind {
-    Patch,
-    Put,
-}
-
 fn v1_update(
     app: &Shared,
     ns: &str,
     name: &str,
-    kind: UpdateKind,
+    change: Change,
     headers: &HeaderMap,
     q: &Query,
-    compute: impl FnOnce(Value) -> Result<Value, ApiError>,
 ) -> Result<Arc<StoredEvent>, ApiError> {
+    let op = change.op();
     let dry = dry_run(q)?;
-    let options = match kind {
-        UpdateKind::Patch => "PatchOptions",
-        UpdateKind::Put => "UpdateOptions",
-    };
-    let w = writer(headers, q, Subresource::Main, options)?;
+    let w = writer(headers, q, Subresource::Main, op.options_kind())?;
     let mut store = lock(&app.store);
     let old = store
         .events
         .get(ns, name)
         .ok_or_else(|| ApiError::not_found(&qualified(Version::EventsV1), name))?;
     let old_v1 = to_v1(&old.event);
-    let mut new = decode_v1(compute(to_value(&old_v1)?)?)?;
+    let mut new = decode_v1(change.apply(to_value(&old_v1)?)?)?;
     let new_name = new.metadata.name.clone().unwrap_or_default();
     if new_name != name {
         return Err(ApiError::bad_request(format!(
@@ -497,45 +463,25 @@ fn v1_update(
     }
     let rv = store.next_rv();
     let stored = store.events.commit(rv, EventType::Modified, core);
-    match kind {
-        UpdateKind::Patch => store.events.counts.patched += 1,
-        UpdateKind::Put => store.events.counts.updated += 1,
+    match op {
+        WriteOp::Patch => store.events.counts.patched += 1,
+        WriteOp::Put => store.events.counts.updated += 1,
     }
     Ok(stored)
 }
 
-async fn v1_patch(
-    State(app): State<Shared>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
+fn v1_write(
+    app: &Shared,
+    ns: &str,
+    name: &str,
+    op: WriteOp,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &Bytes,
 ) -> Response {
     let q = Query::parse(uri.query());
-    let result = patch_type(&headers).and_then(|ptype| {
-        v1_update(&app, &ns, &name, UpdateKind::Patch, &headers, &q, |cur| {
-            apply_patch(ptype, &body, cur)
-        })
-    });
-    match result {
-        Ok(e) => object_response(StatusCode::OK, &e, Version::EventsV1, None),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn v1_put(
-    State(app): State<Shared>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let q = Query::parse(uri.query());
-    let result = require_json_body(&headers, &body).and_then(|value| {
-        v1_update(&app, &ns, &name, UpdateKind::Put, &headers, &q, |_| {
-            Ok(value)
-        })
-    });
+    let result = Change::read(op, headers, body)
+        .and_then(|change| v1_update(app, ns, name, change, headers, &q));
     match result {
         Ok(e) => object_response(StatusCode::OK, &e, Version::EventsV1, None),
         Err(e) => e.into_response(),
@@ -545,20 +491,14 @@ async fn v1_put(
 // ---------------------------------------------------------------------------------------------
 // Watch
 
-struct EventWatch {
-    pending: VecDeque<Bytes>,
-    rx: broadcast::Receiver<Arc<EventChange>>,
+struct EventView {
     filter: Filter,
     version: Version,
     table: Option<IncludeObject>,
     columns_sent: bool,
-    deadline: Instant,
-    close: CancellationToken,
-    last_rv: u64,
-    _guard: WatchGuard,
 }
 
-impl EventWatch {
+impl EventView {
     /// Selection is judged on the object of each change (no ADDED/DELETED for objects moving
     /// in or out of a selector, unlike Nodes).
     fn line(&mut self, kind: &str, e: &StoredEvent) -> Option<Bytes> {
@@ -580,31 +520,17 @@ impl EventWatch {
         };
         Some(watch_line(kind, &json))
     }
+}
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Some(b);
-            }
-            tokio::select! {
-                biased;
-                _ = self.close.cancelled() => return None,
-                _ = tokio::time::sleep_until(self.deadline) => return None,
-                msg = self.rx.recv() => match msg {
-                    Ok(change) => {
-                        if change.rv <= self.last_rv {
-                            continue;
-                        }
-                        self.last_rv = change.rv;
-                        if let Some(line) = self.line(change.kind.as_str(), &change.obj) {
-                            return Some(line);
-                        }
-                    }
-                    // Too slow for the buffer, or shutting down: end; clients resume.
-                    Err(_) => return None,
-                },
-            }
+impl WatchView for EventView {
+    type Msg = Arc<EventChange>;
+
+    fn on_message(&mut self, change: Arc<EventChange>, last_rv: &mut u64) -> Option<Bytes> {
+        if change.rv <= *last_rv {
+            return None;
         }
+        *last_rv = change.rv;
+        self.line(change.kind.as_str(), &change.obj)
     }
 }
 
@@ -615,20 +541,8 @@ fn watch(
     filter: Filter,
     table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
-    let timeout = match q.value("timeoutSeconds") {
-        Some(t) => Duration::from_secs(
-            t.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {t:?}")))?,
-        ),
-        None => app.settings.default_watch_timeout,
-    };
-    let requested = match q.value("resourceVersion") {
-        Some(r) => Some(
-            r.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version: \"{r}\"")))?,
-        ),
-        None => None,
-    };
+    let timeout = watch::timeout(q, app.settings.default_watch_timeout)?;
+    let requested = watch::resource_version(q)?;
     let (initial, changes, rx, from) = {
         let store = lock(&app.store);
         let current = store.rv();
@@ -649,45 +563,28 @@ fn watch(
                 };
                 (initial, changes, rx, from)
             }
-            Err(e) if e.code == 410 => return Ok(status_watch_response(vec![error_line(&e)])),
-            Err(e) => return Err(e),
+            Err(e) => return watch::start_failed(e),
         }
     };
-    let close = lock(&app.watch_close).clone();
-    let mut w = EventWatch {
-        pending: VecDeque::new(),
-        rx,
+    let view = EventView {
         filter,
         version,
         table,
         columns_sent: false,
-        deadline: Instant::now() + timeout,
-        close,
-        last_rv: from,
-        _guard: WatchGuard::new(app.clone()),
     };
+    let mut w = Watch::new(&app, rx, timeout, from, view);
     for e in &initial {
-        if let Some(line) = w.line("ADDED", e) {
+        if let Some(line) = w.view.line("ADDED", e) {
             w.pending.push_back(line);
         }
     }
     for c in &changes {
         w.last_rv = c.rv;
-        if let Some(line) = w.line(c.kind.as_str(), &c.obj) {
+        if let Some(line) = w.view.line(c.kind.as_str(), &c.obj) {
             w.pending.push_back(line);
         }
     }
-    let body = futures::stream::unfold(w, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|b| (Ok::<Bytes, Infallible>(b), s))
-    });
-    let mut resp = Response::new(Body::from_stream(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(w.into_response())
 }
 
 /// `GET /admin/events`: how many Events exist and were written, and a summary of each.

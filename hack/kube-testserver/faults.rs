@@ -257,32 +257,20 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(Fault::default().validate().is_err());
-        assert!(
-            Fault {
-                code: Some(200),
+        // (code, count, valid)
+        for (code, count, valid) in [
+            (None, None, false),
+            (Some(200), None, false),
+            (Some(503), Some(0), false),
+            (Some(503), None, true),
+        ] {
+            let f = Fault {
+                code,
+                count,
                 ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Fault {
-                code: Some(503),
-                count: Some(0),
-                ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Fault {
-                code: Some(503),
-                ..Default::default()
-            }
-            .validate()
-            .is_ok()
-        );
+            };
+            assert_eq!(f.validate().is_ok(), valid, "code {code:?} count {count:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod store;
 mod table;
 mod tls;
 mod validate;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -227,20 +227,7 @@ fn diff_map(
         match old.get(k) {
             None => insert_owned(set, fk, nv, path),
             Some(ov) if ov == nv => {}
-            Some(ov) => {
-                let mut s = Map::new();
-                let mut r = Map::new();
-                if diff_value(ov, nv, path, &mut s, &mut r) {
-                    if !s.is_empty() {
-                        set.insert(fk.clone(), Value::Object(s));
-                    }
-                    if !r.is_empty() {
-                        removed.insert(fk, Value::Object(r));
-                    }
-                } else {
-                    set.insert(fk, leaf());
-                }
-            }
+            Some(ov) => diff_child(fk, ov, nv, path, set, removed),
         }
         path.pop();
     }
@@ -248,6 +235,30 @@ fn diff_map(
         if !new.contains_key(k) && !unmanaged(path, k) {
             removed.insert(format!("f:{k}"), leaf());
         }
+    }
+}
+
+/// Records a child under `key` that changed: its own set and removed paths where it compares
+/// field-wise, else the whole child as set.
+fn diff_child(
+    key: String,
+    old: &Value,
+    new: &Value,
+    path: &mut Vec<String>,
+    set: &mut Fields,
+    removed: &mut Fields,
+) {
+    let mut s = Map::new();
+    let mut r = Map::new();
+    if diff_value(old, new, path, &mut s, &mut r) {
+        if !s.is_empty() {
+            set.insert(key.clone(), Value::Object(s));
+        }
+        if !r.is_empty() {
+            removed.insert(key, Value::Object(r));
+        }
+    } else {
+        set.insert(key, leaf());
     }
 }
 
@@ -280,20 +291,7 @@ fn diff_value(
                         set.insert(key.clone(), sub);
                     }
                     Some((_, ov)) if ov == nv => {}
-                    Some((_, ov)) => {
-                        let mut s = Map::new();
-                        let mut r = Map::new();
-                        if diff_value(ov, nv, path, &mut s, &mut r) {
-                            if !s.is_empty() {
-                                set.insert(key.clone(), Value::Object(s));
-                            }
-                            if !r.is_empty() {
-                                removed.insert(key.clone(), Value::Object(r));
-                            }
-                        } else {
-                            set.insert(key.clone(), leaf());
-                        }
-                    }
+                    Some((_, ov)) => diff_child(key.clone(), ov, nv, path, set, removed),
                 }
             }
             for (key, _) in &oi {

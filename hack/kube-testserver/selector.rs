@@ -217,41 +217,51 @@ pub struct FieldValues<'a> {
     pub unschedulable: bool,
 }
 
+/// The terms of a field selector (`f=v`, `f==v`, `f!=v`, comma-separated) as (field, negated,
+/// value), each field name resolved by `field_of`, which rejects the unsupported ones.
+pub fn parse_field_terms<F>(
+    input: &str,
+    field_of: impl Fn(&str) -> Result<F, String>,
+) -> Result<Vec<(F, bool, String)>, String> {
+    let mut terms = Vec::new();
+    for term in input.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (field, negate, value) = if let Some((f, v)) = term.split_once("!=") {
+            (f, true, v)
+        } else if let Some((f, v)) = term.split_once("==") {
+            (f, false, v)
+        } else if let Some((f, v)) = term.split_once('=') {
+            (f, false, v)
+        } else {
+            return Err(format!(
+                "invalid selector: '{term}'; can't understand '{term}'"
+            ));
+        };
+        terms.push((field_of(field.trim())?, negate, value.trim().to_string()));
+    }
+    Ok(terms)
+}
+
 impl FieldSelector {
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
     }
 
     pub fn parse(input: &str) -> Result<Self, String> {
-        let mut terms = Vec::new();
-        for term in input.split(',') {
-            let term = term.trim();
-            if term.is_empty() {
-                continue;
-            }
-            let (field, negate, value) = if let Some((f, v)) = term.split_once("!=") {
-                (f, true, v)
-            } else if let Some((f, v)) = term.split_once("==") {
-                (f, false, v)
-            } else if let Some((f, v)) = term.split_once('=') {
-                (f, false, v)
-            } else {
-                return Err(format!(
-                    "invalid selector: '{term}'; can't understand '{term}'"
-                ));
-            };
-            let field = match field.trim() {
-                "metadata.name" => NodeField::Name,
-                "spec.unschedulable" => NodeField::Unschedulable,
-                other => return Err(format!("field label not supported: {other}")),
-            };
-            terms.push(FieldTerm {
-                field,
-                negate,
-                value: value.trim().to_string(),
-            });
-        }
-        Ok(Self { terms })
+        let terms = parse_field_terms(input, |field| match field {
+            "metadata.name" => Ok(NodeField::Name),
+            "spec.unschedulable" => Ok(NodeField::Unschedulable),
+            other => Err(format!("field label not supported: {other}")),
+        })?;
+        Ok(Self {
+            terms: terms
+                .into_iter()
+                .map(|(field, negate, value)| FieldTerm {
+                    field,
+                    negate,
+                    value,
+                })
+                .collect(),
+        })
     }
 
     pub fn matches(&self, values: &FieldValues<'_>) -> bool {
@@ -284,62 +294,59 @@ mod tests {
             .collect()
     }
 
+    /// Asserts each selector's verdict on `l`.
+    #[track_caller]
+    fn assert_label_verdicts(l: &BTreeMap<String, String>, cases: &[(&str, bool)]) {
+        for (selector, want) in cases {
+            let sel = LabelSelector::parse(selector).unwrap();
+            assert_eq!(sel.matches(l), *want, "{selector:?}");
+        }
+    }
+
     #[test]
     fn equality_operators() {
         let l = labels(&[("zone", "a"), ("role", "worker")]);
-        assert!(LabelSelector::parse("zone=a").unwrap().matches(&l));
-        assert!(LabelSelector::parse("zone==a").unwrap().matches(&l));
-        assert!(!LabelSelector::parse("zone=b").unwrap().matches(&l));
-        assert!(LabelSelector::parse("zone!=b").unwrap().matches(&l));
-        assert!(!LabelSelector::parse("zone!=a").unwrap().matches(&l));
-        // != matches objects lacking the key.
-        assert!(LabelSelector::parse("missing!=x").unwrap().matches(&l));
-        assert!(
-            LabelSelector::parse("zone=a,role=worker")
-                .unwrap()
-                .matches(&l)
-        );
-        assert!(
-            !LabelSelector::parse("zone=a,role=master")
-                .unwrap()
-                .matches(&l)
+        assert_label_verdicts(
+            &l,
+            &[
+                ("zone=a", true),
+                ("zone==a", true),
+                ("zone=b", false),
+                ("zone!=b", true),
+                ("zone!=a", false),
+                // != matches objects lacking the key.
+                ("missing!=x", true),
+                ("zone=a,role=worker", true),
+                ("zone=a,role=master", false),
+            ],
         );
     }
 
     #[test]
     fn set_and_existence_operators() {
         let l = labels(&[("zone", "a"), ("gpu", "")]);
-        assert!(LabelSelector::parse("zone in (a, b)").unwrap().matches(&l));
-        assert!(!LabelSelector::parse("zone in (b,c)").unwrap().matches(&l));
-        assert!(
-            LabelSelector::parse("zone notin (b,c)")
-                .unwrap()
-                .matches(&l)
+        assert_label_verdicts(
+            &l,
+            &[
+                ("zone in (a, b)", true),
+                ("zone in (b,c)", false),
+                ("zone notin (b,c)", true),
+                ("zone notin (a)", false),
+                ("missing notin (a)", true),
+                ("missing in (a)", false),
+                ("gpu", true),
+                ("!gpu", false),
+                ("!missing", true),
+                ("zone in (a,b),!missing,gpu", true),
+                ("", true),
+            ],
         );
-        assert!(!LabelSelector::parse("zone notin (a)").unwrap().matches(&l));
-        assert!(
-            LabelSelector::parse("missing notin (a)")
-                .unwrap()
-                .matches(&l)
-        );
-        assert!(!LabelSelector::parse("missing in (a)").unwrap().matches(&l));
-        assert!(LabelSelector::parse("gpu").unwrap().matches(&l));
-        assert!(!LabelSelector::parse("!gpu").unwrap().matches(&l));
-        assert!(LabelSelector::parse("!missing").unwrap().matches(&l));
-        assert!(
-            LabelSelector::parse("zone in (a,b),!missing,gpu")
-                .unwrap()
-                .matches(&l)
-        );
-        assert!(LabelSelector::parse("").unwrap().matches(&l));
     }
 
     #[test]
     fn numeric_comparisons() {
         let l = labels(&[("n", "5")]);
-        assert!(LabelSelector::parse("n>4").unwrap().matches(&l));
-        assert!(!LabelSelector::parse("n>5").unwrap().matches(&l));
-        assert!(LabelSelector::parse("n<6").unwrap().matches(&l));
+        assert_label_verdicts(&l, &[("n>4", true), ("n>5", false), ("n<6", true)]);
         assert!(LabelSelector::parse("n>x").is_err());
     }
 
@@ -358,31 +365,16 @@ mod tests {
             name: "n1",
             unschedulable: false,
         };
-        assert!(
-            FieldSelector::parse("metadata.name=n1")
-                .unwrap()
-                .matches(&v)
-        );
-        assert!(
-            FieldSelector::parse("metadata.name==n1")
-                .unwrap()
-                .matches(&v)
-        );
-        assert!(
-            !FieldSelector::parse("metadata.name=n2")
-                .unwrap()
-                .matches(&v)
-        );
-        assert!(
-            FieldSelector::parse("metadata.name!=n2")
-                .unwrap()
-                .matches(&v)
-        );
-        assert!(
-            FieldSelector::parse("spec.unschedulable=false")
-                .unwrap()
-                .matches(&v)
-        );
+        for (selector, want) in [
+            ("metadata.name=n1", true),
+            ("metadata.name==n1", true),
+            ("metadata.name=n2", false),
+            ("metadata.name!=n2", true),
+            ("spec.unschedulable=false", true),
+        ] {
+            let sel = FieldSelector::parse(selector).unwrap();
+            assert_eq!(sel.matches(&v), want, "{selector:?}");
+        }
         assert_eq!(
             FieldSelector::parse("metadata.name=n1")
                 .unwrap()

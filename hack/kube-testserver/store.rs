@@ -146,6 +146,16 @@ pub fn random_uid() -> String {
     )
 }
 
+/// A create must not name a resourceVersion: the server assigns it.
+pub fn check_no_resource_version(rv: Option<&str>) -> Result<(), ApiError> {
+    if rv.is_some_and(|rv| !rv.is_empty()) {
+        return Err(ApiError::internal(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
+    Ok(())
+}
+
 pub fn generate_name_suffix() -> String {
     // apimachinery's names.SimpleNameGenerator alphabet (no vowels, no confusable digits).
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -337,15 +347,7 @@ impl Store {
             }
         }
         let name = meta.name.clone().unwrap_or_default();
-        if meta
-            .resource_version
-            .as_deref()
-            .is_some_and(|rv| !rv.is_empty())
-        {
-            return Err(ApiError::internal(
-                "resourceVersion should not be set on objects to be created",
-            ));
-        }
+        check_no_resource_version(meta.resource_version.as_deref())?;
         if self.nodes.contains_key(&name) {
             return Err(ApiError::already_exists(RESOURCE, &name));
         }

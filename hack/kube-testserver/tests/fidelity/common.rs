@@ -78,6 +78,23 @@ pub async fn call(
     let req = req
         .body(Body::from(body.unwrap_or("").as_bytes().to_vec()))
         .unwrap();
+    send(client, req).await
+}
+
+/// `method path` with `body` as its JSON document.
+pub async fn send_json(client: &kube::Client, method: &str, path: &str, body: &Value) -> Resp {
+    call(
+        client,
+        method,
+        path,
+        Some("application/json"),
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(client: &kube::Client, req: http::Request<Body>) -> Resp {
     let resp = client.send(req).await.expect("request is sent");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -98,6 +115,11 @@ pub async fn get(client: &kube::Client, path: &str) -> Resp {
 
 pub async fn patch(client: &kube::Client, path: &str, ct: &str, body: &str) -> Resp {
     call(client, "PATCH", path, Some(ct), Some(body)).await
+}
+
+/// A JSON merge patch, the most common write in these tests.
+pub async fn merge_patch(client: &kube::Client, path: &str, body: &str) -> Resp {
+    patch(client, path, MERGE, body).await
 }
 
 pub const MERGE: &str = "application/merge-patch+json";
@@ -129,16 +151,18 @@ pub async fn create_node(client: &kube::Client, name: &str, labels: Value) -> Va
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
                    "addresses": [{"type": "InternalIP", "address": "192.168.9.1"}, {"type": "Hostname", "address": name}]}
     });
-    let r = call(
-        client,
-        "POST",
-        "/api/v1/nodes",
-        Some("application/json"),
-        Some(&body.to_string()),
-    )
-    .await;
+    let r = send_json(client, "POST", "/api/v1/nodes", &body).await;
     assert_eq!(r.status, 201, "{r:?}");
     r.json
+}
+
+/// A Node watch resuming after `rv`.
+pub async fn watch_nodes_from(client: &kube::Client, rv: u64) -> WatchReader {
+    WatchReader::open(
+        client,
+        &format!("/api/v1/nodes?watch=1&resourceVersion={rv}"),
+    )
+    .await
 }
 
 #[derive(Debug)]

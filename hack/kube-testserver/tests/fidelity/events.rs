@@ -10,7 +10,7 @@ use kube::runtime::events::{Event as Publish, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::kubectl::{kubectl, ok};
+use crate::kubectl::{admin_json, kubectl, ok};
 
 fn with_grant() -> KubeTestServer {
     spawn(TestServerOptions {
@@ -183,16 +183,7 @@ async fn events_validation_patches_and_watch() {
     let admin = client(&server, "admin").await;
     let post = |body: Value| {
         let admin = admin.clone();
-        async move {
-            call(
-                &admin,
-                "POST",
-                V1_PATH,
-                Some("application/json"),
-                Some(&body.to_string()),
-            )
-            .await
-        }
+        async move { send_json(&admin, "POST", V1_PATH, &body).await }
     };
     let mut watch = WatchReader::open(&admin, "/apis/events.k8s.io/v1/events?watch=1").await;
     assert_eq!(watch.status, 200);
@@ -235,7 +226,7 @@ async fn events_validation_patches_and_watch() {
     assert!(rv_of(&r.json) > created_rv);
     let ev = watch.expect_event().await;
     assert_eq!(ev["type"], "MODIFIED");
-    let r = patch(&admin, &path, MERGE, r#"{"note":"second"}"#).await;
+    let r = merge_patch(&admin, &path, r#"{"note":"second"}"#).await;
     assert_status(&r, 422, "Invalid");
     assert!(r.text.contains("field is immutable"), "{r:?}");
     let stale = format!(
@@ -325,12 +316,7 @@ async fn kubectl_get_events_and_describe_node() {
         lines[1].contains("node/node-00001") && lines[1].contains("field manager \"rancher\""),
         "{out}"
     );
-    let json_out: Value = serde_json::from_str(&ok(kubectl(
-        &server,
-        "admin",
-        &["get", "events", "-n", "default", "-o", "json"],
-    )))
-    .unwrap();
+    let json_out: Value = admin_json(&server, &["get", "events", "-n", "default", "-o", "json"]);
     assert_eq!(json_out["items"][0]["series"]["count"], 2);
     // The events.k8s.io/v1 view prints the same table.
     let v1 = ok(kubectl(

@@ -22,10 +22,9 @@ async fn injected_errors_are_counted_and_shaped_like_upstream() {
         )
         .unwrap();
     for _ in 0..2 {
-        let r = patch(
+        let r = merge_patch(
             &c,
             "/api/v1/nodes/node-00000/status",
-            MERGE,
             r#"{"metadata":{"labels":{"a":"1"}}}"#,
         )
         .await;
@@ -36,15 +35,14 @@ async fn injected_errors_are_counted_and_shaped_like_upstream() {
     // Other verbs/resources were never affected; the third patch goes through.
     assert_eq!(get(&c, "/api/v1/nodes/node-00000").await.status, 200);
     assert_eq!(
-        patch(&c, "/api/v1/nodes/node-00000", MERGE, "{}")
+        merge_patch(&c, "/api/v1/nodes/node-00000", "{}")
             .await
             .status,
         200
     );
-    let r = patch(
+    let r = merge_patch(
         &c,
         "/api/v1/nodes/node-00000/status",
-        MERGE,
         r#"{"metadata":{"labels":{"a":"1"}}}"#,
     )
     .await;
@@ -107,19 +105,17 @@ async fn close_watches_ends_every_stream() {
     let server = spawn_nodes(1);
     let c = client(&server, "admin").await;
     let rv = server.resource_version().unwrap();
-    let mut a = WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
-    let mut b = WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
+    let mut a = watch_nodes_from(&c, rv).await;
+    let mut b = watch_nodes_from(&c, rv).await;
     server.wait_for_watches(2, Duration::from_secs(5)).unwrap();
     assert_eq!(server.close_watches().unwrap(), 2);
     assert!(matches!(a.next(Duration::from_secs(5)).await, Next::End));
     assert!(matches!(b.next(Duration::from_secs(5)).await, Next::End));
     // New watches work and see later writes.
-    let mut again =
-        WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
-    patch(
+    let mut again = watch_nodes_from(&c, rv).await;
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
@@ -130,15 +126,14 @@ async fn close_watches_ends_every_stream() {
 async fn outage_refuses_connections_and_keeps_state() {
     let server = spawn_nodes(3);
     let c = client(&server, "admin").await;
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00001",
-        MERGE,
         r#"{"metadata":{"labels":{"kept":"yes"}}}"#,
     )
     .await;
     let rv = server.resource_version().unwrap();
-    let mut w = WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
+    let mut w = watch_nodes_from(&c, rv).await;
     server.wait_for_watches(1, Duration::from_secs(5)).unwrap();
     let addr = server.url().trim_start_matches("https://").to_string();
     server.outage(Duration::from_millis(1500)).unwrap();
@@ -167,15 +162,10 @@ async fn outage_refuses_connections_and_keeps_state() {
     let n = get(&fresh, "/api/v1/nodes/node-00001").await;
     assert_eq!(n.json["metadata"]["labels"]["kept"], "yes");
     assert_eq!(server.resource_version().unwrap(), rv);
-    let mut resumed = WatchReader::open(
-        &fresh,
-        &format!("/api/v1/nodes?watch=1&resourceVersion={rv}"),
-    )
-    .await;
-    patch(
+    let mut resumed = watch_nodes_from(&fresh, rv).await;
+    merge_patch(
         &fresh,
         "/api/v1/nodes/node-00002",
-        MERGE,
         r#"{"metadata":{"labels":{"after":"1"}}}"#,
     )
     .await;
@@ -362,7 +352,7 @@ async fn sigterm_exits_cleanly_and_drop_cleans_up() {
     let c = client(&server, "admin").await;
     let rv = server.resource_version().unwrap();
     // An open watch must not hold up shutdown.
-    let _w = WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
+    let _w = watch_nodes_from(&c, rv).await;
     server.wait_for_watches(1, Duration::from_secs(5)).unwrap();
     let state_dir = server.dir().join("state");
     assert!(state_dir.join("server.json").exists());

@@ -78,6 +78,21 @@ async fn next_event(rx: &mut Events) -> Event<Node> {
     next_item(rx).await.expect("watcher event is not an error")
 }
 
+/// The next watcher event, which must be an Apply.
+async fn next_apply(rx: &mut Events) -> Node {
+    match next_event(rx).await {
+        Event::Apply(n) => n,
+        other => panic!("expected Apply, got {other:?}"),
+    }
+}
+
+/// A JSON merge patch through kube-rs with default parameters.
+async fn merge(nodes: &Api<Node>, name: &str, patch: serde_json::Value) -> kube::Result<Node> {
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+}
+
 /// Skips to the end of an initial listing, returning the names listed.
 async fn init_done(rx: &mut Events) -> Vec<String> {
     let mut names = Vec::new();
@@ -106,18 +121,15 @@ async fn watcher_lists_in_pages_then_relists_after_410() {
         .unwrap();
     assert_eq!(list_log.len(), 3, "7 nodes in pages of 3");
     assert!(list_log[1].path.contains("continue="));
-    nodes
-        .patch(
-            "node-00003",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"w": "1"}}})),
-        )
-        .await
-        .unwrap();
-    match next_event(&mut rx).await {
-        Event::Apply(n) => assert_eq!(n.metadata.name.as_deref(), Some("node-00003")),
-        other => panic!("expected Apply, got {other:?}"),
-    }
+    merge(
+        &nodes,
+        "node-00003",
+        json!({"metadata": {"labels": {"w": "1"}}}),
+    )
+    .await
+    .unwrap();
+    let n = next_apply(&mut rx).await;
+    assert_eq!(n.metadata.name.as_deref(), Some("node-00003"));
 
     // Cut the watch and hold the reconnect back while a write happens and history is dropped:
     // the resume point is then gone, the server answers 410 and the watcher must re-list.
@@ -129,14 +141,13 @@ async fn watcher_lists_in_pages_then_relists_after_410() {
         )
         .unwrap();
     server.close_watches().unwrap();
-    nodes
-        .patch(
-            "node-00004",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"w": "2"}}})),
-        )
-        .await
-        .unwrap();
+    merge(
+        &nodes,
+        "node-00004",
+        json!({"metadata": {"labels": {"w": "2"}}}),
+    )
+    .await
+    .unwrap();
     server.compact_history().unwrap();
     match next_item(&mut rx).await {
         Err(e) => assert!(
@@ -179,14 +190,13 @@ async fn watcher_resumes_from_bookmark_resource_version() {
     let server = spawn_nodes(2);
     let c = default_client(&server, "admin").await;
     let nodes: Api<Node> = Api::all(c.clone());
-    nodes
-        .patch(
-            "node-00000",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"watched": "yes"}}})),
-        )
-        .await
-        .unwrap();
+    merge(
+        &nodes,
+        "node-00000",
+        json!({"metadata": {"labels": {"watched": "yes"}}}),
+    )
+    .await
+    .unwrap();
     let (mut rx, task) = forward(
         nodes.clone(),
         watcher::Config::default().labels("watched=yes"),
@@ -194,31 +204,27 @@ async fn watcher_resumes_from_bookmark_resource_version() {
     assert_eq!(init_done(&mut rx).await, ["node-00000"]);
     server.wait_for_watches(1, Duration::from_secs(10)).unwrap();
     // A write the watcher does not see (filtered), then a bookmark carrying its revision.
-    let unseen = nodes
-        .patch(
-            "node-00001",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"other": "1"}}})),
-        )
-        .await
-        .unwrap();
+    let unseen = merge(
+        &nodes,
+        "node-00001",
+        json!({"metadata": {"labels": {"other": "1"}}}),
+    )
+    .await
+    .unwrap();
     let unseen_rv = unseen.metadata.resource_version.unwrap();
     assert_eq!(server.bookmark().unwrap().to_string(), unseen_rv);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let since = server.reset_request_log().unwrap();
     server.close_watches().unwrap();
-    nodes
-        .patch(
-            "node-00000",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"n": "2"}}})),
-        )
-        .await
-        .unwrap();
-    match next_event(&mut rx).await {
-        Event::Apply(n) => assert_eq!(n.metadata.labels.unwrap()["n"], "2"),
-        other => panic!("expected Apply, got {other:?}"),
-    }
+    merge(
+        &nodes,
+        "node-00000",
+        json!({"metadata": {"labels": {"n": "2"}}}),
+    )
+    .await
+    .unwrap();
+    let n = next_apply(&mut rx).await;
+    assert_eq!(n.metadata.labels.unwrap()["n"], "2");
     let watches = server
         .request_log(&LogFilter {
             since: Some(since),
@@ -271,24 +277,22 @@ async fn stale_resource_version_conflicts_through_kube() {
     let server = spawn_nodes(1);
     let nodes: Api<Node> = Api::all(default_client(&server, "admin").await);
     let stale = nodes.get("node-00000").await.unwrap();
-    nodes
-        .patch(
-            "node-00000",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"first": "1"}}})),
-        )
-        .await
-        .unwrap();
+    merge(
+        &nodes,
+        "node-00000",
+        json!({"metadata": {"annotations": {"first": "1"}}}),
+    )
+    .await
+    .unwrap();
     let stale_rv = stale.metadata.resource_version.clone().unwrap();
     let err = api_error(
-        nodes
-            .patch(
-                "node-00000",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"resourceVersion": stale_rv, "annotations": {"second": "1"}}})),
-            )
-            .await
-            .unwrap_err(),
+        merge(
+            &nodes,
+            "node-00000",
+            json!({"metadata": {"resourceVersion": stale_rv, "annotations": {"second": "1"}}}),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     let err = api_error(

@@ -41,13 +41,30 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `kubectl ARGS` as admin, its output parsed as JSON.
+pub fn admin_json(server: &KubeTestServer, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(kubectl(server, "admin", args))).unwrap()
+}
+
 fn node_json(server: &KubeTestServer, name: &str) -> Value {
-    serde_json::from_str(&ok(kubectl(
+    admin_json(server, &["get", "node", name, "-o", "json"])
+}
+
+/// `kubectl patch node node-00000 --type TYPE -p PATCH`.
+fn patch_node(server: &KubeTestServer, patch_type: &str, patch: &str) -> Output {
+    kubectl(
         server,
         "admin",
-        &["get", "node", name, "-o", "json"],
-    )))
-    .unwrap()
+        &[
+            "patch",
+            "node",
+            "node-00000",
+            "--type",
+            patch_type,
+            "-p",
+            patch,
+        ],
+    )
 }
 
 #[tokio::test]
@@ -64,12 +81,7 @@ async fn kubectl_get_and_get_json() {
         lines[1].starts_with("node-00000") && lines[1].contains("Ready"),
         "{table}"
     );
-    let list: Value = serde_json::from_str(&ok(kubectl(
-        &server,
-        "admin",
-        &["get", "nodes", "-o", "json"],
-    )))
-    .unwrap();
+    let list: Value = admin_json(&server, &["get", "nodes", "-o", "json"]);
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
     let one = node_json(&server, "node-00002");
     assert_eq!(one["kind"], "Node");
@@ -126,57 +138,25 @@ async fn kubectl_annotate_label_and_patch_types() {
         "admin",
         &["label", "node", "node-00000", "team-"],
     ));
-    ok(kubectl(
+    ok(patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"metadata":{"labels":{"m":"1"}}}"#,
-        ],
+        "merge",
+        r#"{"metadata":{"labels":{"m":"1"}}}"#,
     ));
-    ok(kubectl(
+    ok(patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "strategic",
-            "-p",
-            r#"{"metadata":{"labels":{"s":"1"}}}"#,
-        ],
+        "strategic",
+        r#"{"metadata":{"labels":{"s":"1"}}}"#,
     ));
-    ok(kubectl(
+    ok(patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"add","path":"/metadata/labels/j","value":"1"}]"#,
-        ],
+        "json",
+        r#"[{"op":"add","path":"/metadata/labels/j","value":"1"}]"#,
     ));
-    let failed = kubectl(
+    let failed = patch_node(
         &server,
-        "admin",
-        &[
-            "patch",
-            "node",
-            "node-00000",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"test","path":"/metadata/labels/j","value":"2"}]"#,
-        ],
+        "json",
+        r#"[{"op":"test","path":"/metadata/labels/j","value":"2"}]"#,
     );
     assert!(!failed.status.success());
     let n = node_json(&server, "node-00000");

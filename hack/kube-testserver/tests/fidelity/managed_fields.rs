@@ -10,7 +10,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::kubectl::{kubectl, ok};
+use crate::kubectl::{admin_json, kubectl, ok};
 
 fn entries(obj: &Value) -> Vec<ManagedFieldsEntry> {
     serde_json::from_value(obj["metadata"]["managedFields"].clone()).unwrap_or_default()
@@ -48,19 +48,7 @@ async fn put_with_user_agent(client: &kube::Client, path: &str, ua: &str, body: 
         .header("user-agent", ua)
         .body(Body::from(body.to_string().into_bytes()))
         .unwrap();
-    let resp = client.send(req).await.expect("request is sent");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    use http_body_util::BodyExt;
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        headers,
-        text,
-        json,
-    }
+    send(client, req).await
 }
 
 #[tokio::test]
@@ -159,18 +147,16 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
 
     // An explicit fieldManager wins over the User-Agent; an invalid one is 422.
     let long = "m".repeat(129);
-    let r = patch(
+    let r = merge_patch(
         &client,
         &format!("/api/v1/nodes/n1?fieldManager={long}"),
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
     assert_status(&r, 422, "Invalid");
-    let r = patch(
+    let r = merge_patch(
         &client,
         "/api/v1/nodes/n1?fieldManager=ops%20team",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
@@ -181,20 +167,18 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
         Some(&json!({"f:metadata": {"f:labels": {"f:x": {}}}}))
     );
     // A write that changes nothing leaves managedFields (and the revision) alone.
-    let again = patch(
+    let again = merge_patch(
         &client,
         "/api/v1/nodes/n1?fieldManager=someone-else",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
     assert_eq!(rv_of(&again.json), rv_of(&r.json));
     assert_eq!(entries(&again.json), mf);
     // `[{}]` (or `[]`) resets them; the resetting write is not recorded either.
-    let reset = patch(
+    let reset = merge_patch(
         &client,
         "/api/v1/nodes/n1?fieldManager=resetter",
-        MERGE,
         r#"{"metadata":{"managedFields":[{}],"labels":{"y":"1"}}}"#,
     )
     .await;
@@ -203,10 +187,9 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
         reset.json["metadata"].get("managedFields").is_none(),
         "{reset:?}"
     );
-    let next = patch(
+    let next = merge_patch(
         &client,
         "/api/v1/nodes/n1?fieldManager=after",
-        MERGE,
         r#"{"metadata":{"labels":{"z":"1"}}}"#,
     )
     .await;
@@ -220,12 +203,10 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
 
 /// kubectl hides managedFields unless asked.
 fn node_json(server: &KubeTestServer, name: &str) -> Value {
-    serde_json::from_str(&ok(kubectl(
+    admin_json(
         server,
-        "admin",
         &["get", "node", name, "-o", "json", "--show-managed-fields"],
-    )))
-    .unwrap()
+    )
 }
 
 fn annotation_owners(server: &KubeTestServer, node: &str, key: &str) -> Vec<String> {

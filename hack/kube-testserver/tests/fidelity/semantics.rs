@@ -61,10 +61,9 @@ async fn global_resource_version_and_noop_writes() {
     let a = create_node(&c, "a", json!({})).await;
     let b = create_node(&c, "b", json!({})).await;
     assert!(rv_of(&b) > rv_of(&a), "one global revision across objects");
-    let p = patch(
+    let p = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"annotations":{"k":"v"}}}"#,
     )
     .await;
@@ -74,39 +73,26 @@ async fn global_resource_version_and_noop_writes() {
         after_write > rv_of(&b),
         "a write to a bumps past b's revision"
     );
-    let mut w = WatchReader::open(
-        &c,
-        &format!("/api/v1/nodes?watch=1&resourceVersion={after_write}"),
-    )
-    .await;
+    let mut w = watch_nodes_from(&c, after_write).await;
     // The same value again: no new revision, no event.
-    let noop = patch(
+    let noop = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"annotations":{"k":"v"}}}"#,
     )
     .await;
     assert_eq!(noop.status, 200);
     assert_eq!(rv_of(&noop.json), after_write);
     assert_eq!(server.resource_version().unwrap(), after_write);
-    let noop_put = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&noop.json.to_string()),
-    )
-    .await;
+    let noop_put = send_json(&c, "PUT", "/api/v1/nodes/a", &noop.json).await;
     assert_eq!(
         rv_of(&noop_put.json),
         after_write,
         "no-op PUT keeps the revision"
     );
-    let real = patch(
+    let real = merge_patch(
         &c,
         "/api/v1/nodes/b",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
@@ -132,10 +118,9 @@ async fn uid_creation_timestamp_and_generation() {
         .as_str()
         .unwrap()
         .to_string();
-    let labels = patch(
+    let labels = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"labels":{"x":"1"}}}"#,
     )
     .await;
@@ -143,21 +128,14 @@ async fn uid_creation_timestamp_and_generation() {
         labels.json["metadata"]["generation"], 1,
         "metadata changes keep generation"
     );
-    let spec = patch(
-        &c,
-        "/api/v1/nodes/a",
-        MERGE,
-        r#"{"spec":{"unschedulable":true}}"#,
-    )
-    .await;
+    let spec = merge_patch(&c, "/api/v1/nodes/a", r#"{"spec":{"unschedulable":true}}"#).await;
     assert_eq!(
         spec.json["metadata"]["generation"], 2,
         "spec changes bump generation"
     );
-    let ts = patch(
+    let ts = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"creationTimestamp":"2000-01-01T00:00:00Z","labels":{"y":"2"}}}"#,
     )
     .await;
@@ -166,14 +144,7 @@ async fn uid_creation_timestamp_and_generation() {
     assert_eq!(ts.json["metadata"]["uid"], uid.as_str());
     let mut other_uid = ts.json.clone();
     other_uid["metadata"]["uid"] = json!("00000000-0000-4000-8000-000000000000");
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&other_uid.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a", &other_uid).await;
     assert_status(&r, 409, "Conflict");
     assert!(
         r.json["message"]
@@ -258,8 +229,7 @@ async fn watch_below_retained_history_gets_410_error_event() {
         .await;
         assert_eq!(r.status, 200);
     }
-    let mut w =
-        WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={old}")).await;
+    let mut w = watch_nodes_from(&c, old).await;
     assert_eq!(
         w.status, 200,
         "upstream answers 200 and sends the error as an event"
@@ -279,18 +249,10 @@ async fn watch_below_retained_history_gets_410_error_event() {
 
     // Within the retained window it works; after compaction the same point is gone.
     let recent = server.resource_version().unwrap() - 2;
-    let mut ok = WatchReader::open(
-        &c,
-        &format!("/api/v1/nodes?watch=1&resourceVersion={recent}"),
-    )
-    .await;
+    let mut ok = watch_nodes_from(&c, recent).await;
     assert_eq!(ok.expect_event().await["type"], "MODIFIED");
     server.compact_history().unwrap();
-    let mut gone = WatchReader::open(
-        &c,
-        &format!("/api/v1/nodes?watch=1&resourceVersion={recent}"),
-    )
-    .await;
+    let mut gone = watch_nodes_from(&c, recent).await;
     assert_eq!(gone.expect_event().await["object"]["code"], 410);
 }
 
@@ -306,13 +268,11 @@ async fn bookmarks_only_when_allowed_and_timeout_seconds_ends_watch() {
         ),
     )
     .await;
-    let mut without =
-        WatchReader::open(&c, &format!("/api/v1/nodes?watch=1&resourceVersion={rv}")).await;
+    let mut without = watch_nodes_from(&c, rv).await;
     server.wait_for_watches(2, Duration::from_secs(5)).unwrap();
-    let p = patch(
+    let p = merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"b":"1"}}}"#,
     )
     .await;
@@ -358,10 +318,9 @@ async fn send_initial_events_ends_with_annotated_bookmark() {
         "true"
     );
     assert_eq!(rv_of(&end["object"]), current);
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00001",
-        MERGE,
         r#"{"metadata":{"labels":{"z":"1"}}}"#,
     )
     .await;
@@ -405,17 +364,15 @@ async fn watch_with_label_selector_sees_selection_transitions() {
         &format!("/api/v1/nodes?watch=1&resourceVersion={rv}&labelSelector=team%3Dblue"),
     )
     .await;
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00001",
-        MERGE,
         r#"{"metadata":{"annotations":{"noise":"1"}}}"#,
     )
     .await;
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"team":"blue"}}}"#,
     )
     .await;
@@ -425,18 +382,16 @@ async fn watch_with_label_selector_sees_selection_transitions() {
         "entering the selection is ADDED: {added}"
     );
     assert_eq!(added["object"]["metadata"]["name"], "node-00000");
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"annotations":{"a":"1"}}}"#,
     )
     .await;
     assert_eq!(w.expect_event().await["type"], "MODIFIED");
-    let left = patch(
+    let left = merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"team":"red"}}}"#,
     )
     .await;
@@ -465,10 +420,9 @@ async fn paginated_list_is_a_consistent_snapshot() {
         .unwrap()
         .to_string();
     // Writes between pages must not show up in later pages.
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00022",
-        MERGE,
         r#"{"metadata":{"labels":{"late":"1"}}}"#,
     )
     .await;
@@ -521,10 +475,9 @@ async fn list_resource_version_semantics() {
     let server = spawn_nodes(2);
     let c = client(&server, "admin").await;
     let before = server.resource_version().unwrap();
-    patch(
+    merge_patch(
         &c,
         "/api/v1/nodes/node-00000",
-        MERGE,
         r#"{"metadata":{"labels":{"v":"2"}}}"#,
     )
     .await;
@@ -640,22 +593,14 @@ async fn put_create_delete_conflicts() {
     let c = client(&server, "admin").await;
     let original = create_node(&c, "a", json!({})).await;
     // Another writer adds annotations.
-    let newer = patch(
+    let newer = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"metadata":{"annotations":{"flannel.alpha.coreos.com/public-ip":"192.168.9.1"}}}"#,
     )
     .await;
     // PUT with the stale resourceVersion: 409, nothing lost.
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&original.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a", &original).await;
     assert_status(&r, 409, "Conflict");
     assert_eq!(r.json["details"]["name"], "a");
     assert_eq!(r.json["details"]["kind"], "nodes");
@@ -672,14 +617,7 @@ async fn put_create_delete_conflicts() {
         .as_object_mut()
         .unwrap()
         .remove("resourceVersion");
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&unconditional.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a", &unconditional).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
         r.json["metadata"]["annotations"]
@@ -689,41 +627,37 @@ async fn put_create_delete_conflicts() {
     assert!(rv_of(&r.json) > rv_of(&newer.json));
 
     assert_status(
-        &call(
+        &send_json(
             &c,
             "PUT",
             "/api/v1/nodes/zz",
-            Some("application/json"),
-            Some(&json!({"metadata":{"name":"zz"}}).to_string()),
+            &json!({"metadata":{"name":"zz"}}),
         )
         .await,
         404,
         "NotFound",
     );
-    let mismatch = call(
+    let mismatch = send_json(
         &c,
         "PUT",
         "/api/v1/nodes/a",
-        Some("application/json"),
-        Some(&json!({"metadata":{"name":"b"}}).to_string()),
+        &json!({"metadata":{"name":"b"}}),
     )
     .await;
     assert_status(&mismatch, 400, "BadRequest");
-    let dup = call(
+    let dup = send_json(
         &c,
         "POST",
         "/api/v1/nodes",
-        Some("application/json"),
-        Some(&json!({"metadata":{"name":"a"}}).to_string()),
+        &json!({"metadata":{"name":"a"}}),
     )
     .await;
     assert_status(&dup, 409, "AlreadyExists");
-    let bad = call(
+    let bad = send_json(
         &c,
         "POST",
         "/api/v1/nodes",
-        Some("application/json"),
-        Some(&json!({"metadata":{"name":"Bad_Name"}}).to_string()),
+        &json!({"metadata":{"name":"Bad_Name"}}),
     )
     .await;
     assert_status(&bad, 422, "Invalid");
@@ -757,7 +691,7 @@ async fn patch_types_and_their_errors() {
     let c = client(&server, "admin").await;
     let original = create_node(&c, "a", json!({"keep": "1", "drop": "1"})).await;
     // Merge patch: null deletes, lists replace.
-    let m = patch(&c, "/api/v1/nodes/a/status", MERGE, r#"{"metadata":{"labels":{"drop":null}},"status":{"conditions":[{"type":"NetworkUnavailable","status":"False"}]}}"#).await;
+    let m = merge_patch(&c, "/api/v1/nodes/a/status", r#"{"metadata":{"labels":{"drop":null}},"status":{"conditions":[{"type":"NetworkUnavailable","status":"False"}]}}"#).await;
     assert_eq!(m.status, 200, "{m:?}");
     assert_eq!(m.json["metadata"]["labels"], json!({"keep": "1"}));
     assert_eq!(
@@ -849,7 +783,7 @@ async fn patch_types_and_their_errors() {
         "UnsupportedMediaType",
     );
     assert_status(
-        &patch(&c, "/api/v1/nodes/missing", MERGE, "{}").await,
+        &merge_patch(&c, "/api/v1/nodes/missing", "{}").await,
         404,
         "NotFound",
     );
@@ -860,7 +794,7 @@ async fn status_subresource_rules() {
     let server = spawn_nodes(0);
     let c = client(&server, "admin").await;
     create_node(&c, "a", json!({})).await;
-    let via_status = patch(&c, "/api/v1/nodes/a/status", MERGE, r#"{"metadata":{"annotations":{"flannel.alpha.coreos.com/backend-type":"vxlan"}},"spec":{"unschedulable":true}}"#).await;
+    let via_status = merge_patch(&c, "/api/v1/nodes/a/status", r#"{"metadata":{"annotations":{"flannel.alpha.coreos.com/backend-type":"vxlan"}},"spec":{"unschedulable":true}}"#).await;
     assert_eq!(via_status.status, 200);
     assert_eq!(
         via_status.json["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-type"],
@@ -871,10 +805,9 @@ async fn status_subresource_rules() {
         via_status.json["spec"].get("unschedulable").is_none(),
         "spec never changes through /status"
     );
-    let via_main = patch(
+    let via_main = merge_patch(
         &c,
         "/api/v1/nodes/a",
-        MERGE,
         r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
     )
     .await;
@@ -891,14 +824,7 @@ async fn status_subresource_rules() {
     let mut put = via_main.json.clone();
     put["spec"]["unschedulable"] = json!(true);
     put["status"]["conditions"][0]["status"] = json!("Unknown");
-    let r = call(
-        &c,
-        "PUT",
-        "/api/v1/nodes/a/status",
-        Some("application/json"),
-        Some(&put.to_string()),
-    )
-    .await;
+    let r = send_json(&c, "PUT", "/api/v1/nodes/a/status", &put).await;
     assert_eq!(r.json["status"]["conditions"][0]["status"], "Unknown");
     assert!(r.json["spec"].get("unschedulable").is_none());
 }
