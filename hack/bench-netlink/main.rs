@@ -339,14 +339,7 @@ async fn ours_rep(
             return Err(err).context("delete");
         }
     }
-    let left = ip_counts(ns).await?;
-    ensure!(left == (0, 0, 0), "entries left after delete: {left:?}");
-    Ok(Times {
-        add,
-        add_split,
-        dump,
-        delete,
-    })
+    Times::after_delete(ns, add, add_split, dump, delete).await
 }
 
 async fn ip_rep(ns: &NetnsGuard, n: u32, files: &BatchFiles) -> Result<Times> {
@@ -379,14 +372,27 @@ async fn ip_rep(ns: &NetnsGuard, n: u32, files: &BatchFiles) -> Result<Times> {
     batch(ns, "bridge", &files.fdb_del).await?;
     batch(ns, "ip", &files.route_del).await?;
     let delete = secs(t.elapsed());
-    let left = ip_counts(ns).await?;
-    ensure!(left == (0, 0, 0), "entries left after delete: {left:?}");
-    Ok(Times {
-        add,
-        add_split,
-        dump,
-        delete,
-    })
+    Times::after_delete(ns, add, add_split, dump, delete).await
+}
+
+impl Times {
+    /// The run's times, once the namespace is checked to hold none of the entries any more.
+    async fn after_delete(
+        ns: &NetnsGuard,
+        add: f64,
+        add_split: [f64; 3],
+        dump: f64,
+        delete: f64,
+    ) -> Result<Self> {
+        let left = ip_counts(ns).await?;
+        ensure!(left == (0, 0, 0), "entries left after delete: {left:?}");
+        Ok(Times {
+            add,
+            add_split,
+            dump,
+            delete,
+        })
+    }
 }
 
 async fn batch(ns: &NetnsGuard, tool: &str, file: &Path) -> Result<()> {

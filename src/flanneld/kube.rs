@@ -110,16 +110,21 @@ impl NodeStatusWriter {
         &self.node
     }
 
+    /// Names the operation and our Node in an API failure.
+    fn api_error(&self, op: &'static str) -> impl FnOnce(kube::Error) -> KubeError + '_ {
+        move |source| KubeError::Api {
+            op,
+            node: self.node.clone(),
+            source,
+        }
+    }
+
     /// Reads our own Node fresh from the API server (after a 409, for example).
     pub async fn get(&self) -> Result<SlimNode, KubeError> {
         self.nodes
             .get(&self.node)
             .await
-            .map_err(|source| KubeError::Api {
-                op: "get",
-                node: self.node.clone(),
-                source,
-            })
+            .map_err(self.api_error("get"))
     }
 
     /// Sends a JSON merge patch to the status subresource. The body is expected to carry
@@ -131,11 +136,7 @@ impl NodeStatusWriter {
         self.nodes
             .patch_status(&self.node, &PatchParams::default(), &Patch::Merge(body))
             .await
-            .map_err(|source| KubeError::Api {
-                op: "patch status of",
-                node: self.node.clone(),
-                source,
-            })
+            .map_err(self.api_error("patch status of"))
     }
 
     /// Whether our Node already says `NetworkUnavailable=False` with reason FlannelIsUp (then a
@@ -144,11 +145,7 @@ impl NodeStatusWriter {
         let node = Api::<Node>::all(self.nodes.clone().into_client())
             .get(&self.node)
             .await
-            .map_err(|source| KubeError::Api {
-                op: "get",
-                node: self.node.clone(),
-                source,
-            })?;
+            .map_err(self.api_error("get"))?;
         Ok(node
             .status
             .and_then(|s| s.conditions)
@@ -168,11 +165,7 @@ impl NodeStatusWriter {
             .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(body))
             .await
             .map(|_| ())
-            .map_err(|source| KubeError::Api {
-                op: "patch status conditions of",
-                node: self.node.clone(),
-                source,
-            })
+            .map_err(self.api_error("patch status conditions of"))
     }
 }
 

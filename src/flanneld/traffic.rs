@@ -339,8 +339,13 @@ impl TrafficRules {
         {
             info!(change = %note, "pod network or subnet changed since the last run; replacing its rules");
         }
+        // With neither rule set wanted there is nothing to keep (and no need for iptables or
+        // nft to be installed); the start-up cleanup removes what an earlier run left.
+        let wanted = self.config.ip_masq || self.config.forward_rules;
         for (family, nets) in self.config.families() {
-            let result = if self.config.nftables {
+            let result = if !wanted {
+                Ok(Vec::new())
+            } else if self.config.nftables {
                 self.ensure_nft(&mut st, family, nets).await
             } else {
                 self.ensure_iptables(&mut st, family, nets).await
@@ -434,9 +439,6 @@ impl TrafficRules {
         family: Family,
         nets: FamilyNets,
     ) -> Result<Vec<String>, TrafficError> {
-        if !self.config.ip_masq && !self.config.forward_rules {
-            return Ok(Vec::new()); // nothing to keep; no need for iptables to be installed
-        }
         let caps = self.ipt_caps(st, family).await?;
         let mut done = Vec::new();
         if self.config.ip_masq {
@@ -629,9 +631,6 @@ impl TrafficRules {
         family: Family,
         nets: FamilyNets,
     ) -> Result<Vec<String>, TrafficError> {
-        if !self.config.ip_masq && !self.config.forward_rules {
-            return Ok(Vec::new()); // nothing to keep; the start-up cleanup removes the table
-        }
         let mut spec = NftSpec {
             network: nets.network,
             subnet: nets.subnet,

@@ -71,18 +71,11 @@ pub fn normalize_v6(net: Ipv6Network) -> Ipv6Network {
     Ipv6Network::new_checked(net.network(), net.prefix()).unwrap_or(net)
 }
 
-/// True when the two networks share at least one address (equal, nested or partial).
-/// Uses network/broadcast bounds, so host bits in either input do not matter.
+/// True when the two networks share at least one address. CIDR blocks are either nested or
+/// disjoint, so they overlap exactly when one lies within the other; host bits in either input
+/// do not matter.
 pub fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
-    match (a, b) {
-        (IpNetwork::V4(a), IpNetwork::V4(b)) => {
-            a.network() <= b.broadcast() && b.network() <= a.broadcast()
-        }
-        (IpNetwork::V6(a), IpNetwork::V6(b)) => {
-            a.network() <= b.broadcast() && b.network() <= a.broadcast()
-        }
-        _ => false,
-    }
+    is_within(a, b) || is_within(b, a)
 }
 
 /// True when `inner` lies completely inside `outer` (equality included).

@@ -344,20 +344,11 @@ fn check_verifies_the_veth_pair_and_its_bridge_port() {
     p.ip(&["link", "set", "dev", "eth0", "down"]).unwrap();
     p.ip(&["link", "set", "dev", "eth0", "name", "eth0old"])
         .unwrap();
-    node.ns
-        .ip(&[
-            "link",
-            "add",
-            "frsimp0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            p.name(),
-        ])
-        .unwrap();
+    let veth = format!(
+        "link add frsimp0 type veth peer name eth0 netns {}",
+        p.name()
+    );
+    node.ns.ip(&veth.split(' ').collect::<Vec<_>>()).unwrap();
     p.ip(&["link", "set", "dev", "eth0", "address", &pod_mac])
         .unwrap();
     let out = node.ours(&check, &conf);

@@ -1360,19 +1360,11 @@ pub(crate) fn add_pod_with(
     }
     node.ip(&["link", "set", "cni0", "up"]).unwrap();
     // The pod end is created directly in the pod's namespace.
-    node.ip(&[
-        "link",
-        "add",
-        "veth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.name(),
-    ])
-    .unwrap();
+    let veth = format!(
+        "link add veth0 type veth peer name eth0 netns {}",
+        pod.name()
+    );
+    node.ip(&veth.split(' ').collect::<Vec<_>>()).unwrap();
     node.ip(&["link", "set", "veth0", "master", "cni0"])
         .unwrap();
     node.ip(&["link", "set", "veth0", "up"]).unwrap();

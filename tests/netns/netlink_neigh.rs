@@ -76,16 +76,13 @@ fn permanent_neighbours_v4_and_v6() {
     ])
     .unwrap();
     with_netlink(ns, |nl| async move {
-        let v4 = Neighbour {
+        let neighbour = |addr: &str, lladdr: &str| Neighbour {
             ifindex: fl,
-            ip: ip("10.244.3.0"),
-            mac: mac("0e:00:00:00:03:03"),
+            ip: ip(addr),
+            mac: mac(lladdr),
         };
-        let v6 = Neighbour {
-            ifindex: fl,
-            ip: ip("fd00:244::3"),
-            mac: mac("0e:00:00:00:03:04"),
-        };
+        let v4 = neighbour("10.244.3.0", "0e:00:00:00:03:03");
+        let v6 = neighbour("fd00:244::3", "0e:00:00:00:03:04");
         for n in [&v4, &v6] {
             nl.ensure_neighbour(n).await.unwrap();
             nl.ensure_neighbour(n).await.unwrap();

@@ -336,28 +336,20 @@ fn default_route_link<'h>(
     req: &SelectionRequest<'_>,
     host: &'h HostNetwork,
 ) -> Result<&'h LinkInfo, IfaceError> {
-    let find = |idx: u32| {
+    // The default route's link of an enabled family (which must have one).
+    let link_of = |enabled: bool, default: Option<u32>, family: Family| {
+        if !enabled {
+            return Ok(None);
+        }
+        let idx = default.ok_or(IfaceError::NoDefaultRoute(family))?;
         host.links
             .iter()
             .find(|l| l.index == idx)
+            .map(Some)
             .ok_or(IfaceError::DefaultRouteInterfaceMissing(idx))
     };
-    let v4 = if req.enable_v4 {
-        Some(find(
-            host.default_v4
-                .ok_or(IfaceError::NoDefaultRoute(Family::V4))?,
-        )?)
-    } else {
-        None
-    };
-    let v6 = if req.enable_v6 {
-        Some(find(
-            host.default_v6
-                .ok_or(IfaceError::NoDefaultRoute(Family::V6))?,
-        )?)
-    } else {
-        None
-    };
+    let v4 = link_of(req.enable_v4, host.default_v4, Family::V4)?;
+    let v6 = link_of(req.enable_v6, host.default_v6, Family::V6)?;
     match (v4, v6) {
         (Some(a), Some(b)) if a.index != b.index => Err(IfaceError::DefaultRouteMismatch {
             v4: a.name.clone(),
