@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the OCI image localhost/flannel-rs:<version> from this repo and Debian's package
 # archive only (no registry pulls): a minimal Debian rootfs made by mmdebstrap (iptables and
-# nftables, what the masquerade code execs, with their libraries, plus dash, grep and coreutils
-# for the backend chooser; no apt, no dpkg, no perl), our two binaries, and an iptables
+# nftables, what the masquerade code execs, with their libraries, dash, grep and coreutils for
+# the backend chooser, iproute2 and ping for operators; no apt, no dpkg, no perl), our two binaries, and an iptables
 # backend chooser; imported with podman. Run as root.
 #
 #   hack/image.sh                 # dist profile (what ships); prints the image's size
@@ -52,7 +52,8 @@ mkdir -p "$work"
 # The base rootfs depends only on the package list and the suite: kept between runs.
 # Unpacked, not installed (variant extract): nothing in the image runs maintainer scripts, and
 # Essential's dpkg/perl/apt would triple the size.
-packages="iptables,nftables,dash,grep,coreutils,libc-bin,base-files"
+# iproute2 as in upstream's image, iputils-ping for diagnosis (the e2e test's containers use it).
+packages="iptables,nftables,dash,grep,coreutils,libc-bin,base-files,iproute2,iputils-ping"
 rootfs_tar="$work/rootfs-${suite}-$(echo "$packages" | md5sum | cut -c1-12).tar"
 if [ ! -s "$rootfs_tar" ] || [ -n "${FRS_IMAGE_REBUILD_ROOTFS:-}" ]; then
     echo "== mmdebstrap $suite ($packages)"

@@ -9,6 +9,7 @@ mod auth;
 mod errors;
 mod faults;
 mod nodegen;
+mod role_file;
 mod selector;
 mod server;
 mod smp;
@@ -82,6 +83,9 @@ struct Cli {
     /// run leaves no server behind).
     #[arg(long)]
     exit_with_parent: bool,
+    /// Take the flannel identity's rules from this ClusterRole (JSON) instead of upstream's.
+    #[arg(long, value_name = "FILE")]
+    flannel_role: Option<PathBuf>,
 }
 
 fn yaml_string(s: &str) -> String {
@@ -142,7 +146,16 @@ async fn main() -> anyhow::Result<()> {
             cli.history_limit,
             cli.history_limit.clamp(1024, 16_384),
         )),
-        identities: auth::default_identities(),
+        identities: {
+            let mut ids = auth::default_identities();
+            if let Some(path) = &cli.flannel_role {
+                let rules = role_file::rules_from_file(path)?;
+                for id in ids.iter_mut().filter(|i| i.id == "flannel") {
+                    id.rules = rules.clone();
+                }
+            }
+            ids
+        },
         faults: Mutex::new(FaultTable::default()),
         log: Mutex::new(RequestLog::new(cli.request_log_cap)),
         watch_close: Mutex::new(CancellationToken::new()),
