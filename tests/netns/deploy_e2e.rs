@@ -110,6 +110,17 @@ fn start_pod<'p>(
         paths,
         flannel: FlannelImpl::Binary,
     };
+    wire_pod(runtime, list, podman, node, tag)
+}
+
+/// ADD through `runtime`, then a podman container in the pod's namespace.
+fn wire_pod<'p>(
+    runtime: CniRuntime,
+    list: ConfList,
+    podman: &'p Podman,
+    node: &DsNode,
+    tag: &str,
+) -> TestPod<'p> {
     let ns = NetnsGuard::new(&format!("{}-{tag}", node.name)).expect("pod netns");
     let attachment = Attachment::pod("default", tag, &format!("{}-{tag}", node.name), &ns.path());
     let result = runtime.add(&list, &attachment).expect("CNI ADD");
@@ -337,4 +348,259 @@ fn deploy_manifest_three_nodes_ping_and_rolling_restart() {
     }
     drop(pods);
     drop(restarted);
+}
+
+/// What upstream flannel leaves on a node it ran on: the device with its MAC, the node's
+/// subnet address, each peer's neighbour, FDB entry and route, subnet.env.
+fn plant_upstream_node(node: &DsNode, subnet: u8, mac: &str, peers: &[(u8, String, String)]) {
+    let ip = |args: &[&str]| {
+        node.host
+            .ns
+            .ip(args)
+            .unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
+    };
+    let local = node.host.address.to_string();
+    ip(&[
+        "link",
+        "add",
+        VXLAN,
+        "address",
+        mac,
+        "mtu",
+        "1450",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ip(&[
+        "addr",
+        "add",
+        &format!("10.244.{subnet}.0/32"),
+        "dev",
+        VXLAN,
+    ]);
+    ip(&["link", "set", VXLAN, "up"]);
+    for (peer_subnet, peer_mac, peer_ip) in peers {
+        let gw = format!("10.244.{peer_subnet}.0");
+        ip(&[
+            "neigh",
+            "add",
+            &gw,
+            "lladdr",
+            peer_mac,
+            "dev",
+            VXLAN,
+            "nud",
+            "permanent",
+        ]);
+        node.host
+            .ns
+            .command("bridge")
+            .args([
+                "fdb",
+                "append",
+                peer_mac,
+                "dev",
+                VXLAN,
+                "dst",
+                peer_ip,
+                "self",
+                "permanent",
+            ])
+            .status()
+            .expect("bridge fdb");
+        ip(&[
+            "route",
+            "add",
+            &format!("10.244.{peer_subnet}.0/24"),
+            "via",
+            &gw,
+            "dev",
+            VXLAN,
+            "onlink",
+        ]);
+    }
+    let env = node.path("/run/flannel/subnet.env");
+    std::fs::create_dir_all(env.parent().expect("dir")).expect("mkdir");
+    std::fs::write(
+        &env,
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{subnet}.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        ),
+    )
+    .expect("subnet.env");
+}
+
+/// A pod wired by upstream's plugin chain (flannel → reference bridge + host-local), with the
+/// stock conflist, as on a node upstream flannel served.
+fn start_upstream_pod<'p>(
+    runner: &DaemonSetRunner,
+    podman: &'p Podman,
+    node: &DsNode,
+    tag: &str,
+) -> TestPod<'p> {
+    let mut list = ConfList::parse(runner.manifest.config("cni-conf.json").expect("conflist"))
+        .expect("conflist");
+    let paths = NodeCniPaths::under(
+        &node.path("/var/lib"),
+        &node.path("/run/flannel/subnet.env"),
+    );
+    paths.localize(&mut list);
+    let runtime = CniRuntime {
+        node_netns: node.host.ns.path(),
+        plugin_path: vec!["/usr/lib/cni".into()],
+        paths,
+        flannel: FlannelImpl::UpstreamDelegation,
+    };
+    wire_pod(runtime, list, podman, node, tag)
+}
+
+#[test]
+fn deploy_manifest_takes_over_a_node_left_by_upstream() {
+    let rig = rig(161);
+    let m = load_manifest();
+    let runner = DaemonSetRunner::new(&m, &rig.podman, &rig.lab, rig.dir.path());
+    let hosts: Vec<Host> = (1..=3)
+        .map(|i| rig.lab.add_host(&format!("n{i}"), i).expect("host"))
+        .collect();
+    // node-3 was served by upstream flannel: its annotations carry the MAC of its device.
+    let upstream_mac = "0e:5a:3c:00:00:03";
+    for (i, host) in hosts.iter().enumerate() {
+        let annotations = if i == 2 {
+            flannel_rs::testsupport::lab::peer_annotations(upstream_mac, &host.address.to_string())
+        } else {
+            Default::default()
+        };
+        rig.lab
+            .create_node(
+                &format!("node-{}", i + 1),
+                &format!("10.244.{}.0/24", i + 1),
+                host.address,
+                annotations,
+            )
+            .expect("node");
+    }
+    let nodes: Vec<DsNode> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let name = format!("node-{}", i + 1);
+            runner.node(&name, h, rig.dir.path().join(&name))
+        })
+        .collect();
+    let mut daemons = Vec::new();
+    for node in &nodes[..2] {
+        runner
+            .run_init(node)
+            .unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        let c = runner.start_main(node, &[]);
+        runner
+            .wait_ready(node, &c, READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        daemons.push(c);
+    }
+    let peers: Vec<(u8, String, String)> = nodes[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                i as u8 + 1,
+                vtep_mac(&rig.lab, &n.name).expect("peer MAC"),
+                n.host.address.to_string(),
+            )
+        })
+        .collect();
+    plant_upstream_node(&nodes[2], 3, upstream_mac, &peers);
+    let host_refs: Vec<&Host> = hosts.iter().collect();
+    wait_mesh(&host_refs, 2, READY_TIMEOUT).expect("mesh with the upstream node");
+
+    let upstream_pod = start_upstream_pod(&runner, &rig.podman, &nodes[2], "u");
+    let pods: Vec<TestPod> = nodes[..2]
+        .iter()
+        .map(|n| start_pod(&runner, &rig.podman, n, "p"))
+        .collect();
+    for p in &pods {
+        assert!(ping_from_container(
+            &rig.podman,
+            &p.container,
+            upstream_pod.ip
+        ));
+        assert!(ping_from_container(
+            &rig.podman,
+            &upstream_pod.container,
+            p.ip
+        ));
+    }
+    let mut pingers = vec![
+        Pinger::start(
+            &upstream_pod.ns,
+            &upstream_pod.container.name,
+            pods[0].ip,
+            PING_EVERY,
+        )
+        .expect("ping"),
+    ];
+    for p in &pods {
+        pingers.push(
+            Pinger::start(&p.ns, &p.container.name, upstream_pod.ip, PING_EVERY).expect("ping"),
+        );
+    }
+    for p in &pingers {
+        assert!(p.wait_replies(20, Duration::from_secs(10)), "pings flow");
+    }
+
+    // The image swap on node-3: our DaemonSet pod takes over what upstream left.
+    let started = Instant::now();
+    let out = runner
+        .run_init(&nodes[2])
+        .unwrap_or_else(|e| panic!("node-3: {e}"));
+    assert!(out.iter().all(|o| o.contains("installed")), "{out:?}");
+    let takeover = runner.start_main(&nodes[2], &[]);
+    runner
+        .wait_ready(&nodes[2], &takeover, READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("node-3: {e}"));
+    eprintln!(
+        "node-3: takeover, container start → ready {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    for p in &pingers {
+        let n = p.received_so_far() + 50;
+        assert!(p.wait_replies(n, Duration::from_secs(10)));
+    }
+    let stats: Vec<PingStats> = pingers
+        .into_iter()
+        .map(|p| p.stop().expect("ping stats"))
+        .collect();
+    print_pings("upstream takeover", &stats);
+    for s in &stats {
+        assert_eq!(s.lost, 0, "{s}");
+    }
+    assert_eq!(
+        link_mac(nodes[2].host, VXLAN).as_deref(),
+        Some(upstream_mac)
+    );
+    assert_eq!(vtep_mac(&rig.lab, "node-3").as_deref(), Some(upstream_mac));
+    // A new pod on the taken-over node, wired by our plugin, reaches the others.
+    let ours = start_pod(&runner, &rig.podman, &nodes[2], "q");
+    for p in &pods {
+        assert!(ping_from_container(&rig.podman, &ours.container, p.ip));
+    }
+    assert!(ping_from_container(
+        &rig.podman,
+        &ours.container,
+        upstream_pod.ip
+    ));
+    drop(ours);
+    drop(pods);
+    drop(upstream_pod);
+    drop(takeover);
+    drop(daemons);
 }
