@@ -42,6 +42,7 @@ cargo build --locked --profile "$profile" --bin flanneld
 cargo rustc --locked --profile "$profile" --bin flannel -- \
     -C target-feature=+crt-static -C relocation-model=static
 bindir="target/$profile"
+[ "$profile" = dev ] && bindir=target/debug
 if ldd "$bindir/flannel" >/dev/null 2>&1; then
     echo "hack/image.sh: $bindir/flannel is dynamically linked; expected a static binary" >&2
     exit 1

@@ -25,6 +25,7 @@
 
 pub mod annotations;
 pub mod backoff;
+pub mod caps;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

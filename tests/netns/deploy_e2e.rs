@@ -604,3 +604,99 @@ fn deploy_manifest_takes_over_a_node_left_by_upstream() {
     drop(takeover);
     drop(daemons);
 }
+
+#[test]
+fn deploy_manifest_bad_input_fails_clearly_and_leaves_the_node_alone() {
+    let rig = rig(162);
+    let m = load_manifest();
+    let runner = DaemonSetRunner::new(&m, &rig.podman, &rig.lab, rig.dir.path());
+    let host = rig.lab.add_host("n1", 1).expect("host");
+    rig.lab
+        .create_node("node-1", "10.244.1.0/24", host.address, Default::default())
+        .expect("node");
+    let node = runner.node("node-1", &host, rig.dir.path().join("node-1"));
+    runner.run_init(&node).expect("init");
+    let conflist = node.path("/etc/cni/net.d/10-flannel.conflist");
+    let before = std::fs::metadata(&conflist)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+
+    // A broken cni-conf.json: the install step fails with one line, the conflist stays.
+    runner.set_config(
+        "cni-conf.json",
+        r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"portmap"}]}"#,
+    );
+    let err = runner
+        .run_init(&node)
+        .expect_err("a bad conflist must fail");
+    eprintln!("bad cni-conf.json: {err}");
+    assert!(
+        err.contains("install-cni") && err.contains("expected \"flannel\""),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&conflist).ok().as_deref(),
+        m.config("cni-conf.json")
+    );
+    assert_eq!(
+        std::fs::metadata(&conflist).and_then(|m| m.modified()).ok(),
+        Some(before)
+    );
+    runner.set_config(
+        "cni-conf.json",
+        m.config("cni-conf.json").expect("conflist"),
+    );
+
+    // A broken net-conf.json: the daemon exits with one line naming the field, and has done
+    // nothing on the node.
+    runner.set_config(
+        "net-conf.json",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"one"}}"#,
+    );
+    let c = runner.start_main(&node, &[]);
+    let (state, _) = poll(READY_TIMEOUT, Duration::from_millis(50), || {
+        let s = c.state();
+        (!s.starts_with("running") && !s.starts_with("created")).then_some(s)
+    })
+    .expect("the daemon exits");
+    let logs = c.logs();
+    eprintln!("bad net-conf.json: {state}: {}", logs.trim());
+    assert!(
+        (state.starts_with("exited") || state.starts_with("stopped")) && !state.ends_with(" 0"),
+        "{state}"
+    );
+    assert_eq!(logs.trim().lines().count(), 1, "{logs}");
+    assert!(logs.contains("VNI"), "{logs}");
+    assert!(host.ns.ip(&["link", "show", VXLAN]).is_err(), "no device");
+    assert!(!node.path("/run/flannel/subnet.env").exists());
+    drop(c);
+    runner.set_config(
+        "net-conf.json",
+        m.config("net-conf.json").expect("net-conf"),
+    );
+
+    // Without NET_ADMIN: a clear error naming the capability, nothing done.
+    let c = runner.start_main(&node, &["NET_ADMIN"]);
+    let (state, _) = poll(READY_TIMEOUT, Duration::from_millis(50), || {
+        let s = c.state();
+        (!s.starts_with("running") && !s.starts_with("created")).then_some(s)
+    })
+    .expect("the daemon exits");
+    let logs = c.logs();
+    eprintln!("no NET_ADMIN: {state}:\n{}", logs.trim());
+    assert!(
+        (state.starts_with("exited") || state.starts_with("stopped")) && !state.ends_with(" 0"),
+        "{state}"
+    );
+    assert!(logs.contains("NET_ADMIN"), "{logs}");
+    assert_eq!(logs.trim().lines().count(), 1, "{logs}");
+    assert!(host.ns.ip(&["link", "show", VXLAN]).is_err(), "no device");
+    drop(c);
+
+    // With the manifest as shipped the same node comes up.
+    let c = runner.start_main(&node, &[]);
+    runner
+        .wait_ready(&node, &c, READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
