@@ -12,5 +12,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 hack/install-deps.sh
 FRS_IMAGE_PROFILE="${FRS_IMAGE_PROFILE:-release}" hack/image.sh
-cargo test --locked --test deploy
-cargo test --locked --test netns -- --test-threads=1 --nocapture deploy_ "$@"
+cargo test --locked -p flannel-rs --test deploy
+cargo test --locked -p flannel-rs --test netns -- --test-threads=1 --nocapture deploy_ "$@"

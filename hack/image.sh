@@ -37,9 +37,9 @@ profile="${FRS_IMAGE_PROFILE:-dist}"
 suite=bookworm
 
 echo "== building binaries (profile $profile)"
-cargo build --locked --profile "$profile" --bin flanneld
+cargo build --locked -p flannel-rs --profile "$profile" --bin flanneld
 # The plugin is copied onto hosts of any distro: static, non-PIE (see hack/bench-cni.sh).
-cargo rustc --locked --profile "$profile" --bin flannel -- \
+cargo rustc --locked -p flannel-rs --profile "$profile" --bin flannel -- \
     -C target-feature=+crt-static -C relocation-model=static
 bindir="target/$profile"
 [ "$profile" = dev ] && bindir=target/debug

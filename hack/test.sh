@@ -16,10 +16,10 @@ daemons() { { pgrep -x flanneld || true; pgrep -x kube-testserver || true; } | w
 containers() { podman ps -a --format '{{.Names}}' 2>/dev/null | grep -c '^frs-' || true; }
 containers_before=$(containers)
 procs_before=$(daemons)
-cargo build --all-targets --locked
+cargo build --workspace --all-targets --locked
 # The image the manifest's end-to-end test runs (release binaries: quicker to build than dist).
 FRS_IMAGE_PROFILE="${FRS_IMAGE_PROFILE:-release}" hack/image.sh
-cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
+cargo test --workspace --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
 
 # A leftover namespace is a bug: fail loudly.
 leaks_after=$(ip netns list | grep -c '^frs-' || true)

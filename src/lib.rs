@@ -2,7 +2,7 @@
 #[path = "cni-plugin/mod.rs"]
 pub mod cni;
 pub mod flanneld;
+pub mod net;
 pub mod netlink;
 pub mod netns;
 pub mod subnet_env;
-pub mod testsupport;

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use thiserror::Error;
 
-use crate::flanneld::types::{go_net_string, normalize_v4, normalize_v6, parse_cidr_addr};
+use crate::net::{go_net_string, normalize_v4, normalize_v6, parse_cidr_addr};
 
 pub const KEY_NETWORK: &str = "FLANNEL_NETWORK";
 pub const KEY_SUBNET: &str = "FLANNEL_SUBNET";

@@ -1,5 +1,5 @@
 //! `bench-cluster`: N real flanneld daemons in a local namespace cluster (see
-//! src/testsupport/cluster.rs). Per N it measures
+//! hack/testsupport/src/cluster.rs). Per N it measures
 //! - convergence: from starting the daemons (all Node objects already registered, as after a
 //!   DaemonSet roll-out) until every node has a route, a neighbour and an FDB entry for
 //!   every other node, read from each node's kernel;
@@ -23,12 +23,14 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use ipnetwork::IpNetwork;
 
-use flannel_rs::netlink::{IpFamily, Netlink, RouteFilter};
-use flannel_rs::testsupport::cluster::{
+use flannel_rs::netlink::{Netlink, RouteFilter};
+
+use flannel_rs::net::Family;
+use frs_testsupport::cluster::{
     Binaries, Cluster, ClusterOptions, NodeSpec, PeerFacts, VXLAN_DEVICE,
 };
-use flannel_rs::testsupport::lab::LabOptions;
-use flannel_rs::testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
+use frs_testsupport::lab::LabOptions;
+use frs_testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
 
 #[derive(Parser, Debug)]
 #[command(about = "N real flanneld daemons: convergence time, RSS and idle CPU (with API churn)")]
@@ -258,7 +260,7 @@ fn has_all_peers(
             return Ok(false);
         };
         let routes: HashMap<IpNetwork, Option<IpAddr>> = nl
-            .routes(&RouteFilter::main().oif(link.index).family(IpFamily::V4))
+            .routes(&RouteFilter::main().oif(link.index).family(Family::V4))
             .await?
             .into_iter()
             .map(|r| (r.dst, r.gateway))

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use flannel_rs::net::{Family, MacAddr};
 use flannel_rs::netlink::{
-    Address, FdbEntry, IpFamily, MacAddr, Neighbour, Netlink, Op, Route, RouteFilter, VethPair,
-    VxlanOutcome, VxlanSpec,
+    Address, Fdb, Neighbour, Netlink, Op, Route, RouteFilter, VethPair, VxlanOutcome, VxlanSpec,
 };
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
-use flannel_rs::testsupport::iproute;
+use frs_testsupport::iproute;
 use ipnetwork::IpNetwork;
 
 #[derive(Parser, Debug)]
@@ -230,15 +230,15 @@ fn peer_ops(fl: u32, n: u32) -> ([Vec<Op>; 3], [Vec<Op>; 3]) {
             ip: gw.into(),
             mac,
         };
-        let fdb = FdbEntry {
+        let fdb = Fdb {
             ifindex: fl,
             mac,
             dst: public.into(),
         };
         let route = Route::new(net).via(gw.into()).dev(fl).onlink();
-        add[0].push(Op::EnsureNeighbour(neigh));
-        add[1].push(Op::EnsureFdb(fdb));
-        add[2].push(Op::EnsureRoute(route.clone()));
+        add[0].push(Op::ReplaceNeighbour(neigh));
+        add[1].push(Op::ReplaceFdb(fdb));
+        add[2].push(Op::ReplaceRoute(route.clone()));
         del[0].push(Op::RemoveNeighbour(neigh));
         del[1].push(Op::RemoveFdb(fdb));
         del[2].push(Op::RemoveRoute(route));
@@ -331,7 +331,7 @@ async fn ours_rep(
 
     let t = Instant::now();
     let routes = nl
-        .routes(&RouteFilter::main().oif(fl).family(IpFamily::V4))
+        .routes(&RouteFilter::main().oif(fl).family(Family::V4))
         .await?;
     let neighs = nl.neighbours(fl).await?;
     let fdbs = nl.fdb_entries(fl).await?;

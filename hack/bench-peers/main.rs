@@ -32,10 +32,10 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use flannel_rs::netlink::{MonitorEvent, MonitorGroups, Netlink, RouteFilter};
 use flannel_rs::netns::{NetnsGuard, remove_stale_test_namespaces};
-use flannel_rs::testsupport::iproute;
-use flannel_rs::testsupport::kube_testserver::{LogFilter, TestServerOptions};
-use flannel_rs::testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
-use flannel_rs::testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
+use frs_testsupport::iproute;
+use frs_testsupport::kube_testserver::{LogFilter, TestServerOptions};
+use frs_testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
+use frs_testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 

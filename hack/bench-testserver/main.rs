@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use flannel_rs::testsupport::kube_testserver::{KubeTestServer, TestServerOptions};
-use flannel_rs::testsupport::procfs::status_kib;
+use frs_testsupport::kube_testserver::{KubeTestServer, TestServerOptions};
+use frs_testsupport::procfs::status_kib;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use flannel_rs::testsupport::cluster::{Cluster, NodeSpec, PingStats, PodWiring, poll};
-use flannel_rs::testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
+use frs_testsupport::cluster::{Cluster, NodeSpec, PingStats, PodWiring, poll};
+use frs_testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
 
 /// flannel's annotation prefix (upstream's default).
 pub const ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com/";

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use flannel_rs::testsupport::cluster::cancel_flag;
+use frs_testsupport::cluster::cancel_flag;
 
 use crate::commands;
 use crate::rundir::RunDir;

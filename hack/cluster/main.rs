@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use commands::Request;
-use flannel_rs::testsupport::cluster::ClusterError;
+use frs_testsupport::cluster::ClusterError;
 use rundir::RunDir;
 use supervisor::UpArgs;
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use flannel_rs::testsupport::cluster::{Binaries, Cluster, ClusterOptions, PodWiring, cancel_flag};
-use flannel_rs::testsupport::lab::LabOptions;
+use frs_testsupport::cluster::{Binaries, Cluster, ClusterOptions, PodWiring, cancel_flag};
+use frs_testsupport::lab::LabOptions;
 
 use crate::commands::{self, Request};
 use crate::rundir::{self, Proc, RunDir, State};

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppState, ChurnState, Query, lock};
 use crate::errors::ApiError;
-use crate::faults::{FaultSpec, LogEntry, now_ms};
+use crate::faults::{Fault, LogEntry, now_ms};
+use crate::managed::Writer;
 use crate::nodegen::{self, GenerateSpec};
 use crate::store::{Subresource, now};
 
@@ -43,6 +44,7 @@ pub fn router(app: Shared) -> Router {
         .route("/admin/clobber", post(clobber))
         .route("/admin/churn", post(start_churn).delete(stop_churn))
         .route("/admin/requestlog", get(get_log).delete(reset_log))
+        .route("/admin/events", get(events_summary))
         .fallback(|| async { admin_error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .with_state(app)
 }
@@ -102,6 +104,7 @@ async fn state(State(app): State<Shared>) -> Response {
         "churnPerSecond": churn,
         "faults": lock(&app.faults).rules.len(),
         "requestLogNextSeq": lock(&app.log).next_seq(),
+        "events": lock(&app.store).events.len(),
     }))
 }
 
@@ -179,7 +182,7 @@ async fn list_faults(State(app): State<Shared>) -> Response {
 }
 
 async fn add_fault(State(app): State<Shared>, body: Bytes) -> Response {
-    let spec: FaultSpec = match parse_body(&body) {
+    let spec: Fault = match parse_body(&body) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -260,7 +263,12 @@ struct ClobberSpec {
     at_resource_version: Option<String>,
     /// A copy read before a writer added keys with this prefix: current minus those keys.
     drop_annotation_prefix: Option<String>,
+    /// The field manager the write is recorded under in managedFields.
+    field_manager: Option<String>,
 }
+
+/// managedFields manager of clobbers that name none.
+const CLOBBER_MANAGER: &str = "clobber";
 
 const CLOBBER_USER: &str = "kube-testserver:clobber";
 
@@ -324,7 +332,13 @@ async fn clobber(State(app): State<Shared>, body: Bytes) -> Response {
     }
     let body_text = stale.to_string();
     let sent = stale.clone();
-    let result = store.update(&name, Subresource::Main, false, move |_| Ok(sent));
+    let writer = Writer::new(
+        spec.field_manager.as_deref().unwrap_or(CLOBBER_MANAGER),
+        None,
+    );
+    let result = store.update_as(&name, Subresource::Main, false, Some(&writer), move |_| {
+        Ok(sent)
+    });
     drop(store);
     let code = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.code);
     lock(&app.log).push(LogEntry {
@@ -367,8 +381,10 @@ struct ChurnSpec {
 /// least a second, so the write is never a no-op.
 pub fn heartbeat(app: &AppState, name: &str) -> Result<(), ApiError> {
     let mut store = lock(&app.store);
+    // Recorded as the kubelet's status writes are.
+    let kubelet = Writer::new("kubelet", Some("status"));
     store
-        .update(name, Subresource::Status, false, |mut v| {
+        .update_as(name, Subresource::Status, false, Some(&kubelet), |mut v| {
             let now_s = k8s_openapi::jiff::Timestamp::now().as_second();
             if let Some(conds) = v
                 .pointer_mut("/status/conditions")
@@ -467,6 +483,10 @@ async fn get_log(State(app): State<Shared>, uri: Uri) -> Response {
         .filter(|e| q.value("pathPrefix").is_none_or(|p| e.path.starts_with(p)))
         .collect();
     ok(json!({"entries": entries, "nextSeq": log.next_seq(), "dropped": log.dropped}))
+}
+
+async fn events_summary(State(app): State<Shared>) -> Response {
+    ok(crate::events_api::admin_summary(&app))
 }
 
 async fn reset_log(State(app): State<Shared>) -> Response {

@@ -20,8 +20,8 @@ use base64::Engine;
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroupList, APIResource, APIResourceList, APIVersions, DeleteOptions,
-    ServerAddressByClientCIDR, Status, StatusDetails,
+    APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, DeleteOptions,
+    GroupVersionForDiscovery, ServerAddressByClientCIDR, Status, StatusDetails,
 };
 use k8s_openapi::apimachinery::pkg::version::Info;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ use crate::app::{AppState, Query, WatchGuard, lock};
 use crate::auth::{self, RequestInfo};
 use crate::errors::ApiError;
 use crate::faults::{LogEntry, MAX_LOGGED_BODY, now_ms};
+use crate::managed::{self, Writer};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::smp;
 use crate::store::{
@@ -48,7 +49,7 @@ pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 type Shared = Arc<AppState>;
 
 pub fn router(app: Shared) -> Router {
-    Router::new()
+    crate::events_api::routes(Router::new())
         .route("/version", get(version))
         .route("/healthz", get(ok_text))
         .route("/livez", get(ok_text))
@@ -56,6 +57,8 @@ pub fn router(app: Shared) -> Router {
         .route("/api", get(api_versions))
         .route("/api/v1", get(api_v1_resources))
         .route("/apis", get(api_groups))
+        .route("/apis/events.k8s.io", get(events_group))
+        .route("/apis/events.k8s.io/v1", get(events_v1_resources))
         .route(
             "/api/v1/nodes",
             get(nodes_collection_get)
@@ -76,6 +79,7 @@ pub fn router(app: Shared) -> Router {
                 .patch(patch_node_status),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+        .route("/api/v1/pods", get(list_pods))
         .fallback(|| async { ApiError::path_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(app.clone(), api_middleware))
@@ -164,7 +168,7 @@ async fn api_middleware(State(app): State<Shared>, req: Request, next: Next) -> 
     response
 }
 
-fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
+pub fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = (code, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -173,7 +177,7 @@ fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
-fn typed_json<T: Serialize>(code: StatusCode, v: &T) -> Response {
+pub fn typed_json<T: Serialize>(code: StatusCode, v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => json_response(code, b),
         Err(e) => ApiError::internal(format!("encoding response: {e}")).into_response(),
@@ -216,8 +220,54 @@ async fn api_versions(State(app): State<Shared>) -> Response {
     )
 }
 
+fn events_api_group() -> APIGroup {
+    let v1 = GroupVersionForDiscovery {
+        group_version: "events.k8s.io/v1".into(),
+        version: "v1".into(),
+    };
+    APIGroup {
+        name: "events.k8s.io".into(),
+        versions: vec![v1.clone()],
+        preferred_version: Some(v1),
+        server_address_by_client_cidrs: None,
+    }
+}
+
 async fn api_groups() -> Response {
-    typed_json(StatusCode::OK, &APIGroupList { groups: vec![] })
+    typed_json(
+        StatusCode::OK,
+        &APIGroupList {
+            groups: vec![events_api_group()],
+        },
+    )
+}
+
+async fn events_group() -> Response {
+    typed_json(StatusCode::OK, &events_api_group())
+}
+
+fn events_resource(verbs: &[&str]) -> APIResource {
+    APIResource {
+        name: "events".into(),
+        singular_name: "event".into(),
+        namespaced: true,
+        kind: "Event".into(),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        short_names: Some(vec!["ev".into()]),
+        ..Default::default()
+    }
+}
+
+async fn events_v1_resources() -> Response {
+    typed_json(
+        StatusCode::OK,
+        &APIResourceList {
+            group_version: "events.k8s.io/v1".into(),
+            resources: vec![events_resource(&[
+                "create", "get", "list", "patch", "update", "watch",
+            ])],
+        },
+    )
 }
 
 async fn api_v1_resources() -> Response {
@@ -254,12 +304,15 @@ async fn api_v1_resources() -> Response {
                     verbs: verbs(&["get", "patch", "update"]),
                     ..Default::default()
                 },
+                // The same Events, read-only in the core group (what `kubectl get events`
+                // and `kubectl describe` read).
+                events_resource(&["get", "list", "watch"]),
                 APIResource {
                     name: "pods".into(),
                     singular_name: "pod".into(),
                     namespaced: true,
                     kind: "Pod".into(),
-                    verbs: verbs(&["get"]),
+                    verbs: verbs(&["get", "list"]),
                     short_names: Some(vec!["po".into()]),
                     ..Default::default()
                 },
@@ -518,11 +571,11 @@ fn bookmark_line(rv: u64, initial_events_end: bool) -> Bytes {
     watch_line("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
 }
 
-fn error_line(err: &ApiError) -> Bytes {
+pub fn error_line(err: &ApiError) -> Bytes {
     watch_line("ERROR", &err.to_json())
 }
 
-fn status_watch_response(lines: Vec<Bytes>) -> Response {
+pub fn status_watch_response(lines: Vec<Bytes>) -> Response {
     let body: Vec<u8> = lines.iter().flat_map(|b| b.iter().copied()).collect();
     json_response(StatusCode::OK, body)
 }
@@ -811,7 +864,7 @@ async fn get_node_status(
     get_node(state, path, headers, uri).await
 }
 
-fn dry_run(q: &Query) -> Result<bool, ApiError> {
+pub fn dry_run(q: &Query) -> Result<bool, ApiError> {
     match q.value("dryRun") {
         None => Ok(false),
         Some("All") => Ok(true),
@@ -821,7 +874,25 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
     }
 }
 
-fn require_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+/// The managedFields identity of a write: `fieldManager`, else the User-Agent's prefix.
+pub fn writer(
+    headers: &HeaderMap,
+    q: &Query,
+    sub: Subresource,
+    options_kind: &str,
+) -> Result<Writer, ApiError> {
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let manager = managed::manager_for(q.get("fieldManager"), ua, options_kind)?;
+    let sub = match sub {
+        Subresource::Main => None,
+        Subresource::Status => Some("status"),
+    };
+    Ok(Writer::new(manager, sub))
+}
+
+pub fn require_json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -851,7 +922,8 @@ async fn create_node(
         let node: Node = serde_json::from_value(value)
             .map_err(|e| ApiError::bad_request(format!("error decoding Node: {e}")))?;
         let dry = dry_run(&q)?;
-        lock(&app.store).create(node, dry)
+        let w = writer(&headers, &q, Subresource::Main, "CreateOptions")?;
+        lock(&app.store).create_as(node, dry, Some(&w))
     })();
     match result {
         Ok(n) => object_response(StatusCode::CREATED, &n, &headers, &q),
@@ -871,7 +943,8 @@ fn do_put(
     let result = (|| {
         let value = require_json_body(headers, body)?;
         let dry = dry_run(&q)?;
-        lock(&app.store).update(name, sub, dry, move |_| Ok(value))
+        let w = writer(headers, &q, sub, "UpdateOptions")?;
+        lock(&app.store).update_as(name, sub, dry, Some(&w), move |_| Ok(value))
     })();
     match result {
         Ok(n) => object_response(StatusCode::OK, &n, headers, &q),
@@ -906,7 +979,7 @@ pub enum PatchKind {
     Strategic,
 }
 
-fn patch_type(headers: &HeaderMap) -> Result<PatchKind, ApiError> {
+pub fn patch_type(headers: &HeaderMap) -> Result<PatchKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -968,7 +1041,8 @@ fn do_patch(
         let ptype = patch_type(headers)?;
         let dry = dry_run(&q)?;
         let body = body.clone();
-        lock(&app.store).update(name, sub, dry, move |current| {
+        let w = writer(headers, &q, sub, "PatchOptions")?;
+        lock(&app.store).update_as(name, sub, dry, Some(&w), move |current| {
             apply_patch(ptype, &body, current)
         })
     })();
@@ -1096,4 +1170,56 @@ async fn get_pod(State(app): State<Shared>, Path((ns, name)): Path<(String, Stri
         Some(p) => typed_json(StatusCode::OK, &p),
         None => ApiError::not_found("pods", &name).into_response(),
     }
+}
+
+/// Pods across namespaces, selected by `spec.nodeName` and `status.phase` (`=`/`!=`), as
+/// `kubectl describe node` asks for its "Non-terminated Pods".
+async fn list_pods(State(app): State<Shared>, uri: Uri) -> Response {
+    let q = Query::parse(uri.query());
+    let mut terms = Vec::new();
+    for term in q
+        .get("fieldSelector")
+        .unwrap_or("")
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let (field, negate, value) = match term.split_once("!=") {
+            Some((f, v)) => (f, true, v),
+            None => match term.split_once('=') {
+                Some((f, v)) => (f.trim_end_matches('='), false, v),
+                None => {
+                    return ApiError::bad_request(format!("invalid selector: '{term}'"))
+                        .into_response();
+                }
+            },
+        };
+        let pointer = match field {
+            "spec.nodeName" => "/spec/nodeName",
+            "status.phase" => "/status/phase",
+            "metadata.name" => "/metadata/name",
+            "metadata.namespace" => "/metadata/namespace",
+            other => {
+                return ApiError::bad_request(format!("field label not supported: {other}"))
+                    .into_response();
+            }
+        };
+        terms.push((pointer, negate, value.to_string()));
+    }
+    let (pods, rv): (Vec<Value>, u64) = {
+        let pods = lock(&app.pods);
+        let selected = pods
+            .values()
+            .filter(|p| {
+                terms.iter().all(|(ptr, negate, want)| {
+                    (p.pointer(ptr).and_then(Value::as_str).unwrap_or("") == want) != *negate
+                })
+            })
+            .cloned()
+            .collect();
+        (selected, lock(&app.store).rv())
+    };
+    typed_json(
+        StatusCode::OK,
+        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}, "items": pods}),
+    )
 }

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use crate::errors::ApiError;
 
-/// A verb/resource rule; `"*"` matches anything.
+/// A group/verb/resource rule like one PolicyRule of a ClusterRole; `"*"` matches anything,
+/// `""` is the core group.
 #[derive(Debug, Clone)]
 pub struct Rule {
+    pub groups: &'static [&'static str],
     pub verbs: &'static [&'static str],
     pub resources: &'static [&'static str],
 }
@@ -25,23 +27,65 @@ pub struct Identity {
 /// Rules of upstream flannel's ClusterRole (Documentation/kube-flannel.yml).
 pub const FLANNEL_RULES: &[Rule] = &[
     Rule {
+        groups: &[""],
         verbs: &["get"],
         resources: &["pods"],
     },
     Rule {
+        groups: &[""],
         verbs: &["get", "list", "watch"],
         resources: &["nodes"],
     },
     Rule {
+        groups: &[""],
         verbs: &["patch"],
         resources: &["nodes/status"],
     },
 ];
 
 pub const ADMIN_RULES: &[Rule] = &[Rule {
+    groups: &["*"],
     verbs: &["*"],
     resources: &["*"],
 }];
+
+/// Extra roles `--grant ID=ROLE` adds to an identity.
+pub const GRANTABLE: &[(&str, &[Rule])] = &[(
+    // What kube-rs's events Recorder needs (create, then patch for a series), and no more:
+    // the optional events role of the manifest.
+    "events",
+    &[Rule {
+        groups: &["events.k8s.io"],
+        verbs: &["create", "patch"],
+        resources: &["events"],
+    }],
+)];
+
+/// Applies `ID=ROLE` grants (from `--grant`) to the identities.
+pub fn apply_grants(identities: &mut [Identity], grants: &[String]) -> Result<(), String> {
+    for grant in grants {
+        let (id, role) = grant
+            .split_once('=')
+            .ok_or_else(|| format!("--grant {grant:?}: expected ID=ROLE"))?;
+        let rules = GRANTABLE
+            .iter()
+            .find(|(name, _)| *name == role)
+            .map(|(_, rules)| *rules)
+            .ok_or_else(|| {
+                let known: Vec<&str> = GRANTABLE.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "--grant {grant:?}: unknown role {role:?} (known: {})",
+                    known.join(", ")
+                )
+            })?;
+        let identity = identities
+            .iter_mut()
+            .find(|i| i.id == id)
+            .ok_or_else(|| format!("--grant {grant:?}: unknown identity {id:?}"))?;
+        identity.rules.extend(rules.iter().cloned());
+    }
+    Ok(())
+}
 
 fn random_token() -> String {
     let b: [u8; 24] = rand::random();
@@ -162,15 +206,22 @@ pub fn allows(identity: &Identity, info: &RequestInfo) -> bool {
         return true;
     }
     identity.rules.iter().any(|r| {
-        (r.verbs.contains(&"*") || r.verbs.contains(&info.verb.as_str()))
+        (r.groups.contains(&"*") || r.groups.contains(&info.api_group.as_str()))
+            && (r.verbs.contains(&"*") || r.verbs.contains(&info.verb.as_str()))
             && (r.resources.contains(&"*") || r.resources.contains(&info.resource.as_str()))
-            && (info.api_group.is_empty() || r.resources.contains(&"*"))
     })
 }
 
 /// `nodes "n1" is forbidden: User "u" cannot patch resource "nodes" in API group "" at the cluster scope`
 pub fn forbidden(identity: &Identity, info: &RequestInfo) -> ApiError {
     let base = info.resource.split('/').next().unwrap_or("");
+    // Upstream names the resource with its group: `events.events.k8s.io "x" is forbidden`.
+    let qualified = if info.api_group.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{}", info.api_group)
+    };
+    let base = qualified.as_str();
     let subject = match &info.name {
         Some(n) => format!("{base} \"{n}\" is forbidden"),
         None => format!("{base} is forbidden"),
@@ -256,6 +307,42 @@ mod tests {
             "nodes \"n1\" is forbidden: User \"system:serviceaccount:kube-flannel:flannel\" cannot patch resource \"nodes\" in API group \"\" at the cluster scope"
         );
         assert!(allows(&ids[0], &info("DELETE", "/api/v1/nodes/n1", &[])));
+    }
+
+    #[test]
+    fn events_need_a_grant() {
+        let mut ids = default_identities();
+        let create = info(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            &[],
+        );
+        let patch = info(
+            "PATCH",
+            "/apis/events.k8s.io/v1/namespaces/default/events/e1",
+            &[],
+        );
+        let list = info(
+            "GET",
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            &[],
+        );
+        let core_create = info("POST", "/api/v1/namespaces/default/events", &[]);
+        assert!(!allows(&ids[1], &create));
+        let err = forbidden(&ids[1], &create);
+        assert_eq!(
+            err.message,
+            "events.events.k8s.io is forbidden: User \"system:serviceaccount:kube-flannel:flannel\" cannot create resource \"events\" in API group \"events.k8s.io\" in the namespace \"default\""
+        );
+        assert!(allows(&ids[0], &create));
+        apply_grants(&mut ids, &["flannel=events".to_string()]).unwrap();
+        assert!(allows(&ids[1], &create) && allows(&ids[1], &patch));
+        assert!(!allows(&ids[1], &list) && !allows(&ids[1], &core_create));
+        // The grant adds only events rules: Nodes stay as upstream's role has them.
+        assert!(!allows(&ids[1], &info("PATCH", "/api/v1/nodes/n1", &[])));
+        assert!(apply_grants(&mut ids, &["flannel=nope".to_string()]).is_err());
+        assert!(apply_grants(&mut ids, &["nobody=events".to_string()]).is_err());
+        assert!(apply_grants(&mut ids, &["flannel".to_string()]).is_err());
     }
 
     #[test]

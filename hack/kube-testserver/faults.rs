@@ -3,51 +3,18 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::auth::RequestInfo;
 use crate::errors::ApiError;
-
-/// One rule: requests matching every given field get `delayMs` of latency and/or fail with
-/// `code`. `count` bounds how many requests it applies to (absent = until removed).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FaultSpec {
-    /// Kube verb (get, list, watch, create, update, patch, delete, deletecollection) or HTTP
-    /// method (GET, PUT, …); absent or "*" = any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verb: Option<String>,
-    /// `nodes`, `nodes/status`, `pods`; absent = any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Prefix of the request path (without query).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<String>,
-    /// Identity id (`admin`, `flannel`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    /// HTTP status to fail with: 409, 429, 500, 503 (others are accepted too).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<u16>,
-    /// For 429/503: value of the Retry-After header and `details.retryAfterSeconds`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_seconds: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay_ms: Option<u64>,
-}
+pub use kube_testserver::{Fault, LogEntry};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultRule {
     pub id: u64,
     #[serde(flatten)]
-    pub spec: FaultSpec,
+    pub spec: Fault,
     /// Requests this rule still applies to (absent = unlimited).
     pub remaining: Option<u64>,
     pub hits: u64,
@@ -65,48 +32,32 @@ pub struct FaultTable {
     pub rules: Vec<FaultRule>,
 }
 
-impl FaultSpec {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.code.is_none() && self.delay_ms.is_none() {
-            return Err("a fault needs `code` and/or `delayMs`".into());
-        }
-        if let Some(code) = self.code
-            && !(400..=599).contains(&code)
-        {
-            return Err(format!("code {code} is not an error status"));
-        }
-        if self.count == Some(0) {
-            return Err("count must be at least 1 (omit it for unlimited)".into());
-        }
-        Ok(())
-    }
-
-    fn matches(
-        &self,
-        method: &str,
-        path: &str,
-        info: &RequestInfo,
-        identity: Option<&str>,
-    ) -> bool {
-        let verb_ok = match self.verb.as_deref() {
-            None | Some("*") => true,
-            Some(v) => v.eq_ignore_ascii_case(&info.verb) || v.eq_ignore_ascii_case(method),
-        };
-        verb_ok
-            && self.resource.as_deref().is_none_or(|r| r == info.resource)
-            && self
-                .name
-                .as_deref()
-                .is_none_or(|n| info.name.as_deref() == Some(n))
-            && self
-                .path_prefix
-                .as_deref()
-                .is_none_or(|p| path.starts_with(p))
-            && self.identity.as_deref().is_none_or(|i| identity == Some(i))
-    }
+/// Whether `spec` applies to this request.
+fn matches(
+    spec: &Fault,
+    method: &str,
+    path: &str,
+    info: &RequestInfo,
+    identity: Option<&str>,
+) -> bool {
+    let verb_ok = match spec.verb.as_deref() {
+        None | Some("*") => true,
+        Some(v) => v.eq_ignore_ascii_case(&info.verb) || v.eq_ignore_ascii_case(method),
+    };
+    verb_ok
+        && spec.resource.as_deref().is_none_or(|r| r == info.resource)
+        && spec
+            .name
+            .as_deref()
+            .is_none_or(|n| info.name.as_deref() == Some(n))
+        && spec
+            .path_prefix
+            .as_deref()
+            .is_none_or(|p| path.starts_with(p))
+        && spec.identity.as_deref().is_none_or(|i| identity == Some(i))
 }
 
-fn injected_error(spec: &FaultSpec, info: &RequestInfo, code: u16) -> ApiError {
+fn injected_error(spec: &Fault, info: &RequestInfo, code: u16) -> ApiError {
     let name = info.name.clone().unwrap_or_default();
     let resource = info.resource.split('/').next().unwrap_or("").to_string();
     let mut err = match code {
@@ -148,7 +99,7 @@ fn injected_error(spec: &FaultSpec, info: &RequestInfo, code: u16) -> ApiError {
 }
 
 impl FaultTable {
-    pub fn add(&mut self, spec: FaultSpec) -> u64 {
+    pub fn add(&mut self, spec: Fault) -> u64 {
         self.next_id += 1;
         self.rules.push(FaultRule {
             id: self.next_id,
@@ -180,7 +131,7 @@ impl FaultTable {
         let rule = self
             .rules
             .iter_mut()
-            .find(|r| r.remaining != Some(0) && r.spec.matches(method, path, info, identity))?;
+            .find(|r| r.remaining != Some(0) && matches(&r.spec, method, path, info, identity))?;
         rule.hits += 1;
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
@@ -190,28 +141,6 @@ impl FaultTable {
             error: rule.spec.code.map(|c| injected_error(&rule.spec, info, c)),
         })
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LogEntry {
-    pub seq: u64,
-    /// Milliseconds since the Unix epoch when the request arrived.
-    pub time_ms: u64,
-    pub method: String,
-    /// Path and query, as sent.
-    pub path: String,
-    pub content_type: Option<String>,
-    pub body: Option<String>,
-    pub code: u16,
-    /// Identity id (`admin`, `flannel`, `clobber`, …); absent when unauthenticated.
-    pub identity: Option<String>,
-    pub user: Option<String>,
-    pub verb: String,
-    pub resource: String,
-    pub name: Option<String>,
-    /// True when a fault rule produced the response.
-    pub injected: bool,
 }
 
 /// Append-only, capped: beyond `cap` entries the oldest are dropped and counted.
@@ -275,7 +204,7 @@ mod tests {
     #[test]
     fn counted_rules_expire_and_match_fields() {
         let mut t = FaultTable::default();
-        t.add(FaultSpec {
+        t.add(Fault {
             verb: Some("patch".into()),
             resource: Some("nodes/status".into()),
             count: Some(2),
@@ -307,7 +236,7 @@ mod tests {
     #[test]
     fn unlimited_latency_rule_and_identity_filter() {
         let mut t = FaultTable::default();
-        let id = t.add(FaultSpec {
+        let id = t.add(Fault {
             delay_ms: Some(50),
             identity: Some("flannel".into()),
             ..Default::default()
@@ -328,9 +257,9 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(FaultSpec::default().validate().is_err());
+        assert!(Fault::default().validate().is_err());
         assert!(
-            FaultSpec {
+            Fault {
                 code: Some(200),
                 ..Default::default()
             }
@@ -338,7 +267,7 @@ mod tests {
             .is_err()
         );
         assert!(
-            FaultSpec {
+            Fault {
                 code: Some(503),
                 count: Some(0),
                 ..Default::default()
@@ -347,7 +276,7 @@ mod tests {
             .is_err()
         );
         assert!(
-            FaultSpec {
+            Fault {
                 code: Some(503),
                 ..Default::default()
             }

@@ -7,7 +7,10 @@ mod api;
 mod app;
 mod auth;
 mod errors;
+mod events;
+mod events_api;
 mod faults;
+mod managed;
 mod nodegen;
 mod role_file;
 mod selector;
@@ -79,6 +82,10 @@ struct Cli {
     /// Request log entries kept (oldest dropped beyond this).
     #[arg(long, default_value_t = 100_000)]
     request_log_cap: usize,
+    /// Grant an identity an extra role, as `ID=ROLE` (repeatable). Roles: `events`
+    /// (events.k8s.io events: create, patch — what kube-rs's Recorder needs).
+    #[arg(long = "grant", value_name = "ID=ROLE")]
+    grants: Vec<String>,
     /// Shut down when the parent process goes away (test helpers pass this so a killed test
     /// run leaves no server behind).
     #[arg(long)]
@@ -140,22 +147,21 @@ async fn main() -> anyhow::Result<()> {
     let admin_listener = server::bind(cli.admin_listen)?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let mut identities = auth::default_identities();
+    if let Some(path) = &cli.flannel_role {
+        let rules = role_file::rules_from_file(path)?;
+        for id in identities.iter_mut().filter(|i| i.id == "flannel") {
+            id.rules = rules.clone();
+        }
+    }
+    auth::apply_grants(&mut identities, &cli.grants).map_err(anyhow::Error::msg)?;
     let (outage_tx, outage_rx) = mpsc::unbounded_channel();
     let app = Arc::new(AppState {
         store: Mutex::new(Store::new(
             cli.history_limit,
             cli.history_limit.clamp(1024, 16_384),
         )),
-        identities: {
-            let mut ids = auth::default_identities();
-            if let Some(path) = &cli.flannel_role {
-                let rules = role_file::rules_from_file(path)?;
-                for id in ids.iter_mut().filter(|i| i.id == "flannel") {
-                    id.rules = rules.clone();
-                }
-            }
-            ids
-        },
+        identities,
         faults: Mutex::new(FaultTable::default()),
         log: Mutex::new(RequestLog::new(cli.request_log_cap)),
         watch_close: Mutex::new(CancellationToken::new()),

@@ -9,8 +9,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 
 use crate::auth::Rule;
 
-/// Converts the ClusterRole's rules. Only the core group ("") is served here, so rules for
-/// other groups are kept out (they grant nothing on this server); `resourceNames` and
+/// Converts the ClusterRole's rules, API groups included; `resourceNames` and
 /// `nonResourceURLs` are refused rather than silently widened.
 pub fn rules_from_file(path: &Path) -> anyhow::Result<Vec<Rule>> {
     let text =
@@ -30,10 +29,6 @@ pub fn rules_from_file(path: &Path) -> anyhow::Result<Vec<Rule>> {
                 path.display()
             );
         }
-        let groups = rule.api_groups.unwrap_or_default();
-        if !groups.iter().any(|g| g.is_empty() || g == "*") {
-            continue;
-        }
         // Rules live for the whole process; leaking them keeps the built-in table's type.
         let leak = |v: Vec<String>| -> &'static [&'static str] {
             Box::leak(
@@ -43,6 +38,7 @@ pub fn rules_from_file(path: &Path) -> anyhow::Result<Vec<Rule>> {
             )
         };
         rules.push(Rule {
+            groups: leak(rule.api_groups.unwrap_or_default()),
             verbs: leak(rule.verbs),
             resources: leak(rule.resources.unwrap_or_default()),
         });

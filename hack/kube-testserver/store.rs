@@ -16,6 +16,8 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::errors::ApiError;
+use crate::events::EventStore;
+use crate::managed::{self, Writer};
 use crate::selector::FieldValues;
 use crate::validate;
 
@@ -120,6 +122,8 @@ pub struct Store {
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     tx: broadcast::Sender<Broadcast>,
+    /// Events share the global revision counter (one etcd revision over all resources).
+    pub events: EventStore,
 }
 
 pub fn now() -> Time {
@@ -142,7 +146,7 @@ pub fn random_uid() -> String {
     )
 }
 
-fn generate_name_suffix() -> String {
+pub fn generate_name_suffix() -> String {
     // apimachinery's names.SimpleNameGenerator alphabet (no vowels, no confusable digits).
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     (0..5)
@@ -160,7 +164,14 @@ impl Store {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             tx,
+            events: EventStore::new(history_limit),
         }
+    }
+
+    /// Takes the next global revision (for writes to other resources than Nodes).
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
     }
 
     pub fn rv(&self) -> u64 {
@@ -195,6 +206,7 @@ impl Store {
     /// Drops all retained history: any watch or continue token older than now gets 410.
     pub fn compact_all(&mut self) -> u64 {
         self.history.clear();
+        self.events.compact_all(self.rv);
         self.compacted_rv = self.rv;
         self.compacted_rv
     }
@@ -294,7 +306,18 @@ impl Store {
         Ok(stored)
     }
 
-    pub fn create(&mut self, mut node: Node, dry_run: bool) -> Result<Arc<StoredNode>, ApiError> {
+    /// Creates a node keeping the managedFields it carries (generated nodes).
+    pub fn create(&mut self, node: Node, dry_run: bool) -> Result<Arc<StoredNode>, ApiError> {
+        self.create_as(node, dry_run, None)
+    }
+
+    /// Creates a node; with a `writer`, its managedFields record the create as upstream does.
+    pub fn create_as(
+        &mut self,
+        mut node: Node,
+        dry_run: bool,
+        writer: Option<&Writer>,
+    ) -> Result<Arc<StoredNode>, ApiError> {
         let meta = &mut node.metadata;
         if meta.name.as_deref().unwrap_or("").is_empty() {
             match meta.generate_name.as_deref() {
@@ -334,6 +357,23 @@ impl Store {
         meta.namespace = None;
         meta.self_link = None;
         validate_node(&node, None)?;
+        if let Some(w) = writer {
+            let requested = node.metadata.managed_fields.take();
+            let reset = managed::is_reset(&requested);
+            let mut entries = managed::base_entries(requested, None, None);
+            if !reset {
+                let new_value = to_value(&node)?;
+                managed::record_update(
+                    &mut entries,
+                    w,
+                    &Value::Object(Default::default()),
+                    &new_value,
+                    "v1",
+                    now(),
+                );
+            }
+            node.metadata.managed_fields = (!entries.is_empty()).then_some(entries);
+        }
         if dry_run {
             return Ok(Arc::new(encode(&node, self.rv, EventType::Added)?.0));
         }
@@ -342,11 +382,25 @@ impl Store {
 
     /// Replaces or patches an existing node: `compute` maps the stored object (as JSON) to the
     /// requested new object; then preconditions, subresource rules and system fields apply.
+    #[cfg(test)]
     pub fn update(
         &mut self,
         name: &str,
         subresource: Subresource,
         dry_run: bool,
+        compute: impl FnOnce(Value) -> Result<Value, ApiError>,
+    ) -> Result<Arc<StoredNode>, ApiError> {
+        self.update_as(name, subresource, dry_run, None, compute)
+    }
+
+    /// `update` by `writer`: managedFields record the change (without a writer they are kept
+    /// as sent, or as stored when the request has none).
+    pub fn update_as(
+        &mut self,
+        name: &str,
+        subresource: Subresource,
+        dry_run: bool,
+        writer: Option<&Writer>,
         compute: impl FnOnce(Value) -> Result<Value, ApiError>,
     ) -> Result<Arc<StoredNode>, ApiError> {
         let old = self
@@ -398,10 +452,7 @@ impl Store {
         meta.self_link = None;
         meta.generate_name = old_node.metadata.generate_name.clone();
         meta.resource_version = old_node.metadata.resource_version.clone();
-        // An update that omits managedFields keeps the recorded ones (as upstream).
-        if meta.managed_fields.is_none() {
-            meta.managed_fields = old_node.metadata.managed_fields.clone();
-        }
+        let requested_fields = meta.managed_fields.take();
         let spec_changed = new.spec != old_node.spec;
         let old_generation = old_node.metadata.generation.unwrap_or(1);
         new.metadata.generation = Some(if spec_changed {
@@ -411,6 +462,33 @@ impl Store {
         });
         validate_node(&new, Some(&old_node))?;
 
+        match writer {
+            Some(w) => {
+                let reset = managed::is_reset(&requested_fields);
+                let mut entries = managed::base_entries(
+                    requested_fields,
+                    old_node.metadata.managed_fields.as_ref(),
+                    w.subresource.as_deref(),
+                );
+                new.metadata.managed_fields = old_node.metadata.managed_fields.clone();
+                if !reset && new != old_node {
+                    managed::record_update(
+                        &mut entries,
+                        w,
+                        &to_value(&old_node)?,
+                        &to_value(&new)?,
+                        "v1",
+                        now(),
+                    );
+                }
+                new.metadata.managed_fields = (!entries.is_empty()).then_some(entries);
+            }
+            // An update that omits managedFields keeps the recorded ones (as upstream).
+            None => {
+                new.metadata.managed_fields =
+                    requested_fields.or_else(|| old_node.metadata.managed_fields.clone());
+            }
+        }
         if new == old_node {
             // No-op write: no new revision, no event.
             return Ok(old);
@@ -494,6 +572,10 @@ impl Store {
             Some(old),
         )?))
     }
+}
+
+fn to_value(node: &Node) -> Result<Value, ApiError> {
+    serde_json::to_value(node).map_err(|e| ApiError::internal(format!("encoding node: {e}")))
 }
 
 /// Serializes a node; returns the stored form and its watch line (sharing one buffer).
@@ -845,5 +927,152 @@ mod tests {
         let err = s.delete("a", Some(&p), false).err().unwrap();
         assert_eq!(err.code, 409);
         assert_eq!(s.delete("zz", None, false).err().unwrap().code, 404);
+    }
+}
+
+#[cfg(test)]
+mod managed_fields_tests {
+    use super::*;
+    use crate::nodegen::{self, GenerateSpec};
+    use serde_json::json;
+
+    fn entry<'a>(n: &'a Node, manager: &str, sub: Option<&str>) -> Option<&'a Value> {
+        n.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .find(|e| e.manager.as_deref() == Some(manager) && e.subresource.as_deref() == sub)
+            .and_then(|e| e.fields_v1.as_ref().map(|f| &f.0))
+    }
+
+    const FLANNEL: &str = "flannel.alpha.coreos.com/";
+
+    #[test]
+    fn clobber_and_heal_move_ownership_on_a_realistic_node() {
+        let mut s = Store::new(100, 16);
+        let generated = nodegen::node(&GenerateSpec::default(), 0).unwrap();
+        let given = generated.metadata.managed_fields.clone();
+        let name = generated.metadata.name.clone().unwrap();
+        s.create(generated, false).unwrap();
+        // Generated nodes keep the managedFields they were generated with.
+        assert_eq!(
+            s.get(&name)
+                .unwrap()
+                .to_node()
+                .unwrap()
+                .metadata
+                .managed_fields,
+            given
+        );
+
+        // An unconditional update from a stale copy without flannel's keys, plus one key of
+        // the writer's own.
+        let rancher = Writer::new("rancher", None);
+        let n = s
+            .update_as(&name, Subresource::Main, false, Some(&rancher), |mut v| {
+                let ann = v["metadata"]["annotations"].as_object_mut().unwrap();
+                ann.retain(|k, _| !k.starts_with(FLANNEL));
+                ann.insert("cattle.io/status".into(), json!("x"));
+                v["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("resourceVersion");
+                Ok(v)
+            })
+            .unwrap()
+            .to_node()
+            .unwrap();
+        let flanneld = entry(&n, "flanneld", Some("status")).unwrap();
+        assert!(
+            flanneld.pointer("/f:metadata").is_none(),
+            "flanneld keeps only its status fields: {flanneld}"
+        );
+        assert!(flanneld.pointer("/f:status/f:conditions").is_some());
+        assert_eq!(
+            entry(&n, "rancher", None).unwrap(),
+            &json!({"f:metadata": {"f:annotations": {"f:cattle.io/status": {}}}})
+        );
+        // The kubelet's entries are untouched.
+        assert_eq!(
+            entry(&n, "kubelet", None),
+            given
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.manager.as_deref() == Some("kubelet") && e.subresource.is_none())
+                .and_then(|e| e.fields_v1.as_ref().map(|f| &f.0))
+        );
+
+        // flanneld heals through the status subresource: its keys are its own again.
+        let flannel_writer = Writer::new("flanneld", Some("status"));
+        let healed = s
+            .update_as(
+                &name,
+                Subresource::Status,
+                false,
+                Some(&flannel_writer),
+                |mut v| {
+                    v["metadata"]["annotations"][format!("{FLANNEL}public-ip")] =
+                        json!("192.168.0.1");
+                    Ok(v)
+                },
+            )
+            .unwrap()
+            .to_node()
+            .unwrap();
+        let flanneld = entry(&healed, "flanneld", Some("status")).unwrap();
+        assert!(
+            flanneld["f:metadata"]["f:annotations"]
+                .get(format!("f:{FLANNEL}public-ip"))
+                .is_some(),
+            "{flanneld}"
+        );
+        // The newest entry (last, sorted by time) is the healer's.
+        let newest = healed
+            .metadata
+            .managed_fields
+            .as_ref()
+            .unwrap()
+            .last()
+            .unwrap();
+        assert!(
+            newest.time
+                >= n.metadata
+                    .managed_fields
+                    .as_ref()
+                    .unwrap()
+                    .last()
+                    .unwrap()
+                    .time
+        );
+    }
+
+    #[test]
+    fn no_op_writes_keep_managed_fields_and_revision() {
+        let mut s = Store::new(100, 16);
+        let w = Writer::new("kubectl-annotate", None);
+        let n = serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap();
+        let created = s.create_as(n, false, Some(&w)).unwrap();
+        let first = s
+            .update_as("a", Subresource::Main, false, Some(&w), |mut v| {
+                v["metadata"]["annotations"] = json!({"k": "v"});
+                Ok(v)
+            })
+            .unwrap();
+        assert!(first.rv > created.rv);
+        let again = s
+            .update_as("a", Subresource::Main, false, Some(&w), |mut v| {
+                v["metadata"]["annotations"] = json!({"k": "v"});
+                Ok(v)
+            })
+            .unwrap();
+        assert_eq!(again.rv, first.rv);
+        let node = again.to_node().unwrap();
+        let mf = node.metadata.managed_fields.unwrap();
+        assert_eq!(mf.len(), 1);
+        assert_eq!(
+            mf[0].fields_v1.as_ref().unwrap().0,
+            json!({"f:metadata": {"f:annotations": {".": {}, "f:k": {}}}})
+        );
     }
 }

@@ -13,9 +13,11 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::netlink::{
-    Address, IpFamily, Link, LinkOperState, MacAddr, Netlink, NetlinkError, Op, Route as NlRoute,
-    RouteFilter, RouteScope, VethPair,
+    Address, Link, LinkOperState, Netlink, NetlinkError, Op, Route as NlRoute, RouteFilter,
+    RouteScope, VethPair,
 };
+
+use crate::net::{Family, MacAddr};
 use crate::netns::{NetnsError, NetnsFile};
 use nix::sched::{CloneFlags, setns};
 use std::os::fd::AsFd;
@@ -112,7 +114,7 @@ impl Undo {
         let chain = ipmasq::chain_name(at.network, at.container_id);
         let comment = ipmasq::comment(at.network, at.container_id);
         for ip in &self.masquerade {
-            if let Err(e) = ipmasq::teardown(*ip, &chain, &comment) {
+            if let Err(e) = ipmasq::teardown(*ip, &chain, &comment).await {
                 errors.push(e.to_string());
             }
         }
@@ -304,7 +306,7 @@ async fn ensure_gateway_address(
     bridge: &Link,
     wanted: IpNetwork,
 ) -> Result<(), BridgeError> {
-    let family = IpFamily::of(&wanted.ip());
+    let family = Family::of_ip(wanted.ip());
     for a in &node.addresses_in(bridge.index, family).await? {
         if a.net == wanted {
             return Ok(());
@@ -531,13 +533,13 @@ async fn pod_phase(
     let ops: Vec<Op> = undo
         .allocations
         .iter()
-        .map(|a| Op::EnsureAddress(Address::new(container.index, a.address)))
+        .map(|a| Op::ReplaceAddress(Address::new(container.index, a.address)))
         .chain([Op::SetLinkUp(container.index)])
         .chain(
             result
                 .routes
                 .iter()
-                .map(|r| Op::EnsureRoute(pod_route(r, container.index, &result.ips))),
+                .map(|r| Op::ReplaceRoute(pod_route(r, container.index, &result.ips))),
         )
         .collect();
     pod.apply_all(&ops).await?;
@@ -552,7 +554,7 @@ async fn pod_phase(
         let comment = ipmasq::comment(at.network, at.container_id);
         for a in &undo.allocations {
             undo.masquerade.push(a.address);
-            ipmasq::setup(a.address, &chain, &comment)?;
+            ipmasq::setup(a.address, &chain, &comment).await?;
         }
         timer.step("masquerade");
     }
@@ -591,8 +593,13 @@ async fn pod_phase(
     Ok(result)
 }
 
-/// DEL: the container interface goes (if the namespace still exists), then the reservation,
-/// then masquerade rules. Everything already gone counts as done.
+/// DEL: the container interface goes (if the namespace still exists), then the masquerade
+/// rules, then the reservation. Everything already gone counts as done.
+///
+/// The rules go before the reservation because the reservation is what names the pod's IPs:
+/// a DEL that fails after releasing could never find the chain again, while a retry of one
+/// that failed before still finds the IPs. The caller holds the container's record lock, so
+/// no ADD for it can change its reservations in between.
 pub async fn del(
     conf: &BridgeConf,
     ipam_conf: &IpamConf,
@@ -607,19 +614,24 @@ pub async fn del(
         pod.delete_link_by_name(ifname).await?;
     }
     let store = Store::new(&ipam_conf.dir, ipam_conf.durability);
-    let released = match store.lock_if_exists()? {
-        Some(locked) => locked.release_owner(&Owner::new(container_id, ifname))?,
-        None => Vec::new(),
-    };
+    let owner = Owner::new(container_id, ifname);
     if conf.ip_masq {
+        // Not under the store lock: iptables takes milliseconds, and other ADDs wait for it.
+        let held = match store.lock_if_exists()? {
+            Some(locked) => locked.to_release(&owner)?,
+            None => Vec::new(),
+        };
         let chain = ipmasq::chain_name(network, container_id);
         let comment = ipmasq::comment(network, container_id);
-        for ip in released {
+        for ip in held {
             let net = ipam_conf
                 .pod_network(ip)
                 .map_err(|e| BridgeError::Internal(e.to_string()))?;
-            ipmasq::teardown(net, &chain, &comment)?;
+            ipmasq::teardown(net, &chain, &comment).await?;
         }
+    }
+    if let Some(locked) = store.lock_if_exists()? {
+        locked.release_owner(&owner)?;
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use super::env::{self, RuntimeEnv};
 use super::ipam::{History, IpamConf, Owner, Store, parse_record};
 use super::ipmasq;
 use super::state;
-use crate::netlink::MacAddr;
+use crate::net::MacAddr;
 use crate::subnet_env::SubnetEnv;
 
 use super::types::{CniError, CniResult, CniVersion, ErrorCode, version_info};
@@ -176,14 +176,17 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
         Prepared::Exec { .. } => None,
     };
 
-    // First side effect: the DEL record, so even a crash mid-ADD leaves DEL what it needs.
-    let written = state::write(
-        &conf.data_dir,
-        &at.container_id,
-        &bytes,
-        fsync_wanted(&delegate),
-    )
-    .map_err(state_error)?;
+    // First side effect: the DEL record, locked for the whole ADD (a DEL or another ADD for
+    // this container waits), so even a crash mid-ADD leaves DEL what it needs.
+    let mut record = lock_record(&conf, &at.container_id)?;
+    let history = if record.is_new() {
+        History::New
+    } else {
+        History::MayExist
+    };
+    record
+        .write(&bytes, fsync_wanted(&delegate))
+        .map_err(state_error)?;
 
     let outcome: Result<String, (CniError, bool)> = match &prepared {
         Prepared::Native {
@@ -201,37 +204,25 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
             };
             match native.take() {
                 None => Err((CniError::internal("native path not prepared"), true)),
-                Some(rt) => bridge::add(
-                    &rt,
-                    bridge,
-                    ipam,
-                    &attach,
-                    *mac,
-                    requested,
-                    if written.is_new() {
-                        History::New
-                    } else {
-                        History::MayExist
-                    },
-                )
-                .map(|mut result| {
-                    let dns = bridge.dns.clone().filter(|d| !d.is_empty());
-                    result.dns = match dns {
-                        Some(d) => d,
-                        None => ipam.dns().unwrap_or_default(),
-                    };
-                    result.render(conf.version)
-                })
-                .map_err(|f| {
-                    let mut err = CniError::from(f.error);
-                    if !f.undo_errors.is_empty() {
-                        err = err.with_details(format!(
-                            "undo incomplete, DEL will retry: {}",
-                            f.undo_errors.join("; ")
-                        ));
-                    }
-                    (err, f.rolled_back)
-                }),
+                Some(rt) => bridge::add(&rt, bridge, ipam, &attach, *mac, requested, history)
+                    .map(|mut result| {
+                        let dns = bridge.dns.clone().filter(|d| !d.is_empty());
+                        result.dns = match dns {
+                            Some(d) => d,
+                            None => ipam.dns().unwrap_or_default(),
+                        };
+                        result.render(conf.version)
+                    })
+                    .map_err(|f| {
+                        let mut err = CniError::from(f.error);
+                        if !f.undo_errors.is_empty() {
+                            err = err.with_details(format!(
+                                "undo incomplete, DEL will retry: {}",
+                                f.undo_errors.join("; ")
+                            ));
+                        }
+                        (err, f.rolled_back)
+                    }),
             }
         }
         Prepared::Exec { plugin } => match delegate::exec(plugin, "ADD", env, &bytes) {
@@ -247,7 +238,7 @@ fn add(env: &RuntimeEnv, stdin: &[u8]) -> Result<String, CniError> {
         Ok(out) => Ok(out),
         Err((err, clean)) => {
             if clean {
-                if let Err(e) = written.revert() {
+                if let Err(e) = record.revert() {
                     tracing::error!(error = %e, "cannot remove the DEL record of a failed ADD");
                 }
             } else {
@@ -270,16 +261,25 @@ fn render_delegate_result(stdout: &[u8], version: CniVersion) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(stdout).into_owned())
 }
 
+/// The container's record, locked (see [`state`]): ADD and DEL hold it from start to end.
+fn lock_record(conf: &NetConf, container_id: &str) -> Result<state::Record, CniError> {
+    match state::lock(&conf.data_dir, container_id, state::Acquire::Wait) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(CniError::internal("record lock not taken")),
+        Err(e) => Err(state_error(e)),
+    }
+}
+
 /// The delegate config DEL and CHECK replay: the saved one, or (when there is none, or it is
 /// unreadable) one rendered from the current config. `None` when neither is possible.
 fn replay_delegate(
     conf: &NetConf,
     container_id: &str,
-) -> Result<(Option<Map<String, Value>>, bool), CniError> {
-    let saved = state::read(&conf.data_dir, container_id).map_err(state_error)?;
-    if let Some(bytes) = &saved {
+    saved: Option<&[u8]>,
+) -> Result<Option<Map<String, Value>>, CniError> {
+    if let Some(bytes) = saved {
         match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Object(m)) => return Ok((Some(m), true)),
+            Ok(Value::Object(m)) => return Ok(Some(m)),
             _ => tracing::warn!(
                 container_id,
                 "DEL record is not a JSON object; falling back to the current config"
@@ -287,8 +287,8 @@ fn replay_delegate(
         }
     }
     match load_subnet_env(&conf.subnet_file, ErrorCode::TryAgainLater) {
-        Ok(env) => Ok((Some(conf.render_delegate(&env)?), saved.is_some())),
-        Err(_) => Ok((fallback_native_delegate(conf), saved.is_some())),
+        Ok(env) => Ok(Some(conf.render_delegate(&env)?)),
+        Err(_) => Ok(fallback_native_delegate(conf)),
     }
 }
 
@@ -322,7 +322,10 @@ fn del(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
     let conf = NetConf::parse(stdin)?;
     cni_args(env)?;
     let netns = env::open_netns_for_del(env)?;
-    let (delegate, has_record) = replay_delegate(&conf, &at.container_id)?;
+    // Held to the end: an ADD for this container waits, so nothing DEL releases can be an IP
+    // that ADD has reserved and is about to configure, nor the record it just wrote.
+    let record = lock_record(&conf, &at.container_id)?;
+    let delegate = replay_delegate(&conf, &at.container_id, record.saved())?;
     let Some(delegate) = delegate else {
         return Ok(());
     };
@@ -347,10 +350,7 @@ fn del(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         }
     }
     // Only now, with everything torn down, may the record go.
-    if has_record {
-        state::remove(&conf.data_dir, &at.container_id).map_err(state_error)?;
-    }
-    Ok(())
+    record.remove().map_err(state_error)
 }
 
 fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
@@ -372,7 +372,8 @@ fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         )
     })?;
     let prev = CniResult::parse(&prev_value)?;
-    let (delegate, _) = replay_delegate(&conf, &at.container_id)?;
+    let saved = state::read(&conf.data_dir, &at.container_id).map_err(state_error)?;
+    let delegate = replay_delegate(&conf, &at.container_id, saved.as_deref())?;
     let Some(mut delegate) = delegate else {
         return Err(CniError::new(
             ErrorCode::UnknownContainer,
@@ -407,6 +408,30 @@ fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
 fn verb_unsupported(e: &CniError) -> bool {
     e.code == ErrorCode::IncompatibleVersion.code()
         || (e.code == ErrorCode::InvalidEnvironment.code() && e.msg.contains("unknown CNI_COMMAND"))
+}
+
+/// The reservations in `store` of attachments not in the valid list: (IP, raw content).
+fn gc_candidates(
+    store: &Store,
+    valid_ids: &HashSet<&str>,
+    valid_pairs: &HashSet<(String, String)>,
+) -> Result<Vec<(std::net::IpAddr, String)>, super::ipam::IpamError> {
+    let Some(locked) = store.lock_if_exists()? else {
+        return Ok(Vec::new());
+    };
+    let mut stale = locked.reservations()?;
+    stale.retain(|(_, content)| match parse_record(content) {
+        Some(Owner {
+            container_id,
+            ifname,
+        }) if ifname.is_empty() => !valid_ids.contains(container_id.as_str()),
+        Some(Owner {
+            container_id,
+            ifname,
+        }) => !valid_pairs.contains(&(container_id, ifname)),
+        None => true,
+    });
+    Ok(stale)
 }
 
 fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
@@ -459,24 +484,69 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
         if valid_ids.contains(cid.as_str()) {
             continue;
         }
-        let saved = state::read(&conf.data_dir, &cid).ok().flatten();
-        let delegate = saved.and_then(|b| match serde_json::from_slice::<Value>(&b) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        });
+        // A record someone holds belongs to an ADD or DEL in progress: not stale (yet).
+        let record = match state::lock(&conf.data_dir, &cid, state::Acquire::TryExisting) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        let delegate = record
+            .saved()
+            .and_then(|b| match serde_json::from_slice::<Value>(b) {
+                Ok(Value::Object(m)) => Some(m),
+                _ => None,
+            });
         match delegate {
             Some(d) if d.get("name").and_then(Value::as_str) == Some(conf.name.as_str()) => {
                 add_dir(&d);
-                stale_records.push(cid);
+                stale_records.push(record);
             }
             // Records of other networks sharing the directory are not ours to judge.
             Some(_) => {}
-            None => stale_records.push(cid),
+            None => stale_records.push(record),
         }
     }
 
+    let mut rt = None;
     for (ipam, ip_masq) in &dirs {
         let store = Store::new(&ipam.dir, ipam.durability);
+        let stale = match gc_candidates(&store, &valid_ids, &valid_pairs) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        if stale.is_empty() {
+            continue;
+        }
+        // Masquerade rules before the reservation (which names the IP; see bridge::del),
+        // outside the store lock (iptables is slow and ADDs wait for that lock).
+        let mut releasable = Vec::new();
+        for (ip, content) in stale {
+            let owner = parse_record(&content);
+            if *ip_masq
+                && let Some(owner) = &owner
+                && let Ok(net) = ipam.pod_network(ip)
+            {
+                let rt = match &rt {
+                    Some(rt) => rt,
+                    None => rt.insert(runtime()?),
+                };
+                if let Err(e) = rt.block_on(ipmasq::teardown(
+                    net,
+                    &ipmasq::chain_name(&conf.name, &owner.container_id),
+                    &ipmasq::comment(&conf.name, &owner.container_id),
+                )) {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            }
+            releasable.push((ip, content));
+        }
         let locked = match store.lock_if_exists() {
             Ok(Some(l)) => l,
             Ok(None) => continue,
@@ -485,49 +555,17 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
                 continue;
             }
         };
-        let reservations = match locked.reservations() {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(e.to_string());
-                continue;
-            }
-        };
-        for (ip, content) in reservations {
-            let keep = match parse_record(&content) {
-                Some(Owner {
-                    container_id,
-                    ifname,
-                }) if ifname.is_empty() => valid_ids.contains(container_id.as_str()),
-                Some(Owner {
-                    container_id,
-                    ifname,
-                }) => valid_pairs.contains(&(container_id, ifname)),
-                None => false,
-            };
-            if keep {
-                continue;
-            }
+        for (ip, content) in releasable {
             tracing::info!(%ip, owner = content.trim(), dir = %ipam.dir.display(), "GC releases reservation");
-            if let Err(e) = locked.remove(ip) {
-                errors.push(e.to_string());
-                continue;
-            }
-            if *ip_masq
-                && let Some(owner) = parse_record(&content)
-                && let Ok(net) = ipam.pod_network(ip)
-                && let Err(e) = ipmasq::teardown(
-                    net,
-                    &ipmasq::chain_name(&conf.name, &owner.container_id),
-                    &ipmasq::comment(&conf.name, &owner.container_id),
-                )
-            {
+            // Between the two locks its owner may have released it and another taken it.
+            if let Err(e) = locked.remove_if_unchanged(ip, &content) {
                 errors.push(e.to_string());
             }
         }
     }
     if errors.is_empty() {
-        for cid in stale_records {
-            if let Err(e) = state::remove(&conf.data_dir, &cid) {
+        for record in stale_records {
+            if let Err(e) = record.remove() {
                 errors.push(e.to_string());
             }
         }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::types::{CniError, CniVersion, Dns, ErrorCode, Route};
-use crate::flanneld::types::parse_cidr_addr;
+use crate::net::parse_cidr_addr;
 use crate::subnet_env::SubnetEnv;
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";

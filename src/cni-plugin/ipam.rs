@@ -7,8 +7,10 @@
 //!
 //! So host-local and this module can run on the same node, each respecting the other's
 //! reservations. Differences, all on the safe side: a repeated ADD for the same
-//! (container, ifname) returns the IP it already holds instead of failing, and an ADD that
-//! fails later releases exactly the reservations it made.
+//! (container, ifname) returns the IP it already holds instead of failing, an ADD that
+//! fails later releases exactly the reservations it made, an empty reservation file (a writer
+//! killed between create and write) is taken over when the range is otherwise full, and no
+//! file here is opened through a symlink.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -23,7 +25,7 @@ use serde_json::{Map, Value};
 
 use super::config::DEFAULT_IPAM_DATA_DIR;
 use super::types::{Dns, Route};
-use crate::flanneld::types::parse_cidr_addr;
+use crate::net::parse_cidr_addr;
 
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 pub const LOCK_FILE: &str = "lock";
@@ -67,8 +69,28 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |source| IpamError::Io {
         op,
         path: path.to_path_buf(),
-        source,
+        source: super::state::explain_symlink(source),
     }
+}
+
+/// Every file in the store is opened with these: a symlink planted in the directory (say
+/// `last_reserved_ip.0 -> /etc/shadow`) fails the open instead of redirecting a root write.
+const OPEN_FLAGS: i32 = nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW;
+
+fn is_symlink_error(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(nix::libc::ELOOP)
+}
+
+/// A small file's text, not through a symlink (and not blocking on a FIFO).
+fn read_nofollow(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(OPEN_FLAGS | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    Ok(s)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -332,7 +354,7 @@ struct IpamWire {
 /// The default is the page cache, like host-local: a reservation is visible to every process
 /// the moment it is created, so a plugin killed mid-ADD can never cause a duplicate. fsync only
 /// adds survival across power loss, after which every pod is gone anyway (a durable stale
-/// reservation is exactly the leak users fight), and it costs ~4 ms per ADD on a VM disk.
+/// reservation is exactly the leak users fight), and it costs a disk flush per ADD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     #[default]
@@ -607,7 +629,7 @@ impl Store {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(nix::libc::O_CLOEXEC)
+            .custom_flags(OPEN_FLAGS)
             .open(&path)
             .map_err(io_err("open lock file", &path))?;
         let lock =
@@ -636,7 +658,7 @@ impl Locked<'_> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(nix::libc::O_CLOEXEC)
+            .custom_flags(OPEN_FLAGS)
             .open(&path)
         {
             Ok(f) => f,
@@ -668,8 +690,34 @@ impl Locked<'_> {
         Ok(true)
     }
 
+    /// Like [`Locked::reserve`], but an empty reservation file in the way is taken over.
+    ///
+    /// Every writer (host-local and us) creates and fills a reservation under the lock we
+    /// hold, so an empty one is the leftover of a writer killed in between: no ADD ever
+    /// configured that IP, and no DEL will release it (it names no owner).
+    pub fn reserve_reclaiming(
+        &self,
+        owner: &Owner,
+        ip: IpAddr,
+        set_index: usize,
+    ) -> Result<bool, IpamError> {
+        if self.reserve(owner, ip, set_index)? {
+            return Ok(true);
+        }
+        let path = self.path(&ip_file_name(ip));
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == 0 => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("stat reservation", &path)(e)),
+        }
+        tracing::info!(%ip, "reclaiming an empty reservation (left by a killed ADD)");
+        remove_if_exists(&path)?;
+        self.reserve(owner, ip, set_index)
+    }
+
     pub fn last_reserved(&self, set_index: usize) -> Option<IpAddr> {
-        std::fs::read_to_string(self.path(&format!("{LAST_RESERVED_PREFIX}{set_index}")))
+        read_nofollow(&self.path(&format!("{LAST_RESERVED_PREFIX}{set_index}")))
             .ok()?
             .trim()
             .parse()
@@ -694,12 +742,20 @@ impl Locked<'_> {
             let fd = match nix::fcntl::openat(
                 &dir_fd,
                 name.as_os_str(),
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_CLOEXEC
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_NONBLOCK,
                 nix::sys::stat::Mode::empty(),
             ) {
                 Ok(fd) => fd,
                 // Gone between readdir and open: only a non-locking writer does that.
                 Err(nix::errno::Errno::ENOENT) => continue,
+                // Not read through: the IP counts as taken by nobody in particular.
+                Err(nix::errno::Errno::ELOOP) => {
+                    out.push((ip, String::new()));
+                    continue;
+                }
                 Err(e) => return Err(io_err("open reservation", &entry.path())(e.into())),
             };
             let mut content = Vec::new();
@@ -733,7 +789,7 @@ impl Locked<'_> {
     /// Removes one reservation if (and only if) `owner` holds it.
     pub fn release_ip(&self, ip: IpAddr, owner: &Owner) -> Result<bool, IpamError> {
         let path = self.path(&ip_file_name(ip));
-        match std::fs::read_to_string(&path) {
+        match read_nofollow(&path) {
             Ok(c) if owner.matches(&c) => {}
             Ok(_) => return Ok(false),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
@@ -742,9 +798,10 @@ impl Locked<'_> {
         remove_if_exists(&path)
     }
 
-    /// Removes every reservation of `owner` (host-local's ReleaseByID: exact records first,
-    /// legacy container-ID-only records when there is no exact one). Returns the released IPs.
-    pub fn release_owner(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
+    /// The reservations [`Locked::release_owner`] would remove: host-local's ReleaseByID
+    /// choice, exact records first, legacy container-ID-only records when there is no exact
+    /// one.
+    pub fn to_release(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
         let all = self.reservations()?;
         let exact = owner.record();
         let mut chosen: Vec<IpAddr> = all
@@ -759,8 +816,14 @@ impl Locked<'_> {
                 .map(|(ip, _)| *ip)
                 .collect();
         }
+        Ok(chosen)
+    }
+
+    /// Removes every reservation of `owner` (see [`Locked::to_release`]). Returns the
+    /// released IPs.
+    pub fn release_owner(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
         let mut released = Vec::new();
-        for ip in chosen {
+        for ip in self.to_release(owner)? {
             if remove_if_exists(&self.path(&ip_file_name(ip)))? {
                 released.push(ip);
             }
@@ -768,9 +831,18 @@ impl Locked<'_> {
         Ok(released)
     }
 
-    /// Removes a reservation regardless of owner (GC).
-    pub fn remove(&self, ip: IpAddr) -> Result<bool, IpamError> {
-        remove_if_exists(&self.path(&ip_file_name(ip)))
+    /// Removes a reservation regardless of owner if it still holds `content` (GC, which
+    /// read it under an earlier lock).
+    pub fn remove_if_unchanged(&self, ip: IpAddr, content: &str) -> Result<bool, IpamError> {
+        let path = self.path(&ip_file_name(ip));
+        match read_nofollow(&path) {
+            Ok(c) if c == content => remove_if_exists(&path),
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            // A symlink named like an IP reads as empty in the walk; it goes like one.
+            Err(e) if is_symlink_error(&e) && content.is_empty() => remove_if_exists(&path),
+            Err(e) => Err(io_err("read reservation", &path)(e)),
+        }
     }
 }
 
@@ -785,7 +857,7 @@ fn write_cursor(path: &Path, text: &str) -> std::io::Result<()> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(nix::libc::O_CLOEXEC)
+        .custom_flags(OPEN_FLAGS)
         .open(path)?;
     f.write_all_at(text.as_bytes(), 0)?;
     let len = text.len() as u64;
@@ -905,7 +977,7 @@ fn allocate_inner(
                     });
                 }
                 None => {
-                    if !locked.reserve(owner, ip, index)? {
+                    if !locked.reserve_reclaiming(owner, ip, index)? {
                         return Err(IpamError::RequestedTaken {
                             index,
                             ip,
@@ -939,6 +1011,16 @@ fn allocate_inner(
             if locked.reserve(owner, ip, index)? {
                 got = Some((ip, range_idx));
                 break;
+            }
+        }
+        // Full: take over an empty reservation a killed ADD left, in the same order. Only
+        // now, so the hot path pays nothing and such IPs are reused last.
+        if got.is_none() {
+            for (ip, range_idx) in Candidates::new(set, last) {
+                if locked.reserve_reclaiming(owner, ip, index)? {
+                    got = Some((ip, range_idx));
+                    break;
+                }
             }
         }
         let Some((ip, range_idx)) = got else {
@@ -1456,6 +1538,101 @@ mod tests {
                 ("10.0.0.8".parse().unwrap(), String::new())
             ]
         );
+    }
+
+    /// A reservation file left empty (its writer was killed between create and write) is
+    /// taken over once the range has no other IP, in candidate order; never before.
+    #[test]
+    fn an_empty_reservation_is_reclaimed_when_the_range_is_full() {
+        let tmp = TempDir::new("reclaim");
+        let dir = tmp.0.join("n");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("10.0.0.4"), "").unwrap();
+        let store = Store::new(&dir, Durability::PageCache);
+        let locked = store.lock().unwrap();
+        let sets = [set("10.0.0.0/29")]; // .2-.6
+        let mut got = Vec::new();
+        for i in 0..5 {
+            let o = Owner::new(&format!("c{i}"), "eth0");
+            let a = allocate(&locked, &sets, &o, &[], History::New).unwrap();
+            got.push(a[0].address.ip().to_string());
+        }
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6", "10.0.0.4"]
+        );
+        assert_eq!(std::fs::read(dir.join("10.0.0.4")).unwrap(), b"c4\r\neth0");
+        assert!(matches!(
+            allocate(&locked, &sets, &Owner::new("c5", "eth0"), &[], History::New),
+            Err(IpamError::Exhausted { .. })
+        ));
+        // A requested IP held by an empty file is taken over as well; a real holder's is not.
+        locked.release_owner(&Owner::new("c2", "eth0")).unwrap();
+        std::fs::write(dir.join("10.0.0.5"), "").unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = allocate(
+            &locked,
+            &sets,
+            &Owner::new("r", "eth0"),
+            &[ip("10.0.0.5")],
+            History::New,
+        )
+        .unwrap();
+        assert_eq!(a[0].address.ip(), ip("10.0.0.5"));
+        assert!(matches!(
+            allocate(
+                &locked,
+                &sets,
+                &Owner::new("s", "eth0"),
+                &[ip("10.0.0.6")],
+                History::New
+            ),
+            Err(IpamError::RequestedTaken { .. })
+        ));
+    }
+
+    #[test]
+    fn symlinks_in_the_store_are_not_followed() {
+        let tmp = TempDir::new("links");
+        let dir = tmp.0.join("n");
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = tmp.0.join("victim");
+        std::fs::write(&victim, "c\r\neth0").unwrap();
+        let link = |name: &str| std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+        let store = Store::new(&dir, Durability::PageCache);
+        let sets = [set("10.0.0.0/24")];
+        let owner = Owner::new("c", "eth0");
+
+        // A reservation that is a symlink: taken, owned by nobody, its target never read.
+        link("10.0.0.2");
+        {
+            let locked = store.lock().unwrap();
+            assert_eq!(
+                locked.reservations().unwrap(),
+                vec![("10.0.0.2".parse().unwrap(), String::new())]
+            );
+            assert!(locked.owned_by(&owner).unwrap().is_empty());
+            let a = allocate(&locked, &sets, &owner, &[], History::MayExist).unwrap();
+            assert_eq!(a[0].address.ip().to_string(), "10.0.0.3");
+            assert_eq!(locked.release_owner(&owner).unwrap().len(), 1);
+        }
+        // The cursor and the lock file: the open fails, the target stays as it was.
+        std::fs::remove_file(dir.join("last_reserved_ip.0")).unwrap();
+        link("last_reserved_ip.0");
+        {
+            let locked = store.lock().unwrap();
+            let e = allocate(&locked, &sets, &owner, &[], History::New).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+            assert!(locked.owned_by(&owner).unwrap().is_empty(), "rolled back");
+        }
+        std::fs::remove_file(dir.join("lock")).unwrap();
+        link("lock");
+        let e = store
+            .lock()
+            .err()
+            .expect("a symlinked lock file is refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"c\r\neth0");
     }
 
     #[test]

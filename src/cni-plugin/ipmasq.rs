@@ -10,11 +10,34 @@
 //! ```
 //!
 //! The rules are written by exec'ing `iptables`/`ip6tables` (like go-iptables does) in the
-//! plugin's own namespace, the node's.
+//! plugin's own namespace, the node's. Unlike go-iptables, which waits for the xtables lock
+//! forever, each call is bounded ([`command_timeout`]): a wedged kube-proxy or iptables fails
+//! the ADD or DEL with a clear error (the runtime retries) instead of hanging it.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
+use tokio::process::Command;
+
+/// How long iptables may wait for the xtables lock (`--wait`), as the daemon allows for one
+/// invocation; overridden by `FLANNEL_CNI_IPTABLES_TIMEOUT` (whole seconds).
+pub const DEFAULT_LOCK_WAIT_SECS: u64 = 30;
+/// Grace after the lock wait (at most as long as the wait) before the process is killed:
+/// iptables' own "stopped waiting" error is the clearer one, so the kill only catches an
+/// iptables that hangs elsewhere.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+pub const TIMEOUT_ENV: &str = "FLANNEL_CNI_IPTABLES_TIMEOUT";
+
+/// The lock wait, from [`TIMEOUT_ENV`] when it is set to a positive number of seconds.
+pub fn command_timeout() -> Duration {
+    let secs = std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_LOCK_WAIT_SECS);
+    Duration::from_secs(secs)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpMasqError {
@@ -22,6 +45,12 @@ pub enum IpMasqError {
     Spawn {
         program: &'static str,
         source: std::io::Error,
+    },
+    #[error("{program} {args} did not finish within {timeout:?} and was killed")]
+    Timeout {
+        program: &'static str,
+        args: String,
+        timeout: Duration,
     },
     #[error("{program} {args}: {stderr}")]
     Failed {
@@ -55,18 +84,35 @@ fn program(v4: bool) -> &'static str {
     if v4 { "iptables" } else { "ip6tables" }
 }
 
-fn run(program: &'static str, args: &[&str]) -> Result<bool, IpMasqError> {
-    let out = Command::new(program)
-        .arg("-w")
+async fn run(program: &'static str, args: &[&str]) -> Result<bool, IpMasqError> {
+    let wait = command_timeout();
+    let wait_arg = wait.as_secs().to_string();
+    let child = Command::new(program)
+        .args(["--wait", &wait_arg])
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .map_err(|source| IpMasqError::Spawn { program, source })?;
+    let limit = wait + KILL_GRACE.min(wait);
+    // On timeout the future, and with it the child, is dropped: kill_on_drop kills it.
+    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(r) => r.map_err(|source| IpMasqError::Spawn { program, source })?,
+        Err(_) => {
+            return Err(IpMasqError::Timeout {
+                program,
+                args: args.join(" "),
+                timeout: limit,
+            });
+        }
+    };
     if out.status.success() {
         return Ok(true);
     }
     // Exit status 1 = rule/chain does not exist (or already exists for -N); anything else
-    // (2 = bad arguments, 4 = resource problem) is a real failure.
+    // (2 = bad arguments, 4 = resource problem or lock wait exceeded) is a real failure.
     if out.status.code() == Some(1) {
         return Ok(false);
     }
@@ -77,15 +123,19 @@ fn run(program: &'static str, args: &[&str]) -> Result<bool, IpMasqError> {
     })
 }
 
-fn append_unique(program: &'static str, chain: &str, rule: &[&str]) -> Result<(), IpMasqError> {
+async fn append_unique(
+    program: &'static str,
+    chain: &str,
+    rule: &[&str],
+) -> Result<(), IpMasqError> {
     let mut check = vec!["-t", "nat", "-C", chain];
     check.extend_from_slice(rule);
-    if run(program, &check)? {
+    if run(program, &check).await? {
         return Ok(());
     }
     let mut append = vec!["-t", "nat", "-A", chain];
     append.extend_from_slice(rule);
-    if run(program, &append)? {
+    if run(program, &append).await? {
         Ok(())
     } else {
         Err(IpMasqError::Failed {
@@ -97,7 +147,7 @@ fn append_unique(program: &'static str, chain: &str, rule: &[&str]) -> Result<()
 }
 
 /// Installs the masquerade chain for one pod address (`ip` with its subnet prefix).
-pub fn setup(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqError> {
+pub async fn setup(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqError> {
     let prog = program(ip.is_ipv4());
     let multicast = if ip.is_ipv4() {
         "224.0.0.0/4"
@@ -105,7 +155,7 @@ pub fn setup(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqErro
         "ff00::/8"
     };
     // -N fails with status 1 when the chain exists, which is fine.
-    run(prog, &["-t", "nat", "-N", chain])?;
+    run(prog, &["-t", "nat", "-N", chain]).await?;
     let dst = ip.to_string();
     append_unique(
         prog,
@@ -120,7 +170,8 @@ pub fn setup(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqErro
             "--comment",
             comment,
         ],
-    )?;
+    )
+    .await?;
     append_unique(
         prog,
         chain,
@@ -135,9 +186,10 @@ pub fn setup(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqErro
             "--comment",
             comment,
         ],
-    )?;
+    )
+    .await?;
     let src = ip.ip().to_string();
-    append_unique(prog, "POSTROUTING", &postrouting_rule(&src, chain, comment))
+    append_unique(prog, "POSTROUTING", &postrouting_rule(&src, chain, comment)).await
 }
 
 /// The POSTROUTING rule sending traffic from `src` to the pod's chain.
@@ -155,17 +207,17 @@ fn postrouting_rule<'a>(src: &'a str, chain: &'a str, comment: &'a str) -> [&'a 
 }
 
 /// Removes what [`setup`] installed; anything already gone is fine.
-pub fn teardown(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqError> {
+pub async fn teardown(ip: IpNetwork, chain: &str, comment: &str) -> Result<(), IpMasqError> {
     let prog = program(ip.is_ipv4());
     let src = ip.ip().to_string();
     let legacy_src = ip.to_string();
     for s in [src.as_str(), legacy_src.as_str()] {
         let mut delete = vec!["-t", "nat", "-D", "POSTROUTING"];
         delete.extend_from_slice(&postrouting_rule(s, chain, comment));
-        run(prog, &delete)?;
+        run(prog, &delete).await?;
     }
-    run(prog, &["-t", "nat", "-F", chain])?;
-    run(prog, &["-t", "nat", "-X", chain])?;
+    run(prog, &["-t", "nat", "-F", chain]).await?;
+    run(prog, &["-t", "nat", "-X", chain]).await?;
     Ok(())
 }
 
@@ -177,7 +229,7 @@ mod tests {
     fn chain_name_is_cni_plus_24_hex_of_sha512() {
         // sha512("cbr0" + "abc") computed independently with coreutils' sha512sum.
         let expected = {
-            let out = Command::new("sh")
+            let out = std::process::Command::new("sh")
                 .args(["-c", "printf %s cbr0abc | sha512sum"])
                 .output()
                 .unwrap();

@@ -28,7 +28,15 @@
 //! * reservations are not fsync'd unless `ipam.fsync` is true (host-local does not either; a
 //!   reservation is visible to every process as soon as it exists, and durability across
 //!   power loss only preserves reservations of pods that no longer exist);
-//! * cniVersion 0.1.0/0.2.0 (legacy `ip4` results) are refused with code 1.
+//! * cniVersion 0.1.0/0.2.0 (legacy `ip4` results) are refused with code 1;
+//! * calls for one container ID are serialised (ADD and DEL `flock` its DEL record for their
+//!   whole run, see [`state`]), so a DEL racing an ADD never frees an IP the ADD configures;
+//! * DEL removes the masquerade rules before the reservations that name the pod's IPs, so a
+//!   retried DEL still finds the chain a failed one left;
+//! * every iptables call is bounded (`--wait` plus a kill, [`ipmasq::command_timeout`]);
+//! * files in the data dirs are never opened through a symlink (O_NOFOLLOW);
+//! * an empty reservation (its writer killed between create and write) is taken over by the
+//!   ADD that finds the range otherwise full.
 //!
 //! Not done natively (exec'd from `CNI_PATH` like upstream): a delegate type other than
 //! `bridge`, an IPAM other than `host-local`, and the bridge options `vlan`, `vlanTrunk`,

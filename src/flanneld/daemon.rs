@@ -17,24 +17,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Netlink, RouteFilter};
 
-use super::annotations::{self, AnnotationKeys, OwnAdvertisement};
-use super::config::{DaemonConfig, NodeIdentity};
-use super::desired::{self, OwnMacs};
 use super::health::{self, HealthState};
-use super::iface::{
-    self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
-};
 use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor};
 use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
-use super::netconf::NetConf;
-use super::node::{NodeInfo, SlimNode};
 use super::node_cache::{self, NodeCache};
-use super::peers::ValidationContext;
+use super::pure::annotations::{self, AnnotationKeys, OwnAdvertisement};
+use super::pure::config::{DaemonConfig, NodeIdentity};
+use super::pure::desired::{self, OwnMacs};
+use super::pure::iface::{
+    self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
+};
+use super::pure::lease::PodSubnets;
+use super::pure::netconf::NetConf;
+use super::pure::node::{NodeInfo, SlimNode};
+use super::pure::peers::ValidationContext;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
 use super::traffic::{BlackholeRoutes, TrafficConfig, TrafficRules};
-use super::types::{Family, PodSubnets, VtepMac};
+use crate::net::Family;
 use crate::subnet_env::{self, SubnetEnv};
 
 /// Knobs tests and benchmarks may shorten; production uses the defaults.
@@ -150,11 +151,7 @@ pub async fn run(
     let mut macs = OwnMacs::default();
     for family in netconf.families() {
         let name = desired::device_name(family, netconf.backend.vni);
-        let existing = nl
-            .link_by_name(&name)
-            .await?
-            .and_then(|l| l.mac)
-            .map(|m| VtepMac(m.0));
+        let existing = nl.link_by_name(&name).await?.and_then(|l| l.mac);
         let from_annotation =
             annotations::own_mac_from_annotations(&keys, &own.annotations.to_map(), family);
         let (mac, source) = annotations::choose_vtep_mac(existing, from_annotation, &mut rng);

@@ -10,13 +10,14 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::netlink::{
-    self, Address, IpFamily, Link, MacAddr, Netlink, NetlinkError, Op, Route, RouteFilter,
-    RouteProtocol, VxlanOutcome, VxlanSpec,
+    self, Address, Link, Netlink, NetlinkError, Op, Route, RouteFilter, RouteProtocol,
+    VxlanOutcome, VxlanSpec,
 };
 
-use super::desired::{DeviceSpec, FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
-use super::plan::{Plan, Step};
-use super::types::{Family, VtepMac};
+use crate::net::Family;
+
+use super::pure::desired::{DeviceSpec, FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
+use super::pure::plan::{Plan, Step};
 
 /// Route protocol marking our DirectRouting routes (an unassigned number in
 /// /etc/iproute2/rt_protos). Tunnel routes keep `proto boot`, as upstream installs them.
@@ -57,7 +58,7 @@ pub async fn ensure_device(
         learning: spec.learning,
         gbp: spec.gbp,
         mtu: Some(spec.mtu),
-        mac: Some(MacAddr(spec.mac.0)),
+        mac: Some(spec.mac),
     };
     let (link, action) = match nl.ensure_vxlan(&vx).await? {
         VxlanOutcome::Adopted(link) => (link, DeviceAction::Adopted),
@@ -82,7 +83,7 @@ pub async fn ensure_device(
     let mut ops = Vec::new();
     for a in &addresses {
         let ours_to_remove = a.net != spec.address
-            && IpFamily::of(&a.net.ip()) == IpFamily::of(&spec.address.ip())
+            && Family::of_ip(a.net.ip()) == Family::of_ip(spec.address.ip())
             && !is_link_local(a.net.ip())
             && pod_network.is_none_or(|n| n.contains(a.net.ip()));
         if ours_to_remove {
@@ -90,7 +91,7 @@ pub async fn ensure_device(
         }
     }
     if !addresses.iter().any(|a| a.net == spec.address) {
-        ops.push(Op::EnsureAddress(want));
+        ops.push(Op::ReplaceAddress(want));
     }
     if !ops.is_empty() {
         nl.apply_all(&ops).await?;
@@ -121,20 +122,20 @@ pub async fn actual_entries(
     device: &Link,
     family: Family,
 ) -> Result<KernelEntries, DatapathError> {
-    let fam = ip_family(family);
+    let fam = family;
     let mut entries = KernelEntries::default();
     for n in nl.neighbours(device.index).await? {
-        if IpFamily::of(&n.ip) == fam {
+        if Family::of_ip(n.ip) == fam {
             entries.neighbours.insert(NeighbourEntry {
                 ip: n.ip,
-                mac: VtepMac(n.mac.0),
+                mac: n.mac,
             });
         }
     }
     for f in nl.fdb_entries(device.index).await? {
-        if IpFamily::of(&f.dst) == fam {
+        if Family::of_ip(f.dst) == fam {
             entries.fdb.insert(FdbEntry {
-                mac: VtepMac(f.mac.0),
+                mac: f.mac,
                 dst: f.dst,
             });
         }
@@ -178,40 +179,33 @@ pub async fn actual_entries(
     Ok(entries)
 }
 
-fn ip_family(family: Family) -> IpFamily {
-    match family {
-        Family::V4 => IpFamily::V4,
-        Family::V6 => IpFamily::V6,
-    }
-}
-
 /// Translates a plan into netlink operations on the device, in the plan's order.
 pub fn plan_ops(plan: &Plan, ifindex: u32) -> Vec<Op> {
     let mut ops = Vec::with_capacity(plan.len() + 4);
     for step in plan.steps() {
         match step {
             Step::RemoveRoute(r) => ops.push(Op::RemoveRoute(route(&r, ifindex))),
-            Step::AddNeighbour(n) => ops.push(Op::EnsureNeighbour(neighbour(&n, ifindex))),
+            Step::AddNeighbour(n) => ops.push(Op::ReplaceNeighbour(neighbour(&n, ifindex))),
             Step::ReplaceNeighbour { old, new } => {
-                ops.push(Op::EnsureNeighbour(neighbour(&new, ifindex)));
+                ops.push(Op::ReplaceNeighbour(neighbour(&new, ifindex)));
                 if old.ip != new.ip {
                     ops.push(Op::RemoveNeighbour(neighbour(&old, ifindex)));
                 }
             }
-            Step::AddFdb(f) => ops.push(Op::EnsureFdb(fdb(&f, ifindex))),
+            Step::AddFdb(f) => ops.push(Op::ReplaceFdb(fdb(&f, ifindex))),
             Step::ReplaceFdb { old, new } => {
-                ops.push(Op::EnsureFdb(fdb(&new, ifindex)));
+                ops.push(Op::ReplaceFdb(fdb(&new, ifindex)));
                 if old.mac != new.mac {
                     ops.push(Op::RemoveFdb(fdb(&old, ifindex)));
                 }
             }
-            Step::AddRoute(r) => ops.push(Op::EnsureRoute(route(&r, ifindex))),
+            Step::AddRoute(r) => ops.push(Op::ReplaceRoute(route(&r, ifindex))),
             Step::ReplaceRoute { old, new } => {
                 if old.via_device != new.via_device {
                     // A tunnel route and a direct one are different kernel objects.
                     ops.push(Op::RemoveRoute(route(&old, ifindex)));
                 }
-                ops.push(Op::EnsureRoute(route(&new, ifindex)));
+                ops.push(Op::ReplaceRoute(route(&new, ifindex)));
             }
             Step::RemoveFdb(f) => ops.push(Op::RemoveFdb(fdb(&f, ifindex))),
             Step::RemoveNeighbour(n) => ops.push(Op::RemoveNeighbour(neighbour(&n, ifindex))),
@@ -224,14 +218,14 @@ fn neighbour(n: &NeighbourEntry, ifindex: u32) -> netlink::Neighbour {
     netlink::Neighbour {
         ifindex,
         ip: n.ip,
-        mac: MacAddr(n.mac.0),
+        mac: n.mac,
     }
 }
 
-fn fdb(f: &FdbEntry, ifindex: u32) -> netlink::FdbEntry {
-    netlink::FdbEntry {
+fn fdb(f: &FdbEntry, ifindex: u32) -> netlink::Fdb {
+    netlink::Fdb {
         ifindex,
-        mac: MacAddr(f.mac.0),
+        mac: f.mac,
         dst: f.dst,
     }
 }
@@ -275,23 +269,22 @@ pub fn is_drift(
             n.ifindex == device
                 && n.permanent
                 && !n.mac.is_some_and(|m| {
-                    desired.neighbours.contains(&NeighbourEntry {
-                        ip: n.ip,
-                        mac: VtepMac(m.0),
-                    })
+                    desired
+                        .neighbours
+                        .contains(&NeighbourEntry { ip: n.ip, mac: m })
                 })
         }
         E::FdbDel(f) => {
             f.ifindex == device
                 && desired.fdb.contains(&FdbEntry {
-                    mac: VtepMac(f.mac.0),
+                    mac: f.mac,
                     dst: f.dst,
                 })
         }
         E::FdbNew(f) => {
             f.ifindex == device
                 && !desired.fdb.contains(&FdbEntry {
-                    mac: VtepMac(f.mac.0),
+                    mac: f.mac,
                     dst: f.dst,
                 })
         }
@@ -326,17 +319,18 @@ fn desired_routes_contain(routes: &BTreeSet<RouteEntry>, r: &Route, device: u32)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flanneld::plan;
+    use crate::flanneld::pure::plan;
+    use crate::net::MacAddr;
 
     fn n(ip: &str, mac: u8) -> NeighbourEntry {
         NeighbourEntry {
             ip: ip.parse().unwrap(),
-            mac: VtepMac([2, 0, 0, 0, 0, mac]),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
         }
     }
     fn f(mac: u8, dst: &str) -> FdbEntry {
         FdbEntry {
-            mac: VtepMac([2, 0, 0, 0, 0, mac]),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
             dst: dst.parse().unwrap(),
         }
     }
@@ -371,7 +365,7 @@ mod tests {
             ["replace neighbour", "replace fdb entry", "replace route"]
         );
         assert!(ops.iter().all(|o| o.ifindex() == Some(7)));
-        let Op::EnsureRoute(route) = &ops[2] else {
+        let Op::ReplaceRoute(route) = &ops[2] else {
             panic!()
         };
         assert!(route.onlink);
@@ -391,11 +385,11 @@ mod tests {
             &[r("10.244.2.0/24", "10.244.2.0")],
         );
         let ops = plan_ops(&plan::diff(&actual, &desired), 7);
-        assert!(ops.contains(&Op::EnsureNeighbour(neighbour(&n("10.244.2.0", 9), 7))));
-        assert!(ops.contains(&Op::EnsureFdb(fdb(&f(9, "192.0.2.2"), 7))));
+        assert!(ops.contains(&Op::ReplaceNeighbour(neighbour(&n("10.244.2.0", 9), 7))));
+        assert!(ops.contains(&Op::ReplaceFdb(fdb(&f(9, "192.0.2.2"), 7))));
         assert!(ops.contains(&Op::RemoveFdb(fdb(&f(2, "192.0.2.2"), 7))));
         assert!(!ops.iter().any(|o| matches!(o, Op::RemoveNeighbour(_))));
-        assert!(!ops.iter().any(|o| matches!(o, Op::EnsureRoute(_))));
+        assert!(!ops.iter().any(|o| matches!(o, Op::ReplaceRoute(_))));
     }
 
     #[test]

@@ -30,26 +30,30 @@ pub enum ExplainError {
 /// A minimal HTTP/1.0 GET (the health server is local and tiny; no client stack needed).
 fn get(addr: SocketAddr, path: &'static str) -> Result<(u16, String), ExplainError> {
     let timeout = Duration::from_secs(3);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+    let stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|source| ExplainError::Connect { addr, source })?;
     let answer = |detail: String| ExplainError::Answer { addr, path, detail };
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| answer(e.to_string()))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: flanneld\r\n\r\n")
-        .map_err(|e| answer(e.to_string()))?;
+    http_get_on(stream, path).map_err(|e| answer(e.to_string()))
+}
+
+/// Sends `GET path` (HTTP/1.0, so the server closes after the answer) on a connected stream
+/// and returns the status code and the body. The caller sets timeouts on the stream.
+pub fn http_get_on(mut stream: impl Read + Write, path: &str) -> std::io::Result<(u16, String)> {
+    let bad = |detail: String| std::io::Error::new(std::io::ErrorKind::InvalidData, detail);
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: flanneld\r\n\r\n")?;
     let mut raw = String::new();
-    stream
-        .read_to_string(&mut raw)
-        .map_err(|e| answer(e.to_string()))?;
+    stream.read_to_string(&mut raw)?;
     let (head, body) = raw
         .split_once("\r\n\r\n")
-        .ok_or_else(|| answer("no header/body separator".into()))?;
+        .ok_or_else(|| bad("no header/body separator".into()))?;
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| answer(format!("no status code in {head:?}")))?;
+        .ok_or_else(|| bad(format!("no status code in {head:?}")))?;
     Ok((code, body.to_string()))
 }
 

@@ -15,12 +15,12 @@ use rand::SeedableRng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::annotations::AnnotationPrefix;
-use super::backoff::{Backoff, HealGovernor};
 use super::kube::NodeStatusWriter;
 use super::metrics::Metrics;
-use super::node::NodeInfo;
 use super::node_cache::NodeCache;
+use super::pure::annotations::AnnotationPrefix;
+use super::pure::backoff::{Backoff, HealGovernor};
+use super::pure::node::NodeInfo;
 
 /// Computes the patch that would bring a view of our Node to the desired annotations, or
 /// `None` when it already carries them. The patch must include

@@ -10,7 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use super::node::SlimNode;
+use super::pure::node::SlimNode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {

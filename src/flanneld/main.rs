@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use flannel_rs::flanneld::config::{Flags, FlagsError};
 use flannel_rs::flanneld::daemon::{self, DaemonTuning};
-use flannel_rs::flanneld::netconf::NetConf;
+use flannel_rs::flanneld::pure::config::{Flags, FlagsError};
+use flannel_rs::flanneld::pure::netconf::NetConf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 

@@ -4,8 +4,8 @@
 //! each reconcile pass (three netlink dumps of up to 3 × 5000 entries) and each `/status`
 //! render allocate a lot for milliseconds, while the steady state (slim node cache, desired
 //! entries) is a few MB. glibc's allocator keeps freed memory inside its arenas, so without
-//! help the resident size stays at the high-water mark of the busiest moment — 3–4× the live
-//! heap at 5000 nodes (bench-peers). After those moments we ask glibc to return free pages.
+//! help the resident size stays at the high-water mark of the busiest moment, a multiple of the
+//! live heap. After those moments we ask glibc to return free pages.
 
 /// Returns free heap pages of every malloc arena to the kernel (glibc `malloc_trim(0)`, which
 /// also releases whole free pages in the middle of the heap). A no-op on other C libraries.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::peers::RejectKind;
+use super::pure::peers::RejectKind;
 
 /// Upper bounds (seconds) of the reconcile-duration histogram buckets.
 pub const RECONCILE_BUCKETS: [f64; 10] =

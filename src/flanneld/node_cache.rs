@@ -16,8 +16,8 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::annotations::AnnotationPrefix;
-use super::node::{NodeInfo, SlimNode};
+use super::pure::annotations::AnnotationPrefix;
+use super::pure::node::{NodeInfo, SlimNode};
 
 /// Snapshot of the cluster's nodes as the daemon needs them.
 #[derive(Debug, Default)]
@@ -126,10 +126,10 @@ fn slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
 }
 
 /// Retry pacing for the watch: jittered, doubling from 0.5 s but capped at 5 s — kube-rs'
-/// default caps at 30 s, which made a node learn peers added during an API outage up to
-/// ~20 s after the API server came back.
+/// default caps at 30 s, so a node would learn peers added during an API outage long after
+/// the API server came back.
 struct WatchBackoff {
-    delays: super::backoff::Backoff,
+    delays: super::pure::backoff::Backoff,
     rng: rand::rngs::StdRng,
 }
 
@@ -137,7 +137,7 @@ impl WatchBackoff {
     fn new() -> Self {
         use rand::SeedableRng;
         Self {
-            delays: super::backoff::Backoff::new(
+            delays: super::pure::backoff::Backoff::new(
                 std::time::Duration::from_millis(500),
                 std::time::Duration::from_secs(5),
             ),
@@ -174,6 +174,121 @@ impl Signaller {
     }
 }
 
+/// What one watcher event asks for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wake {
+    /// Wake the reconciler (`peers_changed`).
+    pub peers: bool,
+    /// Wake the annotation keeper (`own_node_changed`).
+    pub own: bool,
+    /// A (re)list completed just now.
+    pub synced: bool,
+}
+
+/// The list/relist state machine between the watcher's events and the cache, apart from the
+/// stream so that it is tested on plain events.
+///
+/// The very first attempt of the first list goes straight into the cache, page by page, so
+/// the reconciler can program peers while later pages are still on the wire (it only adds
+/// while the cache is not synced; see `Plan::additions_only`). Moved, never copied: a second
+/// copy, freed later, would leave MBs of holes in the heap. Any later list — a re-list after
+/// 410, or a first list that restarted midway — is gathered aside and swapped in whole, which
+/// also drops nodes that are gone; meanwhile the cache keeps serving the previous state.
+#[derive(Debug)]
+pub(crate) struct CacheWriter {
+    own_node: String,
+    page_size: usize,
+    /// Nodes of a list being gathered aside; a Vec, turned into the map once complete.
+    relist: Option<Vec<(String, NodeInfo)>>,
+    /// The list in progress: nodes seen, whether ours was among them.
+    listed: usize,
+    own_listed: bool,
+    /// The first list put a node into the cache directly. (kube-rs announces every attempt
+    /// with Init, also one whose request then fails, so an attempt counts once it delivered a
+    /// node.)
+    first_attempt_started: bool,
+}
+
+impl CacheWriter {
+    pub fn new(own_node: String, page_size: u32) -> Self {
+        Self {
+            own_node,
+            page_size: page_size.max(1) as usize,
+            relist: None,
+            listed: 0,
+            own_listed: false,
+            first_attempt_started: false,
+        }
+    }
+
+    /// Applies one watcher event to `cache`.
+    pub fn on_event(&mut self, cache: &NodeCache, event: Event<NodeInfo>) -> Wake {
+        match event {
+            Event::Init => {
+                self.listed = 0;
+                self.own_listed = false;
+                self.relist = if cache.is_synced() || self.first_attempt_started {
+                    Some(Vec::new())
+                } else {
+                    None
+                };
+                Wake::default()
+            }
+            Event::InitApply(node) => {
+                if let Some(buf) = self.relist.as_mut() {
+                    buf.push((node.name.clone(), node));
+                    return Wake::default();
+                }
+                let own = node.name == self.own_node;
+                self.own_listed |= own;
+                self.first_attempt_started = true;
+                cache.upsert(node);
+                self.listed += 1;
+                Wake {
+                    peers: self.listed.is_multiple_of(self.page_size),
+                    own,
+                    synced: false,
+                }
+            }
+            Event::InitDone => {
+                match self.relist.take() {
+                    // Built in one go, the map's B-tree nodes are full; inserted one by one in
+                    // name order (the list's order) they end up half empty. A duplicate name
+                    // keeps its last entry, as inserts would.
+                    Some(buf) => cache.replace_all(buf.into_iter().collect()),
+                    // The first list is in the cache already, plus our Node if it was fetched
+                    // on its own at start-up: drop that if the list did not have it.
+                    None => cache.finish_first_list(&self.own_node, self.own_listed),
+                }
+                Wake {
+                    peers: true,
+                    own: true,
+                    synced: true,
+                }
+            }
+            Event::Apply(node) => {
+                let own = node.name == self.own_node;
+                Wake {
+                    peers: cache.upsert(node),
+                    own,
+                    synced: false,
+                }
+            }
+            Event::Delete(node) => {
+                let removed = cache.remove(&node.name);
+                if removed {
+                    tracing::info!(node = %node.name, "node deleted");
+                }
+                Wake {
+                    peers: removed,
+                    own: node.name == self.own_node,
+                    synced: false,
+                }
+            }
+        }
+    }
+}
+
 /// Starts the watcher task. It runs until `shutdown` is cancelled.
 pub fn spawn_node_watcher(
     client: Client,
@@ -198,14 +313,8 @@ pub fn spawn_node_watcher(
         let config = watcher::Config::default().page_size(page_size);
         let stream = watcher::watcher(api, config).backoff(WatchBackoff::new());
         futures::pin_mut!(stream);
-        // Nodes of a (re)list in progress; a Vec, turned into the map once complete.
-        let mut relist: Option<Vec<(String, NodeInfo)>> = None;
+        let mut writer = CacheWriter::new(own_node, page_size);
         let mut failing = false;
-        // The list in progress: nodes seen, whether ours was among them.
-        let mut listed = 0usize;
-        let mut own_listed = false;
-        // Whether the first list put any node into the cache directly.
-        let mut first_attempt_started = false;
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -229,81 +338,24 @@ pub fn spawn_node_watcher(
                     continue;
                 }
             };
-            match event {
-                Event::Init => {
-                    listed = 0;
-                    own_listed = false;
-                    // The very first attempt of the first list goes straight into the cache (see
-                    // InitApply). Any later list — a re-list after 410, or a first list that
-                    // restarted midway — is gathered aside and swapped in whole, which also drops
-                    // nodes that are gone; meanwhile the cache keeps serving the previous state.
-                    relist = if cache.is_synced() || first_attempt_started {
-                        Some(Vec::new())
-                    } else {
-                        None
-                    };
-                }
-                Event::InitApply(node) => {
-                    let node = slim(node, &annotation_prefix);
-                    if let Some(buf) = relist.as_mut() {
-                        buf.push((node.name.clone(), node));
-                        continue;
-                    }
-                    // The first list fills the cache as it goes, so the reconciler can program
-                    // peers while later pages are still on the wire (it only adds while the
-                    // cache is not synced; see `Plan::additions_only`). Moved, never copied: a
-                    // second copy, freed later, would leave MBs of holes in the heap.
-                    let is_own = node.name == own_node;
-                    own_listed |= is_own;
-                    // From now on a restarted list must be gathered aside to drop what it no
-                    // longer returns. (kube-rs announces every attempt with Init, also one whose
-                    // request then fails, so an attempt counts once it delivered a node.)
-                    first_attempt_started = true;
-                    cache.upsert(node);
-                    listed += 1;
-                    if listed.is_multiple_of(page_size as usize) {
-                        signaller.peers();
-                    }
-                    if is_own {
-                        signaller.own();
-                    }
-                }
-                Event::InitDone => {
-                    match relist.take() {
-                        // Built in one go, the map's B-tree nodes are full; inserted one by one in
-                        // name order (the list's order) they end up half empty — ~1.2 MB more at
-                        // 5000 nodes. A duplicate name keeps its last entry, as inserts would.
-                        Some(buf) => cache.replace_all(buf.into_iter().collect()),
-                        // The first list is in the cache already, plus our Node if it was
-                        // fetched on its own at start-up: drop that if the list did not have it.
-                        None => cache.finish_first_list(&own_node, own_listed),
-                    }
-                    tracing::info!(nodes = cache.len(), "node list synced");
-                    // The list pages (MBs of JSON each) and any old cache are gone now.
-                    super::memory::release_free_memory();
-                    signaller.peers();
-                    signaller.own();
-                }
-                Event::Apply(node) => {
-                    let node = slim(node, &annotation_prefix);
-                    let is_own = node.name == own_node;
-                    if cache.upsert(node) {
-                        signaller.peers();
-                    }
-                    if is_own {
-                        signaller.own();
-                    }
-                }
-                Event::Delete(node) => {
-                    let name = node.metadata.name.unwrap_or_default();
-                    if cache.remove(&name) {
-                        tracing::info!(node = %name, "node deleted");
-                        signaller.peers();
-                    }
-                    if name == own_node {
-                        signaller.own();
-                    }
-                }
+            let event = match event {
+                Event::Init => Event::Init,
+                Event::InitApply(n) => Event::InitApply(slim(n, &annotation_prefix)),
+                Event::InitDone => Event::InitDone,
+                Event::Apply(n) => Event::Apply(slim(n, &annotation_prefix)),
+                Event::Delete(n) => Event::Delete(slim(n, &annotation_prefix)),
+            };
+            let wake = writer.on_event(&cache, event);
+            if wake.synced {
+                tracing::info!(nodes = cache.len(), "node list synced");
+                // The list pages (MBs of JSON each) and any old cache are gone now.
+                super::memory::release_free_memory();
+            }
+            if wake.peers {
+                signaller.peers();
+            }
+            if wake.own {
+                signaller.own();
             }
         }
     });
@@ -387,5 +439,120 @@ mod tests {
         cache.finish_first_list("self", false);
         assert!(cache.get("self").is_none(), "seeded but not listed: gone");
         assert_eq!(cache.len(), 1);
+    }
+
+    fn synced_names(cache: &NodeCache) -> Vec<String> {
+        cache.with_nodes(|n| n.keys().cloned().collect())
+    }
+
+    #[test]
+    fn the_first_list_fills_the_cache_page_by_page_and_wakes_per_page() {
+        let cache = NodeCache::new();
+        cache.seed(node("self", &[], "1"));
+        let mut w = CacheWriter::new("self".into(), 2);
+        assert_eq!(w.on_event(&cache, Event::Init), Wake::default());
+        let first = w.on_event(&cache, Event::InitApply(node("a", &[], "2")));
+        assert!(!first.peers && !first.own);
+        assert_eq!(cache.len(), 2, "in the cache at once, beside the seed");
+        assert!(
+            w.on_event(&cache, Event::InitApply(node("b", &[], "2")))
+                .peers,
+            "a page"
+        );
+        assert!(!cache.is_synced());
+        let done = w.on_event(&cache, Event::InitDone);
+        assert_eq!(
+            done,
+            Wake {
+                peers: true,
+                own: true,
+                synced: true
+            }
+        );
+        assert!(cache.is_synced());
+        assert_eq!(
+            synced_names(&cache),
+            ["a", "b"],
+            "the unlisted seed is dropped"
+        );
+    }
+
+    #[test]
+    fn a_relist_is_gathered_aside_and_swapped_in_whole() {
+        let cache = NodeCache::new();
+        let mut w = CacheWriter::new("self".into(), 500);
+        w.on_event(&cache, Event::Init);
+        w.on_event(&cache, Event::InitApply(node("a", &[], "1")));
+        w.on_event(&cache, Event::InitApply(node("gone", &[], "1")));
+        w.on_event(&cache, Event::InitDone);
+        // A 410: the watcher lists again.
+        w.on_event(&cache, Event::Init);
+        let wake = w.on_event(&cache, Event::InitApply(node("a", &[], "5")));
+        assert_eq!(
+            wake,
+            Wake::default(),
+            "nothing to do until the list is complete"
+        );
+        assert_eq!(
+            synced_names(&cache),
+            ["a", "gone"],
+            "the old state still served"
+        );
+        assert_eq!(cache.get("a").unwrap().resource_version, "1");
+        assert!(w.on_event(&cache, Event::InitDone).synced);
+        assert_eq!(synced_names(&cache), ["a"]);
+        assert_eq!(cache.get("a").unwrap().resource_version, "5");
+    }
+
+    #[test]
+    fn a_first_list_restarted_midway_is_gathered_aside_and_drops_what_it_no_longer_returns() {
+        let cache = NodeCache::new();
+        let mut w = CacheWriter::new("self".into(), 500);
+        // An attempt that failed before delivering anything does not count.
+        w.on_event(&cache, Event::Init);
+        w.on_event(&cache, Event::Init);
+        w.on_event(&cache, Event::InitApply(node("a", &[], "1")));
+        w.on_event(&cache, Event::InitApply(node("gone", &[], "1")));
+        // The list broke off and restarts.
+        w.on_event(&cache, Event::Init);
+        w.on_event(&cache, Event::InitApply(node("a", &[], "2")));
+        assert_eq!(synced_names(&cache), ["a", "gone"]);
+        w.on_event(&cache, Event::InitDone);
+        assert_eq!(synced_names(&cache), ["a"]);
+    }
+
+    #[test]
+    fn watch_events_wake_only_for_what_flannel_reads_and_for_our_own_node() {
+        let cache = NodeCache::new();
+        let mut w = CacheWriter::new("self".into(), 500);
+        w.on_event(&cache, Event::Init);
+        w.on_event(&cache, Event::InitDone);
+        let ours = ("flannel.alpha.coreos.com/public-ip", "192.0.2.1");
+        assert!(
+            w.on_event(&cache, Event::Apply(node("peer", &[ours], "3")))
+                .peers
+        );
+        let heartbeat = w.on_event(&cache, Event::Apply(node("peer", &[ours], "4")));
+        assert_eq!(heartbeat, Wake::default());
+        let own = w.on_event(&cache, Event::Apply(node("self", &[], "5")));
+        assert!(own.own);
+        let own_heartbeat = w.on_event(&cache, Event::Apply(node("self", &[], "6")));
+        assert_eq!(
+            own_heartbeat,
+            Wake {
+                peers: false,
+                own: true,
+                synced: false
+            }
+        );
+        assert!(
+            w.on_event(&cache, Event::Delete(node("peer", &[], "7")))
+                .peers
+        );
+        assert!(
+            !w.on_event(&cache, Event::Delete(node("peer", &[], "8")))
+                .peers,
+            "already gone"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Applies and keeps the ip-masq / forward rules (spec §7) and the `--ip-blackhole-route`
-//! route (§7.5): the I/O side of [`super::masq`].
+//! Applies and keeps the ip-masq / forward rules (upstream's pkg/trafficmngr) and the `--ip-blackhole-route`
+//! route (upstream's pkg/trafficmngr): the I/O side of [`super::pure::masq`].
 //!
 //! Design note — why atomic `iptables-restore` / `nft -f` batches and not a netlink-native
 //! nftables crate:
@@ -36,11 +36,14 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::config::DaemonConfig;
-use super::masq::{self, FWD_CHAIN, FWD_COMMENT, MASQ_COMMENT, MasqSpec, NftSpec, POSTRTG_CHAIN};
-use super::netconf::NetConf;
-use super::types::{Family, PodSubnets, go_net_string};
-use crate::netlink::{IpFamily, Netlink, NetlinkError, Route, RouteFilter, RouteType};
+use super::pure::config::DaemonConfig;
+use super::pure::lease::PodSubnets;
+use super::pure::masq::{
+    self, FWD_CHAIN, FWD_COMMENT, MASQ_COMMENT, MasqSpec, NftSpec, POSTRTG_CHAIN,
+};
+use super::pure::netconf::NetConf;
+use crate::net::{Family, go_net_string, is_within};
+use crate::netlink::{Netlink, NetlinkError, Route, RouteFilter, RouteType};
 use crate::subnet_env::SubnetEnv;
 
 /// How long one iptables/nft invocation may take (it may wait for the xtables lock).
@@ -186,7 +189,7 @@ impl TrafficConfig {
                 }
             }
             let (n, s) = (nets.network, nets.subnet);
-            if s.prefix() < n.prefix() || !n.contains(s.network()) {
+            if !is_within(s, n) {
                 return Err(TrafficError::Config(format!(
                     "{family} subnet {s} is not inside network {n}"
                 )));
@@ -300,7 +303,7 @@ impl TrafficRules {
         &self.config
     }
 
-    /// Upstream refuses to start in iptables mode without br_netfilter (§2.1): bridged pod
+    /// Upstream refuses to start in iptables mode without br_netfilter: bridged pod
     /// traffic would bypass the rules. Call before the first [`Self::ensure`].
     pub fn check_br_netfilter(&self) -> Result<(), TrafficError> {
         self.check_br_netfilter_in(Path::new("/proc/sys"))
@@ -942,7 +945,7 @@ impl BlackholeRoutes {
         nl: &Netlink,
         subnet: IpNetwork,
     ) -> Result<BlackholeState, TrafficError> {
-        let family = IpFamily::of(&subnet.ip());
+        let family = Family::of_ip(subnet.ip());
         let routes = nl.routes(&RouteFilter::main().family(family)).await?;
         if let Some(existing) = routes.iter().find(|r| r.dst == subnet) {
             return Ok(if existing.kind == RouteType::BlackHole {

@@ -6,7 +6,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::LinkUnspec;
 
 use super::error::{NetlinkError, RawError};
-use super::types::{Address, FdbEntry, Neighbour, Route};
+use super::{Address, Fdb, Neighbour, Route};
 use super::{Netlink, addr, neigh, route};
 
 const ENOENT: i32 = nix::libc::ENOENT;
@@ -15,24 +15,25 @@ const ENODEV: i32 = nix::libc::ENODEV;
 const EEXIST: i32 = nix::libc::EEXIST;
 const EADDRNOTAVAIL: i32 = nix::libc::EADDRNOTAVAIL;
 
-/// One change to kernel state. `Ensure*` replace (create or overwrite), `Remove*` succeed
-/// when the object is already gone, `AppendFdb` adds one more destination to an entry
-/// (meaningful for the all-zero MAC used for flooding), `AddRoute` creates a route only when
-/// none with the same key exists (EEXIST otherwise: never overwrites someone else's route).
+/// One change to kernel state. `Replace*` create or overwrite (NLM_F_CREATE|NLM_F_REPLACE),
+/// `Remove*` succeed when the object is already gone, `AppendFdb` adds one more destination to
+/// an entry (meaningful for the all-zero MAC used for flooding), `CreateRoute` creates a route
+/// only when none with the same key exists (NLM_F_EXCL: EEXIST otherwise, never overwrites
+/// someone else's route).
 /// `SetLinkUp` sits among them so that a link can come up between its addresses and the
 /// routes that need it up, in one batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    EnsureAddress(Address),
+    ReplaceAddress(Address),
     RemoveAddress(Address),
-    EnsureRoute(Route),
-    AddRoute(Route),
+    ReplaceRoute(Route),
+    CreateRoute(Route),
     RemoveRoute(Route),
-    EnsureNeighbour(Neighbour),
+    ReplaceNeighbour(Neighbour),
     RemoveNeighbour(Neighbour),
-    EnsureFdb(FdbEntry),
-    AppendFdb(FdbEntry),
-    RemoveFdb(FdbEntry),
+    ReplaceFdb(Fdb),
+    AppendFdb(Fdb),
+    RemoveFdb(Fdb),
     /// `ip link set up` of the link with this index.
     SetLinkUp(u32),
 }
@@ -41,14 +42,14 @@ impl Op {
     /// The operation as named in error messages.
     pub fn name(&self) -> &'static str {
         match self {
-            Op::EnsureAddress(_) => "replace address",
+            Op::ReplaceAddress(_) => "replace address",
             Op::RemoveAddress(_) => "delete address",
-            Op::EnsureRoute(_) => "replace route",
-            Op::AddRoute(_) => "add route",
+            Op::ReplaceRoute(_) => "replace route",
+            Op::CreateRoute(_) => "add route",
             Op::RemoveRoute(_) => "delete route",
-            Op::EnsureNeighbour(_) => "replace neighbour",
+            Op::ReplaceNeighbour(_) => "replace neighbour",
             Op::RemoveNeighbour(_) => "delete neighbour",
-            Op::EnsureFdb(_) => "replace fdb entry",
+            Op::ReplaceFdb(_) => "replace fdb entry",
             Op::AppendFdb(_) => "append fdb entry",
             Op::RemoveFdb(_) => "delete fdb entry",
             Op::SetLinkUp(_) => "set up",
@@ -58,10 +59,10 @@ impl Op {
     /// The interface the object lives on.
     pub fn ifindex(&self) -> Option<u32> {
         match self {
-            Op::EnsureAddress(a) | Op::RemoveAddress(a) => Some(a.ifindex),
-            Op::EnsureRoute(r) | Op::AddRoute(r) | Op::RemoveRoute(r) => r.oif,
-            Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => Some(n.ifindex),
-            Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => Some(f.ifindex),
+            Op::ReplaceAddress(a) | Op::RemoveAddress(a) => Some(a.ifindex),
+            Op::ReplaceRoute(r) | Op::CreateRoute(r) | Op::RemoveRoute(r) => r.oif,
+            Op::ReplaceNeighbour(n) | Op::RemoveNeighbour(n) => Some(n.ifindex),
+            Op::ReplaceFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => Some(f.ifindex),
             Op::SetLinkUp(index) => Some(*index),
         }
     }
@@ -69,12 +70,14 @@ impl Op {
     /// `ip`-style description of the object, with the interface given by name.
     pub(crate) fn object(&self, ifname: &str) -> String {
         match self {
-            Op::EnsureAddress(a) | Op::RemoveAddress(a) => format!("{} dev {ifname}", a.net),
-            Op::EnsureRoute(r) | Op::AddRoute(r) | Op::RemoveRoute(r) => route::describe(r, ifname),
-            Op::EnsureNeighbour(n) | Op::RemoveNeighbour(n) => {
+            Op::ReplaceAddress(a) | Op::RemoveAddress(a) => format!("{} dev {ifname}", a.net),
+            Op::ReplaceRoute(r) | Op::CreateRoute(r) | Op::RemoveRoute(r) => {
+                route::describe(r, ifname)
+            }
+            Op::ReplaceNeighbour(n) | Op::RemoveNeighbour(n) => {
                 format!("{} lladdr {} dev {ifname}", n.ip, n.mac)
             }
-            Op::EnsureFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => {
+            Op::ReplaceFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => {
                 format!("{} dst {} dev {ifname}", f.mac, f.dst)
             }
             Op::SetLinkUp(_) => format!("link {ifname}"),
@@ -85,16 +88,16 @@ impl Op {
     fn request(&self) -> Result<(RouteNetlinkMessage, u16), String> {
         const ENSURE: u16 = NLM_F_CREATE | NLM_F_REPLACE;
         Ok(match self {
-            Op::EnsureAddress(a) => (RouteNetlinkMessage::NewAddress(addr::message(a)), ENSURE),
+            Op::ReplaceAddress(a) => (RouteNetlinkMessage::NewAddress(addr::message(a)), ENSURE),
             Op::RemoveAddress(a) => (RouteNetlinkMessage::DelAddress(addr::message(a)), 0),
-            Op::EnsureRoute(r) => {
+            Op::ReplaceRoute(r) => {
                 r.validate()?;
                 (
                     RouteNetlinkMessage::NewRoute(route::route_message(r, false)),
                     ENSURE,
                 )
             }
-            Op::AddRoute(r) => {
+            Op::CreateRoute(r) => {
                 r.validate()?;
                 (
                     RouteNetlinkMessage::NewRoute(route::route_message(r, false)),
@@ -108,7 +111,7 @@ impl Op {
                     0,
                 )
             }
-            Op::EnsureNeighbour(n) => (
+            Op::ReplaceNeighbour(n) => (
                 RouteNetlinkMessage::NewNeighbour(neigh::neighbour_message(n, false)),
                 ENSURE,
             ),
@@ -116,7 +119,7 @@ impl Op {
                 RouteNetlinkMessage::DelNeighbour(neigh::neighbour_message(n, true)),
                 0,
             ),
-            Op::EnsureFdb(f) => (
+            Op::ReplaceFdb(f) => (
                 RouteNetlinkMessage::NewNeighbour(neigh::fdb_message(f)),
                 ENSURE,
             ),
@@ -135,11 +138,11 @@ impl Op {
     /// Errnos that still mean "the end state is what was asked for".
     fn tolerates(&self, errno: i32) -> bool {
         match self {
-            Op::EnsureAddress(_)
-            | Op::EnsureRoute(_)
-            | Op::AddRoute(_)
-            | Op::EnsureNeighbour(_)
-            | Op::EnsureFdb(_)
+            Op::ReplaceAddress(_)
+            | Op::ReplaceRoute(_)
+            | Op::CreateRoute(_)
+            | Op::ReplaceNeighbour(_)
+            | Op::ReplaceFdb(_)
             | Op::SetLinkUp(_) => false,
             Op::AppendFdb(_) => errno == EEXIST,
             Op::RemoveAddress(_) => matches!(errno, EADDRNOTAVAIL | ENOENT | ENODEV),

@@ -6,12 +6,15 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
 use super::error::{NetlinkError, RawError};
-use super::types::{Link, MacAddr, VxlanOutcome, VxlanSpec};
 use super::{Netlink, Op};
+use crate::net::MacAddr;
+use crate::netlink::LinkOperState;
 use crate::netns::NetnsFile;
 
 const ENODEV: i32 = nix::libc::ENODEV;
@@ -377,6 +380,211 @@ impl Netlink {
     }
 }
 
+/// VXLAN parameters of an existing link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub local: Option<IpAddr>,
+    /// IFLA_VXLAN_LINK: the underlay device.
+    pub underlay_index: Option<u32>,
+    /// UDP destination port.
+    pub port: u16,
+    pub learning: bool,
+    pub gbp: bool,
+}
+
+/// A network interface as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`"vxlan"`, `"bridge"`, `"veth"`, ...); `None` for `lo` and plain devices.
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// RFC 2863 operational state (`IFLA_OPERSTATE`). `Unknown` on a device whose carrier
+    /// has never changed since it was created.
+    pub operstate: LinkOperState,
+    /// Index of the master (bridge) this link is enslaved to.
+    pub master: Option<u32>,
+    /// `IFLA_LINK` when it differs from the link's own index: for a veth the peer's index,
+    /// which lives in the namespace named by [`Link::link_netnsid`] when that is set.
+    pub link_index: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the peer's namespace, as an id local to the queried namespace.
+    pub link_netnsid: Option<i32>,
+    pub vxlan: Option<VxlanInfo>,
+}
+
+impl Link {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Option<Link> {
+        let mut name = None;
+        let mut kind = None;
+        let mut mtu = 0;
+        let mut mac = None;
+        let mut master = None;
+        let mut link_index = None;
+        let mut link_netnsid = None;
+        let mut vxlan = None;
+        let mut operstate = LinkOperState::Unknown;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Mtu(m) => mtu = *m,
+                LinkAttribute::Address(a) => mac = MacAddr::from_slice(a),
+                LinkAttribute::Controller(m) if *m != 0 => master = Some(*m),
+                // 0: a veth whose peer is gone.
+                LinkAttribute::Link(l) if *l != 0 && *l != msg.header.index => {
+                    link_index = Some(*l)
+                }
+                LinkAttribute::LinkNetNsId(id) if *id >= 0 => link_netnsid = Some(*id),
+                LinkAttribute::OperState(state) => operstate = *state,
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => kind = Some(info_kind_name(k)),
+                            LinkInfo::Data(InfoData::Vxlan(v)) => vxlan = Some(vxlan_info(v)),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(Link {
+            index: msg.header.index,
+            name: name?,
+            kind,
+            mtu,
+            mac,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            operstate,
+            master,
+            link_index,
+            link_netnsid,
+            vxlan,
+        })
+    }
+}
+
+fn info_kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Other(s) => s.clone(),
+        k => k.to_string(),
+    }
+}
+
+fn vxlan_info(attrs: &[InfoVxlan]) -> VxlanInfo {
+    let mut info = VxlanInfo {
+        vni: 0,
+        local: None,
+        underlay_index: None,
+        port: 0,
+        learning: false,
+        gbp: false,
+    };
+    for attr in attrs {
+        match attr {
+            InfoVxlan::Id(v) => info.vni = *v,
+            InfoVxlan::Local(ip) => info.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => info.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Link(i) if *i != 0 => info.underlay_index = Some(*i),
+            InfoVxlan::Port(p) => info.port = *p,
+            InfoVxlan::Learning(l) => info.learning = *l,
+            InfoVxlan::Gbp => info.gbp = true,
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Desired VXLAN device (flannel's `flannel.<VNI>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    /// Source address of encapsulated packets (the node's public IP).
+    pub local: IpAddr,
+    /// The underlay device (IFLA_VXLAN_LINK).
+    pub underlay_index: Option<u32>,
+    /// UDP destination port (flannel: 8472).
+    pub port: u16,
+    pub learning: bool,
+    pub gbp: bool,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+}
+
+impl VxlanSpec {
+    /// The parameters that cannot be changed in place and differ between `self` and `link`
+    /// (empty when the link can be adopted). MTU and MAC are not listed: they are set in place.
+    pub fn differences(&self, link: &Link) -> Vec<String> {
+        let mut diffs = Vec::new();
+        if link.kind.as_deref() != Some("vxlan") {
+            diffs.push(format!(
+                "kind {} (want vxlan)",
+                link.kind.as_deref().unwrap_or("none")
+            ));
+            return diffs;
+        }
+        let Some(info) = &link.vxlan else {
+            diffs.push("no vxlan attributes reported".to_string());
+            return diffs;
+        };
+        if info.vni != self.vni {
+            diffs.push(format!("vni {} (want {})", info.vni, self.vni));
+        }
+        if info.local != Some(self.local) {
+            diffs.push(format!(
+                "local {} (want {})",
+                info.local
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                self.local
+            ));
+        }
+        if info.port != self.port {
+            diffs.push(format!("dstport {} (want {})", info.port, self.port));
+        }
+        if let Some(want) = self.underlay_index
+            && info.underlay_index != Some(want)
+        {
+            diffs.push(format!(
+                "underlay ifindex {} (want {want})",
+                info.underlay_index
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "none".into())
+            ));
+        }
+        if info.learning != self.learning {
+            diffs.push(format!(
+                "learning {} (want {})",
+                info.learning, self.learning
+            ));
+        }
+        if info.gbp != self.gbp {
+            diffs.push(format!("gbp {} (want {})", info.gbp, self.gbp));
+        }
+        diffs
+    }
+}
+
+/// Result of [`crate::netlink::Netlink::ensure_vxlan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VxlanOutcome {
+    /// The device did not exist and was created.
+    Created(Link),
+    /// A compatible device existed; MTU/MAC were brought in line.
+    Adopted(Link),
+    /// A device with this name exists with parameters that cannot change in place (the kernel
+    /// answers EOPNOTSUPP): the caller decides whether to delete and re-create it.
+    NeedsRecreate {
+        existing: Link,
+        differences: Vec<String>,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +625,87 @@ mod tests {
                 i, LinkInfo::Data(InfoData::Vxlan(v)) if v.contains(&InfoVxlan::Link(3)))))
         });
         assert!(has_vxlan_link);
+    }
+
+    fn vxlan_link(info: VxlanInfo) -> Link {
+        Link {
+            index: 7,
+            name: "flannel.1".into(),
+            kind: Some("vxlan".into()),
+            mtu: 1450,
+            mac: None,
+            up: false,
+            operstate: LinkOperState::Down,
+            master: None,
+            link_index: None,
+            link_netnsid: None,
+            vxlan: Some(info),
+        }
+    }
+
+    fn spec() -> VxlanSpec {
+        VxlanSpec {
+            name: "flannel.1".into(),
+            vni: 1,
+            local: "192.168.77.1".parse().unwrap(),
+            underlay_index: Some(3),
+            port: 8472,
+            learning: false,
+            gbp: false,
+            mtu: Some(1450),
+            mac: None,
+        }
+    }
+
+    fn matching_info() -> VxlanInfo {
+        VxlanInfo {
+            vni: 1,
+            local: Some("192.168.77.1".parse().unwrap()),
+            underlay_index: Some(3),
+            port: 8472,
+            learning: false,
+            gbp: false,
+        }
+    }
+
+    #[test]
+    fn vxlan_spec_matching_link_has_no_differences() {
+        assert!(spec().differences(&vxlan_link(matching_info())).is_empty());
+        // No underlay wanted: any underlay is acceptable.
+        let mut s = spec();
+        s.underlay_index = None;
+        assert!(s.differences(&vxlan_link(matching_info())).is_empty());
+    }
+
+    #[test]
+    fn vxlan_spec_lists_every_immutable_difference() {
+        let info = VxlanInfo {
+            vni: 2,
+            local: Some("192.168.77.9".parse().unwrap()),
+            underlay_index: Some(4),
+            port: 4789,
+            learning: true,
+            gbp: true,
+        };
+        let diffs = spec().differences(&vxlan_link(info));
+        assert_eq!(
+            diffs,
+            vec![
+                "vni 2 (want 1)",
+                "local 192.168.77.9 (want 192.168.77.1)",
+                "dstport 4789 (want 8472)",
+                "underlay ifindex 4 (want 3)",
+                "learning true (want false)",
+                "gbp true (want false)",
+            ]
+        );
+    }
+
+    #[test]
+    fn vxlan_spec_rejects_other_kinds() {
+        let mut link = vxlan_link(matching_info());
+        link.kind = Some("bridge".into());
+        link.vxlan = None;
+        assert_eq!(spec().differences(&link), vec!["kind bridge (want vxlan)"]);
     }
 }

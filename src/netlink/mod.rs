@@ -21,27 +21,31 @@ pub mod monitor;
 mod neigh;
 pub(crate) mod route;
 mod transport;
-mod types;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
 
+use netlink_packet_route::AddressFamily;
+use transport::Transport;
+
+use crate::net::Family;
+use crate::netns::NetnsFile;
+
+pub use addr::Address;
 pub use batch::Op;
 pub use error::NetlinkError;
-pub use link::VethPair;
+pub use link::{Link, VethPair, VxlanInfo, VxlanOutcome, VxlanSpec};
 pub use monitor::{Monitor, MonitorEvent, MonitorGroups};
-/// Link and route attribute types used in [`Link`] and [`Route`] (re-exported so callers
-/// need no extra crate).
+pub use neigh::Fdb;
+pub(crate) use neigh::FdbRecord;
+pub use neigh::{Neighbour, NeighbourRecord};
+// Link and route attribute types used in [`Link`] and [`Route`] (re-exported so callers
+// need no extra crate).
 pub use netlink_packet_route::link::State as LinkOperState;
 pub use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
-pub use types::{
-    Address, FdbEntry, IpFamily, Link, MacAddr, MacParseError, Neighbour, NeighbourEntry,
-    RT_TABLE_LOCAL, RT_TABLE_MAIN, Route, RouteFilter, VxlanInfo, VxlanOutcome, VxlanSpec,
-};
-
-use crate::netns::NetnsFile;
-use transport::Transport;
+pub use route::{RT_TABLE_LOCAL, RT_TABLE_MAIN, Route, RouteFilter};
 
 /// A handle on the network stack of one namespace. Cheap to clone (clones share the socket);
 /// must be created inside a tokio runtime, whose tasks then drive the socket.
@@ -156,6 +160,24 @@ impl Netlink {
 /// The strict-checking decision, tested against the kernel: raw dumps (before any
 /// client-side filtering) already contain only what the request's filter asks for.
 /// Needs root and iproute2, like the namespace tests.
+/// The kernel's address family for `family`.
+pub(crate) fn address_family(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
+pub(crate) fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(b) = <[u8; 4]>::try_from(bytes) {
+        Some(IpAddr::V4(Ipv4Addr::from(b)))
+    } else if let Ok(b) = <[u8; 16]>::try_from(bytes) {
+        Some(IpAddr::V6(Ipv6Addr::from(b)))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod kernel_filter_tests {
     use netlink_packet_route::address::AddressMessage;
@@ -255,7 +277,7 @@ mod kernel_filter_tests {
             let dump = |f: RouteFilter| {
                 let t = t.clone();
                 async move {
-                    t.dump(M::GetRoute(route::dump_request(IpFamily::V4, &f)))
+                    t.dump(M::GetRoute(route::dump_request(crate::net::Family::V4, &f)))
                         .await
                         .unwrap()
                         .into_iter()
@@ -278,5 +300,22 @@ mod kernel_filter_tests {
             let p99 = dump(RouteFilter::default().protocol(RouteProtocol::Other(99))).await;
             assert_eq!(p99.len(), 1, "{p99:?}");
         });
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    #[test]
+    fn ip_from_bytes_handles_both_families() {
+        assert_eq!(
+            ip_from_bytes(&[192, 168, 77, 2]),
+            Some("192.168.77.2".parse().unwrap())
+        );
+        let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+        assert_eq!(ip_from_bytes(&v6.octets()), Some(IpAddr::V6(v6)));
+        assert_eq!(ip_from_bytes(&[1, 2, 3]), None);
     }
 }

@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::error::NetlinkError;
 use super::transport::{MONITOR_RCVBUF, open_socket, register};
-use super::types::{Address, FdbEntry, FdbRecord, Link, NeighbourEntry, Route};
+use super::{Address, Fdb, FdbRecord, Link, NeighbourRecord, Route};
 use crate::netns::NetnsFile;
 
 const RTNLGRP_LINK: u32 = 1;
@@ -77,12 +77,12 @@ pub enum MonitorEvent {
     RouteNew(Route),
     RouteDel(Route),
     /// An IPv4/IPv6 neighbour entry appeared or changed (any state).
-    NeighbourNew(NeighbourEntry),
+    NeighbourNew(NeighbourRecord),
     /// Deleted neighbour entries usually carry no MAC.
-    NeighbourDel(NeighbourEntry),
+    NeighbourDel(NeighbourRecord),
     /// An FDB entry with a destination (VXLAN) appeared or changed.
-    FdbNew(FdbEntry),
-    FdbDel(FdbEntry),
+    FdbNew(Fdb),
+    FdbDel(Fdb),
     /// The kernel dropped notifications (ENOBUFS): resynchronise from dumps.
     Overflow,
 }
@@ -232,8 +232,8 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<MonitorEvent
         M::DelNeighbour(n) if n.header.family == AddressFamily::Bridge => {
             FdbRecord::from_message(&n).map(|r| E::FdbDel(r.entry))
         }
-        M::NewNeighbour(n) => NeighbourEntry::from_message(&n).map(E::NeighbourNew),
-        M::DelNeighbour(n) => NeighbourEntry::from_message(&n).map(E::NeighbourDel),
+        M::NewNeighbour(n) => NeighbourRecord::from_message(&n).map(E::NeighbourNew),
+        M::DelNeighbour(n) => NeighbourRecord::from_message(&n).map(E::NeighbourDel),
         _ => None,
     }
 }
@@ -241,7 +241,8 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<MonitorEvent
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{MacAddr, Neighbour};
+    use crate::net::MacAddr;
+    use crate::netlink::Neighbour;
 
     #[test]
     fn groups_combine_into_the_bind_mask() {
@@ -259,7 +260,7 @@ mod tests {
 
     #[test]
     fn neighbour_and_fdb_notifications_are_told_apart() {
-        let fdb = FdbEntry {
+        let fdb = Fdb {
             ifindex: 4,
             mac: MacAddr([2, 0, 0, 0, 0, 9]),
             dst: "10.99.0.9".parse().unwrap(),

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use flannel_rs::cni::config::DEFAULT_SUBNET_FILE;
 use flannel_rs::cni::install::{self, DEFAULT_CONF_DIR, DEFAULT_PLUGIN_DIR};
-use flannel_rs::flanneld::config::Flags;
-use flannel_rs::flanneld::netconf::NetConf;
+use flannel_rs::flanneld::pure::config::Flags;
+use flannel_rs::flanneld::pure::netconf::NetConf;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use manifest::{Manifest, argv, flag_value, load};

@@ -20,7 +20,7 @@ fn add_builds_the_reference_state_and_del_removes_it() {
     out.expect_ok();
     let r = out.json();
 
-    // Result: the reference bridge's shape (cni-spec §6).
+    // Result: the reference bridge plugin's shape.
     assert_eq!(r["cniVersion"], "0.3.1");
     let ifaces = r["interfaces"].as_array().unwrap();
     assert_eq!(ifaces.len(), 3);

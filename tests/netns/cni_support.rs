@@ -170,7 +170,7 @@ impl Node {
         })
     }
 
-    /// What flannel hands to `bridge` for SUBNET_ENV_V4 (cni-spec §2.6), plus ipam.dataDir.
+    /// What flannel hands to `bridge` for SUBNET_ENV_V4 (upstream's flannel-io/cni-plugin), plus ipam.dataDir.
     pub fn reference_delegate(&self, version: &str) -> Value {
         serde_json::json!({
             "cniVersion": version,

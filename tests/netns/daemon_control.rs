@@ -4,41 +4,42 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flannel_rs::testsupport::kube_testserver::{
-    Clobber, Fault, LogEntry, LogFilter, heal_after_clobber,
-};
-use flannel_rs::testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::kube_testserver::{Clobber, Fault, LogEntry, LogFilter, heal_after_clobber};
+use frs_testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
+use frs_testsupport::topology::Host;
 
 use crate::harness::*;
 
 pub const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
-pub const TESTSERVER: &str = env!("CARGO_BIN_EXE_kube-testserver");
+/// The test API server (a workspace member of its own, see `frs_testsupport::bins`).
+pub fn testserver() -> std::path::PathBuf {
+    frs_testsupport::bins::workspace_bin("kube-testserver")
+}
 const P: &str = "flannel.alpha.coreos.com/";
 
-pub fn lab(tag: &str, third_octet: u8) -> Lab {
-    lab_with(tag, third_octet, LabOptions::default())
+pub fn lab(tag: &str) -> Lab {
+    lab_with(tag, LabOptions::default())
 }
 
-/// A lab on `192.168.<third_octet>.0/24` with the other options from `opts`.
-pub fn lab_with(tag: &str, third_octet: u8, opts: LabOptions) -> Lab {
+/// A lab on an underlay of its own (`next_underlay`) with the other options from `opts`.
+pub fn lab_with(tag: &str, opts: LabOptions) -> Lab {
     // Make sure a failure to create namespaces reads as such (and stale ones are cleaned).
     drop(netns("probe"));
     Lab::new(
         LabOptions {
             tag: tag.into(),
-            underlay: [192, 168, third_octet],
+            underlay: frs_testsupport::topology::next_underlay(),
             ..opts
         },
-        TESTSERVER,
+        testserver(),
     )
     .expect("lab")
 }
 
 /// One node `n1` (10.244.1.0/24 at .1, with a foreign annotation) and one peer `n2` whose
 /// annotations are already published.
-pub fn lab_with_two_nodes(tag: &str, third_octet: u8) -> (Lab, Host) {
-    let lab = lab(tag, third_octet);
+pub fn lab_with_two_nodes(tag: &str) -> (Lab, Host) {
+    let lab = lab(tag);
     let host = lab.add_host(&format!("{tag}-n1"), 1).unwrap();
     let mut own = BTreeMap::new();
     own.insert("other.example.com/keep".to_string(), "yes".to_string());
@@ -107,7 +108,7 @@ fn start(lab: &Lab, host: &Host) -> Flanneld {
 
 #[test]
 fn publishes_annotations_once_with_a_precondition_and_keeps_others() {
-    let (lab, host) = lab_with_two_nodes("dc1", 101);
+    let (lab, host) = lab_with_two_nodes("dc1");
     let mut d = start(&lab, &host);
 
     let patches = flannel_patches(&lab, "n1");
@@ -192,7 +193,7 @@ fn publishes_annotations_once_with_a_precondition_and_keeps_others() {
 
 #[test]
 fn an_injected_conflict_is_retried() {
-    let (lab, host) = lab_with_two_nodes("dc2", 102);
+    let (lab, host) = lab_with_two_nodes("dc2");
     lab.server
         .inject_fault(&Fault::fail(409).verb("patch").name("n1").times(1))
         .unwrap();
@@ -212,7 +213,7 @@ fn an_injected_conflict_is_retried() {
 
 #[test]
 fn a_stale_overwrite_is_healed_and_other_annotations_survive() {
-    let (lab, host) = lab_with_two_nodes("dc3", 103);
+    let (lab, host) = lab_with_two_nodes("dc3");
     let d = start(&lab, &host);
     let want = ours(&lab, "n1");
     assert_eq!(want.len(), 4);
@@ -251,7 +252,7 @@ fn a_stale_overwrite_is_healed_and_other_annotations_survive() {
 
 #[test]
 fn an_api_outage_does_not_stop_the_daemon() {
-    let (lab, host) = lab_with_two_nodes("dc4", 104);
+    let (lab, host) = lab_with_two_nodes("dc4");
     let mut d = start(&lab, &host);
     lab.server.outage(Duration::from_secs(10)).unwrap();
     std::thread::sleep(Duration::from_secs(11));
@@ -283,7 +284,7 @@ fn an_api_outage_does_not_stop_the_daemon() {
 
 #[test]
 fn sigterm_exits_fast_and_a_restart_writes_nothing() {
-    let (lab, host) = lab_with_two_nodes("dc5", 105);
+    let (lab, host) = lab_with_two_nodes("dc5");
     let mut d = start(&lab, &host);
     let before = (
         host.ns.ip(&["-d", "link", "show", "flannel.1"]).unwrap(),
@@ -334,7 +335,7 @@ fn sigterm_exits_fast_and_a_restart_writes_nothing() {
 
 #[test]
 fn bad_net_conf_is_one_clear_error_and_nothing_is_written() {
-    let lab = lab("dc6", 106);
+    let lab = lab("dc6");
     let host = lab.add_host("dc6-n1", 1).unwrap();
     std::fs::write(
         &lab.net_conf_path,
@@ -356,7 +357,7 @@ fn bad_net_conf_is_one_clear_error_and_nothing_is_written() {
 
 #[test]
 fn a_peer_whose_annotations_vanish_keeps_its_entries_until_it_is_deleted() {
-    let (lab, host) = lab_with_two_nodes("dc7", 107);
+    let (lab, host) = lab_with_two_nodes("dc7");
     let _d = start(&lab, &host);
     let route = || {
         host.ns

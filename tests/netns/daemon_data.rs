@@ -2,7 +2,7 @@
 //! lab, the test API server as the cluster, and every check through an independent view of
 //! the kernel (`ip -json`, `bridge -json`, `ip monitor`, `iptables -S`, `tcpdump`).
 //!
-//! Each test uses its own underlay /24 (third octet 111–124) and its own namespaces.
+//! Each test uses its own underlay /24 (`next_underlay`) and its own namespaces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -16,9 +16,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use flannel_rs::testsupport::kube_testserver::Fault;
-use flannel_rs::testsupport::lab::{Flanneld, Lab, peer_annotations};
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::kube_testserver::Fault;
+use frs_testsupport::lab::{Flanneld, Lab, peer_annotations};
+use frs_testsupport::topology::Host;
 
 use crate::daemon_control::{FLANNELD, lab};
 use crate::harness::*;
@@ -41,7 +41,7 @@ struct Entries {
 }
 
 impl Entries {
-    /// Adds the three entries upstream programs for a peer (spec §5.6).
+    /// Adds the three entries upstream programs for a peer (upstream's pkg/backend/vxlan).
     fn add_peer(&mut self, pod_cidr: &str, mac: &str, public_ip: &str) {
         let net: Ipv4Network = pod_cidr.parse().expect("peer podCIDR");
         let gw = net.network().to_string();
@@ -211,8 +211,8 @@ fn status(d: &Flanneld) -> Value {
 }
 
 /// A lab with node `n1` (10.244.1.0/24, underlay .1, no annotations yet) and its host.
-fn lab_with_n1(tag: &str, octet: u8) -> (Lab, Host) {
-    let lab = lab(tag, octet);
+fn lab_with_n1(tag: &str) -> (Lab, Host) {
+    let lab = lab(tag);
     let host = lab.add_host(&format!("{tag}-n1"), 1).unwrap();
     lab.create_node("n1", "10.244.1.0/24", host.address, BTreeMap::new())
         .unwrap();
@@ -389,7 +389,7 @@ impl Drop for IpMonitor {
 
 #[test]
 fn fifty_peers_get_exactly_their_entries_and_nothing_else() {
-    let (lab, host) = lab_with_n1("dd1", 111);
+    let (lab, host) = lab_with_n1("dd1");
     generate_peers(&lab, 50);
     let want = expected_from_api(&lab, "n1");
     assert_eq!(want.counts(), (50, 50, 50));
@@ -402,7 +402,7 @@ fn fifty_peers_get_exactly_their_entries_and_nothing_else() {
         took.as_secs_f64() * 1e3
     );
 
-    // The device as upstream makes it (spec §5.1, §5.5).
+    // The device as upstream makes it (upstream's pkg/backend/vxlan).
     let link = &ip_json(&host.ns, &["-d", "link", "show", DEV])[0];
     let vx = &link["linkinfo"]["info_data"];
     assert_eq!(link["mtu"], 1450, "{link}");
@@ -447,7 +447,7 @@ fn fifty_peers_get_exactly_their_entries_and_nothing_else() {
 
 #[test]
 fn a_peer_changing_mac_or_public_ip_is_updated_in_place() {
-    let (lab, host) = lab_with_n1("dd2", 112);
+    let (lab, host) = lab_with_n1("dd2");
     let mut want = synthetic_peer(
         &lab,
         "n2",
@@ -531,7 +531,7 @@ fn a_peer_changing_mac_or_public_ip_is_updated_in_place() {
 
 #[test]
 fn a_deleted_nodes_entries_go() {
-    let (lab, host) = lab_with_n1("dd3", 113);
+    let (lab, host) = lab_with_n1("dd3");
     let n2 = synthetic_peer(
         &lab,
         "n2",
@@ -564,7 +564,7 @@ fn a_deleted_nodes_entries_go() {
 
 #[test]
 fn entries_deleted_or_changed_by_hand_are_restored_within_a_second() {
-    let (lab, host) = lab_with_n1("dd4", 114);
+    let (lab, host) = lab_with_n1("dd4");
     generate_peers(&lab, 10);
     let want = expected_from_api(&lab, "n1");
     // A resync period of an hour: only the kernel monitor can explain a fast repair.
@@ -674,7 +674,7 @@ fn entries_deleted_or_changed_by_hand_are_restored_within_a_second() {
 
 #[test]
 fn stale_entries_present_at_start_up_are_removed() {
-    let (lab, host) = lab_with_n1("dd5", 115);
+    let (lab, host) = lab_with_n1("dd5");
     let n2 = synthetic_peer(
         &lab,
         "n2",
@@ -777,7 +777,7 @@ struct Hostile {
 
 #[test]
 fn hostile_peers_leave_no_entry_while_a_good_peer_stays_reachable() {
-    let lab = lab("dd6", 116);
+    let lab = lab("dd6");
     let h1 = lab.add_host("dd6-n1", 1).unwrap();
     let h2 = lab.add_host("dd6-n2", 2).unwrap();
     lab.create_node("n1", "10.244.1.0/24", h1.address, BTreeMap::new())
@@ -1046,7 +1046,7 @@ fn hostile_peers_leave_no_entry_while_a_good_peer_stays_reachable() {
 
 #[test]
 fn a_restart_leaves_every_entry_untouched() {
-    let (lab, host) = lab_with_n1("dd7", 117);
+    let (lab, host) = lab_with_n1("dd7");
     generate_peers(&lab, 20);
     let want = expected_from_api(&lab, "n1");
     let mut d = start(&lab, &host, "n1", &[]);
@@ -1080,7 +1080,7 @@ fn a_restart_leaves_every_entry_untouched() {
 
 #[test]
 fn a_deleted_device_is_rebuilt_with_the_same_mac_and_every_peer() {
-    let (lab, host) = lab_with_n1("dd8", 118);
+    let (lab, host) = lab_with_n1("dd8");
     generate_peers(&lab, 10);
     let want = expected_from_api(&lab, "n1");
     let _d = start(&lab, &host, "n1", &["--resync-period=1h"]);
@@ -1116,7 +1116,7 @@ fn a_deleted_device_is_rebuilt_with_the_same_mac_and_every_peer() {
 
 #[test]
 fn a_downed_device_or_a_removed_address_is_restored_with_every_peer() {
-    let (lab, host) = lab_with_n1("dd12", 122);
+    let (lab, host) = lab_with_n1("dd12");
     generate_peers(&lab, 10);
     let want = expected_from_api(&lab, "n1");
     // Only the kernel monitor can explain a fast repair.
@@ -1159,7 +1159,7 @@ fn a_downed_device_or_a_removed_address_is_restored_with_every_peer() {
 
 #[test]
 fn a_burst_of_500_joins_is_programmed_in_a_few_batched_passes() {
-    let (lab, host) = lab_with_n1("dd13", 123);
+    let (lab, host) = lab_with_n1("dd13");
     let d = start(&lab, &host, "n1", &["--resync-period=1h"]);
     wait_until("reconciler loop ran", Duration::from_secs(5), || {
         metric(&d, "flannel_reconciles_total") >= 2
@@ -1192,7 +1192,7 @@ fn a_burst_of_500_joins_is_programmed_in_a_few_batched_passes() {
 /// page, are replaced or removed; stale entries go; the rest were never touched twice.
 #[test]
 fn a_first_list_of_several_pages_is_programmed_page_by_page_and_settled_at_the_end() {
-    let (lab, host) = lab_with_n1("dd14", 124);
+    let (lab, host) = lab_with_n1("dd14");
     // 1100 peers `peer-…` (/28s): three pages with n1 and the two below.
     generate_peers_sized(&lab, 1100, 28);
     let mut want = expected_from_api(&lab, "n1");
@@ -1262,7 +1262,7 @@ fn a_first_list_of_several_pages_is_programmed_page_by_page_and_settled_at_the_e
 /// view, and the next pass dumps.
 #[test]
 fn an_entry_deleted_during_the_first_list_is_programmed_all_the_same() {
-    let (lab, host) = lab_with_n1("dd15", 125);
+    let (lab, host) = lab_with_n1("dd15");
     generate_peers_sized(&lab, 1100, 28);
     let want = expected_from_api(&lab, "n1");
     // A node on the last page, and its entries as an earlier run of the daemon left them.
@@ -1303,10 +1303,10 @@ fn iptables_s(ns: &NetnsGuard, table: &str) -> Vec<String> {
 
 #[test]
 fn ip_masq_rules_have_upstreams_layout_and_survive_a_restart() {
-    let (lab, host) = lab_with_n1("dd9", 119);
+    let (lab, host) = lab_with_n1("dd9");
     let mut d = start(&lab, &host, "n1", &[]);
     let c = r#"-m comment --comment "flanneld masq""#;
-    // Upstream's golden `iptables -t nat -S` (spec §7.1), written out literally.
+    // Upstream's golden `iptables -t nat -S` (upstream's pkg/trafficmngr), written out literally.
     let golden_nat = vec![
         "-P PREROUTING ACCEPT".to_string(),
         "-P INPUT ACCEPT".into(),
@@ -1424,7 +1424,7 @@ pub(crate) fn link_stats(ns: &NetnsGuard, dev: &str) -> (u64, u64) {
 
 #[test]
 fn pods_on_two_nodes_ping_each_other_across_vxlan() {
-    let lab = lab("dd10", 120);
+    let lab = lab("dd10");
     let h1 = lab.add_host("dd10-n1", 1).unwrap();
     let h2 = lab.add_host("dd10-n2", 2).unwrap();
     lab.create_node("n1", "10.244.1.0/24", h1.address, BTreeMap::new())
@@ -1518,7 +1518,7 @@ fn pods_on_two_nodes_ping_each_other_across_vxlan() {
 
 #[test]
 fn kubelet_heartbeats_cost_no_netlink_write_and_no_reconcile() {
-    let (lab, host) = lab_with_n1("dd11", 121);
+    let (lab, host) = lab_with_n1("dd11");
     generate_peers(&lab, 50);
     let want = expected_from_api(&lab, "n1");
     let d = start(&lab, &host, "n1", &["--resync-period=1h"]);
@@ -1578,7 +1578,7 @@ fn kubelet_heartbeats_cost_no_netlink_write_and_no_reconcile() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// DirectRouting (spec §5.7).
+// DirectRouting (upstream's pkg/backend/vxlan).
 
 const DIRECT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 
@@ -1669,8 +1669,7 @@ fn wait_direct(host: &Host, peer_cidr: &str, peer_ip: &str, far: &Entries) {
 fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() {
     let lab = crate::daemon_control::lab_with(
         "dd14",
-        124,
-        flannel_rs::testsupport::lab::LabOptions {
+        frs_testsupport::lab::LabOptions {
             net_conf: DIRECT_NET_CONF.into(),
             ..Default::default()
         },
@@ -1729,11 +1728,7 @@ fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() 
     // ConfigMap change is applied).
     d1.stop();
     d2.stop();
-    std::fs::write(
-        &lab.net_conf_path,
-        flannel_rs::testsupport::lab::STOCK_NET_CONF,
-    )
-    .unwrap();
+    std::fs::write(&lab.net_conf_path, frs_testsupport::lab::STOCK_NET_CONF).unwrap();
     d1 = start(&lab, &h1, "n1", &[]);
     d2 = start(&lab, &h2, "n2", &[]);
     for (host, own, peer_cidr) in [(&h1, "n1", "10.244.2.0/24"), (&h2, "n2", "10.244.1.0/24")] {

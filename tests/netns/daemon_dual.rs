@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use flannel_rs::testsupport::lab::{Lab, LabOptions};
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::lab::{Lab, LabOptions};
+use frs_testsupport::topology::Host;
 
 use crate::daemon_control::lab_with;
 use crate::daemon_data::{
@@ -91,7 +91,7 @@ fn wait_dev_entries(ns: &NetnsGuard, dev: &str, family: &str, want: &DevEntries)
     );
 }
 
-/// The entries upstream programs on the peer's side for a node (spec §5.6).
+/// The entries upstream programs on the peer's side for a node (upstream's pkg/backend/vxlan).
 fn tunnel_entries(subnet_net: &str, prefix: u8, mac: &str, public_ip: &str) -> DevEntries {
     DevEntries {
         neigh: BTreeSet::from([(subnet_net.to_string(), mac.to_string())]),
@@ -111,7 +111,7 @@ fn check_own_side(lab: &Lab, host: &Host, node: &str, k: u8) -> (String, String)
     let l4 = link(&host.ns, DEV4);
     let l6 = link(&host.ns, DEV6);
     assert_eq!(l4["mtu"], 1450, "{l4}");
-    // IPv6 outer header: 20 bytes more than IPv4 (spec §5.10).
+    // IPv6 outer header: 20 bytes more than IPv4 (upstream's pkg/backend/vxlan).
     assert_eq!(l6["mtu"], 1500 - 70, "{l6}");
     let vx6 = &l6["linkinfo"]["info_data"];
     assert_eq!(vx6["id"], 1, "{l6}");
@@ -169,7 +169,6 @@ fn check_own_side(lab: &Lab, host: &Host, node: &str, k: u8) -> (String, String)
 fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
     let lab = lab_with(
         "dv1",
-        125,
         LabOptions {
             net_conf: DUAL_NET_CONF.into(),
             ipv6: true,
@@ -304,7 +303,7 @@ fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
 
 /// Upstream-format annotations of a dual-stack flannel vxlan peer.
 fn dual_peer_annotations(mac4: &str, ip4: &str, mac6: &str, ip6: &str) -> BTreeMap<String, String> {
-    let mut a = flannel_rs::testsupport::lab::peer_annotations(mac4, ip4);
+    let mut a = frs_testsupport::lab::peer_annotations(mac4, ip4);
     a.insert(
         format!("{P}backend-v6-data"),
         format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#),
@@ -337,7 +336,6 @@ fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String, String)> {
 fn dual_stack_direct_routing_routes_both_families_directly_without_self_triggered_passes() {
     let lab = lab_with(
         "dv2",
-        126,
         LabOptions {
             net_conf: DUAL_NET_CONF.replace(
                 r#""Backend":{"Type":"vxlan"}"#,

@@ -11,15 +11,13 @@ use std::time::{Duration, Instant};
 pub mod manifest;
 
 use flannel_rs::netns::NetnsGuard;
-use flannel_rs::testsupport::cluster::{PingStats, Pinger, poll};
-use flannel_rs::testsupport::cni_runtime::{
-    Attachment, CniRuntime, ConfList, FlannelImpl, NodeCniPaths,
-};
-use flannel_rs::testsupport::kube_testserver::TestServerOptions;
-use flannel_rs::testsupport::lab::{Lab, LabOptions};
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::cluster::{PingStats, Pinger, poll};
+use frs_testsupport::cni_runtime::{Attachment, CniRuntime, ConfList, FlannelImpl, NodeCniPaths};
+use frs_testsupport::kube_testserver::TestServerOptions;
+use frs_testsupport::lab::{Lab, LabOptions};
+use frs_testsupport::topology::Host;
 
-use crate::daemon_control::TESTSERVER;
+use crate::daemon_control::testserver;
 use crate::deploy_support::{
     ContainerGuard, DaemonSetRunner, DsNode, IMAGE, Podman, Probe, hwm_kib, link_mac,
     load_manifest, routes_on, rss_kib, vtep_mac, write_role,
@@ -55,7 +53,7 @@ fn rig(third_octet: u8) -> Rig {
             },
             ..Default::default()
         },
-        TESTSERVER,
+        testserver(),
     )
     .expect("lab");
     Rig { lab, dir, podman }
@@ -475,7 +473,7 @@ fn deploy_manifest_takes_over_a_node_left_by_upstream() {
     let upstream_mac = "0e:5a:3c:00:00:03";
     for (i, host) in hosts.iter().enumerate() {
         let annotations = if i == 2 {
-            flannel_rs::testsupport::lab::peer_annotations(upstream_mac, &host.address.to_string())
+            frs_testsupport::lab::peer_annotations(upstream_mac, &host.address.to_string())
         } else {
             Default::default()
         };

@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Container;
 use serde_json::Value;
 
 use crate::deploy_e2e::manifest::{self, Manifest};
-use flannel_rs::testsupport::lab::Lab;
-use flannel_rs::testsupport::topology::Host;
+use frs_testsupport::lab::Lab;
+use frs_testsupport::topology::Host;
 
 pub const IMAGE: &str = concat!("localhost/flannel-rs:", env!("CARGO_PKG_VERSION"));
 

@@ -5,14 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use flannel_rs::testsupport::cluster::{
+use frs_testsupport::cluster::{
     Binaries, Cluster, ClusterOptions, NodeSpec, PingStats, Pinger, PodWiring, Registration,
     VXLAN_DEVICE, poll,
 };
-use flannel_rs::testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
-use flannel_rs::testsupport::lab::{LabOptions, peer_annotations};
+use frs_testsupport::kube_testserver::{Clobber, LogFilter, heal_after_clobber};
+use frs_testsupport::lab::{LabOptions, peer_annotations};
 
-use crate::daemon_control::{FLANNELD, TESTSERVER};
+use crate::daemon_control::{FLANNELD, testserver};
 use crate::harness::netns;
 
 const FLANNEL_CNI: &str = env!("CARGO_BIN_EXE_flannel");
@@ -23,19 +23,19 @@ const PING_EVERY: Duration = Duration::from_millis(10);
 fn binaries() -> Binaries {
     Binaries {
         flanneld: FLANNELD.into(),
-        testserver: TESTSERVER.into(),
+        testserver: testserver(),
         flannel_cni: FLANNEL_CNI.into(),
         reference_cni_dir: "/usr/lib/cni".into(),
     }
 }
 
-fn empty_cluster(tag: &str, third_octet: u8) -> Cluster {
+fn empty_cluster(tag: &str) -> Cluster {
     // A failure to create namespaces must read as such (and stale ones get cleaned).
     drop(netns("probe"));
     let opts = ClusterOptions::new(
         LabOptions {
             tag: tag.into(),
-            underlay: [192, 168, third_octet],
+            underlay: frs_testsupport::topology::next_underlay(),
             ..LabOptions::default()
         },
         binaries(),
@@ -44,8 +44,8 @@ fn empty_cluster(tag: &str, third_octet: u8) -> Cluster {
 }
 
 /// `nodes` nodes with `pods` pods each (our plugin), converged.
-fn cluster(tag: &str, third_octet: u8, nodes: usize, pods: usize) -> Cluster {
-    let mut c = empty_cluster(tag, third_octet);
+fn cluster(tag: &str, nodes: usize, pods: usize) -> Cluster {
+    let mut c = empty_cluster(tag);
     for _ in 0..nodes {
         let name = c.add_node(NodeSpec::default()).expect("add node");
         for _ in 0..pods {
@@ -70,7 +70,7 @@ fn assert_full_mesh(c: &Cluster) {
 
 #[test]
 fn full_mesh_pod_ping_across_three_nodes() {
-    let c = cluster("e2e1", 111, 3, 2);
+    let c = cluster("e2e1", 3, 2);
     let m = c.ping_matrix().unwrap();
     println!("{}", m.render());
     assert_eq!(m.pods.len(), 6);
@@ -138,7 +138,7 @@ fn assert_nothing_lost(pingers: Vec<Pinger>) -> Vec<PingStats> {
 
 #[test]
 fn a_daemon_restart_under_continuous_ping_loses_nothing() {
-    let mut c = cluster("e2e2", 112, 3, 1);
+    let mut c = cluster("e2e2", 3, 1);
     let pairs = vec![
         (pod_name(&c, "node-1", 0), pod_ip(&c, "node-2", 0)),
         (pod_name(&c, "node-2", 0), pod_ip(&c, "node-3", 0)),
@@ -164,7 +164,7 @@ fn a_daemon_restart_under_continuous_ping_loses_nothing() {
 
 #[test]
 fn the_clobber_is_healed_without_losing_a_ping_to_that_nodes_pods() {
-    let c = cluster("e2e3", 113, 3, 1);
+    let c = cluster("e2e3", 3, 1);
     let want = flannel_annotations(&c, "node-2");
     assert_eq!(want.len(), 4, "{want:?}");
     let target = pod_ip(&c, "node-2", 0);
@@ -237,7 +237,7 @@ fn ip_in(c: &Cluster, node: &str, args: &[&str]) {
 
 #[test]
 fn entries_deleted_by_hand_are_repaired() {
-    let c = cluster("e2e4", 114, 3, 1);
+    let c = cluster("e2e4", 3, 1);
     let peer = c.peer_facts("node-2").unwrap();
     let gw = peer.subnet.network().to_string();
     let mac = peer.vtep_mac.to_string();
@@ -316,7 +316,7 @@ fn daemon_status(c: &Cluster, node: &str) -> serde_json::Value {
 
 #[test]
 fn a_node_deleted_from_the_api_is_gone_from_every_peer() {
-    let c = cluster("e2e5", 115, 3, 1);
+    let c = cluster("e2e5", 3, 1);
     let gone = c.peer_facts("node-3").unwrap();
     for n in ["node-1", "node-2"] {
         assert!(c.datapath(n).unwrap().has_peer(&gone), "{n} has node-3");
@@ -374,7 +374,7 @@ fn a_node_deleted_from_the_api_is_gone_from_every_peer() {
 
 #[test]
 fn pods_keep_talking_through_a_20s_api_outage_and_a_node_added_meanwhile_joins() {
-    let mut c = cluster("e2e6", 116, 3, 1);
+    let mut c = cluster("e2e6", 3, 1);
     let pairs = vec![
         (pod_name(&c, "node-1", 0), pod_ip(&c, "node-2", 0)),
         (pod_name(&c, "node-2", 0), pod_ip(&c, "node-3", 0)),
@@ -442,7 +442,7 @@ fn pods_keep_talking_through_a_20s_api_outage_and_a_node_added_meanwhile_joins()
 
 #[test]
 fn hostile_annotations_are_programmed_by_nobody_and_harm_nobody() {
-    let c = cluster("e2e7", 117, 3, 1);
+    let c = cluster("e2e7", 3, 1);
     let before: Vec<_> = ["node-1", "node-2", "node-3"]
         .iter()
         .map(|n| c.datapath(n).unwrap())
@@ -518,7 +518,7 @@ fn hostile_annotations_are_programmed_by_nobody_and_harm_nobody() {
 
 #[test]
 fn a_node_with_the_reference_plugin_chain_interoperates() {
-    let mut c = empty_cluster("e2e8", 118);
+    let mut c = empty_cluster("e2e8");
     for wiring in [PodWiring::Flannel, PodWiring::Flannel, PodWiring::Reference] {
         let n = c
             .add_node(NodeSpec {
@@ -573,11 +573,9 @@ fn a_node_with_the_reference_plugin_chain_interoperates() {
     assert_full_mesh(&c);
 }
 
-const CLUSTER_CLI: &str = env!("CARGO_BIN_EXE_cluster");
-
 /// Runs `cluster --name NAME ARGS`; returns (success, stdout + stderr).
 fn cli(name: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(CLUSTER_CLI)
+    let out = std::process::Command::new(frs_testsupport::bins::workspace_bin("cluster"))
         .arg(format!("--name={name}"))
         .args(args)
         .output()

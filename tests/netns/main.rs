@@ -3,6 +3,7 @@
 //! These tests need root and iproute2. They fail (never skip) when a namespace cannot be made.
 
 mod cni_plugin;
+mod cni_races;
 mod cni_reference;
 mod cni_support;
 mod daemon_control;

@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use flannel_rs::netlink::{
-    FdbEntry, IpFamily, MacAddr, Neighbour, NetlinkError, Op, Route, RouteFilter,
-};
+use flannel_rs::netlink::{Fdb, Neighbour, NetlinkError, Op, Route, RouteFilter};
+
+use flannel_rs::net::{Family, MacAddr};
 use ipnetwork::IpNetwork;
 
 use crate::harness::{NetnsGuard, bridge_json, ip_json, netns};
@@ -42,7 +42,7 @@ fn peer_ops(ifindex: u32, n: u32, remove: bool) -> Vec<Op> {
             ip: gw,
             mac,
         };
-        let fdb = FdbEntry {
+        let fdb = Fdb {
             ifindex,
             mac,
             dst: public,
@@ -53,9 +53,9 @@ fn peer_ops(ifindex: u32, n: u32, remove: bool) -> Vec<Op> {
             fdbs.push(Op::RemoveFdb(fdb));
             routes.push(Op::RemoveRoute(route));
         } else {
-            neighs.push(Op::EnsureNeighbour(neigh));
-            fdbs.push(Op::EnsureFdb(fdb));
-            routes.push(Op::EnsureRoute(route));
+            neighs.push(Op::ReplaceNeighbour(neigh));
+            fdbs.push(Op::ReplaceFdb(fdb));
+            routes.push(Op::ReplaceRoute(route));
         }
     }
     neighs.into_iter().chain(fdbs).chain(routes).collect()
@@ -110,7 +110,7 @@ fn a_thousand_peers_in_one_batch() {
 
         // Our dumps agree.
         let routes = nl
-            .routes(&RouteFilter::main().oif(fl).family(IpFamily::V4))
+            .routes(&RouteFilter::main().oif(fl).family(Family::V4))
             .await
             .unwrap();
         assert_eq!(routes.len(), 1000);
@@ -143,16 +143,16 @@ fn batch_results_stay_aligned_with_failures_in_between() {
         let (net2, gw2, _, _) = peer(2);
         let (net3, gw3, _, _) = peer(3);
         let ops = vec![
-            Op::EnsureNeighbour(Neighbour {
+            Op::ReplaceNeighbour(Neighbour {
                 ifindex: fl,
                 ip: gw1,
                 mac: mac1,
             }),
             // No onlink: the kernel refuses (ENETUNREACH).
-            Op::EnsureRoute(Route::new(net2).via(gw2).dev(fl)),
-            Op::EnsureRoute(Route::new(net1).via(gw1).dev(fl).onlink()),
+            Op::ReplaceRoute(Route::new(net2).via(gw2).dev(fl)),
+            Op::ReplaceRoute(Route::new(net1).via(gw1).dev(fl).onlink()),
             // Invalid input: never sent.
-            Op::EnsureRoute(Route::new(net3).via("fd00::1".parse().unwrap()).dev(fl)),
+            Op::ReplaceRoute(Route::new(net3).via("fd00::1".parse().unwrap()).dev(fl)),
             Op::RemoveRoute(Route::new(net3).via(gw3).dev(fl)),
             Op::RemoveNeighbour(Neighbour {
                 ifindex: fl,

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use flannel_rs::netlink::{FdbEntry, Monitor, MonitorEvent, MonitorGroups, Neighbour, Op, Route};
+use flannel_rs::netlink::{Fdb, Monitor, MonitorEvent, MonitorGroups, Neighbour, Op, Route};
 
 use crate::harness::netns;
 use crate::netlink_util::*;
@@ -46,15 +46,15 @@ fn changes_made_with_ip_show_up_as_events() {
             ip: gw,
             mac,
         };
-        let fdb = FdbEntry {
+        let fdb = Fdb {
             ifindex: fl,
             mac,
             dst: "192.168.77.3".parse().unwrap(),
         };
         nl.apply_all(&[
-            Op::EnsureNeighbour(neigh),
-            Op::EnsureFdb(fdb),
-            Op::EnsureRoute(route.clone()),
+            Op::ReplaceNeighbour(neigh),
+            Op::ReplaceFdb(fdb),
+            Op::ReplaceRoute(route.clone()),
         ])
         .await
         .unwrap();
@@ -145,7 +145,7 @@ fn a_full_buffer_surfaces_as_overflow() {
         let mut monitor = Monitor::open_with_buffer(nl.netns(), MonitorGroups::NEIGH, 1).unwrap();
         let ops: Vec<Op> = (0..2000u32)
             .map(|i| {
-                Op::EnsureNeighbour(Neighbour {
+                Op::ReplaceNeighbour(Neighbour {
                     ifindex: fl,
                     ip: IpAddr::V4(std::net::Ipv4Addr::new(
                         10,
@@ -153,14 +153,7 @@ fn a_full_buffer_surfaces_as_overflow() {
                         (i / 256) as u8,
                         (i % 256) as u8,
                     )),
-                    mac: flannel_rs::netlink::MacAddr([
-                        2,
-                        0,
-                        0,
-                        0,
-                        (i / 256) as u8,
-                        (i % 256) as u8,
-                    ]),
+                    mac: flannel_rs::net::MacAddr([2, 0, 0, 0, (i / 256) as u8, (i % 256) as u8]),
                 })
             })
             .collect();

@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use flannel_rs::netlink::{FdbEntry, MacAddr, Neighbour};
+use flannel_rs::netlink::{Fdb, Neighbour};
+
+use flannel_rs::net::MacAddr;
 use serde_json::Value;
 
 use crate::harness::{NetnsGuard, bridge_json, ip_json, netns};
@@ -165,7 +167,7 @@ fn fdb_entries_on_vxlan() {
         .status()
         .unwrap();
     with_netlink(ns, |nl| async move {
-        let peer = FdbEntry {
+        let peer = Fdb {
             ifindex: fl,
             mac: mac("0e:00:00:00:03:03"),
             dst: ip("192.168.77.3"),
@@ -178,7 +180,7 @@ fn fdb_entries_on_vxlan() {
         );
 
         // Replace moves the MAC to another VTEP: still one entry.
-        let moved = FdbEntry {
+        let moved = Fdb {
             dst: ip("192.168.77.4"),
             ..peer
         };
@@ -189,7 +191,7 @@ fn fdb_entries_on_vxlan() {
         );
 
         // Append: the all-zero MAC floods to several VTEPs.
-        let flood = |dst: &str| FdbEntry {
+        let flood = |dst: &str| Fdb {
             ifindex: fl,
             mac: MacAddr::ZERO,
             dst: ip(dst),

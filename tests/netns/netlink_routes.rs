@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 
-use flannel_rs::netlink::{IpFamily, Route, RouteFilter, RouteProtocol, RouteScope};
+use flannel_rs::netlink::{Route, RouteFilter, RouteProtocol, RouteScope};
+
+use flannel_rs::net::Family;
 use serde_json::Value;
 
 use crate::harness::{NetnsGuard, ip_json, netns};
@@ -46,7 +48,7 @@ fn onlink_gateway_route_is_ensured_and_removed() {
         );
 
         let ours = nl
-            .routes(&RouteFilter::main().oif(fl).family(IpFamily::V4))
+            .routes(&RouteFilter::main().oif(fl).family(Family::V4))
             .await
             .unwrap();
         assert_eq!(ours, vec![route.clone()]);
@@ -129,7 +131,7 @@ fn route_attributes_reach_the_kernel() {
             vec![big_table.clone()]
         );
         let ours6 = nl
-            .routes(&RouteFilter::main().family(IpFamily::V6).oif(u))
+            .routes(&RouteFilter::main().family(Family::V6).oif(u))
             .await
             .unwrap();
         assert!(ours6.contains(&v6), "{ours6:?}");
@@ -201,11 +203,11 @@ fn route_filters_match_ips_view() {
         let p99 = RouteProtocol::Other(99);
         let cases: Vec<(RouteFilter, Vec<&str>)> = vec![
             (
-                RouteFilter::main().family(IpFamily::V4),
+                RouteFilter::main().family(Family::V4),
                 vec!["table", "main"],
             ),
             (
-                RouteFilter::main().family(IpFamily::V4).oif(a),
+                RouteFilter::main().family(Family::V4).oif(a),
                 vec!["table", "main", "dev", "rfa"],
             ),
             (
@@ -218,7 +220,7 @@ fn route_filters_match_ips_view() {
             ),
             (RouteFilter::default().table(200), vec!["table", "200"]),
             (
-                RouteFilter::default().protocol(p99).family(IpFamily::V4),
+                RouteFilter::default().protocol(p99).family(Family::V4),
                 vec!["table", "all", "proto", "99"],
             ),
         ];
@@ -242,9 +244,9 @@ fn route_filters_match_ips_view() {
                 .is_empty()
         );
         let v6 = nl
-            .routes(&RouteFilter::main().family(IpFamily::V6))
+            .routes(&RouteFilter::main().family(Family::V6))
             .await
             .unwrap();
-        assert!(v6.iter().all(|r| r.family() == IpFamily::V6));
+        assert!(v6.iter().all(|r| r.family() == Family::V6));
     });
 }

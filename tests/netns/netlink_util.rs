@@ -4,7 +4,9 @@
 
 use std::future::Future;
 
-use flannel_rs::netlink::{MacAddr, Netlink, VxlanSpec};
+use flannel_rs::netlink::{Netlink, VxlanSpec};
+
+use flannel_rs::net::MacAddr;
 use serde_json::Value;
 
 use crate::harness::{NetnsGuard, ip_json, runtime};

@@ -1,7 +1,7 @@
 //! The underlay switch used by daemon tests, benchmarks and the local cluster.
 
 use crate::harness::*;
-use flannel_rs::testsupport::topology::Switch;
+use frs_testsupport::topology::Switch;
 
 #[test]
 fn hosts_on_a_switch_reach_each_other_and_nothing_else() {

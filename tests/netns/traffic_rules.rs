@@ -102,7 +102,7 @@ fn repaired(outcome: EnsureOutcome) -> Vec<String> {
     }
 }
 
-// Golden text from upstream (spec §7.1/§7.2), written out literally on purpose.
+// Golden text from upstream (upstream's pkg/trafficmngr), written out literally on purpose.
 const MASQ_JUMP: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#;
 const FWD_JUMP: &str = r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#;
 const FOREIGN_NAT: &str =

@@ -1,0 +1,500 @@
+//! The one reconcile path: start-up, node watch events, netlink drift and the periodic resync
+//! all end in [`Reconciler::pass`], which computes the desired state from the node cache,
+//! reads the kernel, and applies only the difference — device by device
+//! ([`Reconciler::program_device`]). [`view`] keeps what is known of the kernel between passes;
+//! [`summary`] is what a pass reports.
+
+mod summary;
+mod view;
+
+pub use summary::{DeviceSummary, PassSummary, PeerSummary, RejectedSummary};
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::netlink::{Link, Netlink};
+
+use super::datapath::{self, DeviceAction};
+use super::memory;
+use super::metrics::Metrics;
+use super::node_cache::NodeCache;
+use super::pure::annotations::AnnotationKeys;
+use super::pure::backoff::Backoff;
+use super::pure::desired::{self, FamilyState, KernelEntries, OwnMacs, Underlay};
+use super::pure::lease::PodSubnets;
+use super::pure::netconf::NetConf;
+use super::pure::peers::{
+    self, LostAnnotations, ParseMemo, PeerSelection, RejectionTracker, ValidationContext,
+};
+use super::pure::plan;
+use crate::net::Family;
+use view::{DeviceEntries, HeldEntries, KernelView};
+
+/// Everything a pass needs besides the node cache; fixed for the daemon's lifetime.
+pub struct ReconcileInputs {
+    pub keys: AnnotationKeys,
+    pub netconf: NetConf,
+    pub lease: PodSubnets,
+    pub underlay: Underlay,
+    pub own_macs: OwnMacs,
+    pub validation: ValidationContext,
+}
+
+/// Timing knobs.
+#[derive(Debug, Clone)]
+pub struct ReconcileTiming {
+    /// Full resync as a backstop, even when nothing signalled a change.
+    pub resync: Duration,
+    /// After a wake-up, wait this long for more events so a burst becomes one pass.
+    pub coalesce: Duration,
+}
+
+impl Default for ReconcileTiming {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(60),
+            coalesce: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Why a pass ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Startup,
+    NodeChange,
+    Drift,
+    Resync,
+    Retry,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("compute desired state: {0}")]
+    Desired(#[from] desired::DesiredError),
+    #[error(transparent)]
+    Datapath(#[from] datapath::DatapathError),
+}
+
+pub struct Reconciler {
+    pub nl: Netlink,
+    pub inputs: ReconcileInputs,
+    pub cache: Arc<NodeCache>,
+    pub metrics: Arc<Metrics>,
+    pub timing: ReconcileTiming,
+    pub last: Arc<Mutex<PassSummary>>,
+    rejections: RejectionTracker,
+    lost_annotations: LostAnnotations,
+    view: KernelView,
+    /// The pod MTU of the last desired state (the smallest device MTU), for subnet.env.
+    pub pod_mtu: Option<u32>,
+    /// Each node's parse verdict while the first list is in progress (see [`ParseMemo`]).
+    parse_memo: ParseMemo,
+    /// The last pass left errors behind: the loop retries after a backoff.
+    retry_due: bool,
+}
+
+/// What one device's step of a pass did.
+struct DeviceOutcome {
+    summary: DeviceSummary,
+    operations: usize,
+    errors: Vec<String>,
+    /// What the kernel holds on the device after a provisional pass whose changes all applied.
+    held: Option<KernelEntries>,
+}
+
+impl Reconciler {
+    pub fn new(
+        nl: Netlink,
+        inputs: ReconcileInputs,
+        cache: Arc<NodeCache>,
+        metrics: Arc<Metrics>,
+        timing: ReconcileTiming,
+    ) -> Self {
+        Self {
+            nl,
+            inputs,
+            cache,
+            metrics,
+            timing,
+            last: Arc::new(Mutex::new(PassSummary::default())),
+            rejections: RejectionTracker::default(),
+            lost_annotations: LostAnnotations::default(),
+            view: KernelView::default(),
+            pod_mtu: None,
+            parse_memo: ParseMemo::default(),
+            retry_due: false,
+        }
+    }
+
+    /// One reconcile: desired from the cache, actual from the kernel, apply the difference.
+    pub async fn pass(&mut self, trigger: Trigger) -> Result<PassSummary, ReconcileError> {
+        let outcome = self.pass_inner(trigger).await;
+        self.retry_due = !matches!(&outcome, Ok(s) if s.errors.is_empty());
+        outcome
+    }
+
+    async fn pass_inner(&mut self, trigger: Trigger) -> Result<PassSummary, ReconcileError> {
+        let started = Instant::now();
+        // Before the first complete list, peers are programmed as pages arrive, additively.
+        let provisional = !self.cache.is_synced();
+        let mut held = self.view.take_held(trigger);
+        let selection = self.select_peers(provisional);
+        let selected_us = started.elapsed().as_micros() as u64;
+
+        let inputs = &self.inputs;
+        let mut desired = desired::desired_state(
+            &inputs.netconf.backend,
+            &inputs.underlay,
+            &inputs.lease,
+            &inputs.own_macs,
+            &selection.peers,
+        )?;
+        let desired_us = started.elapsed().as_micros() as u64;
+
+        let mut summary = PassSummary {
+            trigger: Some(trigger),
+            provisional,
+            ..PassSummary::default()
+        };
+        let mut devices = Vec::new();
+        // Kept only if the whole pass completes, together with the wanted entries, which the
+        // drift test needs to notice changes behind the held view.
+        let mut held_after = Vec::new();
+        // Devices first: the monitor opens (once) after them and before the first dump.
+        let mut ensured = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            if let Some(state) = desired.family(family) {
+                ensured.push((family, state, self.ensure_device(family, state).await?));
+            }
+        }
+        self.view.open_monitor_once(&self.nl);
+        for (family, state, (device, action)) in ensured {
+            let outcome = self
+                .program_device(
+                    family,
+                    state,
+                    (&device, action),
+                    &mut held,
+                    trigger,
+                    provisional,
+                )
+                .await?;
+            tracing::debug!(
+                device = %outcome.summary.name,
+                provisional,
+                selected_us,
+                desired_us,
+                applied_us = started.elapsed().as_micros() as u64,
+                "reconcile pass (µs since the pass began)"
+            );
+            let index = outcome.summary.index;
+            if let Some(entries) = outcome.held {
+                held_after.push(DeviceEntries {
+                    family,
+                    index,
+                    entries,
+                });
+            }
+            summary.operations += outcome.operations;
+            summary.errors.extend(outcome.errors);
+            summary.devices.push(outcome.summary);
+            devices.push((family, index));
+        }
+        self.pod_mtu = desired.pod_mtu();
+        // The desired entries are kept (moved, not copied) for drift detection until the next
+        // pass, rebuilt in one go: full B-tree nodes (desired_state inserts in peer order).
+        let wanted = devices
+            .into_iter()
+            .filter_map(|(family, index)| {
+                let state = desired.get_mut(family).take()?;
+                let e = state.entries;
+                Some(DeviceEntries {
+                    family,
+                    index,
+                    entries: KernelEntries {
+                        neighbours: e.neighbours.into_iter().collect(),
+                        fdb: e.fdb.into_iter().collect(),
+                        routes: e.routes.into_iter().collect(),
+                    },
+                })
+            })
+            .collect();
+        self.view.record(wanted, held_after);
+
+        self.metrics
+            .set_peers_programmed(selection.peers.len() as u64);
+        summary.peers = selection
+            .peers
+            .iter()
+            .map(|p| PeerSummary {
+                node: p.name.clone(),
+                endpoints: p.endpoints().map(|(_, e)| *e).collect(),
+            })
+            .collect();
+        summary.rejected = selection
+            .rejected
+            .iter()
+            .map(|r| RejectedSummary {
+                node: r.name.clone(),
+                kind: r.reason.kind().as_str().to_string(),
+                reason: r.reason.to_string(),
+            })
+            .collect();
+        let took = started.elapsed();
+        summary.duration_ms = took.as_secs_f64() * 1000.0;
+        summary.finished_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        self.metrics
+            .observe_reconcile(took, summary.errors.is_empty());
+        if let Ok(mut last) = self.last.lock() {
+            *last = summary.clone();
+        }
+        Ok(summary)
+    }
+
+    /// The peers to program, from the node cache: validated, conflicts settled, peers that
+    /// only lost their annotations kept; new rejections logged and counted.
+    fn select_peers(&mut self, provisional: bool) -> PeerSelection {
+        let inputs = &self.inputs;
+        // The memo lives only while the list is in progress (no memory kept for later).
+        let memo = &mut self.parse_memo;
+        if !provisional {
+            *memo = ParseMemo::default();
+        }
+        let mut selection = self.cache.with_nodes(|nodes| {
+            if provisional {
+                peers::select_peers_parsed_by(nodes.values(), &inputs.validation, |node| {
+                    memo.parse(node, &inputs.keys, &inputs.validation)
+                })
+            } else {
+                peers::select_peers(nodes.values(), &inputs.keys, &inputs.validation)
+            }
+        });
+        let cache = &self.cache;
+        for name in self.lost_annotations.keep(&mut selection, |n| cache.get(n)) {
+            tracing::warn!(
+                peer = %name,
+                "node lost its flannel annotations; keeping its entries until they are back or the node is deleted"
+            );
+        }
+        // Verdicts on a partial list can change (an older holder of a subnet may be on a later
+        // page); they are logged and counted once the list is complete.
+        if provisional {
+            return selection;
+        }
+        for r in self.rejections.update(&selection.rejected) {
+            if r.reason.is_benign() {
+                tracing::debug!(peer = %r.name, reason = %r.reason, "node is not a flannel vxlan peer");
+            } else {
+                self.metrics.count_rejection(r.reason.kind());
+                tracing::warn!(peer = %r.name, reason = %r.reason, "rejected peer: nothing is programmed for it");
+            }
+        }
+        self.metrics.set_peers_rejected(
+            selection
+                .rejected
+                .iter()
+                .filter(|r| !r.reason.is_benign())
+                .map(|r| r.reason.kind()),
+        );
+        selection
+    }
+
+    /// Creates the family's VXLAN device, or adopts or recreates the one there.
+    async fn ensure_device(
+        &self,
+        family: Family,
+        state: &FamilyState,
+    ) -> Result<(Link, DeviceAction), ReconcileError> {
+        let network = self.inputs.netconf.network(family);
+        let (device, action) = datapath::ensure_device(&self.nl, &state.device, network).await?;
+        match action {
+            DeviceAction::Adopted => {}
+            DeviceAction::Created => {
+                tracing::info!(device = %device.name, index = device.index, "created vxlan device")
+            }
+            DeviceAction::Recreated => {
+                tracing::warn!(device = %device.name, index = device.index, "recreated vxlan device")
+            }
+        }
+        Ok((device, action))
+    }
+
+    /// One device's entries: read what it holds (or take the held view), diff, apply.
+    async fn program_device(
+        &self,
+        family: Family,
+        state: &FamilyState,
+        (device, action): (&Link, DeviceAction),
+        held: &mut HeldEntries,
+        trigger: Trigger,
+        provisional: bool,
+    ) -> Result<DeviceOutcome, ReconcileError> {
+        let reused = held
+            .take(family, device.index)
+            .filter(|_| action == DeviceAction::Adopted);
+        let actual = match reused {
+            Some(entries) => entries,
+            None => datapath::actual_entries(&self.nl, device, family).await?,
+        };
+        let mut plan = plan::diff(&actual, &state.entries);
+        // A provisional pass keeps its view of the kernel for the next page; otherwise the
+        // dump (3 entries per peer) is not needed while the plan is applied.
+        let mut view = None;
+        if provisional {
+            plan = plan.additions_only(&actual);
+            view = Some(actual);
+        } else {
+            drop(actual);
+        }
+        let mut failed = Vec::new();
+        let mut operations = 0;
+        if !plan.is_empty() {
+            let ops = datapath::plan_ops(&plan, device.index);
+            let results = self.nl.apply(&ops).await;
+            failed = results
+                .iter()
+                .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+                .collect();
+            operations = ops.len();
+            self.metrics.add_netlink_ops(ops.len() as u64);
+            if matches!(trigger, Trigger::Drift | Trigger::Resync)
+                && action == DeviceAction::Adopted
+            {
+                self.metrics
+                    .add_drift_repairs((ops.len() - failed.len()) as u64);
+            }
+            tracing::info!(
+                device = %device.name,
+                trigger = ?trigger,
+                add_or_replace = plan.neighbours.add.len() + plan.fdb.add.len() + plan.routes.add.len()
+                    + plan.neighbours.replace.len() + plan.fdb.replace.len() + plan.routes.replace.len(),
+                remove = plan.neighbours.remove.len() + plan.fdb.remove.len() + plan.routes.remove.len(),
+                failed = failed.len(),
+                "applied kernel changes"
+            );
+            for e in failed.iter().take(5) {
+                tracing::warn!(device = %device.name, error = %e, "kernel change failed");
+            }
+        }
+        // What failed is unknown ground: the next pass dumps.
+        let held = view.filter(|_| failed.is_empty()).map(|mut entries| {
+            entries
+                .neighbours
+                .extend(plan.neighbours.add.iter().copied());
+            entries.fdb.extend(plan.fdb.add.iter().copied());
+            entries.routes.extend(plan.routes.add.iter().copied());
+            entries
+        });
+        Ok(DeviceOutcome {
+            summary: DeviceSummary {
+                name: device.name.clone(),
+                index: device.index,
+                mac: device.mac.map(|m| m.to_string()).unwrap_or_default(),
+                mtu: device.mtu,
+                entries: state.entries.len(),
+            },
+            operations,
+            errors: failed,
+            held,
+        })
+    }
+
+    /// Runs passes until `shutdown`, after the start-up pass (the daemon runs it first, for
+    /// subnet.env). `first_pass` turns true after the first complete pass that left no error
+    /// behind (readiness).
+    pub async fn run(
+        mut self,
+        mut peers_changed: watch::Receiver<u64>,
+        first_pass: watch::Sender<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut retry_in = self.retry_due.then(|| retry.next_delay(&mut rng));
+        loop {
+            // Node events that came in during the pass have had its whole duration to gather:
+            // waiting for more only delays them.
+            let backlog = peers_changed.has_changed().unwrap_or(false);
+            let Some(trigger) = self
+                .wait_for_trigger(&mut peers_changed, retry_in, &shutdown)
+                .await
+            else {
+                return;
+            };
+            // After a failed pass the retry backoff paces passes, queued events or not.
+            if !(backlog && trigger == Trigger::NodeChange && retry_in.is_none()) {
+                // Let a burst of node events or kernel notifications settle into one pass.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(self.timing.coalesce) => {}
+                }
+            }
+            peers_changed.borrow_and_update();
+
+            let outcome = self.pass(trigger).await;
+            // A pass's dumps and plan are freed now; hand their pages back (see memory.rs).
+            memory::release_free_memory();
+            retry_in = match outcome {
+                Ok(summary) if summary.errors.is_empty() => {
+                    retry.reset();
+                    if !summary.provisional {
+                        let _ = first_pass.send(true);
+                    }
+                    None
+                }
+                Ok(summary) => {
+                    let delay = retry.next_delay(&mut rng);
+                    tracing::warn!(
+                        errors = summary.errors.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "reconcile left errors; retrying"
+                    );
+                    Some(delay)
+                }
+                Err(err) => {
+                    let delay = retry.next_delay(&mut rng);
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying");
+                    Some(delay)
+                }
+            };
+        }
+    }
+
+    async fn wait_for_trigger(
+        &mut self,
+        peers_changed: &mut watch::Receiver<u64>,
+        retry_in: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) -> Option<Trigger> {
+        let retry = async {
+            match retry_in {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            changed = peers_changed.changed() => {
+                if changed.is_err() {
+                    // The watcher ended (shutdown in progress).
+                    shutdown.cancelled().await;
+                    return None;
+                }
+                Some(Trigger::NodeChange)
+            }
+            _ = tokio::time::sleep(self.timing.resync) => Some(Trigger::Resync),
+            _ = retry => Some(Trigger::Retry),
+            _ = self.view.drift(&self.nl) => Some(Trigger::Drift),
+        }
+    }
+}

@@ -1,8 +1,0 @@
-//! Fidelity tests for hack/kube-testserver: real HTTP(S) against the real binary, with raw
-//! requests, kube-rs and kubectl.
-
-mod common;
-mod faults;
-mod kube_client;
-mod kubectl;
-mod semantics;
