@@ -34,7 +34,7 @@ struct Rig {
     podman: Podman,
 }
 
-fn rig(third_octet: u8) -> Rig {
+fn rig() -> Rig {
     let dir = tempfile::Builder::new()
         .prefix(&format!("frs-{}-deploy-", std::process::id()))
         .tempdir()
@@ -43,10 +43,11 @@ fn rig(third_octet: u8) -> Rig {
     let role = write_role(&m, dir.path());
     let podman = Podman::new(dir.path());
     podman.require_image();
+    let underlay = frs_testsupport::topology::next_underlay();
     let lab = Lab::new(
         LabOptions {
-            tag: format!("d{third_octet}"),
-            underlay: [192, 168, third_octet],
+            tag: format!("d{}", underlay[2]),
+            underlay,
             server: TestServerOptions {
                 extra_args: vec!["--flannel-role".into(), role.display().to_string()],
                 ..Default::default()
@@ -189,8 +190,23 @@ fn print_pings(what: &str, stats: &[PingStats]) {
 
 #[test]
 fn deploy_manifest_three_nodes_ping_and_rolling_restart() {
-    let rig = rig(160);
+    let rig = rig();
     let m = load_manifest();
+    let size = rig.podman.output(&[
+        "image".into(),
+        "inspect".into(),
+        "--format".into(),
+        "{{.Size}}".into(),
+        IMAGE.into(),
+    ]);
+    let size: u64 = String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .expect("image size");
+    eprintln!(
+        "image {IMAGE}: {:.1} MiB uncompressed",
+        size as f64 / (1024.0 * 1024.0)
+    );
     let runner = DaemonSetRunner::new(&m, &rig.podman, &rig.lab, rig.dir.path());
     let hosts: Vec<Host> = (1..=3)
         .map(|i| rig.lab.add_host(&format!("n{i}"), i).expect("host"))
@@ -463,7 +479,7 @@ fn start_upstream_pod<'p>(
 
 #[test]
 fn deploy_manifest_takes_over_a_node_left_by_upstream() {
-    let rig = rig(161);
+    let rig = rig();
     let m = load_manifest();
     let runner = DaemonSetRunner::new(&m, &rig.podman, &rig.lab, rig.dir.path());
     let hosts: Vec<Host> = (1..=3)
@@ -605,7 +621,7 @@ fn deploy_manifest_takes_over_a_node_left_by_upstream() {
 
 #[test]
 fn deploy_manifest_bad_input_fails_clearly_and_leaves_the_node_alone() {
-    let rig = rig(162);
+    let rig = rig();
     let m = load_manifest();
     let runner = DaemonSetRunner::new(&m, &rig.podman, &rig.lab, rig.dir.path());
     let host = rig.lab.add_host("n1", 1).expect("host");
