@@ -86,6 +86,8 @@ done
 # Caches and logs of the bootstrap are not part of the image.
 rm -rf "$stage"/var/cache/apt/* "$stage"/var/lib/apt/lists/* "$stage"/var/log/*
 
+# The image this build replaces, removed after the import so rebuilds leave no untagged copies.
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 echo "== podman import $image"
 tar -C "$stage" --numeric-owner -cf - . | podman import --quiet \
     --change 'CMD ["/opt/bin/flanneld"]' \
@@ -93,5 +95,9 @@ tar -C "$stage" --numeric-owner -cf - . | podman import --quiet \
     --change "LABEL org.opencontainers.image.version=${version}" \
     - "$image" >/dev/null
 
+current=$(podman image inspect --format '{{.Id}}' "$image")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true  # still used by a container: kept
+fi
 size=$(podman image inspect --format '{{.Size}}' "$image")
 echo "image $image: $((size / 1024 / 1024)) MiB ($size bytes, uncompressed)"

@@ -13,7 +13,10 @@ hack/install-deps.sh
 leaks_before=$(ip netns list | grep -c '^frs-' || true)
 files_before=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' | wc -l)
 daemons() { { pgrep -x flanneld || true; pgrep -x kube-testserver || true; } | wc -l; }
-containers() { podman ps -a --format '{{.Names}}' 2>/dev/null | grep -c '^frs-' || true; }
+containers() {
+    { podman ps -a --format '{{.Names}}' 2>/dev/null; podman pod ps --format '{{.Name}}' 2>/dev/null; } |
+        grep -c '^frs-' || true
+}
 containers_before=$(containers)
 procs_before=$(daemons)
 cargo build --workspace --all-targets --locked
@@ -36,8 +39,8 @@ if [ "$files_after" -gt "$files_before" ]; then
     exit 1
 fi
 if [ "$(containers)" -gt "$containers_before" ]; then
-    echo "hack/test.sh: tests left podman containers behind:" >&2
-    podman ps -a --format '{{.Names}}' | grep '^frs-' >&2
+    echo "hack/test.sh: tests left podman containers or pods behind:" >&2
+    { podman ps -a --format '{{.Names}}'; podman pod ps --format '{{.Name}}'; } | grep '^frs-' >&2
     exit 1
 fi
 procs_after=$(daemons)
