@@ -128,7 +128,7 @@ fn wire_pod<'p>(
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no IPv4 in {result}"));
-    let name = format!("frs-{}-{}-{tag}", std::process::id(), node.name);
+    let name = podman.name(&format!("{}-{tag}", node.name));
     let container = ContainerGuard::new(&name, podman);
     let out = podman.output(&[
         "run".into(),

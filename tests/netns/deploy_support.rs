@@ -23,6 +23,8 @@ pub const IMAGE: &str = concat!("localhost/flannel-rs:", env!("CARGO_PKG_VERSION
 /// podman with this run's containers.conf.
 pub struct Podman {
     conf: PathBuf,
+    /// `frs-<pid>-<n>-`: container names of tests running in parallel in one process differ.
+    prefix: String,
 }
 
 /// `Max open files`-style row of /proc/self/limits: (soft, hard).
@@ -62,7 +64,15 @@ impl Podman {
             ),
         )
         .expect("write containers.conf");
-        Podman { conf }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("frs-{}-{n}-", std::process::id());
+        Podman { conf, prefix }
+    }
+
+    /// A container name unique to this test's podman (`frs-…`, as hack/test.sh checks).
+    pub fn name(&self, s: &str) -> String {
+        format!("{}{s}", self.prefix)
     }
 
     pub fn cmd(&self) -> Command {
@@ -183,10 +193,6 @@ pub struct DaemonSetRunner<'a> {
     api_host: String,
     api_port: String,
     seq: std::sync::atomic::AtomicU32,
-}
-
-fn cname(s: &str) -> String {
-    format!("frs-{}-{s}", std::process::id())
 }
 
 /// `128Mi` etc. in bytes.
@@ -416,7 +422,7 @@ impl<'a> DaemonSetRunner<'a> {
         let mut outputs = Vec::new();
         for c in self.manifest.init_containers() {
             let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = cname(&format!("{}-{}-{n}", node.name, c.name));
+            let name = self.podman.name(&format!("{}-{}-{n}", node.name, c.name));
             let guard = ContainerGuard {
                 name: name.clone(),
                 podman: self.podman,
@@ -443,7 +449,7 @@ impl<'a> DaemonSetRunner<'a> {
     pub fn start_main(&self, node: &DsNode, drop_caps: &[&str]) -> ContainerGuard<'a> {
         let c = self.manifest.main_container();
         let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = cname(&format!("{}-{}-{n}", node.name, c.name));
+        let name = self.podman.name(&format!("{}-{}-{n}", node.name, c.name));
         let guard = ContainerGuard {
             name: name.clone(),
             podman: self.podman,
