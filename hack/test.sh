@@ -13,8 +13,15 @@ hack/install-deps.sh
 leaks_before=$(ip netns list | grep -c '^frs-' || true)
 files_before=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' | wc -l)
 daemons() { { pgrep -x flanneld || true; pgrep -x kube-testserver || true; } | wc -l; }
+containers() {
+    { podman ps -a --format '{{.Names}}' 2>/dev/null; podman pod ps --format '{{.Name}}' 2>/dev/null; } |
+        grep -c '^frs-' || true
+}
+containers_before=$(containers)
 procs_before=$(daemons)
 cargo build --workspace --all-targets --locked
+# The image the manifest's end-to-end test runs (release binaries: quicker to build than dist).
+FRS_IMAGE_PROFILE="${FRS_IMAGE_PROFILE:-release}" hack/image.sh
 cargo test --workspace --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
 
 # A leftover namespace is a bug: fail loudly.
@@ -29,6 +36,11 @@ files_after=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' | wc -l)
 if [ "$files_after" -gt "$files_before" ]; then
     echo "hack/test.sh: tests left files behind:" >&2
     find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'frs-*' >&2
+    exit 1
+fi
+if [ "$(containers)" -gt "$containers_before" ]; then
+    echo "hack/test.sh: tests left podman containers or pods behind:" >&2
+    { podman ps -a --format '{{.Names}}'; podman pod ps --format '{{.Name}}'; } | grep '^frs-' >&2
     exit 1
 fi
 procs_after=$(daemons)

@@ -12,6 +12,7 @@ mod events_api;
 mod faults;
 mod managed;
 mod nodegen;
+mod role_file;
 mod selector;
 mod server;
 mod smp;
@@ -90,6 +91,9 @@ struct Cli {
     /// run leaves no server behind).
     #[arg(long)]
     exit_with_parent: bool,
+    /// Take the flannel identity's rules from this ClusterRole (JSON) instead of upstream's.
+    #[arg(long, value_name = "FILE")]
+    flannel_role: Option<PathBuf>,
 }
 
 fn yaml_string(s: &str) -> String {
@@ -145,6 +149,12 @@ async fn main() -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
 
     let mut identities = auth::default_identities();
+    if let Some(path) = &cli.flannel_role {
+        let rules = role_file::rules_from_file(path)?;
+        for id in identities.iter_mut().filter(|i| i.id == "flannel") {
+            id.rules = rules.clone();
+        }
+    }
     auth::apply_grants(&mut identities, &cli.grants).map_err(anyhow::Error::msg)?;
     let (outage_tx, outage_rx) = mpsc::unbounded_channel();
     let app = Arc::new(AppState {

@@ -49,6 +49,7 @@ pub mod config;
 pub mod delegate;
 pub mod env;
 pub mod ifreq;
+pub mod install;
 pub mod ipam;
 pub mod ipmasq;
 pub mod state;
@@ -72,6 +73,10 @@ fn init_tracing() {
 pub fn main_entry() -> ExitCode {
     init_tracing();
     let env = env::RuntimeEnv::from_process();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(mode) = install::wants_install(env.command.as_deref(), &argv) {
+        return install::main_entry(mode, argv);
+    }
     let Some(command) = env.command.clone() else {
         // Like the Go skeleton: a human ran the binary.
         eprintln!(

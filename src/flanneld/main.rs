@@ -56,6 +56,8 @@ fn run(flags: &Flags) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&config.net_config_path)
         .with_context(|| format!("reading {}", config.net_config_path.display()))?;
     NetConf::parse(&text)?;
+    // Before touching the node: without NET_ADMIN the first netlink write fails with a bare EPERM.
+    flannel_rs::flanneld::caps::require_net_admin()?;
 
     // Before any thread exists (see flanneld::memory).
     flannel_rs::flanneld::memory::tune_allocator();

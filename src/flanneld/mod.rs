@@ -7,8 +7,9 @@
 //! - [`reconcile`]: the pass (pure pipeline → [`datapath`] → netlink) and its trigger loop;
 //! - [`traffic`]: runs iptables/nft with the text [`pure::masq`] renders;
 //! - [`health`] (`/healthz`, `/readyz`, `/metrics`, `/status`), [`metrics`], [`explain`]
-//!   (`flanneld explain`), [`memory`] (allocator tuning).
+//!   (`flanneld explain`), [`memory`] (allocator tuning), [`caps`] (the NET_ADMIN start-up check).
 
+pub mod caps;
 pub mod daemon;
 pub mod datapath;
 pub mod explain;
