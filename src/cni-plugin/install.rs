@@ -443,23 +443,12 @@ mod tests {
             .tempdir()
             .expect("tempdir");
         let target_dir = dir.path().join("bin");
-        assert_eq!(
-            install_file(&target_dir, "p", b"one", 0o755).ok(),
-            Some(Outcome::Installed)
-        );
-        assert_eq!(
-            install_file(&target_dir, "p", b"one", 0o755).ok(),
-            Some(Outcome::Unchanged)
-        );
+        let install = |bytes: &[u8], mode| install_file(&target_dir, "p", bytes, mode).ok();
+        assert_eq!(install(b"one", 0o755), Some(Outcome::Installed));
+        assert_eq!(install(b"one", 0o755), Some(Outcome::Unchanged));
         // Same bytes, other mode: rewritten.
-        assert_eq!(
-            install_file(&target_dir, "p", b"one", 0o644).ok(),
-            Some(Outcome::Installed)
-        );
-        assert_eq!(
-            install_file(&target_dir, "p", b"two", 0o644).ok(),
-            Some(Outcome::Installed)
-        );
+        assert_eq!(install(b"one", 0o644), Some(Outcome::Installed));
+        assert_eq!(install(b"two", 0o644), Some(Outcome::Installed));
         assert_eq!(fs::read(target_dir.join("p")).expect("read"), b"two");
         let mode = fs::metadata(target_dir.join("p"))
             .expect("stat")

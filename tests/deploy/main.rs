@@ -10,6 +10,7 @@ use flannel_rs::cni::config::DEFAULT_SUBNET_FILE;
 use flannel_rs::cni::install::{self, DEFAULT_CONF_DIR, DEFAULT_PLUGIN_DIR};
 use flannel_rs::flanneld::pure::config::Flags;
 use flannel_rs::flanneld::pure::netconf::NetConf;
+use k8s_openapi::api::core::v1::{Container, VolumeMount};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use manifest::{Manifest, argv, flag_value, load};
@@ -295,12 +296,7 @@ fn the_init_containers_run_our_install_step() {
         flag_value(&conf_argv, "conflist"),
         Some("/etc/kube-flannel/cni-conf.json")
     );
-    let cfg_mount = conf
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|v| v.name == "flannel-cfg")
-        .expect("flannel-cfg mounted");
+    let cfg_mount = mount(conf, "flannel-cfg");
     assert_eq!(Path::new(&cfg_mount.mount_path).join("cni-conf.json"), src);
     let conflist = m.config("cni-conf.json").expect("cni-conf.json");
     install::validate_conflist(conflist.as_bytes()).expect("the ConfigMap's conflist installs");
@@ -324,6 +320,15 @@ fn the_init_containers_run_our_install_step() {
     );
 }
 
+/// The container's volume mount named `name`, or a test failure.
+fn mount<'c>(c: &'c Container, name: &str) -> &'c VolumeMount {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("{name} mounted in {}", c.name))
+}
+
 #[test]
 fn the_mounted_paths_are_the_binaries_defaults() {
     let m = the_manifest();
@@ -333,12 +338,7 @@ fn the_mounted_paths_are_the_binaries_defaults() {
         panic!("two init containers")
     };
     // net-conf.json: the daemon's default path is the ConfigMap key inside the mount.
-    let cfg = daemon
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|v| v.name == "flannel-cfg")
-        .expect("flannel-cfg mounted");
+    let cfg = mount(daemon, "flannel-cfg");
     assert_eq!(
         Path::new(&cfg.mount_path).join("net-conf.json"),
         defaults.net_config_path

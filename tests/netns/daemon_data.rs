@@ -272,7 +272,7 @@ fn slow_down_list_pages(lab: &Lab, pages: u64) {
 }
 
 /// A `flannel.1` as a daemon that ran here before left it (up; `mac` if given).
-fn plant_device(ns: &NetnsGuard, local: Ipv4Addr, mac: Option<&str>) {
+pub(crate) fn plant_device(ns: &NetnsGuard, local: Ipv4Addr, mac: Option<&str>) {
     let local = local.to_string();
     let mut args = vec!["link", "add", DEV];
     if let Some(mac) = mac {

@@ -182,6 +182,13 @@ fn wait_mesh(nodes: &[&Host], peers: usize, timeout: Duration) -> Option<Duratio
     .map(|(_, d)| d)
 }
 
+fn stop_pings(pingers: Vec<Pinger>) -> Vec<PingStats> {
+    pingers
+        .into_iter()
+        .map(|p| p.stop().expect("ping stats"))
+        .collect()
+}
+
 fn print_pings(what: &str, stats: &[PingStats]) {
     for s in stats {
         eprintln!("{what}: {s}");
@@ -351,10 +358,7 @@ fn deploy_manifest_three_nodes_ping_and_rolling_restart() {
         let n = p.received_so_far() + 20;
         assert!(p.wait_replies(n, Duration::from_secs(10)));
     }
-    let stats: Vec<PingStats> = pingers
-        .into_iter()
-        .map(|p| p.stop().expect("ping stats"))
-        .collect();
+    let stats = stop_pings(pingers);
     print_pings("rolling restart", &stats);
     for s in &stats {
         assert_eq!(s.lost, 0, "{s}");
@@ -373,27 +377,8 @@ fn plant_upstream_node(node: &DsNode, subnet: u8, mac: &str, peers: &[(u8, Strin
             .ip(args)
             .unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
     };
-    let local = node.host.address.to_string();
-    ip(&[
-        "link",
-        "add",
-        VXLAN,
-        "address",
-        mac,
-        "mtu",
-        "1450",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &local,
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
+    crate::daemon_data::plant_device(&node.host.ns, node.host.address, Some(mac));
+    ip(&["link", "set", VXLAN, "mtu", "1450"]);
     ip(&[
         "addr",
         "add",
@@ -401,7 +386,6 @@ fn plant_upstream_node(node: &DsNode, subnet: u8, mac: &str, peers: &[(u8, Strin
         "dev",
         VXLAN,
     ]);
-    ip(&["link", "set", VXLAN, "up"]);
     for (peer_subnet, peer_mac, peer_ip) in peers {
         let gw = format!("10.244.{peer_subnet}.0");
         ip(&[
@@ -589,10 +573,7 @@ fn deploy_manifest_takes_over_a_node_left_by_upstream() {
         let n = p.received_so_far() + 50;
         assert!(p.wait_replies(n, Duration::from_secs(10)));
     }
-    let stats: Vec<PingStats> = pingers
-        .into_iter()
-        .map(|p| p.stop().expect("ping stats"))
-        .collect();
+    let stats = stop_pings(pingers);
     print_pings("upstream takeover", &stats);
     for s in &stats {
         assert_eq!(s.lost, 0, "{s}");

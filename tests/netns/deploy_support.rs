@@ -484,27 +484,12 @@ impl<'a> DaemonSetRunner<'a> {
                     .container_port
             }
         };
-        let out = node
-            .host
-            .ns
-            .exec(
-                "curl",
-                &[
-                    "-s",
-                    "-m",
-                    "2",
-                    "-w",
-                    "\n%{http_code}",
-                    &format!(
-                        "http://127.0.0.1:{port}{}",
-                        get.path.as_deref().unwrap_or("/")
-                    ),
-                ],
-            )
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n')?;
-        Some((code.trim().parse().ok()?, body.to_string()))
+        let port = u16::try_from(port).ok()?;
+        frs_testsupport::lab::http_get_in(
+            node.host.ns.name(),
+            port,
+            get.path.as_deref().unwrap_or("/"),
+        )
     }
 
     /// Waits until the readiness probe answers 200 or the container stops; the time it took.
@@ -571,26 +556,12 @@ pub fn routes_on(host: &Host, dev: &str) -> usize {
 
 /// Resident memory of a process (VmRSS, KiB).
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    frs_testsupport::procfs::status_kib(pid, "VmRSS")
 }
 
 /// Peak resident memory of a process (VmHWM, KiB).
 pub fn hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    frs_testsupport::procfs::status_kib(pid, "VmHWM")
 }
 
 /// The manifest, or a test failure naming the file.

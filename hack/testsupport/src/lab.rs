@@ -432,24 +432,7 @@ impl Flanneld {
 
     /// GET a path of the health server (from inside the node's namespace, with curl).
     pub fn health(&self, path: &str) -> Option<(u16, String)> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                "curl",
-                "-s",
-                "-m",
-                "2",
-                "-w",
-                "\n%{http_code}",
-            ])
-            .arg(format!("http://127.0.0.1:8081{path}"))
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n')?;
-        Some((code.trim().parse().ok()?, body.to_string()))
+        http_get_in(&self.netns, 8081, path)
     }
 
     /// Waits until `/readyz` answers 200.
@@ -505,4 +488,27 @@ impl Drop for Flanneld {
             let _ = child.wait();
         }
     }
+}
+
+/// GET `http://127.0.0.1:PORT/PATH` from inside the named namespace (curl, 2 s limit): the
+/// status code and the body, or `None` when nothing answered.
+pub fn http_get_in(netns: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
 }
