@@ -438,10 +438,7 @@ mod tests {
 
     #[test]
     fn install_file_writes_once_and_leaves_no_temp_file() {
-        let dir = tempfile::Builder::new()
-            .prefix("frs-install-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = crate::test_util::temp_dir("install");
         let target_dir = dir.path().join("bin");
         let install = |bytes: &[u8], mode| install_file(&target_dir, "p", bytes, mode).ok();
         assert_eq!(install(b"one", 0o755), Some(Outcome::Installed));
@@ -468,10 +465,7 @@ mod tests {
 
     #[test]
     fn an_invalid_conflist_leaves_the_conf_dir_alone() {
-        let dir = tempfile::Builder::new()
-            .prefix("frs-install-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = crate::test_util::temp_dir("install");
         let src = dir.path().join("cni-conf.json");
         let conf_dir = dir.path().join("net.d");
         fs::write(&src, STOCK).expect("write");

@@ -182,6 +182,21 @@ fn wait_mesh(nodes: &[&Host], peers: usize, timeout: Duration) -> Option<Duratio
     .map(|(_, d)| d)
 }
 
+/// Waits for the container to stop, checks it failed (non-zero exit), returns its state line
+/// and its log.
+fn failed_run(c: &ContainerGuard<'_>) -> (String, String) {
+    let (state, _) = poll(READY_TIMEOUT, Duration::from_millis(50), || {
+        let s = c.state();
+        (!s.starts_with("running") && !s.starts_with("created")).then_some(s)
+    })
+    .expect("the daemon exits");
+    assert!(
+        (state.starts_with("exited") || state.starts_with("stopped")) && !state.ends_with(" 0"),
+        "{state}"
+    );
+    (state, c.logs())
+}
+
 fn stop_pings(pingers: Vec<Pinger>) -> Vec<PingStats> {
     pingers
         .into_iter()
@@ -650,17 +665,8 @@ fn deploy_manifest_bad_input_fails_clearly_and_leaves_the_node_alone() {
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"one"}}"#,
     );
     let c = runner.start_main(&node, &[]);
-    let (state, _) = poll(READY_TIMEOUT, Duration::from_millis(50), || {
-        let s = c.state();
-        (!s.starts_with("running") && !s.starts_with("created")).then_some(s)
-    })
-    .expect("the daemon exits");
-    let logs = c.logs();
+    let (state, logs) = failed_run(&c);
     eprintln!("bad net-conf.json: {state}: {}", logs.trim());
-    assert!(
-        (state.starts_with("exited") || state.starts_with("stopped")) && !state.ends_with(" 0"),
-        "{state}"
-    );
     assert_eq!(logs.trim().lines().count(), 1, "{logs}");
     assert!(logs.contains("VNI"), "{logs}");
     assert!(host.ns.ip(&["link", "show", VXLAN]).is_err(), "no device");
@@ -673,17 +679,8 @@ fn deploy_manifest_bad_input_fails_clearly_and_leaves_the_node_alone() {
 
     // Without NET_ADMIN: a clear error naming the capability, nothing done.
     let c = runner.start_main(&node, &["NET_ADMIN"]);
-    let (state, _) = poll(READY_TIMEOUT, Duration::from_millis(50), || {
-        let s = c.state();
-        (!s.starts_with("running") && !s.starts_with("created")).then_some(s)
-    })
-    .expect("the daemon exits");
-    let logs = c.logs();
+    let (state, logs) = failed_run(&c);
     eprintln!("no NET_ADMIN: {state}:\n{}", logs.trim());
-    assert!(
-        (state.starts_with("exited") || state.starts_with("stopped")) && !state.ends_with(" 0"),
-        "{state}"
-    );
     assert!(logs.contains("NET_ADMIN"), "{logs}");
     assert_eq!(logs.trim().lines().count(), 1, "{logs}");
     assert!(host.ns.ip(&["link", "show", VXLAN]).is_err(), "no device");
