@@ -289,15 +289,18 @@ impl CacheWriter {
     }
 }
 
-/// Starts the watcher task. It runs until `shutdown` is cancelled.
-pub fn spawn_node_watcher(
+/// The watcher task, for the caller to spawn; it runs until `shutdown` is cancelled.
+pub fn node_watcher(
     client: Client,
     own_node: String,
     annotation_prefix: AnnotationPrefix,
     page_size: u32,
     cache: Arc<NodeCache>,
     shutdown: CancellationToken,
-) -> (NodeSignals, tokio::task::JoinHandle<()>) {
+) -> (
+    NodeSignals,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let (peers_tx, peers_rx) = watch::channel(0);
     let (own_tx, own_rx) = watch::channel(0);
     let signals = NodeSignals {
@@ -308,7 +311,7 @@ pub fn spawn_node_watcher(
         peers: peers_tx,
         own: own_tx,
     };
-    let task = tokio::spawn(async move {
+    let task = async move {
         let api: Api<SlimNode> = Api::all(client);
         let config = watcher::Config::default().page_size(page_size);
         let stream = watcher::watcher(api, config).backoff(WatchBackoff::new());
@@ -358,7 +361,7 @@ pub fn spawn_node_watcher(
                 signaller.own();
             }
         }
-    });
+    };
     (signals, task)
 }
 
