@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use frs_testsupport::kube_testserver::LogFilter;
 use frs_testsupport::lab::{Flanneld, peer_annotations};
 
 use crate::daemon_control::{FLANNELD, lab};
@@ -50,8 +51,14 @@ fn after_an_outage_with_compacted_history_every_daemon_programs_a_new_node_quick
 
         lab.server.outage(Duration::from_secs(10)).unwrap();
         std::thread::sleep(Duration::from_secs(1));
-        // While the API is away, its history goes: every resume from before gets 410.
-        lab.server.compact_history().unwrap();
+        // While the API is away a Node changes (one flannel ignores: no podCIDR in the
+        // Network) and the history goes: every resume from before gets 410 Gone.
+        lab.server
+            .generate_nodes(&serde_json::json!({
+                "count": 1, "prefix": format!("outage{round}-"), "flannelAnnotations": false
+            }))
+            .unwrap();
+        let compacted = lab.server.compact_history().unwrap();
         // The API's return is when the create first succeeds (retried every 20 ms).
         let started = Instant::now();
         loop {
@@ -72,6 +79,10 @@ fn after_an_outage_with_compacted_history_every_daemon_programs_a_new_node_quick
             }
         }
         let returned = Instant::now();
+        let return_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let mut pending: Vec<usize> = (0..hosts.len()).collect();
         let mut took = vec![Duration::ZERO; hosts.len()];
         while !pending.is_empty() {
@@ -93,6 +104,22 @@ fn after_an_outage_with_compacted_history_every_daemon_programs_a_new_node_quick
             std::thread::sleep(Duration::from_millis(10));
         }
         let slowest = took.iter().max().copied().unwrap_or_default();
+        // Every daemon had to re-list: its resume was answered with 410.
+        let lists = lab
+            .server
+            .request_log(&LogFilter {
+                verb: Some("list".into()),
+                identity: Some("flannel".into()),
+                ..LogFilter::default()
+            })
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.time_ms + 100 >= return_ms && e.path.starts_with("/api/v1/nodes"))
+            .count();
+        assert!(
+            lists >= hosts.len(),
+            "round {round}: {lists} node lists after the return (compacted at {compacted})"
+        );
         println!(
             "round {round}: new node programmed after the API's return in {:?} (slowest {slowest:?})",
             took.iter()
