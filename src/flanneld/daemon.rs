@@ -69,7 +69,7 @@ pub async fn run(
                 if shutdown.is_cancelled() {
                     continue;
                 }
-                tracing::error!(task = exit.name, "{exit}; exiting (the datapath stays in place)");
+                // main prints it as the one line naming the task; the datapath stays.
                 return Err(exit.into());
             }
         }

@@ -4,11 +4,13 @@
 //! datapath as it was (nothing is flushed on exit).
 //!
 //! With `panic = "abort"` (the dist profile) a panic ends the process before the supervisor
-//! hears of it, so the panic hook names the task itself.
+//! hears of it, so a panic hook names the task itself.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, Once};
+#[cfg(panic = "abort")]
+use std::sync::Once;
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
 use tokio::sync::mpsc;
@@ -103,18 +105,23 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Adds the task's name to the panic report (the default hook only names the worker thread).
+/// With `panic = "abort"` the supervisor never hears of a panic: the panic hook names the task
+/// (the default hook only names the worker thread). With unwinding the supervisor's error is
+/// that line.
 fn install_panic_hook() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if let Ok(name) = TASK_NAME.try_with(|n| *n) {
-                eprintln!("flanneld: task {name} panicked");
-            }
-            previous(info);
-        }));
-    });
+    #[cfg(panic = "abort")]
+    {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if let Ok(name) = TASK_NAME.try_with(|n| *n) {
+                    eprintln!("flanneld: task {name} panicked");
+                }
+                previous(info);
+            }));
+        });
+    }
 }
 
 /// Faults a test build can inject into a named task, to test the supervisor from outside the
