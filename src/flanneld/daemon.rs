@@ -1,6 +1,8 @@
 //! The daemon's life: start-up in upstream's order (health first, though), then the long-running
 //! tasks — node watcher, annotation keeper, reconciler, traffic rules — until SIGTERM/SIGINT.
-//! Shutdown leaves the datapath in place: no flush, no device removal.
+//! Every task is spawned on the [`Tasks`] supervisor: one that ends or panics before shutdown
+//! ends the daemon with an error naming it. Shutdown, either way, leaves the datapath in
+//! place: no flush, no device removal.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,7 +35,9 @@ use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::node::{NodeInfo, SlimNode};
 use super::pure::peers::ValidationContext;
+use super::pure::watchdog::PassWatchdog;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
+use super::tasks::{Tasks, test_faults};
 use super::traffic::{BlackholeRoutes, TrafficConfig, TrafficRules};
 use crate::net::Family;
 use crate::subnet_env::{self, SubnetEnv};
@@ -43,13 +47,40 @@ use crate::subnet_env::{self, SubnetEnv};
 pub struct DaemonTuning {
     pub keeper: KeeperTiming,
     pub coalesce: Option<Duration>,
+    /// How long a requested reconcile pass may take before `/healthz` fails.
+    pub pass_bound: Option<Duration>,
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
+/// Runs the daemon until `shutdown` is cancelled, or until one of its tasks stops.
 pub async fn run(
     config: DaemonConfig,
     tuning: DaemonTuning,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (tasks, mut exits) = Tasks::new();
+    let daemon = run_supervised(config, tuning, shutdown.clone(), &tasks);
+    tokio::pin!(daemon);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut daemon => return result,
+            exit = exits.next() => {
+                // Tasks end on their own once shutdown began; that is no failure.
+                if shutdown.is_cancelled() {
+                    continue;
+                }
+                // main prints it as the one line naming the task; the datapath stays.
+                return Err(exit.into());
+            }
+        }
+    }
+}
+
+async fn run_supervised(
+    config: DaemonConfig,
+    tuning: DaemonTuning,
+    shutdown: CancellationToken,
+    tasks: &Tasks,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(std::sync::Mutex::new(StatusDoc::default()));
@@ -67,11 +98,16 @@ pub async fn run(
     if let Some(addr) = config.healthz {
         let (bound, serve) = health::bind(addr, health_state.clone(), shutdown.clone()).await?;
         tracing::info!(addr = %bound, "health server listening");
-        tokio::spawn(async move {
+        tasks.spawn("health-server", async move {
             if let Err(err) = serve.await {
                 tracing::error!(error = %err, "health server failed");
             }
         });
+    }
+    if let Some(bound) = tuning.pass_bound.or_else(test_faults::pass_bound)
+        && let Ok(mut w) = health_state.watchdog().lock()
+    {
+        *w = PassWatchdog::new(bound);
     }
 
     let netconf_text = std::fs::read_to_string(&config.net_config_path)
@@ -88,7 +124,7 @@ pub async fn run(
 
     let keys = config.annotation_keys.clone();
     let cache = NodeCache::new();
-    let (signals, _watcher) = node_cache::spawn_node_watcher(
+    let (signals, watcher) = node_cache::node_watcher(
         client.clone(),
         node_name.clone(),
         keys.prefix.clone(),
@@ -96,6 +132,7 @@ pub async fn run(
         cache.clone(),
         shutdown.clone(),
     );
+    tasks.spawn("node-watcher", watcher);
 
     // Our Node on its own, while the list runs: the lease, the device and the first peers need
     // not wait for thousands of Nodes. Any failure just leaves it to the list.
@@ -189,6 +226,7 @@ pub async fn run(
                 .unwrap_or(ReconcileTiming::default().coalesce),
         },
     );
+    reconciler.watchdog = health_state.watchdog();
     // Only the verdict is kept: the summary of 5000 peers would otherwise live as long as `run`.
     // A provisional pass (the list still running) is not the readiness pass.
     let first_clean = {
@@ -223,7 +261,10 @@ pub async fn run(
         timing: tuning.keeper.clone(),
         published: published_tx,
     };
-    tokio::spawn(keeper.run(signals.own_node_changed.clone(), shutdown.clone()));
+    tasks.spawn(
+        "annotation-keeper",
+        keeper.run(signals.own_node_changed.clone(), shutdown.clone()),
+    );
 
     // Masquerade and forward rules before subnet.env (upstream's order): pods must not start
     // before their traffic is handled. The previous subnet.env tells which old rules to drop.
@@ -239,10 +280,16 @@ pub async fn run(
         // Retried by the resync loop; the datapath itself does not depend on them.
         Err(err) => tracing::warn!(error = %err, "traffic rules could not be installed yet"),
     }
-    tokio::spawn(traffic.run(config.iptables_resync, shutdown.clone()));
+    tasks.spawn(
+        "traffic-rules",
+        traffic.run(config.iptables_resync, shutdown.clone()),
+    );
     if config.ip_blackhole_route {
         let blackholes = BlackholeRoutes::for_lease(&netconf, &lease);
-        tokio::spawn(blackholes.run(nl.clone(), config.iptables_resync, shutdown.clone()));
+        tasks.spawn(
+            "blackhole-routes",
+            blackholes.run(nl.clone(), config.iptables_resync, shutdown.clone()),
+        );
     }
 
     // subnet.env for the CNI plugin.
@@ -261,11 +308,15 @@ pub async fn run(
         let status = status.clone();
         set_status(&status, |s| s.last_pass = Some(last_pass));
     }
-    tokio::spawn(reconciler.run(
-        signals.peers_changed.clone(),
-        first_pass_tx,
-        shutdown.clone(),
-    ));
+    // The reconciler also owns the kernel monitor it waits on for drift.
+    tasks.spawn(
+        "reconciler",
+        reconciler.run(
+            signals.peers_changed.clone(),
+            first_pass_tx,
+            shutdown.clone(),
+        ),
+    );
 
     let ready = async {
         published_rx.wait_for(|p| *p).await.ok();

@@ -1,4 +1,5 @@
-//! The health server: `/healthz` (liveness) answers from the daemon's first moment, `/readyz`
+//! The health server: `/healthz` (liveness) answers from the daemon's first moment and fails
+//! once a requested reconcile pass is stuck (see [`PassWatchdog`]), `/readyz`
 //! turns 200 once the lease is known and the first full reconcile is done, `/metrics` exposes
 //! counters, and `/status` explains the daemon's view in one JSON document.
 //!
@@ -6,8 +7,9 @@
 //! list can get the pod killed by its liveness probe; we bind before anything else.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -15,12 +17,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use tokio_util::sync::CancellationToken;
 
+use super::pure::watchdog::{Liveness, PassWatchdog};
+
 /// Renders a document on demand (metrics text, status JSON).
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What the health endpoints report; shared with the daemon's tasks.
 pub struct HealthState {
     ready: AtomicBool,
+    watchdog: SharedWatchdog,
     metrics: Render,
     status: Render,
 }
@@ -29,6 +34,7 @@ impl HealthState {
     pub fn new(metrics: Render, status: Render) -> Arc<Self> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
+            watchdog: Arc::new(Mutex::new(PassWatchdog::default())),
             metrics,
             status,
         })
@@ -41,7 +47,22 @@ impl HealthState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+
+    /// The reconciler's watchdog, which `/healthz` consults.
+    pub fn watchdog(&self) -> SharedWatchdog {
+        self.watchdog.clone()
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        self.watchdog
+            .lock()
+            .map(|w| w.liveness(Instant::now()))
+            .unwrap_or(Liveness::Alive)
+    }
 }
+
+/// The reconciler marks requests and completed passes; the health server reads.
+pub type SharedWatchdog = Arc<Mutex<PassWatchdog>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -82,11 +103,38 @@ pub async fn bind(
 
 /// Upstream answers exact paths with any method; so do we.
 fn router(state: Arc<HealthState>) -> Router {
+    let live_state = state.clone();
     let ready_state = state.clone();
     let metrics_state = state.clone();
     let status_state = state;
     Router::new()
-        .route("/healthz", any(|| async { "flanneld is running" }))
+        .route(
+            "/healthz",
+            any(move || {
+                let state = live_state.clone();
+                async move {
+                    match state.liveness() {
+                        Liveness::Alive => (StatusCode::OK, "flanneld is running".to_string()),
+                        Liveness::Stuck { pending, bound } => {
+                            tracing::error!(
+                                pending_ms = pending.as_millis() as u64,
+                                bound_ms = bound.as_millis() as u64,
+                                "a requested reconcile pass has not completed; unhealthy"
+                            );
+                            (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!(
+                                    "flanneld is stuck: a reconcile pass requested {} ms ago has not completed (bound {} ms)",
+                                    pending.as_millis(),
+                                    bound.as_millis()
+                                ),
+                            )
+                        }
+                    }
+                    .into_response()
+                }
+            }),
+        )
         .route(
             "/readyz",
             any(move || {
@@ -136,7 +184,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readiness_follows_state_and_liveness_is_always_ok() {
+    async fn readiness_follows_state_and_liveness_follows_the_watchdog() {
         let state = HealthState::new(
             Arc::new(|| "flanneld_heals_total 3\n".to_string()),
             Arc::new(|| "{\"node\":\"n1\"}".to_string()),
@@ -165,6 +213,17 @@ mod tests {
                 .ends_with("flanneld_heals_total 3\n")
         );
         assert!(get(addr, "/status").await.ends_with("{\"node\":\"n1\"}"));
+
+        // A pass requested longer ago than the bound and not completed: unhealthy.
+        let watchdog = state.watchdog();
+        *watchdog.lock().unwrap() = PassWatchdog::new(std::time::Duration::from_millis(1));
+        watchdog.lock().unwrap().requested(Instant::now());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let stuck = get(addr, "/healthz").await;
+        assert!(stuck.starts_with("HTTP/1.1 503"), "{stuck}");
+        assert!(stuck.contains("reconcile pass"), "{stuck}");
+        watchdog.lock().unwrap().completed();
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
 
         token.cancel();

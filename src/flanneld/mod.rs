@@ -2,7 +2,7 @@
 //!
 //! [`pure`] holds every decision (flags, net-conf, annotations, peers, desired state, the
 //! diff); the modules here do the I/O around it:
-//! - [`daemon`]: start-up order and task wiring; [`kube`] the API client, [`node_cache`] the
+//! - [`daemon`]: start-up order and task wiring, under the [`tasks`] supervisor; [`kube`] the API client, [`node_cache`] the
 //!   Node watcher and its cache, [`keeper`] re-asserts our annotations;
 //! - [`reconcile`]: the pass (pure pipeline → [`datapath`] → netlink) and its trigger loop;
 //! - [`traffic`]: runs iptables/nft with the text [`pure::masq`] renders;
@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod node_cache;
 pub mod pure;
 pub mod reconcile;
+pub mod tasks;
 pub mod traffic;

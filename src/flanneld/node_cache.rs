@@ -1,22 +1,24 @@
 //! The node watcher: a paginated list + watch of all Nodes (resumed from the last
-//! resourceVersion, re-listed on 410, retried with jittered backoff — never exiting because
-//! the API server is away) feeding a slim cache of only what flannel needs per node.
+//! resourceVersion, re-listed at once on 410, retried with a short jittered backoff — never
+//! exiting because the API server is away) feeding a slim cache of only what flannel needs
+//! per node.
 //!
 //! Changes that do not touch podCIDRs, flannel annotations or addresses (kubelet heartbeats)
 //! only refresh the stored resourceVersion: they wake nobody and cost no netlink write.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::pure::annotations::AnnotationPrefix;
+use super::pure::backoff::Backoff;
 use super::pure::node::{NodeInfo, SlimNode};
 
 /// Snapshot of the cluster's nodes as the daemon needs them.
@@ -125,37 +127,32 @@ fn slim(node: SlimNode, prefix: &AnnotationPrefix) -> NodeInfo {
     NodeInfo::from_slim(node, prefix)
 }
 
-/// Retry pacing for the watch: jittered, doubling from 0.5 s but capped at 5 s — kube-rs'
-/// default caps at 30 s, so a node would learn peers added during an API outage long after
-/// the API server came back.
-struct WatchBackoff {
-    delays: super::pure::backoff::Backoff,
-    rng: rand::rngs::StdRng,
+/// Retry pacing for the watch after a failure other than 410: jittered, doubling from 0.2 s
+/// and capped at 1 s, so a returning API server is noticed within about a second however long
+/// it was away (kube-rs' default caps at 30 s), while the jitter spreads a fleet's reconnects.
+const RETRY_INITIAL: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// What a failed watcher step means for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchFailure {
+    /// 410 Gone: our resourceVersion (or continue token) is compacted away. The watcher has
+    /// already reset to a fresh list; waiting first only delays it.
+    Gone,
+    /// Anything else (server away, 5xx, 429, a broken stream): retry after the backoff.
+    Other,
 }
 
-impl WatchBackoff {
-    fn new() -> Self {
-        use rand::SeedableRng;
-        Self {
-            delays: super::pure::backoff::Backoff::new(
-                std::time::Duration::from_millis(500),
-                std::time::Duration::from_secs(5),
-            ),
-            rng: rand::rngs::StdRng::from_os_rng(),
+impl WatchFailure {
+    fn of(err: &watcher::Error) -> Self {
+        match err {
+            watcher::Error::WatchError(status) if status.code == 410 => Self::Gone,
+            // An expired continue token: the watcher restarts the list from the top.
+            watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 410 => {
+                Self::Gone
+            }
+            _ => Self::Other,
         }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = std::time::Duration;
-    fn next(&mut self) -> Option<Self::Item> {
-        Some(self.delays.next_delay(&mut self.rng))
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.delays.reset();
     }
 }
 
@@ -207,6 +204,8 @@ pub(crate) struct CacheWriter {
     /// with Init, also one whose request then fails, so an attempt counts once it delivered a
     /// node.)
     first_attempt_started: bool,
+    /// Pacing of retries; reset by any event.
+    retry: Backoff,
 }
 
 impl CacheWriter {
@@ -218,11 +217,27 @@ impl CacheWriter {
             listed: 0,
             own_listed: false,
             first_attempt_started: false,
+            retry: Backoff::new(RETRY_INITIAL, RETRY_MAX),
+        }
+    }
+
+    /// A watcher step failed: how long to wait before the next. Zero on 410, whatever came
+    /// before it: after an outage the first watch is usually answered with 410, and the
+    /// re-list it calls for is what brings the nodes created meanwhile.
+    pub fn on_error<R: rand::Rng + ?Sized>(
+        &mut self,
+        failure: WatchFailure,
+        rng: &mut R,
+    ) -> Duration {
+        match failure {
+            WatchFailure::Gone => Duration::ZERO,
+            WatchFailure::Other => self.retry.next_delay(rng),
         }
     }
 
     /// Applies one watcher event to `cache`.
     pub fn on_event(&mut self, cache: &NodeCache, event: Event<NodeInfo>) -> Wake {
+        self.retry.reset();
         match event {
             Event::Init => {
                 self.listed = 0;
@@ -289,15 +304,18 @@ impl CacheWriter {
     }
 }
 
-/// Starts the watcher task. It runs until `shutdown` is cancelled.
-pub fn spawn_node_watcher(
+/// The watcher task, for the caller to spawn; it runs until `shutdown` is cancelled.
+pub fn node_watcher(
     client: Client,
     own_node: String,
     annotation_prefix: AnnotationPrefix,
     page_size: u32,
     cache: Arc<NodeCache>,
     shutdown: CancellationToken,
-) -> (NodeSignals, tokio::task::JoinHandle<()>) {
+) -> (
+    NodeSignals,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let (peers_tx, peers_rx) = watch::channel(0);
     let (own_tx, own_rx) = watch::channel(0);
     let signals = NodeSignals {
@@ -308,12 +326,17 @@ pub fn spawn_node_watcher(
         peers: peers_tx,
         own: own_tx,
     };
-    let task = tokio::spawn(async move {
+    let task = async move {
         let api: Api<SlimNode> = Api::all(client);
         let config = watcher::Config::default().page_size(page_size);
-        let stream = watcher::watcher(api, config).backoff(WatchBackoff::new());
+        // No backoff layer: the loop below sleeps, as `CacheWriter::on_error` decides.
+        let stream = watcher::watcher(api, config);
         futures::pin_mut!(stream);
         let mut writer = CacheWriter::new(own_node, page_size);
+        let mut rng = {
+            use rand::SeedableRng;
+            rand::rngs::StdRng::from_os_rng()
+        };
         let mut failing = false;
         loop {
             let next = tokio::select! {
@@ -330,10 +353,18 @@ pub fn spawn_node_watcher(
                     event
                 }
                 Err(err) => {
-                    // One line per outage, not per retry; the datapath keeps working.
-                    if !failing {
+                    let failure = WatchFailure::of(&err);
+                    let delay = writer.on_error(failure, &mut rng);
+                    if failure == WatchFailure::Gone {
+                        tracing::info!(error = %err, "node watch expired; listing again now");
+                    } else if !failing {
+                        // One line per outage, not per retry; the datapath keeps working.
                         tracing::warn!(error = %err, "node watch failing; retrying with backoff");
                         failing = true;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
                     }
                     continue;
                 }
@@ -358,7 +389,7 @@ pub fn spawn_node_watcher(
                 signaller.own();
             }
         }
-    });
+    };
     (signals, task)
 }
 
@@ -519,6 +550,66 @@ mod tests {
         assert_eq!(synced_names(&cache), ["a", "gone"]);
         w.on_event(&cache, Event::InitDone);
         assert_eq!(synced_names(&cache), ["a"]);
+    }
+
+    #[test]
+    fn a_410_relists_at_once_and_other_failures_back_off_to_at_most_a_second() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let cache = NodeCache::new();
+        let mut w = CacheWriter::new("self".into(), 500);
+        // A long outage: the delays grow, but never past the cap, and vary (jitter).
+        let delays: Vec<Duration> = (0..50)
+            .map(|_| w.on_error(WatchFailure::Other, &mut rng))
+            .collect();
+        assert!(delays[0] <= RETRY_INITIAL, "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= RETRY_MAX), "{delays:?}");
+        assert!(
+            delays[10..].iter().all(|d| *d >= RETRY_MAX / 2),
+            "{delays:?}"
+        );
+        let distinct: std::collections::HashSet<_> = delays[10..].iter().collect();
+        assert!(distinct.len() > 30, "no jitter: {delays:?}");
+        // The server is back with its history compacted: the 410 costs no wait.
+        assert_eq!(w.on_error(WatchFailure::Gone, &mut rng), Duration::ZERO);
+        // The re-list's first event resets the backoff for the next outage.
+        w.on_event(&cache, Event::Init);
+        assert!(w.on_error(WatchFailure::Other, &mut rng) <= RETRY_INITIAL);
+    }
+
+    #[test]
+    fn failures_are_classified_by_their_status() {
+        let status = |code| {
+            Box::new(kube::core::Status {
+                code,
+                ..kube::core::Status::default()
+            })
+        };
+        assert_eq!(
+            WatchFailure::of(&watcher::Error::WatchError(status(410))),
+            WatchFailure::Gone
+        );
+        assert_eq!(
+            WatchFailure::of(&watcher::Error::InitialListFailed(kube::Error::Api(
+                status(410)
+            ))),
+            WatchFailure::Gone
+        );
+        assert_eq!(
+            WatchFailure::of(&watcher::Error::WatchError(status(500))),
+            WatchFailure::Other
+        );
+        // A 410 on starting the watch does not reset kube-rs' watcher to a list: backoff.
+        assert_eq!(
+            WatchFailure::of(&watcher::Error::WatchStartFailed(kube::Error::Api(status(
+                410
+            )))),
+            WatchFailure::Other
+        );
+        assert_eq!(
+            WatchFailure::of(&watcher::Error::NoResourceVersion),
+            WatchFailure::Other
+        );
     }
 
     #[test]

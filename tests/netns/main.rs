@@ -9,6 +9,8 @@ mod cni_support;
 mod daemon_control;
 mod daemon_data;
 mod daemon_dual;
+mod daemon_outage;
+mod daemon_supervision;
 mod deploy_e2e;
 mod deploy_support;
 mod e2e_cluster;

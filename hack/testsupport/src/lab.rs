@@ -300,6 +300,18 @@ impl Lab {
         node: &str,
         extra_args: &[&str],
     ) -> Result<Flanneld, LabError> {
+        self.start_flanneld_env(bin, host, node, extra_args, &[])
+    }
+
+    /// [`Lab::start_flanneld`] with extra environment variables (a test build's fault knobs).
+    pub fn start_flanneld_env(
+        &self,
+        bin: impl AsRef<Path>,
+        host: &Host,
+        node: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Flanneld, LabError> {
         let node_dir = self.dir.path().join(node);
         std::fs::create_dir_all(&node_dir).map_err(|source| LabError::Io {
             context: format!("create {}", node_dir.display()),
@@ -341,6 +353,7 @@ impl Lab {
                 "RUST_LOG",
                 std::env::var("FRS_FLANNELD_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -428,6 +441,20 @@ impl Flanneld {
     /// Still running?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            match self.child.as_mut()?.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if start.elapsed() < timeout => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// GET a path of the health server (from inside the node's namespace, with curl).

@@ -36,6 +36,7 @@ pub mod netconf;
 pub mod node;
 pub mod peers;
 pub mod plan;
+pub mod watchdog;
 
 /// The whole pure pipeline on one realistic input, as the wiring will drive it.
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::netlink::{Link, Netlink};
 
 use super::datapath::{self, DeviceAction};
+use super::health::SharedWatchdog;
 use super::memory;
 use super::metrics::Metrics;
 use super::node_cache::NodeCache;
@@ -98,6 +99,8 @@ pub struct Reconciler {
     parse_memo: ParseMemo,
     /// The last pass left errors behind: the loop retries after a backoff.
     retry_due: bool,
+    /// Told of every requested and every completed pass (liveness).
+    pub watchdog: SharedWatchdog,
 }
 
 /// What one device's step of a pass did.
@@ -130,17 +133,33 @@ impl Reconciler {
             pod_mtu: None,
             parse_memo: ParseMemo::default(),
             retry_due: false,
+            watchdog: SharedWatchdog::default(),
         }
     }
 
     /// One reconcile: desired from the cache, actual from the kernel, apply the difference.
     pub async fn pass(&mut self, trigger: Trigger) -> Result<PassSummary, ReconcileError> {
+        self.mark_requested();
         let outcome = self.pass_inner(trigger).await;
+        if let Ok(mut w) = self.watchdog.lock() {
+            w.completed();
+        }
         self.retry_due = !matches!(&outcome, Ok(s) if s.errors.is_empty());
         outcome
     }
 
+    fn mark_requested(&self) {
+        if let Ok(mut w) = self.watchdog.lock() {
+            w.requested(Instant::now());
+        }
+    }
+
     async fn pass_inner(&mut self, trigger: Trigger) -> Result<PassSummary, ReconcileError> {
+        // A test build can wedge the pass here, as a netlink request that never returns would.
+        if super::tasks::test_faults::active("reconcile:wedge") {
+            tracing::warn!("test fault: the reconcile pass is wedged");
+            std::future::pending::<()>().await;
+        }
         let started = Instant::now();
         // Before the first complete list, peers are programmed as pages arrive, additively.
         let provisional = !self.cache.is_synced();
@@ -431,6 +450,8 @@ impl Reconciler {
             else {
                 return;
             };
+            // Asked for now: the coalescing wait counts towards the bound too.
+            self.mark_requested();
             // After a failed pass the retry backoff paces passes, queued events or not.
             if !(backlog && trigger == Trigger::NodeChange && retry_in.is_none()) {
                 // Let a burst of node events or kernel notifications settle into one pass.
