@@ -45,14 +45,7 @@ pub fn lab_with_two_nodes(tag: &str) -> (Lab, Host) {
     own.insert("other.example.com/keep".to_string(), "yes".to_string());
     lab.create_node("n1", "10.244.1.0/24", host.address, own)
         .unwrap();
-    let peer_ip = lab.switch.address(2);
-    lab.create_node(
-        "n2",
-        "10.244.2.0/24",
-        peer_ip,
-        peer_annotations("0e:00:00:00:00:02", &peer_ip.to_string()),
-    )
-    .unwrap();
+    lab.create_numbered_peer(2).unwrap();
     (lab, host)
 }
 
@@ -255,14 +248,7 @@ fn an_api_outage_does_not_stop_the_daemon() {
         d.log()
     );
     // After the outage, a new peer is learned and programmed.
-    let ip3 = lab.switch.address(3);
-    lab.create_node(
-        "n3",
-        "10.244.3.0/24",
-        ip3,
-        peer_annotations("0e:00:00:00:00:03", &ip3.to_string()),
-    )
-    .unwrap();
+    lab.create_numbered_peer(3).unwrap();
     wait_until(
         "route to n3 after the outage",
         Duration::from_secs(30),

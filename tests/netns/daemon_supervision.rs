@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use frs_testsupport::lab::{Flanneld, Lab, peer_annotations};
+use frs_testsupport::lab::{Flanneld, Lab};
 use frs_testsupport::topology::Host;
 
 use crate::daemon_control::{FLANNELD, lab_with_two_nodes};
@@ -105,14 +105,7 @@ fn a_wedged_pass_turns_healthz_unhealthy_within_its_bound() {
     );
 
     // A new peer asks for a pass, which wedges.
-    let ip3 = lab.switch.address(3);
-    lab.create_node(
-        "n3",
-        "10.244.3.0/24",
-        ip3,
-        peer_annotations("0e:00:00:00:00:03", &ip3.to_string()),
-    )
-    .unwrap();
+    lab.create_numbered_peer(3).unwrap();
     let asked = Instant::now();
     let limit = bound + Duration::from_secs(10);
     let body = loop {

@@ -224,6 +224,19 @@ impl Lab {
         self.create_node_with_cidrs(name, &[pod_cidr], &[internal_ip.into()], annotations)
     }
 
+    /// Peer `n<i>` as a running flannel node would publish it: podCIDR 10.244.<i>.0/24, the
+    /// switch's address `i` as InternalIP and public IP, VTEP MAC 0e:00:00:00:00:<i>.
+    pub fn create_numbered_peer(&self, i: u8) -> Result<Ipv4Addr, LabError> {
+        let ip = self.switch.address(i);
+        self.create_node(
+            &format!("n{i}"),
+            &format!("10.244.{i}.0/24"),
+            ip,
+            peer_annotations(&format!("0e:00:00:00:00:{i:02x}"), &ip.to_string()),
+        )?;
+        Ok(ip)
+    }
+
     /// Like [`Lab::create_node`] for a dual-stack node: `spec.podCIDR` is the first of
     /// `pod_cidrs`, `spec.podCIDRs` all of them (as the controller-manager sets them), and
     /// every address becomes an InternalIP.
