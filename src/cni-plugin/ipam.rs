@@ -1056,6 +1056,13 @@ mod tests {
         ])
     }
 
+    /// A store in `<temp dir>/n` that does not fsync (the temp dir is returned to keep it).
+    fn page_cache_store(tag: &str) -> (tempfile::TempDir, Store) {
+        let tmp = temp_dir(tag);
+        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
+        (tmp, store)
+    }
+
     /// An allocation for `id`/eth0 on a store that may already hold its record, asking for
     /// `requested` addresses.
     fn alloc(
@@ -1185,8 +1192,7 @@ mod tests {
 
     #[test]
     fn round_robin_repeat_add_release_and_exhaustion() {
-        let tmp = temp_dir("ipam-rr");
-        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
+        let (_tmp, store) = page_cache_store("ipam-rr");
         let sets = [set("10.0.0.0/29")];
         let locked = store.lock().unwrap();
         let mut got = Vec::new();
@@ -1237,8 +1243,7 @@ mod tests {
 
     #[test]
     fn freed_ip_is_not_reused_until_the_cursor_wraps() {
-        let tmp = temp_dir("ipam-wrap");
-        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
+        let (_tmp, store) = page_cache_store("ipam-wrap");
         let sets = [set("10.244.1.0/24")];
         let locked = store.lock().unwrap();
         for i in 0..3 {
@@ -1252,8 +1257,7 @@ mod tests {
 
     #[test]
     fn dual_stack_rollback_releases_only_new_reservations() {
-        let tmp = temp_dir("ipam-dual");
-        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
+        let (tmp, store) = page_cache_store("ipam-dual");
         let sets = [set("10.0.0.0/24"), set("fd00::/126")]; // v6: ::2, ::3 usable
         let locked = store.lock().unwrap();
         let a = alloc(&locked, &sets, "a", &[]).unwrap();
@@ -1278,8 +1282,7 @@ mod tests {
 
     #[test]
     fn requested_ips() {
-        let tmp = temp_dir("ipam-req");
-        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
+        let (_tmp, store) = page_cache_store("ipam-req");
         let sets = [set("10.0.0.0/24")];
         let locked = store.lock().unwrap();
         let a = alloc(&locked, &sets, "a", &["10.0.0.50"]).unwrap();
@@ -1410,8 +1413,7 @@ mod tests {
 
     #[test]
     fn a_new_attachment_skips_the_walk_and_a_known_one_does_not() {
-        let tmp = temp_dir("ipam-hist");
-        let store = Store::new(tmp.path().join("n"), Durability::PageCache);
+        let (_tmp, store) = page_cache_store("ipam-hist");
         let sets = [set("10.0.0.0/24")];
         let locked = store.lock().unwrap();
         let o = Owner::new("c", "eth0");

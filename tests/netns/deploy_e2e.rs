@@ -197,16 +197,18 @@ fn failed_run(c: &ContainerGuard<'_>) -> (String, String) {
     (state, c.logs())
 }
 
-fn stop_pings(pingers: Vec<Pinger>) -> Vec<PingStats> {
-    pingers
-        .into_iter()
-        .map(|p| p.stop().expect("ping stats"))
-        .collect()
-}
-
-fn print_pings(what: &str, stats: &[PingStats]) {
-    for s in stats {
+/// Waits for `more` replies on every pinger, stops them, prints the tallies and checks that
+/// none lost a packet.
+fn no_ping_lost(pingers: Vec<Pinger>, more: u64, what: &str) {
+    for p in &pingers {
+        let n = p.received_so_far() + more;
+        assert!(p.wait_replies(n, Duration::from_secs(10)));
+    }
+    for p in pingers {
+        let s: PingStats = p.stop().expect("ping stats");
         eprintln!("{what}: {s}");
+        assert_eq!(s.lost, 0, "{s}");
+        assert!(s.received > 0, "{s}");
     }
 }
 
@@ -369,16 +371,7 @@ fn deploy_manifest_three_nodes_ping_and_rolling_restart() {
         restarted.push(new);
     }
     // A few more replies after the last restart, then the tally.
-    for p in &pingers {
-        let n = p.received_so_far() + 20;
-        assert!(p.wait_replies(n, Duration::from_secs(10)));
-    }
-    let stats = stop_pings(pingers);
-    print_pings("rolling restart", &stats);
-    for s in &stats {
-        assert_eq!(s.lost, 0, "{s}");
-        assert!(s.received > 0, "{s}");
-    }
+    no_ping_lost(pingers, 20, "rolling restart");
     drop(pods);
     drop(restarted);
 }
@@ -584,15 +577,7 @@ fn deploy_manifest_takes_over_a_node_left_by_upstream() {
         "node-3: takeover, container start → ready {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    for p in &pingers {
-        let n = p.received_so_far() + 50;
-        assert!(p.wait_replies(n, Duration::from_secs(10)));
-    }
-    let stats = stop_pings(pingers);
-    print_pings("upstream takeover", &stats);
-    for s in &stats {
-        assert_eq!(s.lost, 0, "{s}");
-    }
+    no_ping_lost(pingers, 50, "upstream takeover");
     assert_eq!(
         link_mac(nodes[2].host, VXLAN).as_deref(),
         Some(upstream_mac)
