@@ -214,28 +214,14 @@ impl Node {
 
     /// Names of the reservation files (IPs) in the IPAM dir.
     pub fn reservations(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.ipam_dir()) else {
-            return Vec::new();
-        };
-        let mut v: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect();
-        v.sort();
+        let mut v = file_names(&self.ipam_dir());
+        v.retain(|n| n.parse::<std::net::IpAddr>().is_ok());
         v
     }
 
+    /// Names of the files in the plugin's data dir (one record per attachment).
     pub fn records(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.data_dir()) else {
-            return Vec::new();
-        };
-        let mut v: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        file_names(&self.data_dir())
     }
 
     /// Names of the veth links in the node namespace.
@@ -382,4 +368,17 @@ pub fn path_of(ns: &NetnsGuard) -> String {
 
 pub fn file_exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
+}
+
+/// The sorted names of the entries of `dir` (none when it does not exist).
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }

@@ -74,6 +74,16 @@ fn ours(lab: &Lab, node: &str) -> BTreeMap<String, String> {
     lab.node_annotations(node, P).unwrap()
 }
 
+/// `ip` listings of flannel.1, its routes and its neighbours.
+fn datapath_listing(host: &Host) -> (String, String, String) {
+    let ip = |args: &[&str]| host.ns.ip(args).unwrap();
+    (
+        ip(&["-d", "link", "show", "flannel.1"]),
+        ip(&["route", "show", "dev", "flannel.1"]),
+        ip(&["neigh", "show", "dev", "flannel.1"]),
+    )
+}
+
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !ok() {
@@ -265,19 +275,11 @@ fn an_api_outage_does_not_stop_the_daemon() {
 fn sigterm_exits_fast_and_a_restart_writes_nothing() {
     let (lab, host) = lab_with_two_nodes("dc5");
     let mut d = start(&lab, &host);
-    let before = (
-        host.ns.ip(&["-d", "link", "show", "flannel.1"]).unwrap(),
-        host.ns.ip(&["route", "show", "dev", "flannel.1"]).unwrap(),
-        host.ns.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap(),
-    );
+    let before = datapath_listing(&host);
     let took = d.stop().expect("daemon exited");
     println!("SIGTERM → exit: {:.1} ms", took.as_secs_f64() * 1000.0);
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
-    let after_stop = (
-        host.ns.ip(&["-d", "link", "show", "flannel.1"]).unwrap(),
-        host.ns.ip(&["route", "show", "dev", "flannel.1"]).unwrap(),
-        host.ns.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap(),
-    );
+    let after_stop = datapath_listing(&host);
     assert_eq!(
         before, after_stop,
         "the datapath stays in place after SIGTERM"
@@ -301,11 +303,7 @@ fn sigterm_exits_fast_and_a_restart_writes_nothing() {
         writes.is_empty(),
         "a restart with everything right writes nothing: {writes:#?}"
     );
-    let after_restart = (
-        host.ns.ip(&["-d", "link", "show", "flannel.1"]).unwrap(),
-        host.ns.ip(&["route", "show", "dev", "flannel.1"]).unwrap(),
-        host.ns.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap(),
-    );
+    let after_restart = datapath_listing(&host);
     assert_eq!(
         before, after_restart,
         "the restart adopted the device and entries as they were"

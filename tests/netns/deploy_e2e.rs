@@ -12,7 +12,7 @@ pub mod manifest;
 
 use flannel_rs::netns::NetnsGuard;
 use frs_testsupport::cluster::{PingStats, Pinger, poll};
-use frs_testsupport::cni_runtime::{Attachment, CniRuntime, ConfList, FlannelImpl, NodeCniPaths};
+use frs_testsupport::cni_runtime::{Attachment, CniRuntime, ConfList, FlannelImpl};
 use frs_testsupport::kube_testserver::TestServerOptions;
 use frs_testsupport::lab::{Lab, LabOptions};
 use frs_testsupport::topology::Host;
@@ -95,12 +95,7 @@ fn start_pod<'p>(
         "the installed conflist is the ConfigMap's"
     );
     let mut list = ConfList::parse(&installed).expect("conflist");
-    // The node's root stands for `/`: host paths the plugin would use go under it too.
-    let paths = NodeCniPaths::under(
-        &node.path("/var/lib"),
-        &node.path("/run/flannel/subnet.env"),
-    );
-    paths.localize(&mut list);
+    let paths = node.localize(&mut list);
     let runtime = CniRuntime {
         node_netns: node.host.ns.path(),
         // The node's CNI bin dir first (our plugin, installed), then the distro's plugins
@@ -455,11 +450,7 @@ fn start_upstream_pod<'p>(
 ) -> TestPod<'p> {
     let mut list = ConfList::parse(runner.manifest.config("cni-conf.json").expect("conflist"))
         .expect("conflist");
-    let paths = NodeCniPaths::under(
-        &node.path("/var/lib"),
-        &node.path("/run/flannel/subnet.env"),
-    );
-    paths.localize(&mut list);
+    let paths = node.localize(&mut list);
     let runtime = CniRuntime {
         node_netns: node.host.ns.path(),
         plugin_path: vec!["/usr/lib/cni".into()],

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Container;
 use serde_json::Value;
 
 use crate::deploy_e2e::manifest::{self, Manifest};
+use frs_testsupport::cni_runtime::{ConfList, NodeCniPaths};
 use frs_testsupport::lab::Lab;
 use frs_testsupport::topology::Host;
 
@@ -178,6 +179,17 @@ impl DsNode<'_> {
     /// Host path `p` (absolute) on this node.
     pub fn path(&self, p: &str) -> PathBuf {
         self.root.join(p.trim_start_matches('/'))
+    }
+
+    /// Moves the host paths the plugin would use in `list` under this node's root (which
+    /// stands for `/`); those paths.
+    pub fn localize(&self, list: &mut ConfList) -> NodeCniPaths {
+        let paths = NodeCniPaths::under(
+            &self.path("/var/lib"),
+            &self.path("/run/flannel/subnet.env"),
+        );
+        paths.localize(list);
+        paths
     }
 }
 
