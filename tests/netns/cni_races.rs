@@ -10,6 +10,7 @@ use std::sync::Barrier;
 use serde_json::Value;
 
 use crate::cni_support::*;
+use crate::harness::NetnsGuard;
 
 /// `ip` of every reservation in the IPAM dir, by its record's container ID.
 fn reservations_by_owner(node: &Node) -> HashMap<String, Vec<String>> {
@@ -22,8 +23,53 @@ fn reservations_by_owner(node: &Node) -> HashMap<String, Vec<String>> {
     out
 }
 
+/// A CNI node with its conf, and `pairs` pod namespaces `<tag><i>` (kept alive by the caller)
+/// with their paths.
+fn race_rig(tag: &str, pairs: usize) -> (Node, Value, Vec<NetnsGuard>, Vec<String>) {
+    let node = Node::new(tag);
+    let conf = node.conf("0.3.1");
+    let pods: Vec<_> = (0..pairs).map(|i| pod(&format!("{tag}{i}"))).collect();
+    let paths = pods.iter().map(path_of).collect();
+    (node, conf, pods, paths)
+}
+
+/// For every pod i, `verbs[0]` and `verbs[1]` of container `<prefix>-<i>` at once (all calls
+/// released by one barrier); each outcome with its pod's index and verb.
+fn race_pairs(
+    node: &Node,
+    conf: &Value,
+    prefix: &str,
+    paths: &[String],
+    verbs: [&'static str; 2],
+) -> Vec<(usize, &'static str, Outcome)> {
+    let barrier = Barrier::new(2 * paths.len());
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            for verb in verbs {
+                let barrier = &barrier;
+                handles.push(s.spawn(move || {
+                    barrier.wait();
+                    let out = node.ours(&Call::new(verb, &format!("{prefix}-{i}"), p), conf);
+                    (i, verb, out)
+                }));
+            }
+        }
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// DEL of container `<prefix>-<i>` in `paths[i]` for every i; then nothing may be left.
+fn delete_all(node: &Node, conf: &Value, prefix: &str, paths: &[String], when: &str) {
+    for (i, p) in paths.iter().enumerate() {
+        node.ours(&Call::new("DEL", &format!("{prefix}-{i}"), p), conf)
+            .expect_ok();
+    }
+    node.assert_clean(when);
+}
+
 /// The pod's eth0 address without its prefix, or `None` when the pod has no veth.
-fn pod_ip(p: &crate::harness::NetnsGuard) -> Option<String> {
+fn pod_ip(p: &NetnsGuard) -> Option<String> {
     if links_of_kind(p, "veth").is_empty() {
         return None;
     }
@@ -39,7 +85,7 @@ fn assert_whole_or_absent(
     node: &Node,
     by_owner: &HashMap<String, Vec<String>>,
     cid: &str,
-    p: &crate::harness::NetnsGuard,
+    p: &NetnsGuard,
 ) {
     let held = by_owner.get(cid).cloned().unwrap_or_default();
     let record = node.data_dir().join(cid);
@@ -75,33 +121,16 @@ fn assert_whole_or_absent(
 #[test]
 fn add_racing_del_of_one_container_leaves_it_whole_or_absent() {
     const PAIRS: usize = 40;
-    let node = Node::new("ad");
-    let conf = node.conf("0.3.1");
-    let pods: Vec<_> = (0..PAIRS).map(|i| pod(&format!("ad{i}"))).collect();
-    let paths: Vec<String> = pods.iter().map(path_of).collect();
-    let barrier = Barrier::new(2 * PAIRS);
-    let outcomes: Vec<(String, Outcome)> = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            for verb in ["ADD", "DEL"] {
-                let (node, conf, barrier) = (&node, &conf, &barrier);
-                handles.push(s.spawn(move || {
-                    barrier.wait();
-                    let out = node.ours(&Call::new(verb, &format!("ad-{i}"), p), conf);
-                    (format!("{verb} ad-{i}"), out)
-                }));
-            }
-        }
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let (node, conf, pods, paths) = race_rig("ad", PAIRS);
+    let outcomes = race_pairs(&node, &conf, "ad", &paths, ["ADD", "DEL"]);
     let by_owner = reservations_by_owner(&node);
     let mut attached = 0;
     for (i, p) in pods.iter().enumerate() {
         assert_whole_or_absent(&node, &by_owner, &format!("ad-{i}"), p);
         attached += usize::from(pod_ip(p).is_some());
     }
-    for (what, out) in &outcomes {
-        assert!(out.ok, "{what}: {} {}", out.stdout, out.stderr);
+    for (i, verb, out) in &outcomes {
+        assert!(out.ok, "{verb} ad-{i}: {} {}", out.stdout, out.stderr);
     }
     assert_eq!(
         node.veths().len(),
@@ -111,11 +140,7 @@ fn add_racing_del_of_one_container_leaves_it_whole_or_absent() {
     assert_eq!(node.reservations().len(), attached);
     eprintln!("{attached} of {PAIRS} ADDs ran after their DEL");
 
-    for (i, p) in paths.iter().enumerate() {
-        node.ours(&Call::new("DEL", &format!("ad-{i}"), p), &conf)
-            .expect_ok();
-    }
-    node.assert_clean("after the ADD/DEL races");
+    delete_all(&node, &conf, "ad", &paths, "after the ADD/DEL races");
 }
 
 /// Two ADDs for the same container started together, twenty times: one attaches the pod, the
@@ -124,31 +149,15 @@ fn add_racing_del_of_one_container_leaves_it_whole_or_absent() {
 #[test]
 fn two_adds_of_one_container_keep_one_attachment_and_its_record() {
     const PAIRS: usize = 20;
-    let node = Node::new("aa");
-    let conf = node.conf("0.3.1");
-    let pods: Vec<_> = (0..PAIRS).map(|i| pod(&format!("aa{i}"))).collect();
-    let paths: Vec<String> = pods.iter().map(path_of).collect();
-    let barrier = Barrier::new(2 * PAIRS);
-    let outcomes: Vec<(usize, Outcome)> = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            for _ in 0..2 {
-                let (node, conf, barrier) = (&node, &conf, &barrier);
-                handles.push(s.spawn(move || {
-                    barrier.wait();
-                    (i, node.ours(&Call::new("ADD", &format!("aa-{i}"), p), conf))
-                }));
-            }
-        }
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let (node, conf, pods, paths) = race_rig("aa", PAIRS);
+    let outcomes = race_pairs(&node, &conf, "aa", &paths, ["ADD", "ADD"]);
     let by_owner = reservations_by_owner(&node);
     for (i, p) in pods.iter().enumerate() {
         let cid = format!("aa-{i}");
         let ok: Vec<&Outcome> = outcomes
             .iter()
-            .filter(|(j, o)| *j == i && o.ok)
-            .map(|(_, o)| o)
+            .filter(|(j, _, o)| *j == i && o.ok)
+            .map(|(_, _, o)| o)
             .collect();
         assert_eq!(ok.len(), 1, "{cid}: exactly one ADD attaches");
         let ip = pod_ip(p).unwrap_or_else(|| panic!("{cid}: the pod is not attached"));
@@ -159,18 +168,14 @@ fn two_adds_of_one_container_keep_one_attachment_and_its_record() {
         assert_eq!(reported, format!("{ip}/24"), "{cid}");
         assert_whole_or_absent(&node, &by_owner, &cid, p);
     }
-    for (i, out) in outcomes.iter().filter(|(_, o)| !o.ok) {
+    for (i, _, out) in outcomes.iter().filter(|(_, _, o)| !o.ok) {
         assert!(
             out.msg().contains("already exists"),
             "aa-{i}: {}",
             out.stdout
         );
     }
-    for (i, p) in paths.iter().enumerate() {
-        node.ours(&Call::new("DEL", &format!("aa-{i}"), p), &conf)
-            .expect_ok();
-    }
-    node.assert_clean("after the ADD/ADD races");
+    delete_all(&node, &conf, "aa", &paths, "after the ADD/ADD races");
 }
 
 /// A symlink planted as the DEL record, the round-robin cursor or the lock file is refused,

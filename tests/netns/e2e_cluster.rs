@@ -128,15 +128,19 @@ fn assert_nothing_lost(pingers: Vec<Pinger>) -> Vec<PingStats> {
     stats
 }
 
+/// Pod 0 of each of the three nodes pinging pod 0 of the next node.
+fn ring_of_three(c: &Cluster) -> Vec<(String, std::net::Ipv4Addr)> {
+    vec![
+        (pod_name(c, "node-1", 0), pod_ip(c, "node-2", 0)),
+        (pod_name(c, "node-2", 0), pod_ip(c, "node-3", 0)),
+        (pod_name(c, "node-3", 0), pod_ip(c, "node-1", 0)),
+    ]
+}
+
 #[test]
 fn a_daemon_restart_under_continuous_ping_loses_nothing() {
     let mut c = cluster("e2e2", 3, 1);
-    let pairs = vec![
-        (pod_name(&c, "node-1", 0), pod_ip(&c, "node-2", 0)),
-        (pod_name(&c, "node-2", 0), pod_ip(&c, "node-3", 0)),
-        (pod_name(&c, "node-3", 0), pod_ip(&c, "node-1", 0)),
-    ];
-    let pingers = start_pingers(&c, &pairs);
+    let pingers = start_pingers(&c, &ring_of_three(&c));
     let before = c.datapath("node-2").unwrap();
     let (stopped, ready) = c.restart_daemon("node-2").unwrap();
     c.sleep(Duration::from_secs(1)).unwrap();
@@ -245,32 +249,24 @@ fn entries_deleted_by_hand_are_repaired() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
+    let del_route = || {
+        ip_in(
+            &c,
+            "node-1",
+            &["route", "del", &subnet, "dev", VXLAN_DEVICE],
+        )
+    };
+    let del_neigh = || ip_in(&c, "node-1", &["neigh", "del", &gw, "dev", VXLAN_DEVICE]);
     type Deletion<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let deletions: Vec<Deletion> = vec![
-        (
-            "route",
-            Box::new(|| {
-                ip_in(
-                    &c,
-                    "node-1",
-                    &["route", "del", &subnet, "dev", VXLAN_DEVICE],
-                )
-            }),
-        ),
-        (
-            "neighbour",
-            Box::new(|| ip_in(&c, "node-1", &["neigh", "del", &gw, "dev", VXLAN_DEVICE])),
-        ),
+        ("route", Box::new(del_route)),
+        ("neighbour", Box::new(del_neigh)),
         ("fdb entry", Box::new(del_fdb)),
         (
             "route + neighbour + fdb entry",
             Box::new(|| {
-                ip_in(
-                    &c,
-                    "node-1",
-                    &["route", "del", &subnet, "dev", VXLAN_DEVICE],
-                );
-                ip_in(&c, "node-1", &["neigh", "del", &gw, "dev", VXLAN_DEVICE]);
+                del_route();
+                del_neigh();
                 del_fdb();
             }),
         ),
@@ -367,12 +363,7 @@ fn a_node_deleted_from_the_api_is_gone_from_every_peer() {
 #[test]
 fn pods_keep_talking_through_a_20s_api_outage_and_a_node_added_meanwhile_joins() {
     let mut c = cluster("e2e6", 3, 1);
-    let pairs = vec![
-        (pod_name(&c, "node-1", 0), pod_ip(&c, "node-2", 0)),
-        (pod_name(&c, "node-2", 0), pod_ip(&c, "node-3", 0)),
-        (pod_name(&c, "node-3", 0), pod_ip(&c, "node-1", 0)),
-    ];
-    let pingers = start_pingers(&c, &pairs);
+    let pingers = start_pingers(&c, &ring_of_three(&c));
     let outage = Duration::from_secs(20);
     c.lab.server.outage(outage).unwrap();
     let down_at = Instant::now();
@@ -439,12 +430,7 @@ fn hostile_annotations_are_programmed_by_nobody_and_harm_nobody() {
         .iter()
         .map(|n| c.datapath(n).unwrap())
         .collect();
-    let pairs = vec![
-        (pod_name(&c, "node-1", 0), pod_ip(&c, "node-2", 0)),
-        (pod_name(&c, "node-2", 0), pod_ip(&c, "node-3", 0)),
-        (pod_name(&c, "node-3", 0), pod_ip(&c, "node-1", 0)),
-    ];
-    let pingers = start_pingers(&c, &pairs);
+    let pingers = start_pingers(&c, &ring_of_three(&c));
     // Node creationTimestamps have one-second resolution and conflicts go to the older
     // node: make sure the hostile nodes are younger, as a newcomer is.
     c.sleep(Duration::from_millis(1100)).unwrap();
@@ -602,6 +588,9 @@ fn namespaces_with(prefix: &str) -> Vec<String> {
 
 #[test]
 fn the_cli_keeps_a_cluster_across_invocations_and_down_sweeps_a_crashed_one() {
+    // Stops here, before anything exists, when the CLI is not built: the guard's `down` must
+    // not be the first to find out (a panic in a destructor aborts the whole test binary).
+    frs_testsupport::bins::workspace_bin("cluster");
     drop(netns("probe"));
     let name = format!("t{}", std::process::id());
     let guard = CliCluster(name.clone());
