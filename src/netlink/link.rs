@@ -304,26 +304,31 @@ impl Netlink {
         self.apply_one(Op::SetLinkUp(index)).await
     }
 
+    /// `ip link set` of what `set` adds to a message for link `index`.
+    async fn set_link_attrs(
+        &self,
+        op: &'static str,
+        index: u32,
+        set: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<(), NetlinkError> {
+        let msg = set(LinkUnspec::new_with_index(index)).build();
+        self.set_link(op, index, RouteNetlinkMessage::SetLink(msg))
+            .await
+    }
+
     /// `ip link set down`.
     pub async fn set_link_down(&self, index: u32) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index).down().build();
-        self.set_link("set down", index, RouteNetlinkMessage::SetLink(msg))
-            .await
+        self.set_link_attrs("set down", index, |b| b.down()).await
     }
 
     /// `ip link set mtu`.
     pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.set_link("set mtu", index, RouteNetlinkMessage::SetLink(msg))
-            .await
+        self.set_link_attrs("set mtu", index, |b| b.mtu(mtu)).await
     }
 
     /// `ip link set address`.
     pub async fn set_link_mac(&self, index: u32, mac: MacAddr) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index)
-            .address(mac.octets().to_vec())
-            .build();
-        self.set_link("set address", index, RouteNetlinkMessage::SetLink(msg))
+        self.set_link_attrs("set address", index, |b| b.address(mac.octets().to_vec()))
             .await
     }
 
@@ -333,13 +338,11 @@ impl Netlink {
         index: u32,
         master: Option<u32>,
     ) -> Result<(), NetlinkError> {
-        let b = LinkUnspec::new_with_index(index);
-        let msg = match master {
-            Some(m) => b.controller(m).build(),
-            None => b.nocontroller().build(),
-        };
-        self.set_link("set master", index, RouteNetlinkMessage::SetLink(msg))
-            .await
+        self.set_link_attrs("set master", index, |b| match master {
+            Some(m) => b.controller(m),
+            None => b.nocontroller(),
+        })
+        .await
     }
 
     /// Hairpin mode of a bridge port (`ip link set X type bridge_slave hairpin on|off`).

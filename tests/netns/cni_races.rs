@@ -23,49 +23,63 @@ fn reservations_by_owner(node: &Node) -> HashMap<String, Vec<String>> {
     out
 }
 
-/// A CNI node with its conf, and `pairs` pod namespaces `<tag><i>` (kept alive by the caller)
-/// with their paths.
-fn race_rig(tag: &str, pairs: usize) -> (Node, Value, Vec<NetnsGuard>, Vec<String>) {
+/// A race run: a CNI node, its conf, the pod namespaces `<tag><i>` and what every call of the
+/// race returned (pod index, verb, outcome), and the reservations right after it.
+struct Race {
+    tag: String,
+    node: Node,
+    conf: Value,
+    pods: Vec<NetnsGuard>,
+    paths: Vec<String>,
+    outcomes: Vec<(usize, &'static str, Outcome)>,
+    by_owner: HashMap<String, Vec<String>>,
+}
+
+/// For each of `pairs` pods i, `verbs[0]` and `verbs[1]` of container `<tag>-<i>` at once (all
+/// calls released by one barrier).
+fn race(tag: &str, pairs: usize, verbs: [&'static str; 2]) -> Race {
     let node = Node::new(tag);
     let conf = node.conf("0.3.1");
     let pods: Vec<_> = (0..pairs).map(|i| pod(&format!("{tag}{i}"))).collect();
-    let paths = pods.iter().map(path_of).collect();
-    (node, conf, pods, paths)
-}
-
-/// For every pod i, `verbs[0]` and `verbs[1]` of container `<prefix>-<i>` at once (all calls
-/// released by one barrier); each outcome with its pod's index and verb.
-fn race_pairs(
-    node: &Node,
-    conf: &Value,
-    prefix: &str,
-    paths: &[String],
-    verbs: [&'static str; 2],
-) -> Vec<(usize, &'static str, Outcome)> {
-    let barrier = Barrier::new(2 * paths.len());
-    std::thread::scope(|s| {
+    let paths: Vec<String> = pods.iter().map(path_of).collect();
+    let barrier = Barrier::new(2 * pairs);
+    let outcomes = std::thread::scope(|s| {
         let mut handles = Vec::new();
         for (i, p) in paths.iter().enumerate() {
             for verb in verbs {
-                let barrier = &barrier;
+                let (node, conf, barrier) = (&node, &conf, &barrier);
                 handles.push(s.spawn(move || {
                     barrier.wait();
-                    let out = node.ours(&Call::new(verb, &format!("{prefix}-{i}"), p), conf);
+                    let out = node.ours(&Call::new(verb, &format!("{tag}-{i}"), p), conf);
                     (i, verb, out)
                 }));
             }
         }
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    });
+    let by_owner = reservations_by_owner(&node);
+    Race {
+        tag: tag.into(),
+        node,
+        conf,
+        pods,
+        paths,
+        outcomes,
+        by_owner,
+    }
 }
 
-/// DEL of container `<prefix>-<i>` in `paths[i]` for every i; then nothing may be left.
-fn delete_all(node: &Node, conf: &Value, prefix: &str, paths: &[String], when: &str) {
-    for (i, p) in paths.iter().enumerate() {
-        node.ours(&Call::new("DEL", &format!("{prefix}-{i}"), p), conf)
-            .expect_ok();
+impl Race {
+    /// DEL of every container of the race; then nothing may be left.
+    fn delete_all(&self, when: &str) {
+        for (i, p) in self.paths.iter().enumerate() {
+            let cid = format!("{}-{i}", self.tag);
+            self.node
+                .ours(&Call::new("DEL", &cid, p), &self.conf)
+                .expect_ok();
+        }
+        self.node.assert_clean(when);
     }
-    node.assert_clean(when);
 }
 
 /// The pod's eth0 address without its prefix, or `None` when the pod has no veth.
@@ -121,15 +135,14 @@ fn assert_whole_or_absent(
 #[test]
 fn add_racing_del_of_one_container_leaves_it_whole_or_absent() {
     const PAIRS: usize = 40;
-    let (node, conf, pods, paths) = race_rig("ad", PAIRS);
-    let outcomes = race_pairs(&node, &conf, "ad", &paths, ["ADD", "DEL"]);
-    let by_owner = reservations_by_owner(&node);
+    let r = race("ad", PAIRS, ["ADD", "DEL"]);
+    let node = &r.node;
     let mut attached = 0;
-    for (i, p) in pods.iter().enumerate() {
-        assert_whole_or_absent(&node, &by_owner, &format!("ad-{i}"), p);
+    for (i, p) in r.pods.iter().enumerate() {
+        assert_whole_or_absent(node, &r.by_owner, &format!("ad-{i}"), p);
         attached += usize::from(pod_ip(p).is_some());
     }
-    for (i, verb, out) in &outcomes {
+    for (i, verb, out) in &r.outcomes {
         assert!(out.ok, "{verb} ad-{i}: {} {}", out.stdout, out.stderr);
     }
     assert_eq!(
@@ -140,7 +153,7 @@ fn add_racing_del_of_one_container_leaves_it_whole_or_absent() {
     assert_eq!(node.reservations().len(), attached);
     eprintln!("{attached} of {PAIRS} ADDs ran after their DEL");
 
-    delete_all(&node, &conf, "ad", &paths, "after the ADD/DEL races");
+    r.delete_all("after the ADD/DEL races");
 }
 
 /// Two ADDs for the same container started together, twenty times: one attaches the pod, the
@@ -149,12 +162,11 @@ fn add_racing_del_of_one_container_leaves_it_whole_or_absent() {
 #[test]
 fn two_adds_of_one_container_keep_one_attachment_and_its_record() {
     const PAIRS: usize = 20;
-    let (node, conf, pods, paths) = race_rig("aa", PAIRS);
-    let outcomes = race_pairs(&node, &conf, "aa", &paths, ["ADD", "ADD"]);
-    let by_owner = reservations_by_owner(&node);
-    for (i, p) in pods.iter().enumerate() {
+    let r = race("aa", PAIRS, ["ADD", "ADD"]);
+    for (i, p) in r.pods.iter().enumerate() {
         let cid = format!("aa-{i}");
-        let ok: Vec<&Outcome> = outcomes
+        let ok: Vec<&Outcome> = r
+            .outcomes
             .iter()
             .filter(|(j, _, o)| *j == i && o.ok)
             .map(|(_, _, o)| o)
@@ -166,16 +178,16 @@ fn two_adds_of_one_container_keep_one_attachment_and_its_record() {
             .unwrap()
             .to_string();
         assert_eq!(reported, format!("{ip}/24"), "{cid}");
-        assert_whole_or_absent(&node, &by_owner, &cid, p);
+        assert_whole_or_absent(&r.node, &r.by_owner, &cid, p);
     }
-    for (i, _, out) in outcomes.iter().filter(|(_, _, o)| !o.ok) {
+    for (i, _, out) in r.outcomes.iter().filter(|(_, _, o)| !o.ok) {
         assert!(
             out.msg().contains("already exists"),
             "aa-{i}: {}",
             out.stdout
         );
     }
-    delete_all(&node, &conf, "aa", &paths, "after the ADD/ADD races");
+    r.delete_all("after the ADD/ADD races");
 }
 
 /// A symlink planted as the DEL record, the round-robin cursor or the lock file is refused,

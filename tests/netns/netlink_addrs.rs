@@ -21,8 +21,7 @@ fn ip_addrs(ns: &crate::harness::NetnsGuard, dev: &str) -> Vec<String> {
 
 #[test]
 fn addresses_v4_and_v6_are_ensured_listed_and_removed() {
-    let ns = netns("ad");
-    let ns = &ns;
+    let ns = &netns("ad");
     let a = veth_pair(ns, "ad0", "ad1");
     let other = veth_pair(ns, "ae0", "ae1");
     ns.ip(&["addr", "add", "10.0.9.9/24", "dev", "ae0"])

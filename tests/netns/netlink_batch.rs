@@ -66,10 +66,8 @@ fn ip_counts(ns: &NetnsGuard) -> (usize, usize, usize) {
 
 #[test]
 fn a_thousand_peers_in_one_batch() {
-    let ns = netns("b1k");
-    let ns = &ns;
-    let fl = ip_flannel(ns);
-    with_netlink(ns, |nl| async move {
+    let ns = &netns("b1k");
+    with_flannel_netlink(ns, |fl, nl| async move {
         let ops = peer_ops(fl, 1000, false);
         assert_eq!(ops.len(), 3000);
         let results = nl.apply(&ops).await;
@@ -122,10 +120,8 @@ fn a_thousand_peers_in_one_batch() {
 
 #[test]
 fn batch_results_stay_aligned_with_failures_in_between() {
-    let ns = netns("bal");
-    let ns = &ns;
-    let fl = ip_flannel(ns);
-    with_netlink(ns, |nl| async move {
+    let ns = &netns("bal");
+    with_flannel_netlink(ns, |fl, nl| async move {
         let (net1, gw1, mac1, _) = peer(1);
         let (net2, gw2, _, _) = peer(2);
         let (net3, gw3, _, _) = peer(3);

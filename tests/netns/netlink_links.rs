@@ -9,8 +9,7 @@ use crate::netlink_util::*;
 
 #[test]
 fn vxlan_is_created_then_adopted() {
-    let ns = netns("vx");
-    let ns = &ns;
+    let ns = &netns("vx");
     let under = underlay(ns);
     let spec = flannel_spec(under);
     with_netlink(ns, |nl| async move {
@@ -68,8 +67,7 @@ fn vxlan_is_created_then_adopted() {
 
 #[test]
 fn vxlan_with_other_parameters_needs_recreate() {
-    let ns = netns("vr");
-    let ns = &ns;
+    let ns = &netns("vr");
     let under = underlay(ns);
     let spec = flannel_spec(under);
     with_netlink(ns, |nl| async move {
@@ -139,8 +137,7 @@ fn vxlan_with_other_parameters_needs_recreate() {
 
 #[test]
 fn vxlan_made_by_ip_is_adopted() {
-    let ns = netns("va");
-    let ns = &ns;
+    let ns = &netns("va");
     let index = ip_flannel(ns);
     let mut spec = flannel_spec(ifindex(ns, "under0"));
     spec.mac = None;
@@ -157,8 +154,7 @@ fn vxlan_made_by_ip_is_adopted() {
 
 #[test]
 fn bridge_is_ensured_and_kept() {
-    let ns = netns("br");
-    let ns = &ns;
+    let ns = &netns("br");
     veth_pair(ns, "taken0", "taken1");
     with_netlink(ns, |nl| async move {
         let br = nl
@@ -274,8 +270,7 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
 
 #[test]
 fn link_attributes_are_set() {
-    let ns = netns("la");
-    let ns = &ns;
+    let ns = &netns("la");
     let a = veth_pair(ns, "la0", "la1");
     ns.ip(&["link", "set", "la0", "down"]).unwrap();
     with_netlink(ns, |nl| async move {
@@ -322,8 +317,7 @@ fn link_attributes_are_set() {
 
 #[test]
 fn links_are_listed_found_and_deleted_idempotently() {
-    let ns = netns("ll");
-    let ns = &ns;
+    let ns = &netns("ll");
     let a = veth_pair(ns, "ll0", "ll1");
     with_netlink(ns, |nl| async move {
         let mut ours: Vec<(u32, String)> = nl
@@ -364,8 +358,7 @@ fn links_are_listed_found_and_deleted_idempotently() {
 
 #[test]
 fn handles_open_by_name_path_and_current() {
-    let ns = netns("hp");
-    let ns = &ns;
+    let ns = &netns("hp");
     veth_pair(ns, "hp0", "hp1");
     runtime().block_on(async {
         let by_path = Netlink::in_path(ns.path()).unwrap();

@@ -30,10 +30,8 @@ async fn wait_for(
 
 #[test]
 fn changes_made_with_ip_show_up_as_events() {
-    let ns = netns("mon");
-    let ns = &ns;
-    let fl = ip_flannel(ns);
-    with_netlink(ns, |nl| async move {
+    let ns = &netns("mon");
+    with_flannel_netlink(ns, |fl, nl| async move {
         let mut monitor = nl.monitor(MonitorGroups::ALL).unwrap();
         let gw: IpAddr = "10.244.3.0".parse().unwrap();
         let mac = mac("0e:00:00:00:03:03");
@@ -137,10 +135,8 @@ fn changes_made_with_ip_show_up_as_events() {
 
 #[test]
 fn a_full_buffer_surfaces_as_overflow() {
-    let ns = netns("ovf");
-    let ns = &ns;
-    let fl = ip_flannel(ns);
-    with_netlink(ns, |nl| async move {
+    let ns = &netns("ovf");
+    with_flannel_netlink(ns, |fl, nl| async move {
         // Smallest buffer the kernel allows; 2000 neighbours are far more than it holds.
         let mut monitor = Monitor::open_with_buffer(nl.netns(), MonitorGroups::NEIGH, 1).unwrap();
         let ops: Vec<Op> = (0..2000u32)

@@ -46,8 +46,7 @@ fn fdb_dsts(ns: &NetnsGuard, dev: &str) -> Vec<(String, String)> {
 
 #[test]
 fn permanent_neighbours_v4_and_v6() {
-    let ns = netns("nb");
-    let ns = &ns;
+    let ns = &netns("nb");
     let fl = ip_flannel(ns);
     let other = veth_pair(ns, "nbo0", "nbo1");
     // Entries that are not ours to manage: a learned one on flannel.1, one on another link.
@@ -129,8 +128,7 @@ fn permanent_neighbours_v4_and_v6() {
 
 #[test]
 fn fdb_entries_on_vxlan() {
-    let ns = netns("fd");
-    let ns = &ns;
+    let ns = &netns("fd");
     let fl = ip_flannel(ns);
     // A second VXLAN device whose entries must not show up in flannel.1's listing.
     ns.ip(&[

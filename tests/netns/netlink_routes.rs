@@ -26,10 +26,8 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn onlink_gateway_route_is_ensured_and_removed() {
-    let ns = netns("ro");
-    let ns = &ns;
-    let fl = ip_flannel(ns);
-    with_netlink(ns, |nl| async move {
+    let ns = &netns("ro");
+    with_flannel_netlink(ns, |fl, nl| async move {
         let route = Route::new(net("10.244.3.0/24"))
             .via(ip("10.244.3.0"))
             .dev(fl)
@@ -61,10 +59,8 @@ fn onlink_gateway_route_is_ensured_and_removed() {
 
 #[test]
 fn gateway_route_without_onlink_fails_naming_op_and_object() {
-    let ns = netns("ru");
-    let ns = &ns;
-    let fl = ip_flannel(ns);
-    with_netlink(ns, |nl| async move {
+    let ns = &netns("ru");
+    with_flannel_netlink(ns, |fl, nl| async move {
         let route = Route::new(net("10.244.3.0/24"))
             .via(ip("10.244.3.0"))
             .dev(fl);
@@ -82,8 +78,7 @@ fn gateway_route_without_onlink_fails_naming_op_and_object() {
 
 #[test]
 fn route_attributes_reach_the_kernel() {
-    let ns = netns("ra");
-    let ns = &ns;
+    let ns = &netns("ra");
     let u = underlay(ns); // 192.168.77.1/24 on under0
     ns.ip(&["addr", "add", "fd00:77::1/64", "dev", "under0", "nodad"])
         .unwrap();
@@ -160,8 +155,7 @@ fn route_attributes_reach_the_kernel() {
 
 #[test]
 fn route_filters_match_ips_view() {
-    let ns = netns("rf");
-    let ns = &ns;
+    let ns = &netns("rf");
     let a = veth_pair(ns, "rfa", "rfa1");
     let b = veth_pair(ns, "rfb", "rfb1");
     ns.ip(&["addr", "add", "10.1.0.1/24", "dev", "rfa"])

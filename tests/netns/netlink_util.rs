@@ -23,6 +23,16 @@ where
     });
 }
 
+/// [`with_netlink`] after [`ip_flannel`]: `body` gets flannel.1's index too.
+pub fn with_flannel_netlink<F, Fut>(ns: &NetnsGuard, body: F)
+where
+    F: FnOnce(u32, Netlink) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let fl = ip_flannel(ns);
+    with_netlink(ns, |nl| body(fl, nl));
+}
+
 /// `ip -json link show NAME` (one object), or `None` if the link does not exist.
 pub fn ip_link(ns: &NetnsGuard, name: &str) -> Option<Value> {
     let links = ip_json(ns, &["-d", "link", "show"]);

@@ -95,6 +95,11 @@ fn config(masq: bool, forward: bool, nftables: bool) -> TrafficConfig {
     c
 }
 
+/// One `ensure` of fresh rules for `config`; what it repaired.
+async fn ensure_once(config: TrafficConfig) -> Vec<String> {
+    repaired(TrafficRules::new(config).unwrap().ensure().await.unwrap())
+}
+
 fn repaired(outcome: EnsureOutcome) -> Vec<String> {
     match outcome {
         EnsureOutcome::Repaired { what } => what,
@@ -400,7 +405,7 @@ fn network_change_replaces_old_rules_including_old_layout_leftovers() {
         let mut old = config(true, true, false);
         old.v4 = Some(nets("10.1.0.0/16", "10.1.7.0/24"));
         old.v6 = None;
-        repaired(TrafficRules::new(old).unwrap().ensure().await.unwrap());
+        ensure_once(old).await;
         assert!(sh(&ns, "iptables", &["-t", "nat", "-S"]).contains("10.1.7.0/24"));
         // A rule of the pre-v0.20 layout (masquerade rules directly in POSTROUTING).
         sh(
@@ -430,7 +435,7 @@ fn network_change_replaces_old_rules_including_old_layout_leftovers() {
             SubnetEnv::parse("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
                 .unwrap(),
         );
-        let what = repaired(TrafficRules::new(new).unwrap().ensure().await.unwrap());
+        let what = ensure_once(new).await;
         assert_eq!(
             what,
             [
@@ -460,13 +465,7 @@ fn disabling_masquerade_removes_only_our_masquerade_chain() {
     let ns = netns("tr-off");
     add_foreign_rules(&ns);
     in_netns(&ns, || async {
-        repaired(
-            TrafficRules::new(config(true, true, false))
-                .unwrap()
-                .ensure()
-                .await
-                .unwrap(),
-        );
+        ensure_once(config(true, true, false)).await;
         let rules = TrafficRules::new(config(false, true, false)).unwrap();
         assert_eq!(
             repaired(rules.ensure().await.unwrap()),
@@ -558,13 +557,7 @@ fn nftables_mode_creates_tables_cleans_iptables_leftovers_and_resyncs() {
     add_foreign_rules(&ns);
     in_netns(&ns, || async {
         // iptables mode first (as before a switch to EnableNFTables).
-        repaired(
-            TrafficRules::new(config(true, true, false))
-                .unwrap()
-                .ensure()
-                .await
-                .unwrap(),
-        );
+        ensure_once(config(true, true, false)).await;
 
         let rules = TrafficRules::new(config(true, true, true)).unwrap();
         assert_eq!(
@@ -643,13 +636,7 @@ fn nftables_mode_creates_tables_cleans_iptables_leftovers_and_resyncs() {
 fn iptables_mode_removes_nftables_mode_tables() {
     let ns = netns("tr-back");
     in_netns(&ns, || async {
-        repaired(
-            TrafficRules::new(config(true, true, true))
-                .unwrap()
-                .ensure()
-                .await
-                .unwrap(),
-        );
+        ensure_once(config(true, true, true)).await;
         assert_eq!(nft_table(&ns, "ip", "flannel-ipv4"), NFT_V4);
         // nftables mode created no iptables(-nft) tables while looking for leftovers.
         assert_eq!(
