@@ -68,7 +68,8 @@ pub struct Gates {
     pub annotations_published: bool,
     pub datapath: DatapathGate,
     /// `--ip-masq`: pods need their masquerade rules before they start, so the rules gate
-    /// subnet.env and readiness. Without it the forward rules are kept but gate nothing.
+    /// subnet.env and readiness. Without it the forward rules are attempted before
+    /// subnet.env is written, but their failure gates nothing.
     pub traffic_required: bool,
     pub traffic: TrafficGate,
     pub subnet_env_written: bool,
@@ -93,9 +94,10 @@ impl Gates {
         !self.traffic_required || self.traffic == TrafficGate::InPlace
     }
 
-    /// subnet.env (what lets the CNI plugin wire pods) may be written.
+    /// subnet.env (what lets the CNI plugin wire pods) may be written: the rules were
+    /// attempted first (upstream's order), and with `--ip-masq` they are in place.
     pub fn subnet_env_allowed(&self) -> bool {
-        self.lease && self.traffic_ok()
+        self.lease && self.traffic != TrafficGate::Pending && self.traffic_ok()
     }
 
     /// Ready: lease known, the datapath programmed, the traffic rules in place when
@@ -189,11 +191,14 @@ mod tests {
     }
 
     #[test]
-    fn without_ip_masq_the_rules_gate_nothing() {
+    fn without_ip_masq_the_rules_are_attempted_first_but_gate_nothing() {
         let mut g = ready_gates(false);
         g.traffic = TrafficGate::Failing("`iptables` is not installed or not on PATH".into());
         assert!(g.subnet_env_allowed());
         assert!(g.verdict().is_ready());
+        g.traffic = TrafficGate::Pending;
+        assert!(!g.subnet_env_allowed());
+        g.traffic = TrafficGate::InPlace;
         g.lease = false;
         assert!(!g.subnet_env_allowed());
     }
