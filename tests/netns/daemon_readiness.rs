@@ -1,6 +1,7 @@
 //! Honest readiness (the real binary against the test API server): with `--ip-masq`, neither
-//! subnet.env nor `/readyz` 200 before the masquerade rules are in place — a missing iptables
-//! is one error line and a not-ready node that picks the tool up once it is there; and one
+//! subnet.env nor `/readyz` 200 before the masquerade rules are in place — a missing or a
+//! broken iptables is one error line each and a not-ready node that picks the tool up once it
+//! works; and one
 //! peer whose entries the kernel refuses is marked failed while the node becomes ready and
 //! the other peers are programmed.
 
@@ -64,12 +65,27 @@ fn installed(program: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// Puts the machine's `program` into `dir`, replacing whatever is there in one step.
 fn link_into(dir: &Path, program: &str) {
-    std::os::unix::fs::symlink(installed(program), dir.join(program)).unwrap();
+    let tmp = dir.join(format!(".{program}.new"));
+    std::os::unix::fs::symlink(installed(program), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(program)).unwrap();
+}
+
+/// An `iptables` in `dir` that fails every call, as a broken install would.
+fn failing_iptables(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("iptables");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho 'iptables: broken for the test' >&2\nexit 4\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[test]
-fn with_ip_masq_a_missing_iptables_keeps_the_node_unready_until_it_is_installed() {
+fn with_ip_masq_a_missing_or_broken_iptables_keeps_the_node_unready_until_it_works() {
     let (lab, host) = lab_with_two_nodes("rd1");
     // The daemon's PATH: a dir of its own with `ip` (which `ip netns exec` is found by) and,
     // for now, no iptables.
@@ -127,6 +143,25 @@ fn with_ip_masq_a_missing_iptables_keeps_the_node_unready_until_it_is_installed(
         "no flannel.1"
     );
 
+    // A broken iptables instead: a new failure, one new line naming it, still not ready.
+    failing_iptables(&bin);
+    let broken = "`iptables --version` failed (exit status: 4): iptables: broken for the test";
+    let body = wait_for(
+        "the new failure in /readyz",
+        Duration::from_secs(60),
+        &d,
+        || d.health("/readyz").filter(|(_, b)| b.contains(broken)),
+    );
+    assert_eq!(body.0, 503, "{}", body.1);
+    assert!(
+        !d.subnet_file.exists(),
+        "subnet.env written without masquerade"
+    );
+    let log = d.log();
+    let errors = lines_with(&log, "traffic rules cannot be ensured");
+    assert_eq!(errors.len(), 2, "{log}");
+    assert!(errors[1].contains(broken), "{}", errors[1]);
+
     // iptables appears (as an installed package would): the next attempt takes it.
     for program in ["iptables", "iptables-restore"] {
         link_into(&bin, program);
@@ -163,7 +198,7 @@ fn with_ip_masq_a_missing_iptables_keeps_the_node_unready_until_it_is_installed(
     assert!(installed_at < env_at, "subnet.env before the rules:\n{log}");
     assert_eq!(
         lines_with(&log, "traffic rules cannot be ensured").len(),
-        1,
+        2,
         "{log}"
     );
 }
