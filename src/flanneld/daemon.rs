@@ -315,10 +315,16 @@ async fn run_supervised(
 
     // subnet.env for the CNI plugin, once the rules its pods need are in place.
     let mut gates = readiness.subscribe();
-    tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        allowed = gates.wait_for(|g| g.subnet_env_allowed()) => {
-            allowed.context("readiness gates closed")?;
+    let mut said_waiting = false;
+    while !gates.borrow_and_update().subnet_env_allowed() {
+        if !said_waiting && matches!(gates.borrow().traffic, TrafficGate::Failing(_)) {
+            tracing::warn!(path = %config.subnet_file.display(),
+                "subnet.env waits for the traffic rules (--ip-masq): no pod starts on this node until they are in place");
+            said_waiting = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = gates.changed() => changed.context("readiness gates closed")?,
         }
     }
     let env = netconf.subnet_env(&lease, pod_mtu, config.ip_masq);

@@ -130,6 +130,11 @@ fn with_ip_masq_a_missing_or_broken_iptables_keeps_the_node_unready_until_it_wor
         errors[0]
     );
     println!("{failures} failed attempts, one line: {}", errors[0]);
+    assert_eq!(
+        lines_with(&log, "subnet.env waits for the traffic rules").len(),
+        1,
+        "{log}"
+    );
     // The datapath does not wait for the rules: the pods already running keep their peers.
     assert!(
         host.ns
