@@ -389,6 +389,26 @@ mod tests {
     }
 
     #[test]
+    fn every_peer_operation_has_the_key_its_peer_owns() {
+        let desired = entries(
+            &[n("10.244.2.0", 2)],
+            &[f(2, "192.0.2.2")],
+            &[r("10.244.2.0/24", "10.244.2.0")],
+        );
+        let ops = plan_ops(&plan::diff(&KernelEntries::default(), &desired), 7);
+        let keys: Vec<_> = ops.iter().map(|o| entry_key(o, Family::V4)).collect();
+        assert_eq!(
+            keys,
+            [
+                Some(EntryKey::Neighbour("10.244.2.0".parse().unwrap())),
+                Some(EntryKey::Fdb(Family::V4, MacAddr([2, 0, 0, 0, 0, 2]))),
+                Some(EntryKey::Route("10.244.2.0/24".parse().unwrap())),
+            ]
+        );
+        assert_eq!(entry_key(&Op::SetLinkUp(7), Family::V4), None);
+    }
+
+    #[test]
     fn a_mac_change_replaces_in_place_and_drops_the_old_fdb_entry() {
         let actual = entries(
             &[n("10.244.2.0", 2)],

@@ -296,6 +296,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readiness_waiters_wake_only_on_a_change() {
+        let readiness = Readiness::default();
+        let mut rx = readiness.subscribe();
+        readiness.update(|g| g.lease = false);
+        assert!(!rx.has_changed().unwrap(), "nothing changed");
+        readiness.update(|g| g.lease = true);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().lease);
+        assert!(readiness.gates().lease);
+        assert!(!readiness.verdict().is_ready());
+    }
+
+    #[tokio::test]
     async fn a_port_in_use_is_a_clear_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
