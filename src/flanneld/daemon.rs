@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Netlink, RouteFilter};
 
-use super::health::{self, HealthState};
+use super::health::{self, HealthState, Readiness};
 use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor};
 use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
@@ -35,10 +35,11 @@ use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::node::{NodeInfo, SlimNode};
 use super::pure::peers::ValidationContext;
+use super::pure::readiness::{Gates, TrafficGate};
 use super::pure::watchdog::PassWatchdog;
 use super::reconcile::{PassSummary, ReconcileInputs, ReconcileTiming, Reconciler, Trigger};
 use super::tasks::{Tasks, test_faults};
-use super::traffic::{BlackholeRoutes, TrafficConfig, TrafficRules};
+use super::traffic::{BlackholeRoutes, EnsureOutcome, TrafficConfig, TrafficError, TrafficRules};
 use crate::net::Family;
 use crate::subnet_env::{self, SubnetEnv};
 
@@ -84,15 +85,19 @@ async fn run_supervised(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(std::sync::Mutex::new(StatusDoc::default()));
+    let readiness = Readiness::default();
+    readiness.update(|g| g.traffic_required = config.ip_masq);
 
     // Health first: liveness must answer during a long initial list.
     let health_state = {
         let metrics = metrics.clone();
         let status = status.clone();
         let metrics_for_status = metrics.clone();
+        let gates = readiness.clone();
         HealthState::new(
             Arc::new(move || metrics.render()),
-            Arc::new(move || render_status(&status, &metrics_for_status)),
+            Arc::new(move || render_status(&status, &metrics_for_status, &gates.gates())),
+            readiness.clone(),
         )
     };
     if let Some(addr) = config.healthz {
@@ -162,6 +167,7 @@ async fn run_supervised(
     };
     tracing::info!(node = %node_name, subnet_v4 = ?lease.v4, subnet_v6 = ?lease.v6, "lease acquired");
     set_status(&status, |s| s.lease = lease_strings(&lease));
+    readiness.update(|g| g.lease = true);
 
     // The underlay: interface and addresses, honouring node-public-ip annotations.
     let nl = Netlink::current().context("open netlink")?;
@@ -227,12 +233,10 @@ async fn run_supervised(
         },
     );
     reconciler.watchdog = health_state.watchdog();
-    // Only the verdict is kept: the summary of 5000 peers would otherwise live as long as `run`.
-    // A provisional pass (the list still running) is not the readiness pass.
-    let first_clean = {
-        let summary = reconciler.pass(Trigger::Startup).await?;
-        summary.errors.is_empty() && !summary.provisional
-    };
+    reconciler.readiness = readiness.clone();
+    // The summary of 5000 peers is not kept: it would otherwise live as long as `run`. The
+    // pass reports its end to the readiness gates itself.
+    drop(reconciler.pass(Trigger::Startup).await?);
     let pod_mtu = reconciler
         .pod_mtu
         .context("no address family enabled in net-conf.json")?;
@@ -251,7 +255,6 @@ async fn run_supervised(
                 .map(|a| (f, a))
         })
         .collect();
-    let (published_tx, mut published_rx) = watch::channel(false);
     let keeper = AnnotationKeeper {
         writer: NodeStatusWriter::new(client.clone(), &node_name),
         cache: cache.clone(),
@@ -259,7 +262,7 @@ async fn run_supervised(
         prefix: keys.prefix.clone(),
         metrics: metrics.clone(),
         timing: tuning.keeper.clone(),
-        published: published_tx,
+        readiness: readiness.clone(),
     };
     tasks.spawn(
         "annotation-keeper",
@@ -275,14 +278,24 @@ async fn run_supervised(
         &config, &netconf, &lease, previous,
     ))?;
     traffic.check_br_netfilter()?;
-    match traffic.ensure().await {
-        Ok(outcome) => tracing::info!(outcome = ?outcome, "traffic rules in place"),
-        // Retried by the resync loop; the datapath itself does not depend on them.
-        Err(err) => tracing::warn!(error = %err, "traffic rules could not be installed yet"),
-    }
+    // A missing or failing iptables / nft does not end the daemon: it stays alive and not
+    // ready (the reason in /readyz and /status, one error line), keeps the datapath for the
+    // pods already running converged, and picks the tool up as soon as it works.
+    let report = {
+        let readiness = readiness.clone();
+        let metrics = metrics.clone();
+        move |outcome: &Result<EnsureOutcome, TrafficError>| {
+            metrics.observe_traffic_rules(outcome.is_ok());
+            let gate = match outcome {
+                Ok(_) => TrafficGate::InPlace,
+                Err(e) => TrafficGate::Failing(e.to_string()),
+            };
+            readiness.update(|g| g.traffic = gate);
+        }
+    };
     tasks.spawn(
         "traffic-rules",
-        traffic.run(config.iptables_resync, shutdown.clone()),
+        traffic.run(config.iptables_resync, report, shutdown.clone()),
     );
     if config.ip_blackhole_route {
         let blackholes = BlackholeRoutes::for_lease(&netconf, &lease);
@@ -292,7 +305,28 @@ async fn run_supervised(
         );
     }
 
-    // subnet.env for the CNI plugin.
+    // The long-running reconciler, which also owns the kernel monitor it waits on for drift.
+    let last_pass = reconciler.last.clone();
+    set_status(&status, |s| s.last_pass = Some(last_pass));
+    tasks.spawn(
+        "reconciler",
+        reconciler.run(signals.peers_changed.clone(), shutdown.clone()),
+    );
+
+    // subnet.env for the CNI plugin, once the rules its pods need are in place.
+    let mut gates = readiness.subscribe();
+    let mut said_waiting = false;
+    while !gates.borrow_and_update().subnet_env_allowed() {
+        if !said_waiting && matches!(gates.borrow().traffic, TrafficGate::Failing(_)) {
+            tracing::warn!(path = %config.subnet_file.display(),
+                "subnet.env waits for the traffic rules (--ip-masq): no pod starts on this node until they are in place");
+            said_waiting = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = gates.changed() => changed.context("readiness gates closed")?,
+        }
+    }
     let env = netconf.subnet_env(&lease, pod_mtu, config.ip_masq);
     match subnet_env::write_if_changed(&config.subnet_file, env.render().as_bytes()) {
         Ok(outcome) => {
@@ -300,33 +334,14 @@ async fn run_supervised(
         }
         Err(err) => anyhow::bail!("write {}: {err}", config.subnet_file.display()),
     }
+    readiness.update(|g| g.subnet_env_written = true);
 
-    // The long-running reconciler; readiness once annotations and datapath are in place.
-    let (first_pass_tx, mut first_pass_rx) = watch::channel(first_clean);
-    let last_pass = reconciler.last.clone();
-    {
-        let status = status.clone();
-        set_status(&status, |s| s.last_pass = Some(last_pass));
-    }
-    // The reconciler also owns the kernel monitor it waits on for drift.
-    tasks.spawn(
-        "reconciler",
-        reconciler.run(
-            signals.peers_changed.clone(),
-            first_pass_tx,
-            shutdown.clone(),
-        ),
-    );
-
-    let ready = async {
-        published_rx.wait_for(|p| *p).await.ok();
-        first_pass_rx.wait_for(|p| *p).await.ok();
-    };
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        _ = ready => {}
+        ready = gates.wait_for(|g| g.verdict().is_ready()) => {
+            ready.context("readiness gates closed")?;
+        }
     }
-    health_state.set_ready(true);
     tracing::info!(node = %node_name, "flanneld is ready");
 
     if config.set_node_network_unavailable {
@@ -343,7 +358,24 @@ async fn run_supervised(
         }
     }
 
-    shutdown.cancelled().await;
+    // Readiness can be lost again (the rules cannot be checked, a pass cannot read the
+    // kernel): one line per change, with what it waits for.
+    let mut was_ready = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = gates.changed() => if changed.is_err() { break },
+        }
+        let verdict = gates.borrow_and_update().verdict();
+        if verdict.is_ready() != was_ready {
+            was_ready = verdict.is_ready();
+            if was_ready {
+                tracing::info!(node = %node_name, "flanneld is ready again");
+            } else {
+                tracing::warn!(node = %node_name, waiting_for = ?verdict.waiting_for, "flanneld is not ready");
+            }
+        }
+    }
     tracing::info!("exiting cleanly; the datapath stays in place");
     Ok(())
 }
@@ -502,7 +534,7 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
     }
 }
 
-fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics) -> String {
+fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates: &Gates) -> String {
     let Ok(s) = status.lock() else {
         return "{}".into();
     };
@@ -511,9 +543,18 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics) -> Str
         .as_ref()
         .and_then(|p| p.lock().ok().map(|p| p.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
+    let verdict = gates.verdict();
+    let traffic = match &gates.traffic {
+        TrafficGate::Pending => json!({"state": "pending"}),
+        TrafficGate::InPlace => json!({"state": "in-place"}),
+        TrafficGate::Failing(error) => json!({"state": "failing", "error": error}),
+    };
     let doc = json!({
         "node": s.node,
         "lease": s.lease,
+        "ready": verdict.is_ready(),
+        "waiting_for": verdict.waiting_for,
+        "traffic_rules": traffic,
         "annotations": {
             "writes": writes,
             "heals": heals,

@@ -18,6 +18,7 @@ use crate::net::Family;
 
 use super::pure::desired::{DeviceSpec, FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
 use super::pure::plan::{Plan, Step};
+use super::pure::refusals::EntryKey;
 
 /// Route protocol marking our DirectRouting routes (an unassigned number in
 /// /etc/iproute2/rt_protos). Tunnel routes keep `proto boot`, as upstream installs them.
@@ -177,6 +178,21 @@ pub async fn actual_entries(
         }
     }
     Ok(entries)
+}
+
+/// The peer-entry key an operation of `family`'s device is about (see
+/// [`super::pure::refusals`]); `None` for operations that are not about a peer entry.
+pub fn entry_key(op: &Op, family: Family) -> Option<EntryKey> {
+    match op {
+        Op::ReplaceRoute(r) | Op::CreateRoute(r) | Op::RemoveRoute(r) => {
+            Some(EntryKey::Route(r.dst))
+        }
+        Op::ReplaceNeighbour(n) | Op::RemoveNeighbour(n) => Some(EntryKey::Neighbour(n.ip)),
+        Op::ReplaceFdb(f) | Op::AppendFdb(f) | Op::RemoveFdb(f) => {
+            Some(EntryKey::Fdb(family, f.mac))
+        }
+        Op::ReplaceAddress(_) | Op::RemoveAddress(_) | Op::SetLinkUp(_) => None,
+    }
 }
 
 /// Translates a plan into netlink operations on the device, in the plan's order.
@@ -370,6 +386,26 @@ mod tests {
         };
         assert!(route.onlink);
         assert_eq!(route.protocol, RouteProtocol::Boot);
+    }
+
+    #[test]
+    fn every_peer_operation_has_the_key_its_peer_owns() {
+        let desired = entries(
+            &[n("10.244.2.0", 2)],
+            &[f(2, "192.0.2.2")],
+            &[r("10.244.2.0/24", "10.244.2.0")],
+        );
+        let ops = plan_ops(&plan::diff(&KernelEntries::default(), &desired), 7);
+        let keys: Vec<_> = ops.iter().map(|o| entry_key(o, Family::V4)).collect();
+        assert_eq!(
+            keys,
+            [
+                Some(EntryKey::Neighbour("10.244.2.0".parse().unwrap())),
+                Some(EntryKey::Fdb(Family::V4, MacAddr([2, 0, 0, 0, 0, 2]))),
+                Some(EntryKey::Route("10.244.2.0/24".parse().unwrap())),
+            ]
+        );
+        assert_eq!(entry_key(&Op::SetLinkUp(7), Family::V4), None);
     }
 
     #[test]

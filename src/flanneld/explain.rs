@@ -117,6 +117,10 @@ pub fn render(status: &Value, ready: Option<bool>) -> String {
         }
     ));
 
+    for w in status["waiting_for"].as_array().into_iter().flatten() {
+        line(format!("  waiting for {}", s(w)));
+    }
+
     let a = &status["annotations"];
     let heals = n(&a["heals"]);
     line(format!(
@@ -161,8 +165,21 @@ pub fn render(status: &Value, ready: Option<bool>) -> String {
     for e in last["errors"].as_array().into_iter().flatten().take(5) {
         line(format!("  ! {}", s(e)));
     }
+    let failed = last["failed_peers"].as_array().cloned().unwrap_or_default();
+    if !failed.is_empty() {
+        line(format!(
+            "peers failed (the kernel refuses their entries; retried): {}",
+            failed.len()
+        ));
+        for f in &failed {
+            line(format!("  ! {:<22} {}", s(&f["node"]), s(&f["error"])));
+        }
+    }
     let peers = last["peers"].as_array().cloned().unwrap_or_default();
-    line(format!("peers programmed: {}", peers.len()));
+    line(format!(
+        "peers programmed: {}",
+        peers.len().saturating_sub(failed.len())
+    ));
     for p in &peers {
         line(format!(
             "  {:<24} {:<20} via {:<16} vtep {}",
@@ -202,6 +219,7 @@ mod tests {
                 "trigger": "drift", "duration_ms": 1.5, "operations": 2, "errors": [],
                 "devices": [{"name": "flannel.1", "index": 4, "mac": "0e:00:00:00:00:01", "mtu": 1450, "entries": 3}],
                 "peers": [{"node": "n2", "subnets": ["10.244.2.0/24"], "public_ips": ["192.168.50.2"], "vtep_macs": ["0e:00:00:00:00:02"]}],
+                "failed_peers": [{"node": "n3", "error": "replace route 10.244.3.0/24: Invalid argument"}],
                 "rejected": [{"node": "evil", "kind": "subnet_overlaps_own", "reason": "subnet 10.244.1.0/24 overlaps our own"}]
             }
         });
@@ -219,6 +237,12 @@ mod tests {
         );
         assert!(text.contains("1 refused as unsafe or broken"), "{text}");
         assert!(
+            text.contains("peers failed (the kernel refuses their entries; retried): 1")
+                && text.contains("n3")
+                && text.contains("Invalid argument"),
+            "{text}"
+        );
+        assert!(
             text.contains("evil") && text.contains("overlaps our own"),
             "{text}"
         );
@@ -226,8 +250,13 @@ mod tests {
 
     #[test]
     fn a_daemon_still_waiting_says_so() {
-        let status = json!({"node": "n1", "lease": [], "annotations": {}, "last_reconcile": null});
+        let status = json!({"node": "n1", "lease": [], "annotations": {}, "last_reconcile": null,
+            "waiting_for": ["traffic rules (--ip-masq): `iptables` is not installed or not on PATH"]});
         let text = render(&status, Some(false));
+        assert!(
+            text.contains("  waiting for traffic rules (--ip-masq): `iptables` is not installed"),
+            "{text}"
+        );
         assert!(text.contains("(not assigned yet)"), "{text}");
         assert!(text.contains("ready: NO"), "{text}");
         assert!(text.contains("no reconcile has finished yet"), "{text}");

@@ -1,13 +1,13 @@
 //! The health server: `/healthz` (liveness) answers from the daemon's first moment and fails
-//! once a requested reconcile pass is stuck (see [`PassWatchdog`]), `/readyz`
-//! turns 200 once the lease is known and the first full reconcile is done, `/metrics` exposes
-//! counters, and `/status` explains the daemon's view in one JSON document.
+//! once a requested reconcile pass is stuck (see [`PassWatchdog`]), `/readyz` answers the
+//! readiness rule ([`Gates::verdict`]: 503 with what it waits for, one line each, until the
+//! lease, the datapath, the traffic rules, subnet.env and the annotations are in place),
+//! `/metrics` exposes counters, and `/status` explains the daemon's view in one JSON document.
 //!
 //! Upstream starts its health server only after the node informer synced, so a long initial
 //! list can get the pod killed by its liveness probe; we bind before anything else.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,8 +15,10 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::pure::readiness::{Gates, Verdict};
 use super::pure::watchdog::{Liveness, PassWatchdog};
 
 /// Renders a document on demand (metrics text, status JSON).
@@ -24,28 +26,25 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What the health endpoints report; shared with the daemon's tasks.
 pub struct HealthState {
-    ready: AtomicBool,
+    readiness: Readiness,
     watchdog: SharedWatchdog,
     metrics: Render,
     status: Render,
 }
 
 impl HealthState {
-    pub fn new(metrics: Render, status: Render) -> Arc<Self> {
+    pub fn new(metrics: Render, status: Render, readiness: Readiness) -> Arc<Self> {
         Arc::new(Self {
-            ready: AtomicBool::new(false),
+            readiness,
             watchdog: Arc::new(Mutex::new(PassWatchdog::default())),
             metrics,
             status,
         })
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    /// The gates the daemon's tasks report into; `/readyz` answers their verdict.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     /// The reconciler's watchdog, which `/healthz` consults.
@@ -63,6 +62,40 @@ impl HealthState {
 
 /// The reconciler marks requests and completed passes; the health server reads.
 pub type SharedWatchdog = Arc<Mutex<PassWatchdog>>;
+
+/// The shared readiness [`Gates`]: every task updates its own gate, the health server and the
+/// daemon's start-up sequence read (and wait on) them.
+#[derive(Clone)]
+pub struct Readiness(watch::Sender<Gates>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(watch::Sender::new(Gates::default()))
+    }
+}
+
+impl Readiness {
+    /// Changes the gates; waiters wake only when something changed.
+    pub fn update(&self, f: impl FnOnce(&mut Gates)) {
+        self.0.send_if_modified(|g| {
+            let before = g.clone();
+            f(g);
+            *g != before
+        });
+    }
+
+    pub fn gates(&self) -> Gates {
+        self.0.borrow().clone()
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.0.borrow().verdict()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Gates> {
+        self.0.subscribe()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -140,11 +173,16 @@ fn router(state: Arc<HealthState>) -> Router {
             any(move || {
                 let state = ready_state.clone();
                 async move {
-                    if state.is_ready() {
-                        (StatusCode::OK, "flanneld is ready").into_response()
+                    let verdict = state.readiness.verdict();
+                    if verdict.is_ready() {
+                        (StatusCode::OK, "flanneld is ready".to_string()).into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "flanneld is not ready yet")
-                            .into_response()
+                        let mut body = "flanneld is not ready:".to_string();
+                        for line in &verdict.waiting_for {
+                            body.push_str("\n  ");
+                            body.push_str(line);
+                        }
+                        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
                     }
                 }
             }),
@@ -172,6 +210,7 @@ fn text(body: &str, content_type: &'static str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flanneld::pure::readiness::{DatapathGate, TrafficGate};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: SocketAddr, path: &str) -> String {
@@ -188,6 +227,7 @@ mod tests {
         let state = HealthState::new(
             Arc::new(|| "flanneld_heals_total 3\n".to_string()),
             Arc::new(|| "{\"node\":\"n1\"}".to_string()),
+            Readiness::default(),
         );
         let token = CancellationToken::new();
         let (addr, serve) = bind("127.0.0.1:0".parse().unwrap(), state.clone(), token.clone())
@@ -201,9 +241,34 @@ mod tests {
 
         let not_ready = get(addr, "/readyz").await;
         assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
-        assert!(not_ready.ends_with("flanneld is not ready yet"));
+        assert!(
+            not_ready.contains("flanneld is not ready:\n  lease: "),
+            "{not_ready}"
+        );
 
-        state.set_ready(true);
+        let readiness = state.readiness();
+        readiness.update(|g| {
+            *g = Gates {
+                lease: true,
+                annotations_published: true,
+                datapath: DatapathGate::Programmed,
+                traffic_required: true,
+                traffic: TrafficGate::Failing("`iptables` is not installed".into()),
+                subnet_env_written: false,
+            }
+        });
+        let waiting = get(addr, "/readyz").await;
+        assert!(waiting.starts_with("HTTP/1.1 503"), "{waiting}");
+        assert!(
+            waiting.ends_with(
+                "flanneld is not ready:\n  traffic rules (--ip-masq): `iptables` is not installed\n  subnet.env: waits for the lease and the traffic rules"
+            ),
+            "{waiting}"
+        );
+        readiness.update(|g| {
+            g.traffic = TrafficGate::InPlace;
+            g.subnet_env_written = true;
+        });
         let ready = get(addr, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
@@ -231,10 +296,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readiness_waiters_wake_only_on_a_change() {
+        let readiness = Readiness::default();
+        let mut rx = readiness.subscribe();
+        readiness.update(|g| g.lease = false);
+        assert!(!rx.has_changed().unwrap(), "nothing changed");
+        readiness.update(|g| g.lease = true);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().lease);
+        assert!(readiness.gates().lease);
+        assert!(!readiness.verdict().is_ready());
+    }
+
+    #[tokio::test]
     async fn a_port_in_use_is_a_clear_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let state = HealthState::new(Arc::new(String::new), Arc::new(String::new));
+        let state = HealthState::new(
+            Arc::new(String::new),
+            Arc::new(String::new),
+            Readiness::default(),
+        );
         let err = match bind(addr, state, CancellationToken::new()).await {
             Err(e) => e,
             Ok(_) => panic!("bind on a taken port succeeded"),

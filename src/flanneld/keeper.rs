@@ -15,6 +15,7 @@ use rand::SeedableRng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::health::Readiness;
 use super::kube::NodeStatusWriter;
 use super::metrics::Metrics;
 use super::node_cache::NodeCache;
@@ -50,8 +51,8 @@ pub struct AnnotationKeeper {
     pub prefix: AnnotationPrefix,
     pub metrics: Arc<Metrics>,
     pub timing: KeeperTiming,
-    /// Fires (value `true`) once our annotations are published as desired.
-    pub published: watch::Sender<bool>,
+    /// Told (its annotations gate) once our annotations are published as desired.
+    pub readiness: Readiness,
 }
 
 impl AnnotationKeeper {
@@ -87,7 +88,7 @@ impl AnnotationKeeper {
                 noticed = None;
                 paced = false;
                 self.timing.errors.reset();
-                let _ = self.published.send(true);
+                self.readiness.update(|g| g.annotations_published = true);
                 if !wait(&mut own_changed, &shutdown, None).await {
                     return;
                 }

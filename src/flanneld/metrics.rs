@@ -17,6 +17,10 @@ const KINDS: usize = RejectKind::ALL.len();
 #[derive(Debug, Default)]
 pub struct Metrics {
     peers_programmed: AtomicU64,
+    peers_failed: AtomicU64,
+    peer_failures_total: AtomicU64,
+    traffic_rules_in_place: AtomicU64,
+    traffic_rules_failures_total: AtomicU64,
     peers_rejected: [AtomicU64; KINDS],
     rejections_total: [AtomicU64; KINDS],
     drift_repairs_total: AtomicU64,
@@ -42,6 +46,26 @@ impl Metrics {
     /// Gauge: peers currently programmed.
     pub fn set_peers_programmed(&self, n: u64) {
         self.peers_programmed.store(n, Ordering::Relaxed);
+    }
+
+    /// Gauge: peers whose entries the kernel refused in the last pass that attempted them.
+    pub fn set_peers_failed(&self, n: u64) {
+        self.peers_failed.store(n, Ordering::Relaxed);
+    }
+
+    /// Counter: a peer became failed (counted once per failure, not per retry).
+    pub fn count_peer_failures(&self, n: u64) {
+        self.peer_failures_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One attempt to ensure the masquerade / forward rules ended.
+    pub fn observe_traffic_rules(&self, in_place: bool) {
+        self.traffic_rules_in_place
+            .store(u64::from(in_place), Ordering::Relaxed);
+        if !in_place {
+            self.traffic_rules_failures_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Gauge per reason: nodes currently rejected (replace all values after each selection).
@@ -160,6 +184,30 @@ impl Metrics {
             get(&self.peers_programmed),
         );
         simple(
+            "flannel_peers_failed",
+            "gauge",
+            "Peers whose entries the kernel refused in the last pass that attempted them.",
+            get(&self.peers_failed),
+        );
+        simple(
+            "flannel_peer_failures_total",
+            "counter",
+            "Times a peer became failed (the kernel refused its entries).",
+            get(&self.peer_failures_total),
+        );
+        simple(
+            "flannel_traffic_rules_in_place",
+            "gauge",
+            "1 when the last attempt to ensure the masquerade/forward rules succeeded.",
+            get(&self.traffic_rules_in_place),
+        );
+        simple(
+            "flannel_traffic_rules_failures_total",
+            "counter",
+            "Attempts to ensure the masquerade/forward rules that failed.",
+            get(&self.traffic_rules_failures_total),
+        );
+        simple(
             "flannel_drift_repairs_total",
             "counter",
             "Kernel entries repaired that the API did not ask to change.",
@@ -264,6 +312,11 @@ mod tests {
     fn render_reflects_updates() {
         let m = Metrics::new();
         m.set_peers_programmed(42);
+        m.set_peers_failed(1);
+        m.count_peer_failures(1);
+        m.observe_traffic_rules(false);
+        m.observe_traffic_rules(false);
+        m.observe_traffic_rules(true);
         m.set_peers_rejected([
             RejectKind::NotManaged,
             RejectKind::NotManaged,
@@ -303,6 +356,10 @@ mod tests {
             "flannel_peer_rejections_total{reason=\"bad_vtep_mac\"} 1"
         );
         assert!(t.contains("flannel_drift_repairs_total 3\n"));
+        assert!(t.contains("flannel_peers_failed 1\n"));
+        assert!(t.contains("flannel_peer_failures_total 1\n"));
+        assert!(t.contains("flannel_traffic_rules_in_place 1\n"));
+        assert!(t.contains("flannel_traffic_rules_failures_total 2\n"));
         assert!(t.contains("flannel_annotation_heals_total 1\n"));
         assert!(t.contains("flannel_annotation_conflicts_total 1\n"));
         assert!(t.contains("flannel_netlink_ops_total 9\n"));

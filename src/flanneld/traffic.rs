@@ -29,13 +29,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
+use rand::SeedableRng;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use super::pure::backoff::Backoff;
 use super::pure::config::DaemonConfig;
 use super::pure::lease::PodSubnets;
 use super::pure::masq::{
@@ -204,6 +206,8 @@ impl TrafficConfig {
 pub enum TrafficError {
     #[error("invalid traffic rule configuration: {0}")]
     Config(String),
+    #[error("`{program}` is not installed or not on PATH (needed for `{command}`)")]
+    Missing { program: String, command: String },
     #[error("cannot run `{command}`: {source}")]
     Spawn { command: String, source: io::Error },
     #[error("`{command}` did not finish within {timeout:?} and was killed")]
@@ -226,7 +230,7 @@ pub enum TrafficError {
 impl TrafficError {
     /// The program is not installed.
     fn is_missing_program(&self) -> bool {
-        matches!(self, TrafficError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(self, TrafficError::Missing { .. })
     }
 }
 
@@ -376,28 +380,58 @@ impl TrafficRules {
     }
 
     /// Ensures now, then every `resync` until `shutdown` (both modes; upstream's nftables mode
-    /// never checks again). Rules are left in place on shutdown, like upstream.
-    pub async fn run(self, resync: Duration, shutdown: CancellationToken) {
+    /// never checks again). While ensuring fails (a missing or failing iptables / nft) it
+    /// retries after a backoff of 1 s doubling to 30 s instead, and logs one error line per
+    /// distinct failure, not one per attempt. `report` hears every attempt's outcome (the
+    /// daemon's readiness and metrics). Rules are left in place on shutdown, like upstream.
+    pub async fn run(
+        self,
+        resync: Duration,
+        report: impl Fn(&Result<EnsureOutcome, TrafficError>) + Send,
+        shutdown: CancellationToken,
+    ) {
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         // Until the first success, writes are the installation, not a repair of drift.
         let mut installed = false;
+        let mut failing: Option<String> = None;
         loop {
-            match self.ensure().await {
-                Ok(EnsureOutcome::Unchanged) => {
+            let outcome = self.ensure().await;
+            report(&outcome);
+            let wait = match &outcome {
+                Ok(done) => {
+                    match (done, failing.take()) {
+                        (EnsureOutcome::Repaired { what }, _) if !installed => {
+                            info!(changes = ?what, "traffic rules installed")
+                        }
+                        (EnsureOutcome::Repaired { what }, _) => {
+                            warn!(repaired = ?what, "traffic rules were changed by someone; repaired")
+                        }
+                        (EnsureOutcome::Unchanged, Some(_)) => {
+                            info!("traffic rules in place again")
+                        }
+                        (EnsureOutcome::Unchanged, None) => debug!("traffic rules in place"),
+                    }
                     installed = true;
-                    debug!("traffic rules in place")
+                    backoff.reset();
+                    resync
                 }
-                Ok(EnsureOutcome::Repaired { what }) if !installed => {
-                    installed = true;
-                    info!(changes = ?what, "traffic rules installed")
+                Err(e) => {
+                    let delay = backoff.next_delay(&mut rng);
+                    let text = e.to_string();
+                    if failing.as_deref() != Some(text.as_str()) {
+                        error!(error = %text, retry_in_ms = delay.as_millis() as u64,
+                            "traffic rules cannot be ensured; retrying with backoff (repeats of this error are logged at debug)");
+                    } else {
+                        debug!(error = %text, retry_in_ms = delay.as_millis() as u64, "traffic rules still cannot be ensured");
+                    }
+                    failing = Some(text);
+                    delay
                 }
-                Ok(EnsureOutcome::Repaired { what }) => {
-                    warn!(repaired = ?what, "traffic rules were changed by someone; repaired")
-                }
-                Err(e) => warn!(error = %e, "ensuring traffic rules failed; retrying next resync"),
-            }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(resync) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -700,7 +734,11 @@ impl TrafficRules {
             .await
         {
             Ok(_) => true,
-            Err(e @ (TrafficError::Spawn { .. } | TrafficError::Timeout { .. })) => return Err(e),
+            Err(
+                e @ (TrafficError::Missing { .. }
+                | TrafficError::Spawn { .. }
+                | TrafficError::Timeout { .. }),
+            ) => return Err(e),
             Err(e) => {
                 warn!(error = %e, "nft does not accept fully-random; masquerading without it");
                 false
@@ -815,9 +853,15 @@ async fn run_command(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| TrafficError::Spawn {
-            command: command.clone(),
-            source,
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => TrafficError::Missing {
+                program: program.to_string(),
+                command: command.clone(),
+            },
+            _ => TrafficError::Spawn {
+                command: command.clone(),
+                source,
+            },
         })?;
     let input = stdin.map(str::to_owned);
     let pipe = child.stdin.take();
@@ -1165,10 +1209,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_missing_program(), "{err}");
-        assert!(
-            err.to_string()
-                .starts_with("cannot run `frs-no-such-tool -S`"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "`frs-no-such-tool` is not installed or not on PATH (needed for `frs-no-such-tool -S`)"
         );
         let started = std::time::Instant::now();
         let err = run_command("sleep", &["30"], None, Duration::from_millis(200))

@@ -6,7 +6,8 @@
 //! → [`desired`] (kernel state as a pure function) → [`plan`] (diff against the kernel's
 //! actual state). Our own Node's annotations are computed via [`annotations`]; the lease via
 //! [`lease`]; the underlay interface is chosen by [`iface`] on plain data; [`masq`] renders the
-//! ip-masq rules as text; [`backoff`] decides delays (the caller sleeps).
+//! ip-masq rules as text; [`backoff`] decides delays (the caller sleeps); [`readiness`] is the
+//! one readiness rule and [`refusals`] tells which peer a refused kernel entry belongs to.
 //!
 //! Wiring recipe (what the I/O layer does around these functions):
 //! 1. `Flags::parse_with_env` → `Flags::resolve` → [`config::DaemonConfig`];
@@ -36,6 +37,8 @@ pub mod netconf;
 pub mod node;
 pub mod peers;
 pub mod plan;
+pub mod readiness;
+pub mod refusals;
 pub mod watchdog;
 
 /// The whole pure pipeline on one realistic input, as the wiring will drive it.

@@ -7,7 +7,7 @@
 mod summary;
 mod view;
 
-pub use summary::{DeviceSummary, PassSummary, PeerSummary, RejectedSummary};
+pub use summary::{DeviceSummary, FailedPeerSummary, PassSummary, PeerSummary, RejectedSummary};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::netlink::{Link, Netlink};
 
 use super::datapath::{self, DeviceAction};
-use super::health::SharedWatchdog;
+use super::health::{Readiness, SharedWatchdog};
 use super::memory;
 use super::metrics::Metrics;
 use super::node_cache::NodeCache;
@@ -30,9 +30,11 @@ use super::pure::desired::{self, FamilyState, KernelEntries, OwnMacs, Underlay};
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::peers::{
-    self, LostAnnotations, ParseMemo, PeerSelection, RejectionTracker, ValidationContext,
+    self, LostAnnotations, ParseMemo, Peer, PeerSelection, RejectionTracker, ValidationContext,
 };
 use super::pure::plan;
+use super::pure::readiness::PassEnd;
+use super::pure::refusals::{self, FailedPeers, Refusal};
 use crate::net::Family;
 use view::{DeviceEntries, HeldEntries, KernelView};
 
@@ -101,13 +103,17 @@ pub struct Reconciler {
     retry_due: bool,
     /// Told of every requested and every completed pass (liveness).
     pub watchdog: SharedWatchdog,
+    /// Told how every pass ended (the datapath's readiness gate).
+    pub readiness: Readiness,
+    /// Peers whose entries the kernel refuses.
+    failed_peers: FailedPeers,
 }
 
 /// What one device's step of a pass did.
 struct DeviceOutcome {
     summary: DeviceSummary,
     operations: usize,
-    errors: Vec<String>,
+    refusals: Vec<Refusal>,
     /// What the kernel holds on the device after a provisional pass whose changes all applied.
     held: Option<KernelEntries>,
 }
@@ -134,10 +140,14 @@ impl Reconciler {
             parse_memo: ParseMemo::default(),
             retry_due: false,
             watchdog: SharedWatchdog::default(),
+            readiness: Readiness::default(),
+            failed_peers: FailedPeers::default(),
         }
     }
 
     /// One reconcile: desired from the cache, actual from the kernel, apply the difference.
+    /// Its end is the datapath's readiness gate: a complete pass counts even when the kernel
+    /// refused some peers' entries (those peers are marked failed and retried).
     pub async fn pass(&mut self, trigger: Trigger) -> Result<PassSummary, ReconcileError> {
         self.mark_requested();
         let outcome = self.pass_inner(trigger).await;
@@ -145,6 +155,13 @@ impl Reconciler {
             w.completed();
         }
         self.retry_due = !matches!(&outcome, Ok(s) if s.errors.is_empty());
+        let end = match &outcome {
+            Ok(s) if s.provisional => PassEnd::Provisional,
+            Ok(_) => PassEnd::Complete,
+            Err(e) => PassEnd::Failed(e.to_string()),
+        };
+        self.readiness
+            .update(|g| g.datapath = g.datapath.after(end));
         outcome
     }
 
@@ -186,6 +203,7 @@ impl Reconciler {
         // Kept only if the whole pass completes, together with the wanted entries, which the
         // drift test needs to notice changes behind the held view.
         let mut held_after = Vec::new();
+        let mut refused = Vec::new();
         // Devices first: the monitor opens (once) after them and before the first dump.
         let mut ensured = Vec::new();
         for family in [Family::V4, Family::V6] {
@@ -222,7 +240,7 @@ impl Reconciler {
                 });
             }
             summary.operations += outcome.operations;
-            summary.errors.extend(outcome.errors);
+            refused.extend(outcome.refusals);
             summary.devices.push(outcome.summary);
             devices.push((family, index));
         }
@@ -247,8 +265,14 @@ impl Reconciler {
             .collect();
         self.view.record(wanted, held_after);
 
-        self.metrics
-            .set_peers_programmed(selection.peers.len() as u64);
+        summary.errors = refused.iter().map(|r| r.error.clone()).collect();
+        summary.failed_peers = self.note_refusals(&selection.peers, &refused, !provisional);
+        self.metrics.set_peers_programmed(
+            selection
+                .peers
+                .len()
+                .saturating_sub(self.failed_peers.len()) as u64,
+        );
         summary.peers = selection
             .peers
             .iter()
@@ -278,6 +302,45 @@ impl Reconciler {
             *last = summary.clone();
         }
         Ok(summary)
+    }
+
+    /// Splits a pass's refusals by peer and keeps the failed-peer set; logs once per change (a
+    /// peer becomes failed, a peer recovers) and the refusals no peer explains.
+    fn note_refusals(
+        &mut self,
+        peers: &[Peer],
+        refused: &[Refusal],
+        complete: bool,
+    ) -> Vec<FailedPeerSummary> {
+        let attributed = refusals::attribute(peers, refused);
+        for name in self.failed_peers.retain_selected(peers) {
+            tracing::debug!(peer = %name, "a failed peer is no longer selected");
+        }
+        let changes = self.failed_peers.update(&attributed.by_peer, complete);
+        for (peer, error) in &changes.failed {
+            tracing::warn!(
+                peer = %peer,
+                error = %error,
+                "the kernel refuses this peer's entries: peer marked failed, retried with backoff (readiness does not wait for it)"
+            );
+        }
+        for peer in &changes.recovered {
+            tracing::info!(peer = %peer, "peer programmed after earlier kernel refusals");
+        }
+        for e in attributed.unattributed.iter().take(5) {
+            tracing::warn!(error = %e, "kernel change failed");
+        }
+        self.metrics
+            .count_peer_failures(changes.failed.len() as u64);
+        self.metrics
+            .set_peers_failed(self.failed_peers.len() as u64);
+        self.failed_peers
+            .iter()
+            .map(|(node, error)| FailedPeerSummary {
+                node: node.to_string(),
+                error: error.to_string(),
+            })
+            .collect()
     }
 
     /// The peers to program, from the node cache: validated, conflicts settled, peers that
@@ -375,14 +438,21 @@ impl Reconciler {
         } else {
             drop(actual);
         }
-        let mut failed = Vec::new();
+        let mut failed: Vec<Refusal> = Vec::new();
         let mut operations = 0;
         if !plan.is_empty() {
             let ops = datapath::plan_ops(&plan, device.index);
             let results = self.nl.apply(&ops).await;
-            failed = results
+            failed = ops
                 .iter()
-                .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+                .zip(&results)
+                .filter_map(|(op, r)| {
+                    let error = r.as_ref().err()?.to_string();
+                    Some(Refusal {
+                        key: datapath::entry_key(op, family),
+                        error,
+                    })
+                })
                 .collect();
             operations = ops.len();
             self.metrics.add_netlink_ops(ops.len() as u64);
@@ -401,9 +471,6 @@ impl Reconciler {
                 failed = failed.len(),
                 "applied kernel changes"
             );
-            for e in failed.iter().take(5) {
-                tracing::warn!(device = %device.name, error = %e, "kernel change failed");
-            }
         }
         // What failed is unknown ground: the next pass dumps.
         let held = view.filter(|_| failed.is_empty()).map(|mut entries| {
@@ -423,18 +490,17 @@ impl Reconciler {
                 entries: state.entries.len(),
             },
             operations,
-            errors: failed,
+            refusals: failed,
             held,
         })
     }
 
     /// Runs passes until `shutdown`, after the start-up pass (the daemon runs it first, for
-    /// subnet.env). `first_pass` turns true after the first complete pass that left no error
-    /// behind (readiness).
+    /// subnet.env). A pass that left errors is retried after a backoff (200 ms doubling to
+    /// 30 s), refused peers included.
     pub async fn run(
         mut self,
         mut peers_changed: watch::Receiver<u64>,
-        first_pass: watch::Sender<bool>,
         shutdown: CancellationToken,
     ) {
         let mut rng = rand::rngs::StdRng::from_os_rng();
@@ -468,15 +534,14 @@ impl Reconciler {
             retry_in = match outcome {
                 Ok(summary) if summary.errors.is_empty() => {
                     retry.reset();
-                    if !summary.provisional {
-                        let _ = first_pass.send(true);
-                    }
                     None
                 }
                 Ok(summary) => {
                     let delay = retry.next_delay(&mut rng);
-                    tracing::warn!(
+                    // The pass logged what is new among its refusals; a retry is routine.
+                    tracing::debug!(
                         errors = summary.errors.len(),
+                        failed_peers = summary.failed_peers.len(),
                         retry_in_ms = delay.as_millis() as u64,
                         "reconcile left errors; retrying"
                     );

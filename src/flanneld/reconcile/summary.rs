@@ -16,6 +16,9 @@ pub struct PassSummary {
     pub devices: Vec<DeviceSummary>,
     pub operations: usize,
     pub errors: Vec<String>,
+    /// Peers whose entries the kernel refused (in this pass, or in the last one that
+    /// attempted them): retried, reported here and in `flannel_peers_failed`.
+    pub failed_peers: Vec<FailedPeerSummary>,
     /// Ran before the first complete node list: only additions were applied.
     pub provisional: bool,
 }
@@ -48,6 +51,13 @@ impl Serialize for PeerSummary {
         st.serialize_field("vtep_macs", &Displayed(&self.endpoints, |e| e.vtep_mac))?;
         st.end()
     }
+}
+
+/// A peer the kernel refuses, with its first error.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedPeerSummary {
+    pub node: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
