@@ -189,11 +189,15 @@ pub fn ping_matrix(c: &Cluster, out: &mut dyn Write) -> anyhow::Result<bool> {
 /// `flanneld explain` run inside the node's namespace (what an operator would run on it).
 pub fn explain(c: &Cluster, node: &str) -> anyhow::Result<String> {
     let rig = c.node(node)?;
+    let daemon = rig
+        .flanneld
+        .as_ref()
+        .with_context(|| format!("no flanneld on {node}"))?;
     let out = rig
         .host
         .ns
         .command(&c.binaries().flanneld.display().to_string())
-        .args(["explain", "--healthz-port=8081"])
+        .args(["explain".to_string(), daemon.subnet_file_flag()])
         .output()
         .context("run flanneld explain")?;
     if !out.status.success() {

@@ -96,14 +96,25 @@ async fn run_supervised(
         )
     };
     if let Some(addr) = config.healthz {
-        let (bound, serve) = health::bind(addr, health_state.clone(), shutdown.clone()).await?;
+        let defaults = health::Limits::default();
+        let limits = health::Limits {
+            header_read_timeout: test_faults::header_read_timeout()
+                .unwrap_or(defaults.header_read_timeout),
+            ..defaults
+        };
+        let (bound, serve) =
+            health::bind(addr, health_state.clone(), limits, shutdown.clone()).await?;
         tracing::info!(addr = %bound, "health server listening");
-        tasks.spawn("health-server", async move {
-            if let Err(err) = serve.await {
-                tracing::error!(error = %err, "health server failed");
-            }
-        });
+        tasks.spawn("health-server", serve);
     }
+    // Removed when this function's frame goes: on shutdown, or when a task failed.
+    let (_status_socket, serve) = health::bind_private(
+        &config.status_socket,
+        health_state.clone(),
+        shutdown.clone(),
+    )?;
+    tracing::info!(path = %config.status_socket.display(), "status socket listening");
+    tasks.spawn("status-socket", serve);
     if let Some(bound) = tuning.pass_bound.or_else(test_faults::pass_bound)
         && let Ok(mut w) = health_state.watchdog().lock()
     {

@@ -1,10 +1,11 @@
 //! `flanneld explain`: one command that tells an operator what this node's daemon believes and
 //! did — its lease, whether its annotations had to be re-asserted (and how often), which peers
 //! are programmed, which nodes were refused and why, and how the kernel was kept in line.
-//! It reads the running daemon's `/status` and `/readyz` from the health port.
+//! It reads the running daemon's `/status` and `/readyz` from its private status socket.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,29 +13,43 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     #[error(
-        "cannot reach flanneld's health server at {addr}: {source} (is flanneld running on this \
-         node with --healthz-port set?)"
+        "cannot reach flanneld's status socket {}: {source} ({hint})", path.display()
     )]
     Connect {
-        addr: SocketAddr,
+        path: PathBuf,
         source: std::io::Error,
+        hint: &'static str,
     },
-    #[error("bad answer from {addr}{path}: {detail}")]
+    #[error("bad answer from {}{path}: {detail}", socket.display())]
     Answer {
-        addr: SocketAddr,
+        socket: PathBuf,
         path: &'static str,
         detail: String,
     },
 }
 
-/// A minimal HTTP/1.0 GET (the health server is local and tiny; no client stack needed).
-fn get(addr: SocketAddr, path: &'static str) -> Result<(u16, String), ExplainError> {
+/// `GET path` on the status socket: the status code and the body.
+pub fn get(socket: &Path, path: &'static str) -> Result<(u16, String), ExplainError> {
     let timeout = Duration::from_secs(3);
-    let stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|source| ExplainError::Connect { addr, source })?;
-    let answer = |detail: String| ExplainError::Answer { addr, path, detail };
+    let stream = UnixStream::connect(socket).map_err(|source| ExplainError::Connect {
+        path: socket.into(),
+        hint: match source.kind() {
+            std::io::ErrorKind::PermissionDenied => "it is root's only: run as root",
+            _ => {
+                "is flanneld running on this node? Give the same --subnet-file as the daemon \
+                 (the socket sits next to it)"
+            }
+        },
+        source,
+    })?;
+    let answer = |detail: String| ExplainError::Answer {
+        socket: socket.into(),
+        path,
+        detail,
+    };
     stream
         .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| answer(e.to_string()))?;
     http_get_on(stream, path).map_err(|e| answer(e.to_string()))
 }
@@ -57,22 +72,30 @@ pub fn http_get_on(mut stream: impl Read + Write, path: &str) -> std::io::Result
     Ok((code, body.to_string()))
 }
 
-/// Fetches `/status` and `/readyz` from a running daemon and renders the explanation.
-pub fn explain(addr: SocketAddr) -> Result<String, ExplainError> {
-    let (code, body) = get(addr, "/status")?;
-    if code != 200 {
-        return Err(ExplainError::Answer {
-            addr,
-            path: "/status",
-            detail: format!("HTTP {code}"),
-        });
-    }
-    let status: Value = serde_json::from_str(&body).map_err(|e| ExplainError::Answer {
-        addr,
+/// The running daemon's `/status` document with its readiness added as `"ready"` (`null`
+/// when `/readyz` could not be read).
+pub fn fetch(socket: &Path) -> Result<Value, ExplainError> {
+    let answer = |detail: String| ExplainError::Answer {
+        socket: socket.into(),
         path: "/status",
-        detail: e.to_string(),
-    })?;
-    let ready = get(addr, "/readyz").map(|(c, _)| c == 200).ok();
+        detail,
+    };
+    let (code, body) = get(socket, "/status")?;
+    if code != 200 {
+        return Err(answer(format!("HTTP {code}")));
+    }
+    let mut status: Value = serde_json::from_str(&body).map_err(|e| answer(e.to_string()))?;
+    let ready = get(socket, "/readyz").map(|(c, _)| c == 200).ok();
+    if let Some(doc) = status.as_object_mut() {
+        doc.insert("ready".into(), ready.into());
+    }
+    Ok(status)
+}
+
+/// Fetches the daemon's status through its socket and renders the explanation.
+pub fn explain(socket: &Path) -> Result<String, ExplainError> {
+    let status = fetch(socket)?;
+    let ready = status["ready"].as_bool();
     Ok(render(&status, ready))
 }
 
@@ -235,10 +258,8 @@ mod tests {
 
     #[test]
     fn an_unreachable_daemon_is_a_clear_error() {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = free.local_addr().unwrap();
-        drop(free);
-        let err = explain(addr).unwrap_err();
-        assert!(err.to_string().contains("--healthz-port"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = explain(&dir.path().join("flanneld-subnet.env.sock")).unwrap_err();
+        assert!(err.to_string().contains("--subnet-file"), "{err}");
     }
 }
