@@ -171,12 +171,7 @@ impl Acceptor for tokio::net::UnixListener {
 /// with it), at most `limits.max_connections` at a time: a new connection over the cap
 /// closes the oldest one rather than being refused, so a flood of idle connections cannot
 /// lock out a prober that sends its request at once.
-async fn serve(
-    listener: impl Acceptor,
-    app: Router,
-    limits: Limits,
-    shutdown: CancellationToken,
-) {
+async fn serve(listener: impl Acceptor, app: Router, limits: Limits, shutdown: CancellationToken) {
     let mut conns = JoinSet::new();
     let mut open: VecDeque<AbortHandle> = VecDeque::new();
     let mut said_capped = false;
@@ -433,7 +428,10 @@ mod tests {
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "the server kept a half-sent request open");
-        assert!(!String::from_utf8_lossy(&rest).contains(" 200 "), "{rest:?}");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains(" 200 "),
+            "{rest:?}"
+        );
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         token.cancel();
     }

@@ -154,7 +154,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("flanneld-subnet.env.sock")]);
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("flanneld-subnet.env.sock")]
+        );
 
         // A second daemon on the same path is refused while the first listens.
         let err = bind(&path).unwrap_err();

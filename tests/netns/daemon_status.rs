@@ -71,11 +71,17 @@ fn status_is_served_only_on_a_root_only_socket_that_explain_reads() {
     let out = flanneld_cmd(&host, &["--kube-subnet-mgr", &flag, "explain"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("node n1") && text.contains("peers programmed: 1"), "{text}");
+    assert!(
+        text.contains("node n1") && text.contains("peers programmed: 1"),
+        "{text}"
+    );
     let help = flanneld_cmd(&host, &["explain", "--help"]);
     assert!(help.status.success(), "{help:?}");
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("--json") && help.contains("status socket"), "{help}");
+    assert!(
+        help.contains("--json") && help.contains("status socket"),
+        "{help}"
+    );
     // Without the daemon's flag the default socket is not there: one line saying what to do.
     let elsewhere = flanneld_cmd(&host, &["explain", "--subnet-file=/nonexistent/subnet.env"]);
     assert_eq!(elsewhere.status.code(), Some(1));
@@ -94,7 +100,11 @@ fn status_is_served_only_on_a_root_only_socket_that_explain_reads() {
     assert!(socket.exists(), "SIGKILL leaves the socket");
     let d = ready(lab.start_flanneld(FLANNELD, &host, "n1", &[]).unwrap());
     assert_eq!(d.status().unwrap()["node"], "n1");
-    assert!(d.log().contains("removed a stale status socket"), "{}", d.log());
+    assert!(
+        d.log().contains("removed a stale status socket"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]
@@ -139,7 +149,9 @@ fn daemons_with_different_subnet_files_in_one_directory_keep_to_their_own_socket
 
     // A third daemon given n1's subnet file refuses to take n1's socket.
     let mut d3 = start(3, &file(1));
-    let status = d3.wait_exit(Duration::from_secs(30)).expect("third daemon exits");
+    let status = d3
+        .wait_exit(Duration::from_secs(30))
+        .expect("third daemon exits");
     assert_eq!(status.code(), Some(1), "{}", d3.log());
     assert!(
         d3.log().contains("another flanneld answers on it"),
@@ -161,7 +173,10 @@ fn connect_many(host: &Host, n: usize) -> Vec<TcpStream> {
     ns.run(move || {
         (0..n)
             .map(|_| {
-                TcpStream::connect_timeout(&"127.0.0.1:8081".parse().unwrap(), Duration::from_secs(2))
+                TcpStream::connect_timeout(
+                    &"127.0.0.1:8081".parse().unwrap(),
+                    Duration::from_secs(2),
+                )
             })
             .collect::<std::io::Result<Vec<_>>>()
     })
@@ -202,7 +217,8 @@ fn idle_and_slow_clients_do_not_stop_the_health_probe() {
     // the blank line that ends them.
     let mut flood = connect_many(&host, 3 * MAX_CONNECTIONS);
     for c in flood.iter_mut().skip(MAX_CONNECTIONS) {
-        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
     }
     // The probe gets through while all of them are held open on our side.
     assert_eq!(d.health("/healthz").map(|r| r.0), Some(200));
@@ -233,7 +249,7 @@ fn idle_and_slow_clients_do_not_stop_the_health_probe() {
             cut_off.elapsed() < Duration::from_secs(60),
             "a client sending headers slowly was never cut off"
         );
-        if sent % 20 == 0 {
+        if sent.is_multiple_of(20) {
             assert_eq!(d.health("/healthz").map(|r| r.0), Some(200));
         }
         std::thread::sleep(Duration::from_millis(100));

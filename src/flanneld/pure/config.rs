@@ -964,7 +964,10 @@ mod tests {
             FlagsError::Cli(e) => {
                 assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
                 let text = e.to_string();
-                assert!(text.contains("--json") && text.contains("status socket"), "{text}");
+                assert!(
+                    text.contains("--json") && text.contains("status socket"),
+                    "{text}"
+                );
             }
             other => panic!("{other}"),
         }
