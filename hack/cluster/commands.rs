@@ -341,7 +341,7 @@ pub fn incident(
         "  <<< annotations back after {} (API server clock, whole ms; seen by this tool after {}): flanneld on {node} sent PATCH {} with its resourceVersion",
         server_ms(heal_ms_server),
         ms(observed),
-        heal.path.trim_end_matches('?')
+        heal.path.split('?').next().unwrap_or_default()
     )?;
     // Keep pinging a little after the heal: the peers' view must stay intact too.
     c.sleep(Duration::from_secs(1))?;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::netlink::{Netlink, RouteFilter};
 
 use super::health::{self, HealthState};
-use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor};
+use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor, SharedHeal};
 use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
@@ -263,6 +263,8 @@ async fn run_supervised(
         })
         .collect();
     let (published_tx, mut published_rx) = watch::channel(false);
+    let last_heal = SharedHeal::default();
+    set_status(&status, |s| s.last_heal = Some(last_heal.clone()));
     let keeper = AnnotationKeeper {
         writer: NodeStatusWriter::new(client.clone(), &node_name),
         cache: cache.clone(),
@@ -271,6 +273,7 @@ async fn run_supervised(
         metrics: metrics.clone(),
         timing: tuning.keeper.clone(),
         published: published_tx,
+        last_heal: last_heal.clone(),
     };
     tasks.spawn(
         "annotation-keeper",
@@ -505,6 +508,7 @@ struct StatusDoc {
     node: String,
     lease: Vec<String>,
     last_pass: Option<Arc<std::sync::Mutex<PassSummary>>>,
+    last_heal: Option<SharedHeal>,
 }
 
 fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDoc)) {
@@ -521,6 +525,10 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics) -> Str
         .last_pass
         .as_ref()
         .and_then(|p| p.lock().ok().map(|p| p.clone()));
+    let last_heal = s
+        .last_heal
+        .as_ref()
+        .and_then(|h| h.lock().ok().and_then(|h| h.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
     let doc = json!({
         "node": s.node,
@@ -531,6 +539,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics) -> Str
             "conflicts": conflicts,
             "errors": errors,
             "last_heal_ms": last_heal_ms,
+            "last_heal": last_heal,
         },
         "drift_repairs": metrics.drift_repairs(),
         "last_reconcile": last,

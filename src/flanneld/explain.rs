@@ -150,6 +150,14 @@ pub fn render(status: &Value, ready: Option<bool>) -> String {
         n(&a["errors"])
     ));
     if heals > 0 {
+        let last = &a["last_heal"];
+        if let Some(summary) = last["summary"].as_str() {
+            line(format!(
+                "  ! last heal: {summary}; restored in {} ms (at {})",
+                n(&last["took_ms"]),
+                s(&last["at"])
+            ));
+        }
         line(format!(
             "  ! someone removed or changed flannel's annotations on this Node {heals} time(s); \
              they were re-asserted (last heal took {} ms). Look for a controller that updates \
@@ -220,7 +228,10 @@ mod tests {
     fn a_healed_node_with_a_refused_peer_is_explained() {
         let status = json!({
             "node": "n1", "lease": ["10.244.1.0/24"], "drift_repairs": 2,
-            "annotations": {"writes": 2, "heals": 1, "conflicts": 0, "errors": 0, "last_heal_ms": 3},
+            "annotations": {"writes": 2, "heals": 1, "conflicts": 0, "errors": 0, "last_heal_ms": 3,
+                "last_heal": {"at": "2026-03-01T10:14:02.5Z", "took_ms": 3,
+                    "summary": "flannel annotations removed by field manager \"rancher\" (Update) at 10:14:02Z",
+                    "by": {"manager": "rancher"}}},
             "last_reconcile": {
                 "trigger": "drift", "duration_ms": 1.5, "operations": 2, "errors": [],
                 "devices": [{"name": "flannel.1", "index": 4, "mac": "0e:00:00:00:00:01", "mtu": 1450, "entries": 3}],
@@ -235,6 +246,12 @@ mod tests {
         );
         assert!(text.contains("1 heal(s)"), "{text}");
         assert!(text.contains("someone removed or changed"), "{text}");
+        assert!(
+            text.contains(
+                "last heal: flannel annotations removed by field manager \"rancher\" (Update) at 10:14:02Z; restored in 3 ms"
+            ),
+            "{text}"
+        );
         assert!(text.contains("drift repairs so far: 2"), "{text}");
         assert!(
             text.contains("n2") && text.contains("192.168.50.2"),

@@ -289,6 +289,30 @@ impl Lab {
         })
     }
 
+    /// An unconditional PUT of node `name` (no resourceVersion) with `?fieldManager=manager`:
+    /// the stored object, changed by `edit`, written back the way a controller does with its
+    /// copy. managedFields are left out of the body, so the server records the write.
+    pub fn replace_node_as(
+        &self,
+        name: &str,
+        manager: &str,
+        edit: impl FnOnce(&mut Node) + Send + 'static,
+    ) -> Result<Node, LabError> {
+        let (name, manager) = (name.to_string(), manager.to_string());
+        self.kube(move |c| async move {
+            let api = Api::<Node>::all(c);
+            let mut node = api.get(&name).await?;
+            edit(&mut node);
+            node.metadata.resource_version = None;
+            node.metadata.managed_fields = None;
+            let params = PostParams {
+                field_manager: Some(manager),
+                ..PostParams::default()
+            };
+            api.replace(&name, &params, &node).await
+        })
+    }
+
     /// Merge-patches a node's annotations (a `null` value removes a key).
     pub fn patch_annotations(&self, name: &str, annotations: Value) -> Result<Node, LabError> {
         let name = name.to_string();
