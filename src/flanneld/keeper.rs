@@ -347,6 +347,29 @@ mod tests {
     }
 
     #[test]
+    fn a_blame_carries_the_attribution_in_status_words() {
+        let a = Attribution {
+            change: Change::RemovedAndChanged,
+            keys: vec!["flannel.alpha.coreos.com/public-ip".into()],
+            manager: "rancher".into(),
+            operation: "Update".into(),
+            subresource: None,
+            time: Some("2026-03-01T10:14:02Z".parse().unwrap()),
+            evidence: Evidence::WroteMetadataAfterUs,
+        };
+        let b = serde_json::to_value(Blame::from(&a)).unwrap();
+        assert_eq!(
+            b,
+            serde_json::json!({
+                "manager": "rancher", "operation": "Update", "subresource": null,
+                "time": "2026-03-01T10:14:02Z", "change": "removed_and_changed",
+                "keys": ["flannel.alpha.coreos.com/public-ip"],
+                "evidence": "wrote_metadata_after_us",
+            })
+        );
+    }
+
+    #[test]
     fn the_newer_resource_version_wins() {
         assert_eq!(
             rv(&freshest(Some(with_rv("5")), Some(with_rv("7")))),
