@@ -728,7 +728,7 @@ fn metric(d: &Flanneld, series: &str) -> Result<u64> {
 
 /// Duration of the daemon's last reconcile pass (from /status).
 fn last_pass_ms(d: &Flanneld) -> Result<Option<f64>> {
-    let (code, body) = d.health("/status").context("GET /status")?;
+    let (code, body) = d.status_http("/status").context("GET /status")?;
     ensure!(code == 200, "/status answered {code}");
     let v: serde_json::Value = serde_json::from_str(&body)?;
     Ok(v["last_reconcile"]["duration_ms"].as_f64())

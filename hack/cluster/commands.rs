@@ -189,11 +189,15 @@ pub fn ping_matrix(c: &Cluster, out: &mut dyn Write) -> anyhow::Result<bool> {
 /// `flanneld explain` run inside the node's namespace (what an operator would run on it).
 pub fn explain(c: &Cluster, node: &str) -> anyhow::Result<String> {
     let rig = c.node(node)?;
+    let daemon = rig
+        .flanneld
+        .as_ref()
+        .with_context(|| format!("no flanneld on {node}"))?;
     let out = rig
         .host
         .ns
         .command(&c.binaries().flanneld.display().to_string())
-        .args(["explain", "--healthz-port=8081"])
+        .args(["explain".to_string(), daemon.subnet_file_flag()])
         .output()
         .context("run flanneld explain")?;
     if !out.status.success() {
@@ -232,6 +236,11 @@ impl IncidentReport {
             .sum()
     }
 }
+
+/// The field manager the incident's stale write is recorded under, and the annotation of its
+/// own it sets (a write that only removed keys would leave no managedFields entry to name).
+pub const CLOBBER_MANAGER: &str = "rancher";
+const CLOBBER_OWN_KEY: &str = "cattle.io/status";
 
 /// The incident: while every pod elsewhere pings `node`'s pods every 10 ms, `node`'s Node is
 /// updated unconditionally with a stale copy that lacks flannel's annotations. Shows the
@@ -292,15 +301,27 @@ pub fn incident(
         }
     }
     c.sleep(Duration::from_millis(300))?;
+    // The controller's stale copy: the Node's other annotations plus one of its own, as a
+    // controller that keeps bookkeeping on Nodes writes it.
+    let mut stale: BTreeMap<String, String> = c
+        .lab
+        .get_node(node)?
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(ANNOTATION_PREFIX))
+        .collect();
+    stale.insert(CLOBBER_OWN_KEY.into(), "synced".into());
     let seq = c.lab.server.reset_request_log()?;
     writeln!(
         out,
-        "  >>> another controller writes {node} back from a stale copy: PUT /api/v1/nodes/{node} without resourceVersion, no flannel annotations"
+        "  >>> another controller (field manager \"{CLOBBER_MANAGER}\") writes {node} back from a stale copy: PUT /api/v1/nodes/{node} without resourceVersion, no flannel annotations, its own {CLOBBER_OWN_KEY}"
     )?;
-    let answer = c.lab.server.clobber(
-        node,
-        &Clobber::DropAnnotationPrefix(ANNOTATION_PREFIX.into()),
-    )?;
+    let answer =
+        c.lab
+            .server
+            .clobber_as(node, &Clobber::Annotations(stale), Some(CLOBBER_MANAGER))?;
     let remaining: Vec<String> = answer["annotations"]
         .as_object()
         .map(|a| a.keys().cloned().collect())
@@ -337,7 +358,7 @@ pub fn incident(
         "  <<< annotations back after {} (API server clock, whole ms; seen by this tool after {}): flanneld on {node} sent PATCH {} with its resourceVersion",
         server_ms(heal_ms_server),
         ms(observed),
-        heal.path.trim_end_matches('?')
+        heal.path.split('?').next().unwrap_or_default()
     )?;
     // Keep pinging a little after the heal: the peers' view must stay intact too.
     c.sleep(Duration::from_secs(1))?;
@@ -349,7 +370,7 @@ pub fn incident(
         .node(node)?
         .daemon_logs()
         .lines()
-        .filter(|l| l.contains("re-asserted"))
+        .filter(|l| l.contains("restored in"))
         .map(strip_ansi)
         .collect();
     writeln!(out, "  flanneld on {node} logged:")?;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::netlink::{Netlink, RouteFilter};
 
 use super::health::{self, HealthState, Readiness};
-use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor};
+use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor, SharedHeal};
 use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
@@ -101,14 +101,25 @@ async fn run_supervised(
         )
     };
     if let Some(addr) = config.healthz {
-        let (bound, serve) = health::bind(addr, health_state.clone(), shutdown.clone()).await?;
+        let defaults = health::Limits::default();
+        let limits = health::Limits {
+            header_read_timeout: test_faults::header_read_timeout()
+                .unwrap_or(defaults.header_read_timeout),
+            ..defaults
+        };
+        let (bound, serve) =
+            health::bind(addr, health_state.clone(), limits, shutdown.clone()).await?;
         tracing::info!(addr = %bound, "health server listening");
-        tasks.spawn("health-server", async move {
-            if let Err(err) = serve.await {
-                tracing::error!(error = %err, "health server failed");
-            }
-        });
+        tasks.spawn("health-server", serve);
     }
+    // Removed when this function's frame goes: on shutdown, or when a task failed.
+    let (_status_socket, serve) = health::bind_private(
+        &config.status_socket,
+        health_state.clone(),
+        shutdown.clone(),
+    )?;
+    tracing::info!(path = %config.status_socket.display(), "status socket listening");
+    tasks.spawn("status-socket", serve);
     if let Some(bound) = tuning.pass_bound.or_else(test_faults::pass_bound)
         && let Ok(mut w) = health_state.watchdog().lock()
     {
@@ -255,6 +266,8 @@ async fn run_supervised(
                 .map(|a| (f, a))
         })
         .collect();
+    let last_heal = SharedHeal::default();
+    set_status(&status, |s| s.last_heal = Some(last_heal.clone()));
     let keeper = AnnotationKeeper {
         writer: NodeStatusWriter::new(client.clone(), &node_name),
         cache: cache.clone(),
@@ -263,6 +276,7 @@ async fn run_supervised(
         metrics: metrics.clone(),
         timing: tuning.keeper.clone(),
         readiness: readiness.clone(),
+        last_heal: last_heal.clone(),
     };
     tasks.spawn(
         "annotation-keeper",
@@ -526,6 +540,7 @@ struct StatusDoc {
     node: String,
     lease: Vec<String>,
     last_pass: Option<Arc<std::sync::Mutex<PassSummary>>>,
+    last_heal: Option<SharedHeal>,
 }
 
 fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDoc)) {
@@ -542,6 +557,10 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         .last_pass
         .as_ref()
         .and_then(|p| p.lock().ok().map(|p| p.clone()));
+    let last_heal = s
+        .last_heal
+        .as_ref()
+        .and_then(|h| h.lock().ok().and_then(|h| h.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
     let verdict = gates.verdict();
     let traffic = match &gates.traffic {
@@ -561,6 +580,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
             "conflicts": conflicts,
             "errors": errors,
             "last_heal_ms": last_heal_ms,
+            "last_heal": last_heal,
         },
         "drift_repairs": metrics.drift_repairs(),
         "last_reconcile": last,

@@ -1,10 +1,11 @@
 //! `flanneld explain`: one command that tells an operator what this node's daemon believes and
 //! did — its lease, whether its annotations had to be re-asserted (and how often), which peers
 //! are programmed, which nodes were refused and why, and how the kernel was kept in line.
-//! It reads the running daemon's `/status` and `/readyz` from the health port.
+//! It reads the running daemon's `/status` and `/readyz` from its private status socket.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,29 +13,43 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     #[error(
-        "cannot reach flanneld's health server at {addr}: {source} (is flanneld running on this \
-         node with --healthz-port set?)"
+        "cannot reach flanneld's status socket {}: {source} ({hint})", path.display()
     )]
     Connect {
-        addr: SocketAddr,
+        path: PathBuf,
         source: std::io::Error,
+        hint: &'static str,
     },
-    #[error("bad answer from {addr}{path}: {detail}")]
+    #[error("bad answer from {}{path}: {detail}", socket.display())]
     Answer {
-        addr: SocketAddr,
+        socket: PathBuf,
         path: &'static str,
         detail: String,
     },
 }
 
-/// A minimal HTTP/1.0 GET (the health server is local and tiny; no client stack needed).
-fn get(addr: SocketAddr, path: &'static str) -> Result<(u16, String), ExplainError> {
+/// `GET path` on the status socket: the status code and the body.
+pub fn get(socket: &Path, path: &'static str) -> Result<(u16, String), ExplainError> {
     let timeout = Duration::from_secs(3);
-    let stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|source| ExplainError::Connect { addr, source })?;
-    let answer = |detail: String| ExplainError::Answer { addr, path, detail };
+    let stream = UnixStream::connect(socket).map_err(|source| ExplainError::Connect {
+        path: socket.into(),
+        hint: match source.kind() {
+            std::io::ErrorKind::PermissionDenied => "it is root's only: run as root",
+            _ => {
+                "is flanneld running on this node? Give the same --subnet-file as the daemon \
+                 (the socket sits next to it)"
+            }
+        },
+        source,
+    })?;
+    let answer = |detail: String| ExplainError::Answer {
+        socket: socket.into(),
+        path,
+        detail,
+    };
     stream
         .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| answer(e.to_string()))?;
     http_get_on(stream, path).map_err(|e| answer(e.to_string()))
 }
@@ -57,22 +72,30 @@ pub fn http_get_on(mut stream: impl Read + Write, path: &str) -> std::io::Result
     Ok((code, body.to_string()))
 }
 
-/// Fetches `/status` and `/readyz` from a running daemon and renders the explanation.
-pub fn explain(addr: SocketAddr) -> Result<String, ExplainError> {
-    let (code, body) = get(addr, "/status")?;
-    if code != 200 {
-        return Err(ExplainError::Answer {
-            addr,
-            path: "/status",
-            detail: format!("HTTP {code}"),
-        });
-    }
-    let status: Value = serde_json::from_str(&body).map_err(|e| ExplainError::Answer {
-        addr,
+/// The running daemon's `/status` document with its readiness added as `"ready"` (`null`
+/// when `/readyz` could not be read).
+pub fn fetch(socket: &Path) -> Result<Value, ExplainError> {
+    let answer = |detail: String| ExplainError::Answer {
+        socket: socket.into(),
         path: "/status",
-        detail: e.to_string(),
-    })?;
-    let ready = get(addr, "/readyz").map(|(c, _)| c == 200).ok();
+        detail,
+    };
+    let (code, body) = get(socket, "/status")?;
+    if code != 200 {
+        return Err(answer(format!("HTTP {code}")));
+    }
+    let mut status: Value = serde_json::from_str(&body).map_err(|e| answer(e.to_string()))?;
+    let ready = get(socket, "/readyz").map(|(c, _)| c == 200).ok();
+    if let Some(doc) = status.as_object_mut() {
+        doc.insert("ready".into(), ready.into());
+    }
+    Ok(status)
+}
+
+/// Fetches the daemon's status through its socket and renders the explanation.
+pub fn explain(socket: &Path) -> Result<String, ExplainError> {
+    let status = fetch(socket)?;
+    let ready = status["ready"].as_bool();
     Ok(render(&status, ready))
 }
 
@@ -131,6 +154,14 @@ pub fn render(status: &Value, ready: Option<bool>) -> String {
         n(&a["errors"])
     ));
     if heals > 0 {
+        let last = &a["last_heal"];
+        if let Some(summary) = last["summary"].as_str() {
+            line(format!(
+                "  ! last heal: {summary}; restored in {} ms (at {})",
+                n(&last["took_ms"]),
+                s(&last["at"])
+            ));
+        }
         line(format!(
             "  ! someone removed or changed flannel's annotations on this Node {heals} time(s); \
              they were re-asserted (last heal took {} ms). Look for a controller that updates \
@@ -214,7 +245,10 @@ mod tests {
     fn a_healed_node_with_a_refused_peer_is_explained() {
         let status = json!({
             "node": "n1", "lease": ["10.244.1.0/24"], "drift_repairs": 2,
-            "annotations": {"writes": 2, "heals": 1, "conflicts": 0, "errors": 0, "last_heal_ms": 3},
+            "annotations": {"writes": 2, "heals": 1, "conflicts": 0, "errors": 0, "last_heal_ms": 3,
+                "last_heal": {"at": "2026-03-01T10:14:02.5Z", "took_ms": 3,
+                    "summary": "flannel annotations removed by field manager \"rancher\" (Update) at 10:14:02Z",
+                    "by": {"manager": "rancher"}}},
             "last_reconcile": {
                 "trigger": "drift", "duration_ms": 1.5, "operations": 2, "errors": [],
                 "devices": [{"name": "flannel.1", "index": 4, "mac": "0e:00:00:00:00:01", "mtu": 1450, "entries": 3}],
@@ -230,6 +264,12 @@ mod tests {
         );
         assert!(text.contains("1 heal(s)"), "{text}");
         assert!(text.contains("someone removed or changed"), "{text}");
+        assert!(
+            text.contains(
+                "last heal: flannel annotations removed by field manager \"rancher\" (Update) at 10:14:02Z; restored in 3 ms"
+            ),
+            "{text}"
+        );
         assert!(text.contains("drift repairs so far: 2"), "{text}");
         assert!(
             text.contains("n2") && text.contains("192.168.50.2"),
@@ -264,10 +304,8 @@ mod tests {
 
     #[test]
     fn an_unreachable_daemon_is_a_clear_error() {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = free.local_addr().unwrap();
-        drop(free);
-        let err = explain(addr).unwrap_err();
-        assert!(err.to_string().contains("--healthz-port"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = explain(&dir.path().join("flanneld-subnet.env.sock")).unwrap_err();
+        assert!(err.to_string().contains("--subnet-file"), "{err}");
     }
 }

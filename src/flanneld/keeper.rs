@@ -7,9 +7,11 @@
 //! re-read, recompute, retry). A writer that keeps undoing us is met with exponential backoff
 //! and loud logs, never a hot loop.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::jiff::Timestamp;
 use rand::SeedableRng;
 
 use tokio::sync::watch;
@@ -20,6 +22,7 @@ use super::kube::NodeStatusWriter;
 use super::metrics::Metrics;
 use super::node_cache::NodeCache;
 use super::pure::annotations::AnnotationPrefix;
+use super::pure::attribution::{self, Attribution, Change, Evidence, FIELD_MANAGER};
 use super::pure::backoff::{Backoff, HealGovernor};
 use super::pure::node::NodeInfo;
 
@@ -44,6 +47,60 @@ impl Default for KeeperTiming {
     }
 }
 
+/// The last heal, as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HealRecord {
+    /// When the healing patch was accepted (RFC 3339, our clock).
+    pub at: String,
+    /// From noticing the difference to the accepted patch.
+    pub took_ms: u64,
+    /// `flannel annotations removed by field manager "…" (Update) at …`, or that nobody is
+    /// known.
+    pub summary: String,
+    /// Who, when the Node's managedFields tell.
+    pub by: Option<Blame>,
+}
+
+/// [`Attribution`] in `/status`'s words.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Blame {
+    pub manager: String,
+    pub operation: String,
+    pub subresource: Option<String>,
+    /// Of the blamed managedFields entry (API server's clock, whole seconds).
+    pub time: Option<String>,
+    /// `removed`, `changed` or `removed_and_changed`.
+    pub change: &'static str,
+    pub keys: Vec<String>,
+    /// `owns_keys`, `wrote_metadata_after_us` or `wrote_after_us` (a guess).
+    pub evidence: &'static str,
+}
+
+impl From<&Attribution> for Blame {
+    fn from(a: &Attribution) -> Self {
+        Blame {
+            manager: a.manager.clone(),
+            operation: a.operation.clone(),
+            subresource: a.subresource.clone(),
+            time: a.time.map(|t| t.to_string()),
+            change: match a.change {
+                Change::Removed => "removed",
+                Change::Changed => "changed",
+                Change::RemovedAndChanged => "removed_and_changed",
+            },
+            keys: a.keys.clone(),
+            evidence: match a.evidence {
+                Evidence::OwnsKeys => "owns_keys",
+                Evidence::WroteMetadataAfterUs => "wrote_metadata_after_us",
+                Evidence::WroteAfterUs => "wrote_after_us",
+            },
+        }
+    }
+}
+
+/// The keeper writes the last heal; `/status` reads it.
+pub type SharedHeal = Arc<Mutex<Option<HealRecord>>>;
+
 pub struct AnnotationKeeper {
     pub writer: NodeStatusWriter,
     pub cache: Arc<NodeCache>,
@@ -53,6 +110,7 @@ pub struct AnnotationKeeper {
     pub timing: KeeperTiming,
     /// Told (its annotations gate) once our annotations are published as desired.
     pub readiness: Readiness,
+    pub last_heal: SharedHeal,
 }
 
 impl AnnotationKeeper {
@@ -70,6 +128,10 @@ impl AnnotationKeeper {
         let mut noticed: Option<Instant> = None;
         // The heal delay for the current difference was already served.
         let mut paced = false;
+        // Our annotations as last seen in place: what a later difference is measured against.
+        let mut in_place: BTreeMap<String, String> = BTreeMap::new();
+        // Who caused the current difference (asked once per difference, just before healing).
+        let mut blame: Option<Option<Attribution>> = None;
 
         loop {
             newer = freshest(self.cache.get(&node), newer.take());
@@ -87,6 +149,8 @@ impl AnnotationKeeper {
                 converged_once = true;
                 noticed = None;
                 paced = false;
+                blame = None;
+                in_place = view.annotations.to_map();
                 self.timing.errors.reset();
                 self.readiness.update(|g| g.annotations_published = true);
                 if !wait(&mut own_changed, &shutdown, None).await {
@@ -124,6 +188,9 @@ impl AnnotationKeeper {
                 }
             }
 
+            if converged_once && blame.is_none() {
+                blame = Some(self.attribute(&in_place).await);
+            }
             let rv = view.resource_version.clone();
             match self.writer.merge_patch_status(&patch).await {
                 Ok(updated) => {
@@ -132,12 +199,28 @@ impl AnnotationKeeper {
                     if converged_once {
                         let took = noticed_at.elapsed();
                         self.metrics.count_annotation_heal(took);
+                        let took_ms = took.as_millis() as u64;
+                        let by = blame.as_ref().and_then(Option::as_ref);
+                        let summary = by.map(Attribution::to_string).unwrap_or_else(|| {
+                            "flannel annotations were missing or changed on our Node (managedFields \
+                             do not say by whom)"
+                                .into()
+                        });
                         tracing::warn!(
                             node = %node,
                             resource_version = %rv,
-                            heal_ms = took.as_millis() as u64,
-                            "flannel annotations were missing or changed on our Node; re-asserted them"
+                            heal_ms = took_ms,
+                            field_manager = by.map(|a| a.manager.as_str()),
+                            "{summary}; restored in {took_ms} ms"
                         );
+                        if let Ok(mut last) = self.last_heal.lock() {
+                            *last = Some(HealRecord {
+                                at: Timestamp::now().to_string(),
+                                took_ms,
+                                summary,
+                                by: by.map(Blame::from),
+                            });
+                        }
                     } else {
                         tracing::info!(node = %node, resource_version = %rv, "published node annotations");
                     }
@@ -170,6 +253,33 @@ impl AnnotationKeeper {
                 }
             }
         }
+    }
+}
+
+impl AnnotationKeeper {
+    /// Who removed or changed our annotations since `previous`, from our Node's
+    /// managedFields; `None` when the GET fails or nothing tells. Our own clock is not used
+    /// (managedFields carry the API server's): with our entry gone, every later writer is a
+    /// suspect.
+    async fn attribute(&self, previous: &BTreeMap<String, String>) -> Option<Attribution> {
+        let full = match self.writer.get_full().await {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::debug!(node = %self.writer.node(), error = %err,
+                    "could not read our Node's managedFields; the heal goes ahead unattributed");
+                return None;
+            }
+        };
+        let current = full.metadata.annotations.unwrap_or_default();
+        let keys: Vec<&str> = previous.keys().map(String::as_str).collect();
+        attribution::attribute(
+            full.metadata.managed_fields.as_deref().unwrap_or_default(),
+            previous,
+            &current,
+            &keys,
+            FIELD_MANAGER,
+            None,
+        )
     }
 }
 
@@ -235,6 +345,29 @@ mod tests {
 
     fn rv(n: &Option<NodeInfo>) -> Option<&str> {
         n.as_ref().map(|n| n.resource_version.as_str())
+    }
+
+    #[test]
+    fn a_blame_carries_the_attribution_in_status_words() {
+        let a = Attribution {
+            change: Change::RemovedAndChanged,
+            keys: vec!["flannel.alpha.coreos.com/public-ip".into()],
+            manager: "rancher".into(),
+            operation: "Update".into(),
+            subresource: None,
+            time: Some("2026-03-01T10:14:02Z".parse().unwrap()),
+            evidence: Evidence::WroteMetadataAfterUs,
+        };
+        let b = serde_json::to_value(Blame::from(&a)).unwrap();
+        assert_eq!(
+            b,
+            serde_json::json!({
+                "manager": "rancher", "operation": "Update", "subresource": null,
+                "time": "2026-03-01T10:14:02Z", "change": "removed_and_changed",
+                "keys": ["flannel.alpha.coreos.com/public-ip"],
+                "evidence": "wrote_metadata_after_us",
+            })
+        );
     }
 
     #[test]

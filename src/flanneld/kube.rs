@@ -10,6 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use super::pure::attribution::FIELD_MANAGER;
 use super::pure::node::SlimNode;
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,14 @@ impl NodeStatusWriter {
             .map_err(self.api_error("get"))
     }
 
+    /// Our whole Node, `metadata.managedFields` included (the cached view drops them).
+    pub async fn get_full(&self) -> Result<Node, KubeError> {
+        Api::<Node>::all(self.nodes.clone().into_client())
+            .get(&self.node)
+            .await
+            .map_err(self.api_error("get"))
+    }
+
     /// Sends a JSON merge patch to the status subresource. The body is expected to carry
     /// `metadata.resourceVersion`, so a stale view yields 409 instead of a lost update.
     pub async fn merge_patch_status(
@@ -134,7 +143,7 @@ impl NodeStatusWriter {
         body: &serde_json::Value,
     ) -> Result<SlimNode, KubeError> {
         self.nodes
-            .patch_status(&self.node, &PatchParams::default(), &Patch::Merge(body))
+            .patch_status(&self.node, &our_params(), &Patch::Merge(body))
             .await
             .map_err(self.api_error("patch status of"))
     }
@@ -162,10 +171,19 @@ impl NodeStatusWriter {
     /// so e.g. `NetworkUnavailable=False` leaves the kubelet's conditions alone).
     pub async fn patch_status_strategic(&self, body: &serde_json::Value) -> Result<(), KubeError> {
         Api::<Node>::all(self.nodes.clone().into_client())
-            .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(body))
+            .patch_status(&self.node, &our_params(), &Patch::Strategic(body))
             .await
             .map(|_| ())
             .map_err(self.api_error("patch status conditions of"))
+    }
+}
+
+/// Our writes carry upstream flanneld's field manager name, so managedFields name both alike
+/// and attribution knows which entries are ours.
+fn our_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
     }
 }
 

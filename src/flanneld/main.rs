@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use flannel_rs::flanneld::daemon::{self, DaemonTuning};
-use flannel_rs::flanneld::pure::config::{Flags, FlagsError};
+use flannel_rs::flanneld::pure::config::{Flags, FlagsError, Subcommands};
 use flannel_rs::flanneld::pure::netconf::NetConf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -15,14 +15,9 @@ fn env(key: &str) -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args_os()
+    let args: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    // `flanneld explain [--healthz-ip=…] [--healthz-port=…]`: ask the running daemon.
-    let explain = args.get(1).is_some_and(|a| a == "explain");
-    if explain {
-        args.remove(1);
-    }
     let flags = match Flags::parse_with_env(args, env) {
         Ok(f) => f,
         // --help and usage errors: clap prints and picks the exit code.
@@ -37,8 +32,8 @@ fn main() -> ExitCode {
         eprintln!("v{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    if explain {
-        return explain_running_daemon(&flags);
+    if let Some(Subcommands::Explain { json }) = flags.command {
+        return explain_running_daemon(&flags, json);
     }
     match run(&flags) {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,27 +110,17 @@ fn init_logging(default_level: &str) {
         .init();
 }
 
-/// Prints what the daemon on this node believes and did (its `/status`), for operators.
-fn explain_running_daemon(flags: &Flags) -> ExitCode {
-    // The stock manifest serves health on 8081; use it when no port was given.
-    let port = if flags.healthz_port == 0 {
-        8081
+/// Prints what the daemon on this node believes and did (its `/status`), for operators; with
+/// `--json`, the document itself.
+fn explain_running_daemon(flags: &Flags, json: bool) -> ExitCode {
+    use flannel_rs::flanneld::explain;
+    let socket = flags.status_socket();
+    let text = if json {
+        explain::fetch(&socket).map(|doc| format!("{doc:#}\n"))
     } else {
-        flags.healthz_port
+        explain::explain(&socket)
     };
-    let ip = match flags.healthz_ip.as_str() {
-        "" | "0.0.0.0" => "127.0.0.1",
-        "::" => "::1",
-        other => other,
-    };
-    let addr = match ip.parse::<std::net::IpAddr>() {
-        Ok(ip) => std::net::SocketAddr::new(ip, port),
-        Err(_) => {
-            eprintln!("flanneld explain: --healthz-ip {ip:?} is not an IP address");
-            return ExitCode::FAILURE;
-        }
-    };
-    match flannel_rs::flanneld::explain::explain(addr) {
+    match text {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -6,8 +6,8 @@
 //!   Node watcher and its cache, [`keeper`] re-asserts our annotations;
 //! - [`reconcile`]: the pass (pure pipeline → [`datapath`] → netlink) and its trigger loop;
 //! - [`traffic`]: runs iptables/nft with the text [`pure::masq`] renders;
-//! - [`health`] (`/healthz`, `/readyz`, `/metrics`, `/status`), [`metrics`], [`explain`]
-//!   (`flanneld explain`), [`memory`] (allocator tuning), [`caps`] (the NET_ADMIN start-up check).
+//! - [`health`] (`/healthz`, `/readyz`, `/metrics` on the health port; `/status` as well on
+//!   the root-only [`status_socket`]), [`metrics`], [`explain`] (`flanneld explain`), [`memory`] (allocator tuning), [`caps`] (the NET_ADMIN start-up check).
 
 pub mod caps;
 pub mod daemon;
@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod node_cache;
 pub mod pure;
 pub mod reconcile;
+pub mod status_socket;
 pub mod tasks;
 pub mod traffic;

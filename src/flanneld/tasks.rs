@@ -159,6 +159,21 @@ pub(crate) mod test_faults {
         None
     }
 
+    /// `FLANNELD_TEST_HEADER_TIMEOUT_MS`: another header-read timeout for the health port, so
+    /// a test can tell the connection cap's work from the timeout's (None outside test builds).
+    pub(crate) fn header_read_timeout() -> Option<std::time::Duration> {
+        #[cfg(debug_assertions)]
+        {
+            if let Some(ms) = std::env::var("FLANNELD_TEST_HEADER_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                return Some(std::time::Duration::from_millis(ms));
+            }
+        }
+        None
+    }
+
     #[cfg(debug_assertions)]
     pub(crate) async fn wrap<F>(name: &'static str, fut: F)
     where

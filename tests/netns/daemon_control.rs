@@ -116,10 +116,14 @@ fn publishes_annotations_once_with_a_precondition_and_keeps_others() {
         d.log()
     );
     let p = annotation[0];
+    let (path, query) = p.path.split_once('?').unwrap_or((&p.path, ""));
     assert_eq!(
-        p.path.trim_end_matches('?'),
-        "/api/v1/nodes/n1/status",
+        path, "/api/v1/nodes/n1/status",
         "written to the status subresource"
+    );
+    assert!(
+        query.split('&').any(|q| q == "fieldManager=flanneld"),
+        "written as field manager flanneld: {query}"
     );
     assert_eq!(p.code, 200);
     assert_eq!(
@@ -242,8 +246,72 @@ fn a_stale_overwrite_is_healed_and_other_annotations_survive() {
     let annotation = annotation_patches(&patches);
     assert_eq!(annotation.len(), 2, "publish + one heal: {patches:#?}");
     assert!(annotation[1].body_json().unwrap()["metadata"]["resourceVersion"].is_string());
-    let explain = d.health("/status").unwrap().1;
-    assert!(explain.contains("\"heals\": 1"), "{explain}");
+    assert_eq!(d.status().unwrap()["annotations"]["heals"], 1);
+}
+
+#[test]
+fn a_clobber_is_attributed_to_its_field_manager_in_the_log_status_and_explain() {
+    let (lab, host) = lab_with_two_nodes("dc8");
+    let d = start(&lab, &host);
+    let want = ours(&lab, "n1");
+
+    // Rancher writes back its copy without flannel's keys, with a key of its own.
+    lab.replace_node_as("n1", "rancher", |node| {
+        let ann = node.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        ann.retain(|k, _| !k.starts_with(P));
+        ann.insert("cattle.io/status".into(), "synced".into());
+    })
+    .unwrap();
+    wait_until("annotations re-asserted", Duration::from_secs(5), || {
+        ours(&lab, "n1") == want
+    });
+    wait_until("the heal logged", Duration::from_secs(5), || {
+        d.log().contains("restored in")
+    });
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("restored in")).unwrap();
+    println!("heal log line: {line}");
+    assert!(
+        line.contains("flannel annotations removed by field manager \"rancher\" (Update) at "),
+        "{line}"
+    );
+
+    let heal = &d.status().unwrap()["annotations"]["last_heal"];
+    assert_eq!(heal["by"]["manager"], "rancher", "{heal:#}");
+    assert_eq!(heal["by"]["operation"], "Update");
+    assert_eq!(heal["by"]["change"], "removed");
+    assert_eq!(
+        heal["by"]["keys"].as_array().map(Vec::len),
+        Some(want.len())
+    );
+    assert!(heal["summary"].as_str().unwrap().contains("\"rancher\""));
+
+    let out = host
+        .ns
+        .exec(FLANNELD, &["explain", &d.subnet_file_flag()])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("last heal: flannel annotations removed by field manager \"rancher\""),
+        "{text}"
+    );
+
+    // Our heal is recorded under flanneld's own name, owning our keys again.
+    let node = lab.get_node("n1").unwrap();
+    let entries = node.metadata.managed_fields.unwrap_or_default();
+    let flanneld = entries
+        .iter()
+        .find(|e| {
+            e.manager.as_deref() == Some("flanneld") && e.subresource.as_deref() == Some("status")
+        })
+        .unwrap_or_else(|| panic!("no flanneld entry: {entries:#?}"));
+    let owned = &flanneld.fields_v1.as_ref().unwrap().0["f:metadata"]["f:annotations"];
+    for key in want.keys() {
+        assert!(
+            owned.get(format!("f:{key}")).is_some(),
+            "{key} not ours: {owned}"
+        );
+    }
 }
 
 #[test]

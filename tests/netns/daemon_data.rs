@@ -205,9 +205,7 @@ pub(crate) fn metric(d: &Flanneld, series: &str) -> u64 {
 }
 
 fn status(d: &Flanneld) -> Value {
-    let (code, body) = d.health("/status").expect("GET /status");
-    assert_eq!(code, 200);
-    serde_json::from_str(&body).expect("status json")
+    d.status().expect("GET /status on the status socket")
 }
 
 /// A lab with node `n1` (10.244.1.0/24, underlay .1, no annotations yet) and its host.
@@ -988,7 +986,7 @@ fn hostile_peers_leave_no_entry_while_a_good_peer_stays_reachable() {
     // And an operator sees the same with `flanneld explain`.
     let out = h1
         .ns
-        .exec(FLANNELD, &["explain", "--healthz-port=8081"])
+        .exec(FLANNELD, &["explain", &d1.subnet_file_flag()])
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");

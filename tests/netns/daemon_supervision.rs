@@ -64,8 +64,12 @@ fn a_fault_ends_the_daemon(tag: &str, fault: &str, line: &str) {
     );
     println!("exit {status:?}; {}", naming.last().unwrap_or(&""));
 
-    // Nothing flushed: the datapath is as it was.
+    // Nothing flushed: the datapath is as it was. The status socket went with the daemon.
     assert_eq!(datapath_of_n2(&host), before, "datapath changed on exit");
+    assert!(
+        !d.status_socket().exists(),
+        "status socket left after the daemon ended"
+    );
 }
 
 #[test]

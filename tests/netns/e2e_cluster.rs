@@ -220,10 +220,7 @@ fn the_clobber_is_healed_without_losing_a_ping_to_that_nodes_pods() {
     let status = c.daemon_status("node-2").unwrap();
     assert_eq!(status["annotations"]["heals"], 1, "{status}");
     let log = c.node("node-2").unwrap().daemon_logs();
-    assert!(
-        log.contains("re-asserted them"),
-        "the heal is logged:\n{log}"
-    );
+    assert!(log.contains("restored in"), "the heal is logged:\n{log}");
 }
 
 /// Deletes entries with iproute2 in `node`'s namespace.

@@ -11,6 +11,7 @@ mod daemon_data;
 mod daemon_dual;
 mod daemon_outage;
 mod daemon_readiness;
+mod daemon_status;
 mod daemon_supervision;
 mod deploy_e2e;
 mod deploy_support;

@@ -579,9 +579,17 @@ impl Cluster {
         health_get(self.node(node)?.host.ns.name(), path)
     }
 
-    /// `node`'s daemon `/status` document.
+    /// `node`'s daemon `/status` document, from its private status socket.
     pub fn daemon_status(&self, node: &str) -> Result<Value, ClusterError> {
-        let (code, body) = self.daemon_http(node, "/status")?;
+        let d = self
+            .node(node)?
+            .flanneld
+            .as_ref()
+            .ok_or_else(|| ClusterError::Invalid(format!("no flanneld on {node}")))?;
+        let (code, body) = d.status_http("/status").map_err(|e| ClusterError::Probe {
+            context: format!("{node} /status on {}", d.status_socket().display()),
+            detail: e.to_string(),
+        })?;
         if code != 200 {
             return Err(ClusterError::Probe {
                 context: format!("{node} /status"),

@@ -289,6 +289,30 @@ impl Lab {
         })
     }
 
+    /// An unconditional PUT of node `name` (no resourceVersion) with `?fieldManager=manager`:
+    /// the stored object, changed by `edit`, written back the way a controller does with its
+    /// copy. managedFields are left out of the body, so the server records the write.
+    pub fn replace_node_as(
+        &self,
+        name: &str,
+        manager: &str,
+        edit: impl FnOnce(&mut Node) + Send + 'static,
+    ) -> Result<Node, LabError> {
+        let (name, manager) = (name.to_string(), manager.to_string());
+        self.kube(move |c| async move {
+            let api = Api::<Node>::all(c);
+            let mut node = api.get(&name).await?;
+            edit(&mut node);
+            node.metadata.resource_version = None;
+            node.metadata.managed_fields = None;
+            let params = PostParams {
+                field_manager: Some(manager),
+                ..PostParams::default()
+            };
+            api.replace(&name, &params, &node).await
+        })
+    }
+
     /// Merge-patches a node's annotations (a `null` value removes a key).
     pub fn patch_annotations(&self, name: &str, annotations: Value) -> Result<Node, LabError> {
         let name = name.to_string();
@@ -325,12 +349,32 @@ impl Lab {
         extra_args: &[&str],
         envs: &[(&str, &str)],
     ) -> Result<Flanneld, LabError> {
+        let subnet_file = self.dir.path().join(node).join("subnet.env");
+        self.start_flanneld_at(bin, host, node, &subnet_file, extra_args, envs)
+    }
+
+    /// [`Lab::start_flanneld_env`] with `--subnet-file=subnet_file` (its status socket sits
+    /// next to it); logs still go into the node's dir of the lab.
+    pub fn start_flanneld_at(
+        &self,
+        bin: impl AsRef<Path>,
+        host: &Host,
+        node: &str,
+        subnet_file: &Path,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Flanneld, LabError> {
         let node_dir = self.dir.path().join(node);
-        std::fs::create_dir_all(&node_dir).map_err(|source| LabError::Io {
-            context: format!("create {}", node_dir.display()),
-            source,
-        })?;
-        let subnet_file = node_dir.join("subnet.env");
+        for dir in [Some(node_dir.as_path()), subnet_file.parent()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
+                context: format!("create {}", dir.display()),
+                source,
+            })?;
+        }
+        let subnet_file = subnet_file.to_path_buf();
         let log_path = node_dir.join(format!(
             "flanneld-{}.log",
             std::time::SystemTime::now()
@@ -475,6 +519,34 @@ impl Flanneld {
         http_get_in(&self.netns, 8081, path)
     }
 
+    /// The daemon's private status socket (found from its `--subnet-file`, as `explain` does).
+    pub fn status_socket(&self) -> PathBuf {
+        flannel_rs::flanneld::pure::config::status_socket_path(&self.subnet_file)
+    }
+
+    /// GET a path on the private status socket.
+    pub fn status_http(&self, path: &str) -> std::io::Result<(u16, String)> {
+        unix_http_get(&self.status_socket(), path)
+    }
+
+    /// The daemon's `/status` document, from its private socket.
+    pub fn status(&self) -> Result<Value, LabError> {
+        let io = |source| LabError::Io {
+            context: format!("GET /status on {}", self.status_socket().display()),
+            source,
+        };
+        let (code, body) = self.status_http("/status").map_err(io)?;
+        if code != 200 {
+            return Err(io(std::io::Error::other(format!("HTTP {code}: {body}"))));
+        }
+        serde_json::from_str(&body).map_err(|e| io(e.into()))
+    }
+
+    /// `--subnet-file=…` as this daemon got it, for `flanneld explain` to find its socket.
+    pub fn subnet_file_flag(&self) -> String {
+        format!("--subnet-file={}", self.subnet_file.display())
+    }
+
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, LabError> {
         let start = Instant::now();
@@ -551,4 +623,12 @@ pub fn http_get_in(netns: &str, port: u16, path: &str) -> Option<(u16, String)> 
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n')?;
     Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+/// A plain HTTP/1.0 GET on a Unix socket (a daemon's status socket): code and body.
+pub fn unix_http_get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+    flannel_rs::flanneld::explain::http_get_on(stream, path)
 }

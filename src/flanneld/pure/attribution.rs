@@ -8,9 +8,9 @@
 //! there), else the newest one.
 //!
 //! Our field manager: flanneld's kube client (kube-rs) sends neither `fieldManager` nor a
-//! User-Agent, so the API server records its writes under the manager name `""` unless the
-//! patches pass [`FIELD_MANAGER`] (`PatchParams::default().field_manager(..)`); upstream
-//! flanneld appears as `flanneld` (derived from its User-Agent).
+//! User-Agent, so our patches pass [`FIELD_MANAGER`] as `fieldManager` (else the API server
+//! would record them under `""`); upstream flanneld appears under the same name (derived from
+//! its User-Agent).
 
 use std::collections::BTreeMap;
 use std::fmt;

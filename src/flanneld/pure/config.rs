@@ -7,11 +7,11 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use regex::Regex;
 use thiserror::Error;
 
@@ -129,6 +129,38 @@ pub struct Flags {
     /// Period of the full kernel reconcile backstop (Go duration, e.g. 60s, 5m; bare number = seconds).
     #[arg(long, default_value = "60s", value_parser = parse_go_duration)]
     pub resync_period: Duration,
+
+    /// Without a subcommand, run the daemon.
+    #[command(subcommand)]
+    pub command: Option<Subcommands>,
+}
+
+/// Commands an operator runs on a node next to the daemon. They take the daemon's own flags
+/// (before or after the subcommand's name) so that they find what that daemon serves.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Subcommands {
+    /// Explain what the daemon on this node believes and did: its lease, heals of its
+    /// annotations, programmed and refused peers. Reads the daemon's private status socket
+    /// (next to --subnet-file; root only).
+    Explain {
+        /// Print the daemon's status document as JSON (with "ready") instead, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The daemon's private status socket: next to the subnet file, named after it, so daemons
+/// with different subnet files never share one and a client finds it from the same flag.
+pub fn status_socket_path(subnet_file: &Path) -> PathBuf {
+    let dir = match subnet_file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = subnet_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "subnet.env".into());
+    dir.join(format!("flanneld-{name}.sock"))
 }
 
 /// Flags that the environment may not set.
@@ -197,6 +229,11 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Flags {
+    /// The status socket of a daemon started with these flags.
+    pub fn status_socket(&self) -> PathBuf {
+        status_socket_path(&self.subnet_file)
+    }
+
     /// Parses like upstream: normalises Go-style `-long-flag` arguments, parses the command line,
     /// then fills every flag not given on the command line from `FLANNELD_<NAME>` (upper case,
     /// `-` → `_`; empty values ignored). The command line wins; a bad variable is an error.
@@ -206,7 +243,8 @@ impl Flags {
         S: Into<String>,
         E: Fn(&str) -> Option<String>,
     {
-        let cmd = Flags::command();
+        // Global, so a subcommand accepts the daemon's flags wherever they are given.
+        let cmd = Flags::command().mut_args(|a| a.global(true));
         let longs: HashSet<String> = cmd
             .get_arguments()
             .filter_map(|a| a.get_long().map(str::to_string))
@@ -323,6 +361,7 @@ impl Flags {
             ip_blackhole_route: self.ip_blackhole_route,
             set_node_network_unavailable: self.set_node_network_unavailable,
             healthz,
+            status_socket: self.status_socket(),
             log_level: log_level(self.v),
             resync_period: self.resync_period,
         })
@@ -439,6 +478,8 @@ pub struct DaemonConfig {
     pub set_node_network_unavailable: bool,
     /// Health server address; `None` when `--healthz-port=0`.
     pub healthz: Option<SocketAddr>,
+    /// Where `/status` is served (see [`status_socket_path`]).
+    pub status_socket: PathBuf,
     pub log_level: LogLevel,
     pub resync_period: Duration,
 }
@@ -879,5 +920,56 @@ mod tests {
         assert_eq!(log_level(1).as_filter(), "debug");
         assert_eq!(log_level(4).as_filter(), "debug");
         assert_eq!(log_level(9).as_filter(), "trace");
+    }
+
+    #[test]
+    fn the_status_socket_sits_next_to_the_subnet_file_and_is_named_after_it() {
+        assert_eq!(
+            parse(&[]).status_socket(),
+            PathBuf::from("/run/flannel/flanneld-subnet.env.sock")
+        );
+        let a = status_socket_path(Path::new("/run/flannel/a.env"));
+        let b = status_socket_path(Path::new("/run/flannel/a.conf"));
+        let c = status_socket_path(Path::new("/run/other/a.env"));
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            status_socket_path(Path::new("subnet.env")),
+            PathBuf::from("./flanneld-subnet.env.sock")
+        );
+    }
+
+    #[test]
+    fn explain_is_a_subcommand_that_takes_the_daemons_flags_anywhere() {
+        let f = parse(&[]);
+        assert_eq!(f.command, None);
+        let f = parse(&["explain", "--subnet-file=/x/s.env", "--json"]);
+        assert_eq!(f.command, Some(Subcommands::Explain { json: true }));
+        assert_eq!(f.status_socket(), PathBuf::from("/x/flanneld-s.env.sock"));
+        // The daemon's command line with `explain` appended, Go-style flags included.
+        let f = parse(&[
+            "-kube-subnet-mgr",
+            "--subnet-file=/y/s.env",
+            "--healthz-port=8081",
+            "explain",
+        ]);
+        assert_eq!(f.command, Some(Subcommands::Explain { json: false }));
+        assert_eq!(f.subnet_file, PathBuf::from("/y/s.env"));
+        // The environment reaches a subcommand too.
+        let env = env_of(&[("FLANNELD_SUBNET_FILE", "/z/s.env")]);
+        let f = Flags::parse_with_env(["flanneld", "explain"], &env).unwrap();
+        assert_eq!(f.subnet_file, PathBuf::from("/z/s.env"));
+        let help = Flags::parse_with_env(["flanneld", "explain", "--help"], no_env).unwrap_err();
+        match help {
+            FlagsError::Cli(e) => {
+                assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+                let text = e.to_string();
+                assert!(
+                    text.contains("--json") && text.contains("status socket"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other}"),
+        }
     }
 }
