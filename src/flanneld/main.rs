@@ -23,6 +23,10 @@ fn main() -> ExitCode {
     if explain {
         args.remove(1);
     }
+    if args.get(1).is_some_and(|a| a == "diagnose") {
+        args.remove(1);
+        return diagnose(args);
+    }
     let flags = match Flags::parse_with_env(args, env) {
         Ok(f) => f,
         // --help and usage errors: clap prints and picks the exit code.
@@ -144,5 +148,103 @@ fn explain_running_daemon(flags: &Flags) -> ExitCode {
             eprintln!("flanneld explain: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `flanneld diagnose [--peer NODE | --ip ADDRESS | --cluster] [--json]` plus the daemon's own
+/// flags (they say where the API, net-conf.json and the interface are). Exit status: 0 no
+/// problem found, 1 problems found, 2 could not diagnose.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "flanneld diagnose",
+    about = "Check this node's flannel datapath, annotations and tunnels against the API \
+             (takes the daemon's flags too: --kubeconfig-file, --kube-api-url, \
+             --net-config-path, --kube-annotation-prefix, --iface, ...)"
+)]
+struct DiagnoseArgs {
+    /// Check only the path to this peer node.
+    #[arg(long, conflicts_with_all = ["ip", "cluster"])]
+    peer: Option<String>,
+    /// Which node owns this pod IP, and is the path to it in place?
+    #[arg(long, conflicts_with = "cluster")]
+    ip: Option<std::net::IpAddr>,
+    /// Every Node, from the API alone (needs only a kubeconfig).
+    #[arg(long)]
+    cluster: bool,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn diagnose(args: Vec<String>) -> ExitCode {
+    use clap::Parser as _;
+    use flannel_rs::flanneld::diagnose::{self, Scope};
+    const OWN: [&str; 4] = ["--peer", "--ip", "--cluster", "--json"];
+    // Split ours from the daemon's flags (both forms: `--peer=n2` and `--peer n2`).
+    let (mut own, mut daemon) = (vec!["flanneld diagnose".to_string()], vec![args[0].clone()]);
+    let mut rest = args.into_iter().skip(1).peekable();
+    while let Some(a) = rest.next() {
+        let name = a.split('=').next().unwrap_or("");
+        if a == "-h" || a == "--help" || OWN.contains(&name) {
+            let takes_value = (name == "--peer" || name == "--ip") && !a.contains('=');
+            own.push(a);
+            if takes_value && let Some(v) = rest.next() {
+                own.push(v);
+            }
+        } else {
+            daemon.push(a);
+        }
+    }
+    let opts = match DiagnoseArgs::try_parse_from(&own) {
+        Ok(o) => o,
+        Err(e) => e.exit(),
+    };
+    if !daemon.iter().any(|a| a.starts_with("--kube-subnet-mgr")) {
+        daemon.push("--kube-subnet-mgr".into());
+    }
+    let cluster = opts.cluster;
+    // --cluster judges every Node; it needs no identity of its own.
+    let env_or_any_node = move |k: &str| match env(k) {
+        None if cluster && k == "NODE_NAME" => Some("-".into()),
+        v => v,
+    };
+    let could_not = |e: String| {
+        eprintln!("flanneld diagnose: could not diagnose: {e}");
+        ExitCode::from(2)
+    };
+    let config = match Flags::parse_with_env(daemon, env)
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.resolve(env_or_any_node).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => return could_not(e),
+    };
+    let scope = match (opts.peer, opts.ip) {
+        _ if cluster => Scope::Cluster,
+        (Some(p), _) => Scope::Peer(p),
+        (None, Some(ip)) => Scope::Ip(ip),
+        (None, None) => Scope::Node,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return could_not(e.to_string()),
+    };
+    match runtime.block_on(diagnose::diagnose(&config, &scope)) {
+        Ok(report) => {
+            if opts.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => could_not(e.to_string()),
     }
 }
