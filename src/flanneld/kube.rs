@@ -134,7 +134,7 @@ impl NodeStatusWriter {
         body: &serde_json::Value,
     ) -> Result<SlimNode, KubeError> {
         self.nodes
-            .patch_status(&self.node, &PatchParams::default(), &Patch::Merge(body))
+            .patch_status(&self.node, &ours(), &Patch::Merge(body))
             .await
             .map_err(self.api_error("patch status of"))
     }
@@ -162,10 +162,19 @@ impl NodeStatusWriter {
     /// so e.g. `NetworkUnavailable=False` leaves the kubelet's conditions alone).
     pub async fn patch_status_strategic(&self, body: &serde_json::Value) -> Result<(), KubeError> {
         Api::<Node>::all(self.nodes.clone().into_client())
-            .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(body))
+            .patch_status(&self.node, &ours(), &Patch::Strategic(body))
             .await
             .map(|_| ())
             .map_err(self.api_error("patch status conditions of"))
+    }
+}
+
+/// Our writes under one field manager name, so managedFields (and attribution) tell them
+/// from everyone else's.
+fn ours() -> PatchParams {
+    PatchParams {
+        field_manager: Some(super::pure::attribution::FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
     }
 }
 

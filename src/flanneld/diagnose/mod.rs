@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 
 use self::checks::{DeviceCheck, NodeRecord};
-use self::probe::{Probe, ProbeKind};
+use self::probe::{Path, Probe, ProbeKind};
 use self::report::{Code, PeerReport, Problem, Report};
 use super::datapath;
 use super::kube as kube_io;
@@ -282,7 +282,13 @@ async fn node_report(
                 && let (IpAddr::V4(vtep), Some(local)) =
                     (state.device.address.ip(), ext.underlay().local_v4)
             {
-                probes_for.push((vtep, local, state.device.mtu));
+                probes_for.push(TunnelEnd {
+                    vtep,
+                    local,
+                    mtu: state.device.mtu,
+                    ifindex: link.index,
+                    mac: state.device.mac,
+                });
             }
         }
     }
@@ -321,20 +327,25 @@ async fn node_report(
     let in_scope = |n: &str| wanted.as_ref().is_none_or(|w| w.contains(n));
 
     // Probes for peers whose entries here are complete (the rest are explained already).
-    if let Some((vtep, local, mtu)) = probes_for.first().copied() {
-        let targets: Vec<(String, Ipv4Addr, Ipv4Addr)> = selection
+    if let Some(end) = probes_for.first().copied() {
+        let targets: Vec<ProbeTarget> = selection
             .peers
             .iter()
             .filter(|p| in_scope(&p.name) && !per_peer.contains_key(&p.name))
             .filter_map(|p| {
                 let ep = p.v4?;
                 match (ep.subnet.network(), ep.public_ip) {
-                    (IpAddr::V4(gw), IpAddr::V4(public)) => Some((p.name.clone(), gw, public)),
+                    (IpAddr::V4(gateway), IpAddr::V4(public)) => Some(ProbeTarget {
+                        name: p.name.clone(),
+                        gateway,
+                        public,
+                        mac: ep.vtep_mac,
+                    }),
                     _ => None,
                 }
             })
             .collect();
-        for (name, problem) in probe_peers(&targets, vtep, local, mtu)? {
+        for (name, problem) in probe_peers(&targets, &end)? {
             per_peer.entry(name).or_default().push(problem);
         }
     }
@@ -438,63 +449,96 @@ fn own_annotations_problem(
     ))
 }
 
-/// Sends the tunnel probes; escalates for the peers that do not answer; one finding per
-/// peer with a problem.
-fn probe_peers(
-    targets: &[(String, Ipv4Addr, Ipv4Addr)],
+/// Our end of the IPv4 tunnel.
+#[derive(Debug, Clone, Copy)]
+struct TunnelEnd {
     vtep: Ipv4Addr,
     local: Ipv4Addr,
     mtu: u32,
+    ifindex: u32,
+    mac: crate::net::MacAddr,
+}
+
+/// A peer's end: its VTEP address (the gateway of its subnet), public IP and VTEP MAC.
+struct ProbeTarget {
+    name: String,
+    gateway: Ipv4Addr,
+    public: Ipv4Addr,
+    mac: crate::net::MacAddr,
+}
+
+/// Sends the tunnel probes; escalates for the peers that do not answer; one finding per
+/// peer with a problem.
+fn probe_peers(
+    targets: &[ProbeTarget],
+    end: &TunnelEnd,
 ) -> Result<Vec<(String, Problem)>, DiagnoseError> {
     if targets.is_empty() {
         return Ok(Vec::new());
     }
-    let size = u16::try_from(mtu).unwrap_or(u16::MAX);
+    let full = u16::try_from(end.mtu).unwrap_or(u16::MAX);
+    let small = probe::MIN_PROBE_SIZE;
+    let probe = |target, kind, src, dst, size, path| Probe {
+        target,
+        kind,
+        src,
+        dst,
+        size,
+        path,
+    };
     let mut first = Vec::new();
-    for (i, (_, gw, _)) in targets.iter().enumerate() {
-        first.push(Probe {
-            target: i,
-            kind: ProbeKind::Tunnel,
-            src: vtep,
-            dst: *gw,
-            size: probe::MIN_PROBE_SIZE,
-        });
-        first.push(Probe {
-            target: i,
-            kind: ProbeKind::TunnelMtu,
-            src: vtep,
-            dst: *gw,
-            size,
-        });
+    for (i, t) in targets.iter().enumerate() {
+        first.push(probe(
+            i,
+            ProbeKind::Tunnel,
+            end.vtep,
+            t.gateway,
+            small,
+            Path::Routed,
+        ));
+        first.push(probe(
+            i,
+            ProbeKind::TunnelMtu,
+            end.vtep,
+            t.gateway,
+            full,
+            Path::Routed,
+        ));
     }
     let mut answered: BTreeMap<usize, BTreeSet<ProbeKind>> = BTreeMap::new();
     for (i, k) in probe::run(&first, PROBE_RATE, PROBE_WAIT)? {
         answered.entry(i).or_default().insert(k);
     }
-    let silent: Vec<usize> = (0..targets.len())
-        .filter(|i| {
-            !answered
-                .get(i)
-                .is_some_and(|a| a.contains(&ProbeKind::Tunnel))
-        })
-        .collect();
+    // Only the silent ones get the probes that tell why.
     let mut second = Vec::new();
-    for &i in &silent {
-        let (_, gw, public) = &targets[i];
-        second.push(Probe {
-            target: i,
-            kind: ProbeKind::TunnelFromUnderlay,
-            src: local,
-            dst: *gw,
-            size: probe::MIN_PROBE_SIZE,
-        });
-        second.push(Probe {
-            target: i,
-            kind: ProbeKind::Underlay,
-            src: local,
-            dst: *public,
-            size: probe::MIN_PROBE_SIZE,
-        });
+    for (i, t) in targets.iter().enumerate() {
+        if answered
+            .get(&i)
+            .is_some_and(|a| a.contains(&ProbeKind::Tunnel))
+        {
+            continue;
+        }
+        let injected = Path::Injected {
+            ifindex: end.ifindex,
+            src_mac: end.mac,
+            dst_mac: t.mac,
+        };
+        second.push(probe(
+            i,
+            ProbeKind::TunnelFromUnderlay,
+            end.local,
+            t.gateway,
+            small,
+            injected,
+        ));
+        second.push(probe(
+            i,
+            ProbeKind::Underlay,
+            end.local,
+            t.public,
+            small,
+            Path::Routed,
+        ));
     }
     for (i, k) in probe::run(&second, PROBE_RATE, PROBE_WAIT)? {
         answered.entry(i).or_default().insert(k);
@@ -503,9 +547,9 @@ fn probe_peers(
     Ok(targets
         .iter()
         .enumerate()
-        .filter_map(|(i, (name, _, public))| {
+        .filter_map(|(i, t)| {
             let got = answered.get(&i).unwrap_or(&none);
-            checks::probe_finding(got, mtu, IpAddr::V4(*public)).map(|p| (name.clone(), p))
+            checks::probe_finding(got, end.mtu, IpAddr::V4(t.public)).map(|p| (t.name.clone(), p))
         })
         .collect())
 }

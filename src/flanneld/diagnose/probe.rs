@@ -8,7 +8,9 @@
 //!   carries less than a full VXLAN frame (an MTU black hole);
 //! - `TunnelFromUnderlay`: through the tunnel, but from our underlay address, so the peer
 //!   answers over the plain underlay: it arrives when the peer receives our VXLAN packets but
-//!   cannot send back through the tunnel (one-way: it lacks our entries);
+//!   cannot send back through the tunnel (one-way: it lacks our entries). It is written as a
+//!   whole frame onto the VXLAN device ([`Path::Injected`]): routed, the masquerade rules
+//!   would rewrite its source to our VTEP address and make it a plain `Tunnel` probe;
 //! - `Underlay`: plain ping of the peer's public IP: whether the node is up at all.
 //!
 //! The peer's kernel answers all four; no daemon is needed on the far side.
@@ -18,7 +20,10 @@ use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use nix::libc;
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+
+use crate::net::MacAddr;
 
 /// What one echo request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +51,20 @@ impl ProbeKind {
     }
 }
 
+/// How a probe leaves this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Routed by the kernel like any packet of this node.
+    Routed,
+    /// Written as an Ethernet frame onto a device (no routing, no netfilter): the VXLAN
+    /// device encapsulates it by its FDB entry for `dst_mac`.
+    Injected {
+        ifindex: u32,
+        src_mac: MacAddr,
+        dst_mac: MacAddr,
+    },
+}
+
 /// One echo request to send: from `src` to `dst`, `size` bytes of IP packet, DF set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
@@ -55,6 +74,7 @@ pub struct Probe {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub size: u16,
+    pub path: Path,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +102,11 @@ pub fn run(
     // IPPROTO_RAW: we write the IP header (source address, DF); such a socket never receives.
     let send = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255)))
         .map_err(ProbeError::Socket)?;
+    let frames = if probes.iter().any(|p| p.path != Path::Routed) {
+        Some(Socket::new(Domain::PACKET, Type::RAW, None).map_err(ProbeError::Socket)?)
+    } else {
+        None
+    };
     let mut recv =
         Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(ProbeError::Socket)?;
     recv.set_read_timeout(Some(Duration::from_millis(20)))
@@ -98,8 +123,25 @@ pub fn run(
         if sent < probes.len() && now >= next_send {
             let p = &probes[sent];
             let packet = echo_request(p, ident, sent as u32);
-            let to = SockAddr::from(SocketAddrV4::new(p.dst, 0));
-            match send.send_to(&packet, &to) {
+            let result = match (p.path, &frames) {
+                (
+                    Path::Injected {
+                        ifindex,
+                        src_mac,
+                        dst_mac,
+                    },
+                    Some(frames),
+                ) => {
+                    let mut frame = Vec::with_capacity(14 + packet.len());
+                    frame.extend_from_slice(&dst_mac.octets());
+                    frame.extend_from_slice(&src_mac.octets());
+                    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                    frame.extend_from_slice(&packet);
+                    frames.send_to(&frame, &link_address(ifindex, dst_mac))
+                }
+                _ => send.send_to(&packet, &SockAddr::from(SocketAddrV4::new(p.dst, 0))),
+            };
+            match result {
                 Ok(_) => {}
                 // No route, or larger than the device: this probe is simply not answered.
                 Err(e) if is_local_refusal(&e) => {}
@@ -152,8 +194,24 @@ mod libc_errno {
     pub const EMSGSIZE: i32 = nix::errno::Errno::EMSGSIZE as i32;
 }
 
-/// The IPv4 packet of an echo request (DF set; the kernel fills in the ID and the header
-/// checksum).
+/// `sockaddr_ll` for sending a frame to `dst` on device `ifindex`.
+fn link_address(ifindex: u32, dst: MacAddr) -> SockAddr {
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: a sockaddr_storage is large and aligned enough for any socket address, and
+    // sockaddr_ll is plain data for which all-zero bytes are valid.
+    let ll = unsafe { storage.view_as::<libc::sockaddr_ll>() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    ll.sll_ifindex = ifindex as i32;
+    ll.sll_halen = 6;
+    ll.sll_addr[..6].copy_from_slice(&dst.octets());
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the storage holds an initialised sockaddr_ll of `len` bytes.
+    unsafe { SockAddr::new(storage, len) }
+}
+
+/// The IPv4 packet of an echo request (DF set; both checksums filled in, as a frame written
+/// onto a device gets no help from the kernel).
 fn echo_request(p: &Probe, ident: u16, index: u32) -> Vec<u8> {
     let size = usize::from(p.size.max(MIN_PROBE_SIZE));
     let mut pkt = vec![0u8; size];
@@ -173,6 +231,9 @@ fn echo_request(p: &Probe, ident: u16, index: u32) -> Vec<u8> {
     icmp[20] = p.kind.tag();
     let sum = checksum(icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    pkt[4..6].copy_from_slice(&(index as u16).to_be_bytes());
+    let sum = checksum(&pkt[..20]);
+    pkt[10..12].copy_from_slice(&sum.to_be_bytes());
     pkt
 }
 
@@ -224,6 +285,7 @@ mod tests {
             src: Ipv4Addr::new(10, 244, 1, 0),
             dst: Ipv4Addr::new(10, 244, 2, 0),
             size,
+            path: Path::Routed,
         }
     }
 
@@ -247,6 +309,7 @@ mod tests {
         assert_eq!(req[6] & 0x40, 0x40, "DF");
         assert_eq!(req[20], 8);
         assert_eq!(checksum(&req[20..]), 0, "a correct checksum sums to zero");
+        assert_eq!(checksum(&req[..20]), 0, "the header's too");
         // Too small a size still carries the whole payload.
         assert_eq!(
             echo_request(&probe(ProbeKind::Tunnel, 0), 1, 1).len(),

@@ -7,10 +7,9 @@
 //! `metadata` (a controller writing back a stale copy usually sets something of its own
 //! there), else the newest one.
 //!
-//! Our field manager: flanneld's kube client (kube-rs) sends neither `fieldManager` nor a
-//! User-Agent, so the API server records its writes under the manager name `""` unless the
-//! patches pass [`FIELD_MANAGER`] (`PatchParams::default().field_manager(..)`); upstream
-//! flanneld appears as `flanneld` (derived from its User-Agent).
+//! Our field manager: kube-rs sends no User-Agent, so our patches pass [`FIELD_MANAGER`]
+//! explicitly (else the API server would record them under the manager name `""`); upstream
+//! flanneld appears under the same name (derived from its User-Agent).
 
 use std::collections::BTreeMap;
 use std::fmt;
