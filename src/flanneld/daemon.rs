@@ -463,7 +463,10 @@ async fn wait_for_lease(
 }
 
 /// Links, addresses and default routes of this namespace, for interface selection.
-async fn host_network(nl: &Netlink, can_reach: Option<IpAddr>) -> anyhow::Result<HostNetwork> {
+pub(crate) async fn host_network(
+    nl: &Netlink,
+    can_reach: Option<IpAddr>,
+) -> anyhow::Result<HostNetwork> {
     let mut host = HostNetwork::default();
     for link in nl.links().await? {
         if link.name == "lo" {

@@ -32,8 +32,10 @@ fn main() -> ExitCode {
         eprintln!("v{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    if let Some(Subcommands::Explain { json }) = flags.command {
-        return explain_running_daemon(&flags, json);
+    match &flags.command {
+        Some(Subcommands::Explain { json }) => return explain_running_daemon(&flags, *json),
+        Some(Subcommands::Diagnose { .. }) => return diagnose(&flags),
+        None => {}
     }
     match run(&flags) {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,5 +131,64 @@ fn explain_running_daemon(flags: &Flags, json: bool) -> ExitCode {
             eprintln!("flanneld explain: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `flanneld diagnose`: the report on stdout; exit 0 (no problem), 1 (problems), 2 (could not
+/// diagnose).
+fn diagnose(flags: &Flags) -> ExitCode {
+    use flannel_rs::flanneld::diagnose::{self, Scope};
+    let Some(Subcommands::Diagnose {
+        peer,
+        ip,
+        cluster,
+        json,
+    }) = flags.command.clone()
+    else {
+        return ExitCode::FAILURE;
+    };
+    let could_not = |e: String| {
+        eprintln!("flanneld diagnose: could not diagnose: {e}");
+        ExitCode::from(2)
+    };
+    // The daemon's command line is the natural input; only kube-subnet-mgr mode exists.
+    let mut flags = flags.clone();
+    flags.kube_subnet_mgr = true;
+    // --cluster judges every Node; it needs no identity of its own.
+    let env_or_any_node = |k: &str| match env(k) {
+        None if cluster && k == "NODE_NAME" => Some("-".into()),
+        v => v,
+    };
+    let config = match flags.resolve(env_or_any_node) {
+        Ok(c) => c,
+        Err(e) => return could_not(e.to_string()),
+    };
+    let scope = match (peer, ip) {
+        _ if cluster => Scope::Cluster,
+        (Some(p), _) => Scope::Peer(p),
+        (None, Some(ip)) => Scope::Ip(ip),
+        (None, None) => Scope::Node,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return could_not(e.to_string()),
+    };
+    match runtime.block_on(diagnose::diagnose(&config, &scope)) {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => could_not(e.to_string()),
     }
 }

@@ -12,6 +12,7 @@
 pub mod caps;
 pub mod daemon;
 pub mod datapath;
+pub mod diagnose;
 pub mod explain;
 pub mod health;
 pub mod keeper;

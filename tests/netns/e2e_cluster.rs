@@ -44,7 +44,7 @@ fn empty_cluster(tag: &str) -> Cluster {
 }
 
 /// `nodes` nodes with `pods` pods each (our plugin), converged.
-fn cluster(tag: &str, nodes: usize, pods: usize) -> Cluster {
+pub(crate) fn cluster(tag: &str, nodes: usize, pods: usize) -> Cluster {
     let mut c = empty_cluster(tag);
     for _ in 0..nodes {
         let name = c.add_node(NodeSpec::default()).expect("add node");
@@ -89,7 +89,7 @@ fn flannel_annotations(c: &Cluster, node: &str) -> std::collections::BTreeMap<St
     c.lab.node_annotations(node, P).unwrap()
 }
 
-fn pod_ip(c: &Cluster, node: &str, i: usize) -> std::net::Ipv4Addr {
+pub(crate) fn pod_ip(c: &Cluster, node: &str, i: usize) -> std::net::Ipv4Addr {
     c.node(node).unwrap().pods[i].ip
 }
 
@@ -224,7 +224,7 @@ fn the_clobber_is_healed_without_losing_a_ping_to_that_nodes_pods() {
 }
 
 /// Deletes entries with iproute2 in `node`'s namespace.
-fn ip_in(c: &Cluster, node: &str, args: &[&str]) {
+pub(crate) fn ip_in(c: &Cluster, node: &str, args: &[&str]) {
     c.node(node).unwrap().host.ns.ip(args).unwrap();
 }
 

@@ -15,6 +15,7 @@ mod daemon_status;
 mod daemon_supervision;
 mod deploy_e2e;
 mod deploy_support;
+mod diagnose;
 mod e2e_cluster;
 mod harness;
 mod harness_tests;

@@ -540,6 +540,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Runs `flanneld diagnose ARGS` on `node` with the daemon's flags; (exit code, stdout,
+    /// stderr).
+    pub fn diagnose(
+        &self,
+        node: &str,
+        args: &[&str],
+    ) -> Result<(i32, String, String), ClusterError> {
+        let rig = self.node(node)?;
+        let out = self
+            .lab
+            .flanneld_command(&self.binaries.flanneld, &rig.host, node, Some("diagnose"))
+            .args(args)
+            .output()
+            .map_err(|e| ClusterError::Invalid(format!("run flanneld diagnose: {e}")))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Waits until `node`'s daemon answers /readyz with 200.
     pub fn wait_ready(&mut self, node: &str) -> Result<Duration, ClusterError> {
         let timeout = self.ready_timeout;

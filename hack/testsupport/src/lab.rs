@@ -327,6 +327,36 @@ impl Lab {
         })
     }
 
+    /// `flanneld [SUBCOMMAND]` in `host` with the flags the DaemonSet passes (`--ip-masq
+    /// --kube-subnet-mgr --healthz-port=8081`, the flannel RBAC kubeconfig, the lab's
+    /// net-conf.json, the node's subnet.env) and `NODE_NAME`: the daemon's own command line,
+    /// which its subcommands (`diagnose`, `explain`) take too.
+    pub fn flanneld_command(
+        &self,
+        bin: &Path,
+        host: &Host,
+        node: &str,
+        subcommand: Option<&str>,
+    ) -> Command {
+        let subnet_file = self.dir.path().join(node).join("subnet.env");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", host.ns.name()])
+            .arg(bin)
+            .args(subcommand)
+            .args(["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"])
+            .arg(format!(
+                "--kubeconfig-file={}",
+                self.server.kubeconfig_flannel().display()
+            ))
+            .arg(format!(
+                "--net-config-path={}",
+                self.net_conf_path.display()
+            ))
+            .arg(format!("--subnet-file={}", subnet_file.display()))
+            .env("NODE_NAME", node);
+        cmd
+    }
+
     /// Starts `flanneld` (path `bin`) in `host` as the DaemonSet does: `--ip-masq
     /// --kube-subnet-mgr --healthz-port=8081`, the flannel RBAC kubeconfig, the lab's
     /// net-conf.json; subnet.env goes into a per-node dir of the lab.
@@ -390,21 +420,8 @@ impl Lab {
             context: "dup log".into(),
             source,
         })?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", host.ns.name()])
-            .arg(bin.as_ref())
-            .args(["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"])
-            .arg(format!(
-                "--kubeconfig-file={}",
-                self.server.kubeconfig_flannel().display()
-            ))
-            .arg(format!(
-                "--net-config-path={}",
-                self.net_conf_path.display()
-            ))
-            .arg(format!("--subnet-file={}", subnet_file.display()))
-            .args(extra_args)
-            .env("NODE_NAME", node)
+        let mut cmd = self.flanneld_command(bin.as_ref(), host, node, None);
+        cmd.args(extra_args)
             // FRS_FLANNELD_LOG=debug shows e.g. the reconcile passes' step timings.
             .env(
                 "RUST_LOG",

@@ -147,6 +147,23 @@ pub enum Subcommands {
         #[arg(long)]
         json: bool,
     },
+    /// Check this node's datapath, annotations and tunnels against the API, whether the
+    /// daemon runs or not. Exit status: 0 no problem found, 1 problems found, 2 could not
+    /// diagnose (with the reason).
+    Diagnose {
+        /// Check only the path to this peer node.
+        #[arg(long, conflicts_with_all = ["ip", "cluster"])]
+        peer: Option<String>,
+        /// Which node owns this pod IP, and is every piece of the path to it in place?
+        #[arg(long, conflicts_with = "cluster")]
+        ip: Option<std::net::IpAddr>,
+        /// Every Node, from the API alone (needs only a kubeconfig; no kernel, no node).
+        #[arg(long)]
+        cluster: bool,
+        /// One JSON object instead of text, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The daemon's private status socket: next to the subnet file, named after it, so daemons
