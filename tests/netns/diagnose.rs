@@ -106,7 +106,7 @@ fn a_healthy_cluster_is_one_line_and_exit_0_and_a_pod_ip_finds_its_node() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("\"no-such-node\" is not in the API"), "{err}");
     let (code, _, err) = c
-        .diagnose("node-1", &["--kubeconfig-file=/nonexistent/kubeconfig"])
+        .diagnose("node-1", &["--kube-api-url=https://127.0.0.1:1"])
         .unwrap();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("could not diagnose"), "{err}");

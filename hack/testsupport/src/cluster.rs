@@ -550,7 +550,13 @@ impl Cluster {
         let rig = self.node(node)?;
         let out = self
             .lab
-            .flanneld_command(&self.binaries.flanneld, &rig.host, node, Some("diagnose"))
+            .flanneld_command(
+                &self.binaries.flanneld,
+                &rig.host,
+                node,
+                &self.lab.default_subnet_file(node),
+                Some("diagnose"),
+            )
             .args(args)
             .output()
             .map_err(|e| ClusterError::Invalid(format!("run flanneld diagnose: {e}")))?;
