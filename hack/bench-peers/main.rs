@@ -36,6 +36,7 @@ use frs_testsupport::iproute;
 use frs_testsupport::kube_testserver::{LogFilter, TestServerOptions};
 use frs_testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
 use frs_testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
+use frs_testsupport::topology::Host;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 
@@ -150,6 +151,9 @@ struct Row {
     join_ms: Vec<f64>,
     join_client_ms: Vec<f64>,
     pass_ms: Vec<f64>,
+    /// `flanneld diagnose` wall seconds: this node (probes included), then `--cluster`.
+    diagnose_node: f64,
+    diagnose_cluster: f64,
 }
 
 fn run_one(
@@ -274,6 +278,8 @@ fn run_one(
         "# N={n}: programmed {:.3} s after start (window {:.3} s), ready after {:.3} s",
         row.start_to_programmed, row.window, row.start_to_ready
     );
+
+    (row.diagnose_node, row.diagnose_cluster) = time_diagnose(&lab, flanneld, &host, n)?;
 
     // Memory after convergence.
     std::thread::sleep(Duration::from_secs(2));
@@ -752,6 +758,51 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// Runs `flanneld diagnose --json` on our node (every peer checked and probed; the lab's
+/// peers are API objects only, so every probe goes unanswered: the slowest case) and
+/// `--cluster`; wall seconds of each, and what they found.
+fn time_diagnose(lab: &Lab, flanneld: &Path, host: &Host, n: u32) -> Result<(f64, f64)> {
+    let mut secs = [0.0; 2];
+    for (i, extra) in [&[][..], &["--cluster"][..]].into_iter().enumerate() {
+        let t = Instant::now();
+        let out = lab
+            .flanneld_command(
+                flanneld,
+                host,
+                SELF_NODE,
+                &lab.default_subnet_file(SELF_NODE),
+                Some("diagnose"),
+            )
+            .arg("--json")
+            .args(extra)
+            .output()?;
+        secs[i] = t.elapsed().as_secs_f64();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("diagnose: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let mut codes = std::collections::BTreeMap::<String, usize>::new();
+        let peers = doc["peers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for p in peers
+            .iter()
+            .flat_map(|p| p["problems"].as_array().into_iter().flatten())
+        {
+            *codes
+                .entry(p["code"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        eprintln!(
+            "# N={n}: diagnose{} {:.2} s, exit {:?}, {} peers, problems {codes:?}",
+            extra.first().map(|a| format!(" {a}")).unwrap_or_default(),
+            secs[i],
+            out.status.code(),
+            peers.len()
+        );
+    }
+    Ok((secs[0], secs[1]))
+}
+
 fn print_table(args: &Args, rows: &[Row]) {
     println!();
     println!(
@@ -798,6 +849,12 @@ fn print_table(args: &Args, rows: &[Row]) {
     });
     line("start → /readyz 200 (s)", &|r| {
         format!("{:.3}", r.start_to_ready)
+    });
+    line("flanneld diagnose, every peer probed (s)", &|r| {
+        format!("{:.2}", r.diagnose_node)
+    });
+    line("flanneld diagnose --cluster (s)", &|r| {
+        format!("{:.2}", r.diagnose_cluster)
     });
     line(
         "ip -batch, same 3N entries, fresh netns (s, median)",

@@ -25,11 +25,12 @@ use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
 use super::node_cache::{self, NodeCache};
-use super::pure::annotations::{self, AnnotationKeys, OwnAdvertisement};
+use super::pure::annotations::{self, AnnotationKeys, AnnotationWarning, OwnAdvertisement};
 use super::pure::config::{DaemonConfig, NodeIdentity};
 use super::pure::desired::{self, OwnMacs};
 use super::pure::iface::{
-    self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
+    self, AddrFlags, ExternalInterface, HostNetwork, LinkAddress, LinkInfo, RouteHint,
+    SelectionRequest,
 };
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
@@ -182,22 +183,10 @@ async fn run_supervised(
 
     // The underlay: interface and addresses, honouring node-public-ip annotations.
     let nl = Netlink::current().context("open netlink")?;
-    let (override_v4, override_v6, warnings) =
-        annotations::node_public_ip_override(&keys, &own.annotations.to_map());
+    let (ext, warnings) = external_interface(&nl, &config, &netconf, &own).await?;
     for w in warnings {
         tracing::warn!(node = %node_name, warning = ?w, "ignoring node-public-ip annotation");
     }
-    let host = host_network(&nl, config.selectors.can_reach).await?;
-    let ext = iface::select_external_interface(
-        &SelectionRequest {
-            selectors: &config.selectors,
-            public_ip: override_v4.or(config.public_ip),
-            public_ipv6: override_v6.or(config.public_ipv6),
-            enable_v4: netconf.enabled(Family::V4),
-            enable_v6: netconf.enabled(Family::V6),
-        },
-        &host,
-    )?;
     tracing::info!(iface = %ext.name, public_ip = ?ext.ext_addr_v4, public_ipv6 = ?ext.ext_addr_v6, "using interface");
 
     // VTEP MACs: the existing device's, else our annotation's, else a fresh random one.
@@ -462,11 +451,32 @@ async fn wait_for_lease(
     }
 }
 
-/// Links, addresses and default routes of this namespace, for interface selection.
-pub(crate) async fn host_network(
+/// The underlay interface the daemon uses: the flags, our Node's node-public-ip annotations
+/// (with what was wrong with them) and this namespace's links and routes.
+pub(crate) async fn external_interface(
     nl: &Netlink,
-    can_reach: Option<IpAddr>,
-) -> anyhow::Result<HostNetwork> {
+    config: &DaemonConfig,
+    netconf: &NetConf,
+    own: &NodeInfo,
+) -> anyhow::Result<(ExternalInterface, Vec<AnnotationWarning>)> {
+    let (override_v4, override_v6, warnings) =
+        annotations::node_public_ip_override(&config.annotation_keys, &own.annotations.to_map());
+    let host = host_network(nl, config.selectors.can_reach).await?;
+    let ext = iface::select_external_interface(
+        &SelectionRequest {
+            selectors: &config.selectors,
+            public_ip: override_v4.or(config.public_ip),
+            public_ipv6: override_v6.or(config.public_ipv6),
+            enable_v4: netconf.enabled(Family::V4),
+            enable_v6: netconf.enabled(Family::V6),
+        },
+        &host,
+    )?;
+    Ok((ext, warnings))
+}
+
+/// Links, addresses and default routes of this namespace, for interface selection.
+async fn host_network(nl: &Netlink, can_reach: Option<IpAddr>) -> anyhow::Result<HostNetwork> {
     let mut host = HostNetwork::default();
     for link in nl.links().await? {
         if link.name == "lo" {

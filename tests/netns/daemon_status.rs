@@ -14,17 +14,7 @@ use frs_testsupport::topology::Host;
 use serde_json::Value;
 
 use crate::daemon_control::{FLANNELD, lab, lab_with_two_nodes};
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::harness::wait_until;
 
 fn ready(mut d: Flanneld) -> Flanneld {
     d.wait_ready(Duration::from_secs(30)).unwrap();

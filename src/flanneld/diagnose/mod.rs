@@ -28,7 +28,6 @@ use super::pure::annotations::{self, AnnotationKeys};
 use super::pure::attribution::{self, FIELD_MANAGER};
 use super::pure::config::{DaemonConfig, NodeIdentity, status_socket_path};
 use super::pure::desired::{self, OwnMacs};
-use super::pure::iface::{self, SelectionRequest};
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::node::NodeInfo;
@@ -70,7 +69,7 @@ pub enum DiagnoseError {
     )]
     Netlink(String),
     #[error("interface: {0}")]
-    Iface(#[from] super::pure::iface::IfaceError),
+    Iface(String),
     #[error("probes: {0}")]
     Probe(#[from] probe::ProbeError),
 }
@@ -183,20 +182,9 @@ async fn node_report(
         .map_err(|e| DiagnoseError::Lease(e.to_string()))?;
     let nl = Netlink::current().map_err(|e| DiagnoseError::Netlink(e.to_string()))?;
     let own_map = own.info.annotations.to_map();
-    let (override_v4, override_v6, _) = annotations::node_public_ip_override(keys, &own_map);
-    let host = super::daemon::host_network(&nl, config.selectors.can_reach)
+    let (ext, _) = super::daemon::external_interface(&nl, config, netconf, &own.info)
         .await
-        .map_err(|e| DiagnoseError::Netlink(format!("{e:#}")))?;
-    let ext = iface::select_external_interface(
-        &SelectionRequest {
-            selectors: &config.selectors,
-            public_ip: override_v4.or(config.public_ip),
-            public_ipv6: override_v6.or(config.public_ipv6),
-            enable_v4: netconf.enabled(Family::V4),
-            enable_v6: netconf.enabled(Family::V6),
-        },
-        &host,
-    )?;
+        .map_err(|e| DiagnoseError::Iface(format!("{e:#}")))?;
 
     let mut problems = Vec::new();
     let mut macs = OwnMacs::default();
