@@ -92,7 +92,14 @@ fn with_ip_masq_a_missing_or_broken_iptables_keeps_the_node_unready_until_it_wor
     link_into(&bin, "ip");
     let path = bin.to_str().expect("utf-8 temp path");
     let mut d = lab
-        .start_flanneld_env(FLANNELD, &host, "n1", &[], &[("PATH", path)])
+        .start_flanneld_at(
+            FLANNELD,
+            &host,
+            "n1",
+            &lab.default_subnet_file("n1"),
+            &[],
+            &[("PATH", path)],
+        )
         .unwrap();
 
     // Several attempts, each retried after a backoff.

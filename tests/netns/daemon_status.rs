@@ -193,10 +193,11 @@ fn idle_and_slow_clients_do_not_stop_the_health_probe() {
     // First the cap alone: a header-read timeout longer than the test, so only the cap can
     // close anything.
     let mut d = ready(
-        lab.start_flanneld_env(
+        lab.start_flanneld_at(
             FLANNELD,
             &host,
             "n1",
+            &lab.default_subnet_file("n1"),
             &[],
             &[("FLANNELD_TEST_HEADER_TIMEOUT_MS", "3600000")],
         )

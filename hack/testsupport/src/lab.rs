@@ -372,24 +372,13 @@ impl Lab {
         node: &str,
         extra_args: &[&str],
     ) -> Result<Flanneld, LabError> {
-        self.start_flanneld_env(bin, host, node, extra_args, &[])
-    }
-
-    /// [`Lab::start_flanneld`] with extra environment variables (a test build's fault knobs).
-    pub fn start_flanneld_env(
-        &self,
-        bin: impl AsRef<Path>,
-        host: &Host,
-        node: &str,
-        extra_args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Result<Flanneld, LabError> {
         let subnet_file = self.default_subnet_file(node);
-        self.start_flanneld_at(bin, host, node, &subnet_file, extra_args, envs)
+        self.start_flanneld_at(bin, host, node, &subnet_file, extra_args, &[])
     }
 
-    /// [`Lab::start_flanneld_env`] with `--subnet-file=subnet_file` (its status socket sits
-    /// next to it); logs still go into the node's dir of the lab.
+    /// [`Lab::start_flanneld`] with `--subnet-file=subnet_file` (its status socket sits next
+    /// to it; [`Lab::default_subnet_file`] is the usual one) and extra environment variables
+    /// (a test build's fault knobs); logs still go into the node's dir of the lab.
     pub fn start_flanneld_at(
         &self,
         bin: impl AsRef<Path>,

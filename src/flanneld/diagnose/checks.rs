@@ -15,6 +15,11 @@ use crate::flanneld::pure::desired::{FdbEntry, KernelEntries, NeighbourEntry, Ro
 use crate::flanneld::pure::node::NodeInfo;
 use crate::flanneld::pure::peers::{Peer, PeerSelection, RejectKind, Rejection};
 
+/// Rejections that mean only "no (complete) flannel annotations": the node may have lost
+/// them, and flanneld keeps such a node's entries while it exists.
+pub const LOST_ANNOTATIONS: [RejectKind; 2] =
+    [RejectKind::NotManaged, RejectKind::MissingAnnotation];
+
 /// A Node as diagnose reads it: what flanneld decides on, plus who wrote it (for attribution).
 #[derive(Debug, Clone, Default)]
 pub struct NodeRecord {
@@ -91,7 +96,7 @@ fn rejection_problem(
     match reason.kind() {
         // Waiting for a podCIDR, or another backend / a node flannel does not run on.
         RejectKind::NoPodCidr | RejectKind::BackendType => None,
-        RejectKind::NotManaged | RejectKind::MissingAnnotation if has_cidr => {
+        kind if LOST_ANNOTATIONS.contains(&kind) && has_cidr => {
             let what = if no_flannel {
                 "no flannel annotations".to_string()
             } else {
@@ -109,7 +114,7 @@ fn rejection_problem(
                 format!("check the kube-flannel pod on {name} and whoever writes its Node object"),
             ))
         }
-        RejectKind::NotManaged | RejectKind::MissingAnnotation => None,
+        kind if LOST_ANNOTATIONS.contains(&kind) => None,
         _ => Some(Problem::new(
             Code::Rejected,
             format!("flanneld does not program it: {reason}"),

@@ -31,7 +31,7 @@ use super::pure::desired::{self, OwnMacs};
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::node::NodeInfo;
-use super::pure::peers::{self, PeerSelection, RejectKind, ValidationContext};
+use super::pure::peers::{self, PeerSelection, ValidationContext};
 use crate::net::Family;
 use crate::netlink::Netlink;
 
@@ -380,12 +380,7 @@ fn kept_nodes<'a>(nodes: &'a [NodeRecord], selection: &PeerSelection) -> Vec<&'a
     let lost: BTreeSet<&str> = selection
         .rejected
         .iter()
-        .filter(|r| {
-            matches!(
-                r.reason.kind(),
-                RejectKind::NotManaged | RejectKind::MissingAnnotation
-            )
-        })
+        .filter(|r| checks::LOST_ANNOTATIONS.contains(&r.reason.kind()))
         .map(|r| r.name.as_str())
         .collect();
     nodes
