@@ -21,7 +21,7 @@ use super::annotations::{
 use super::lease::{PodCidrError, PodSubnets};
 use super::netconf::NetConf;
 use super::node::NodeInfo;
-use crate::net::{Family, MacAddr, is_within, overlaps, parse_cidr};
+use crate::net::{Excerpt, Family, MacAddr, is_within, overlaps, parse_cidr};
 
 /// One family's tunnel endpoint of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,13 +143,14 @@ pub enum PublicIpProblem {
     InsidePodNetwork,
 }
 
-/// Why a node is not (or not entirely) programmed as a peer.
+/// Why a node is not (or not entirely) programmed as a peer. Values from the Node are quoted
+/// as bounded [`Excerpt`]s: rejections are kept (tracker, memo, `/status`) and logged.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Rejection {
     #[error("not managed by a kube subnet manager (kube-subnet-manager = {value:?})")]
-    NotManaged { value: Option<String> },
+    NotManaged { value: Option<Excerpt> },
     #[error("backend-type is {found:?}, not \"vxlan\"")]
-    BackendType { found: Option<String> },
+    BackendType { found: Option<Excerpt> },
     #[error("{0}")]
     PodCidr(PodCidrError),
     #[error("no {family} podCIDR assigned")]
@@ -206,7 +207,7 @@ pub enum Rejection {
     #[error("{family} public IP {value:?} is unusable: {problem:?}")]
     PublicIp {
         family: Family,
-        value: String,
+        value: Excerpt,
         problem: PublicIpProblem,
     },
 }
@@ -326,7 +327,7 @@ pub fn parse_peer(
         Some(v) if v == KUBE_SUBNET_MANAGER_TRUE => {}
         other => {
             return Err(Rejection::NotManaged {
-                value: other.map(str::to_string),
+                value: other.map(Excerpt::new),
             });
         }
     }
@@ -334,7 +335,7 @@ pub fn parse_peer(
         Some(v) if v == BACKEND_TYPE_VXLAN => {}
         other => {
             return Err(Rejection::BackendType {
-                found: other.map(str::to_string),
+                found: other.map(Excerpt::new),
             });
         }
     }
@@ -446,7 +447,7 @@ fn check_public_ip(
 ) -> Result<IpAddr, Rejection> {
     let reject = |problem| Rejection::PublicIp {
         family,
-        value: raw.to_string(),
+        value: Excerpt::new(raw),
         problem,
     };
     let ip = parse_family_ip(raw, family).ok_or_else(|| reject(PublicIpProblem::Malformed))?;
@@ -852,6 +853,59 @@ mod tests {
             None => n.annotations.remove(&format!("{K}{key}")),
         };
         n
+    }
+
+    #[test]
+    fn a_256_kib_annotation_is_kept_and_shown_only_as_a_bounded_excerpt() {
+        // The API server allows 256 KiB of annotations; control characters make a Debug
+        // rendering six times longer. Every copy the daemon keeps of a rejection (tracker,
+        // memo, the pass summary's text) must stay small.
+        let hostile = "\u{1}".repeat(256 << 10);
+        let json_hostile = format!(
+            r#"{{"VNI":1,"VtepMAC":{{"x":"{}"}}}}"#,
+            "y".repeat(256 << 10)
+        );
+        let cases = [
+            (
+                "kube-subnet-manager",
+                hostile.as_str(),
+                RejectKind::NotManaged,
+            ),
+            ("backend-type", hostile.as_str(), RejectKind::BackendType),
+            ("backend-data", hostile.as_str(), RejectKind::BadBackendData),
+            (
+                "backend-data",
+                json_hostile.as_str(),
+                RejectKind::BadBackendData,
+            ),
+            ("public-ip", hostile.as_str(), RejectKind::BadPublicIp),
+        ];
+        let mut tracker = RejectionTracker::default();
+        let mut memo = ParseMemo::default();
+        for (key, value, kind) in cases {
+            let n = with(node("h", 9, 0), key, Some(value));
+            let reason = judge(&n).unwrap_err();
+            assert_eq!(reason.kind(), kind, "{key}");
+            let shown = reason.to_string();
+            assert!(shown.len() < 2048, "{key}: {} bytes shown", shown.len());
+            assert!(format!("{reason:?}").len() < 2048, "{key}: Debug");
+            assert!(memo.parse(&n, &keys(), &ctx(false)).is_err());
+            let rejected = [RejectedNode {
+                name: "h".into(),
+                reason,
+            }];
+            tracker.update(&rejected);
+        }
+        let kept: usize = tracker.last.values().map(|r| format!("{r:?}").len()).sum();
+        assert!(kept < 2048, "{kept} bytes");
+        // A different hostile value past the excerpt is still a change: logged again.
+        let other = format!("{}x", "\u{1}".repeat(256 << 10));
+        let again = [RejectedNode {
+            name: "h".into(),
+            reason: judge(&with(node("h", 9, 0), "public-ip", Some(&other))).unwrap_err(),
+        }];
+        assert_eq!(tracker.update(&again).len(), 1);
+        assert!(tracker.update(&again).is_empty());
     }
 
     #[test]
