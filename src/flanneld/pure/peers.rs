@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use k8s_openapi::jiff::Timestamp;
@@ -570,8 +571,9 @@ where
 /// not conflict (the same rule as [`select_peers`]) with any accepted or kept one.
 #[derive(Debug, Default)]
 pub struct LostAnnotations {
-    /// The last accepted form of every programmed peer.
-    last_good: HashMap<String, Peer>,
+    /// The last accepted form of every programmed peer, by name. Shared (the last pass's
+    /// summary shows the same peers): one copy of every peer lives between passes.
+    last_good: Arc<[Peer]>,
     /// Peers currently kept this way.
     kept: HashSet<String>,
 }
@@ -597,7 +599,11 @@ impl LostAnnotations {
             if r.reason.kind() != RejectKind::NotManaged {
                 return true;
             }
-            let (Some(prev), Some(node)) = (last_good.get(&r.name), node(&r.name)) else {
+            let prev = last_good
+                .binary_search_by(|p| p.name.as_str().cmp(&r.name))
+                .ok()
+                .map(|i| &last_good[i]);
+            let (Some(prev), Some(node)) = (prev, node(&r.name)) else {
                 return true;
             };
             let same_node = node.uid == prev.uid
@@ -619,12 +625,13 @@ impl LostAnnotations {
         self.kept = kept_names;
         selection.peers.extend(kept);
         selection.peers.sort_by(|a, b| a.name.cmp(&b.name));
-        self.last_good = selection
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.clone()))
-            .collect();
+        self.last_good = selection.peers.as_slice().into();
         newly
+    }
+
+    /// The peers of the last [`LostAnnotations::keep`] (the programmed ones), in name order.
+    pub fn programmed(&self) -> Arc<[Peer]> {
+        self.last_good.clone()
     }
 }
 

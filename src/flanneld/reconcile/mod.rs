@@ -7,7 +7,7 @@
 mod summary;
 mod view;
 
-pub use summary::{DeviceSummary, PassSummary, PeerSummary, RejectedSummary};
+pub use summary::{DeviceSummary, PassSummary, PeerList, RejectedSummary};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -249,14 +249,8 @@ impl Reconciler {
 
         self.metrics
             .set_peers_programmed(selection.peers.len() as u64);
-        summary.peers = selection
-            .peers
-            .iter()
-            .map(|p| PeerSummary {
-                node: p.name.clone(),
-                endpoints: p.endpoints().map(|(_, e)| *e).collect(),
-            })
-            .collect();
+        // The same peers as `selection.peers`, the copy kept between passes.
+        summary.peers = PeerList(self.lost_annotations.programmed());
         summary.rejected = selection
             .rejected
             .iter()
