@@ -528,7 +528,10 @@ where
     I: IntoIterator<Item = &'a NodeInfo>,
 {
     let mut out = PeerSelection::default();
-    let mut candidates = Vec::new();
+    // Sized up front: at 5000 nodes, doubling would leave both vectors up to twice the bytes
+    // at the start-up peak. (Names are unique, so the unstable sorts below are exact.)
+    let nodes = nodes.into_iter();
+    let mut candidates = Vec::with_capacity(nodes.size_hint().0);
     for node in nodes {
         if node.name == ctx.own_node {
             continue;
@@ -542,9 +545,10 @@ where
         }
     }
     // Age order; nodes without a creationTimestamp count as youngest.
-    candidates.sort_by(|a, b| {
+    candidates.sort_unstable_by(|a, b| {
         (a.created.is_none(), a.created, &a.name).cmp(&(b.created.is_none(), b.created, &b.name))
     });
+    out.peers.reserve_exact(candidates.len());
     let mut held = Holdings::default();
     for cand in candidates {
         match held.conflict(&cand, &out.peers) {
@@ -558,8 +562,8 @@ where
             }
         }
     }
-    out.peers.sort_by(|a, b| a.name.cmp(&b.name));
-    out.rejected.sort_by(|a, b| a.name.cmp(&b.name));
+    out.peers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    out.rejected.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -624,7 +628,7 @@ impl LostAnnotations {
         let newly: Vec<String> = kept_names.difference(&self.kept).cloned().collect();
         self.kept = kept_names;
         selection.peers.extend(kept);
-        selection.peers.sort_by(|a, b| a.name.cmp(&b.name));
+        selection.peers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         self.last_good = selection.peers.as_slice().into();
         newly
     }
@@ -647,7 +651,8 @@ pub struct ParseMemo {
 struct MemoEntry {
     uid: String,
     resource_version: String,
-    verdict: Result<Peer, Rejection>,
+    /// Boxed: a map's spare slots (up to half of them) then cost a pointer, not a verdict.
+    verdict: Box<Result<Peer, Rejection>>,
 }
 
 impl ParseMemo {
@@ -662,7 +667,7 @@ impl ParseMemo {
             && e.uid == node.uid
             && e.resource_version == node.resource_version
         {
-            return e.verdict.clone();
+            return (*e.verdict).clone();
         }
         let verdict = parse_peer(node, keys, ctx);
         self.by_name.insert(
@@ -670,7 +675,7 @@ impl ParseMemo {
             MemoEntry {
                 uid: node.uid.clone(),
                 resource_version: node.resource_version.clone(),
-                verdict: verdict.clone(),
+                verdict: Box::new(verdict.clone()),
             },
         );
         verdict
