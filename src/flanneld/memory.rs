@@ -24,10 +24,8 @@ pub fn release_free_memory() {
 /// Tunes glibc's allocator for this daemon's bursty profile; call once, before any thread is
 /// spawned. A no-op on other C libraries.
 ///
-/// - One arena: glibc creates up to 8 per core for contending threads, and each parks its own
-///   free memory and fragments on its own (with two, the steady heap at 5000 nodes took
-///   ~13 MB resident for ~6.5 MB live). The daemon's threads allocate little at a time, so
-///   they hardly contend for its lock.
+/// - At most two arenas (one per runtime worker): glibc creates up to 8 per core for
+///   contending threads, and each parks its own free memory.
 /// - Fixed mmap and trim thresholds. By default glibc raises both after the first large block
 ///   is freed (a multi-MB list page raises the trim threshold to twice its size), after which a
 ///   secondary arena keeps a free top of that size forever — `malloc_trim` only releases free
@@ -40,7 +38,7 @@ pub fn tune_allocator() {
         use nix::libc::{M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt};
         // SAFETY: mallopt only sets allocator tunables; called before other threads exist.
         unsafe {
-            mallopt(M_ARENA_MAX, 1);
+            mallopt(M_ARENA_MAX, 2);
             mallopt(M_MMAP_THRESHOLD, 256 << 10);
             mallopt(M_TRIM_THRESHOLD, 1 << 20);
         }
