@@ -13,7 +13,6 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use rand::SeedableRng;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -502,27 +501,132 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
     }
 }
 
+/// `/status` as serialized: straight to text, since a `serde_json::Value` tree of the last
+/// pass (5000 peers) took ~5 MB for an instant, and the text again as much. Keys in name order
+/// at every level (here and in the pass summary's types), as the document always had them.
+#[derive(serde::Serialize)]
+struct StatusView<'a> {
+    annotations: AnnotationCounts,
+    drift_repairs: u64,
+    last_reconcile: Option<PassSummary>,
+    lease: &'a [String],
+    node: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct AnnotationCounts {
+    conflicts: u64,
+    errors: u64,
+    heals: u64,
+    last_heal_ms: u64,
+    writes: u64,
+}
+
 fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics) -> String {
     let Ok(s) = status.lock() else {
         return "{}".into();
     };
+    // A clone is cheap (the peers are shared) and frees the reconciler's lock at once.
     let last = s
         .last_pass
         .as_ref()
         .and_then(|p| p.lock().ok().map(|p| p.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
-    let doc = json!({
-        "node": s.node,
-        "lease": s.lease,
-        "annotations": {
-            "writes": writes,
-            "heals": heals,
-            "conflicts": conflicts,
-            "errors": errors,
-            "last_heal_ms": last_heal_ms,
+    let doc = StatusView {
+        annotations: AnnotationCounts {
+            conflicts,
+            errors,
+            heals,
+            last_heal_ms,
+            writes,
         },
-        "drift_repairs": metrics.drift_repairs(),
-        "last_reconcile": last,
-    });
+        drift_repairs: metrics.drift_repairs(),
+        last_reconcile: last,
+        lease: &s.lease,
+        node: &s.node,
+    };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::flanneld::pure::peers::{Peer, PeerEndpoint};
+    use crate::flanneld::reconcile::{DeviceSummary, PeerList, RejectedSummary};
+    use crate::net::MacAddr;
+
+    /// What `/status` was when it was built as a `serde_json::Value` tree.
+    fn as_value_tree(s: &StatusDoc, metrics: &Metrics) -> String {
+        let last = s.last_pass.as_ref().map(|p| p.lock().unwrap().clone());
+        let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
+        let doc = serde_json::json!({
+            "node": s.node,
+            "lease": s.lease,
+            "annotations": {
+                "writes": writes,
+                "heals": heals,
+                "conflicts": conflicts,
+                "errors": errors,
+                "last_heal_ms": last_heal_ms,
+            },
+            "drift_repairs": metrics.drift_repairs(),
+            "last_reconcile": last,
+        });
+        serde_json::to_string_pretty(&doc).unwrap()
+    }
+
+    #[test]
+    fn status_is_rendered_as_the_value_tree_was_byte_for_byte() {
+        let peer = |name: &str, n: u8| Peer {
+            name: name.into(),
+            uid: format!("u-{name}"),
+            created: None,
+            v4: Some(PeerEndpoint {
+                subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, n]),
+                public_ip: format!("192.0.2.{n}").parse().unwrap(),
+                vni: Some(1),
+            }),
+            v6: None,
+        };
+        let summary = PassSummary {
+            devices: vec![DeviceSummary {
+                entries: 6,
+                index: 7,
+                mac: "0e:00:00:00:00:01".into(),
+                mtu: 1450,
+                name: "flannel.1".into(),
+            }],
+            duration_ms: 12.5,
+            errors: vec!["File exists (os error 17)".into()],
+            finished_unix_ms: 1_700_000_000_000,
+            operations: 6,
+            peers: PeerList(vec![peer("a", 2), peer("b", 3)].into()),
+            provisional: false,
+            rejected: vec![RejectedSummary {
+                kind: "bad_public_ip".into(),
+                node: "c".into(),
+                reason: "IPv4 public IP \"x\" is unusable: Malformed".into(),
+            }],
+            trigger: Some(Trigger::NodeChange),
+        };
+        let metrics = Metrics::new();
+        metrics.count_annotation_write();
+        metrics.count_annotation_heal(Duration::from_millis(3));
+        let status = Mutex::new(StatusDoc {
+            node: "n1".into(),
+            lease: vec!["10.244.1.0/24".into()],
+            last_pass: None,
+        });
+        assert_eq!(
+            render_status(&status, &metrics),
+            as_value_tree(&status.lock().unwrap(), &metrics)
+        );
+        status.lock().unwrap().last_pass = Some(Arc::new(Mutex::new(summary)));
+        let rendered = render_status(&status, &metrics);
+        assert_eq!(rendered, as_value_tree(&status.lock().unwrap(), &metrics));
+        assert!(rendered.contains("\"vtep_macs\""), "{rendered}");
+    }
 }

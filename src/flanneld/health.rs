@@ -153,20 +153,20 @@ fn router(state: Arc<HealthState>) -> Router {
             "/metrics",
             any(move || {
                 let state = metrics_state.clone();
-                async move { text(&(state.metrics)(), "text/plain; version=0.0.4") }
+                async move { text((state.metrics)(), "text/plain; version=0.0.4") }
             }),
         )
         .route(
             "/status",
             any(move || {
                 let state = status_state.clone();
-                async move { text(&(state.status)(), "application/json") }
+                async move { text((state.status)(), "application/json") }
             }),
         )
 }
 
-fn text(body: &str, content_type: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type)], body.to_owned()).into_response()
+fn text(body: String, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 #[cfg(test)]

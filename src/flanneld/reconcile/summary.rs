@@ -7,19 +7,20 @@ use serde::Serialize;
 use super::Trigger;
 use crate::flanneld::pure::peers::{Peer, PeerEndpoint};
 
-/// The outcome of the last pass, for `/status` and logs.
+/// The outcome of the last pass, for `/status` and logs. (Fields here and below in name order:
+/// `/status` serializes them as they are, with the sorted keys it always had.)
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PassSummary {
-    pub trigger: Option<Trigger>,
-    pub finished_unix_ms: u64,
-    pub duration_ms: f64,
-    pub peers: PeerList,
-    pub rejected: Vec<RejectedSummary>,
     pub devices: Vec<DeviceSummary>,
-    pub operations: usize,
+    pub duration_ms: f64,
     pub errors: Vec<String>,
+    pub finished_unix_ms: u64,
+    pub operations: usize,
+    pub peers: PeerList,
     /// Ran before the first complete node list: only additions were applied.
     pub provisional: bool,
+    pub rejected: Vec<RejectedSummary>,
+    pub trigger: Option<Trigger>,
 }
 
 /// The programmed peers, as `/status` lists them: the very peers the pass selected, shared
@@ -61,8 +62,8 @@ impl Serialize for ShownPeer<'_> {
         let p = self.0;
         let mut st = serializer.serialize_struct("PeerSummary", 4)?;
         st.serialize_field("node", &p.name)?;
-        st.serialize_field("subnets", &Displayed(p, |e| e.subnet))?;
         st.serialize_field("public_ips", &Displayed(p, |e| e.public_ip))?;
+        st.serialize_field("subnets", &Displayed(p, |e| e.subnet))?;
         st.serialize_field("vtep_macs", &Displayed(p, |e| e.vtep_mac))?;
         st.end()
     }
@@ -70,18 +71,18 @@ impl Serialize for ShownPeer<'_> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedSummary {
-    pub node: String,
     pub kind: String,
+    pub node: String,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceSummary {
-    pub name: String,
+    pub entries: usize,
     pub index: u32,
     pub mac: String,
     pub mtu: u32,
-    pub entries: usize,
+    pub name: String,
 }
 
 #[cfg(test)]
