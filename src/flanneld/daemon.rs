@@ -13,14 +13,13 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use rand::SeedableRng;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Netlink, RouteFilter};
 
 use super::health::{self, HealthState, Readiness};
-use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor, SharedHeal};
+use super::keeper::{AnnotationKeeper, HealRecord, KeeperTiming, PatchFor, SharedHeal};
 use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
@@ -562,10 +561,55 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
     }
 }
 
+/// `/status` as serialized: straight to text, since a `serde_json::Value` tree of the last
+/// pass (5000 peers) took ~5 MB for an instant, and the text again as much. Keys in name order
+/// at every level (here and in the pass summary's types), as the document always had them.
+#[derive(serde::Serialize)]
+struct StatusView<'a> {
+    annotations: AnnotationCounts,
+    drift_repairs: u64,
+    last_reconcile: Option<PassSummary>,
+    lease: &'a [String],
+    node: &'a str,
+    ready: bool,
+    traffic_rules: TrafficView<'a>,
+    waiting_for: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct AnnotationCounts {
+    conflicts: u64,
+    errors: u64,
+    heals: u64,
+    last_heal: Option<HealRecord>,
+    last_heal_ms: u64,
+    writes: u64,
+}
+
+/// The traffic rules' gate: `pending`, `in-place` or `failing` (with the error).
+#[derive(serde::Serialize)]
+struct TrafficView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    state: &'static str,
+}
+
+impl<'a> From<&'a TrafficGate> for TrafficView<'a> {
+    fn from(gate: &'a TrafficGate) -> Self {
+        let (state, error) = match gate {
+            TrafficGate::Pending => ("pending", None),
+            TrafficGate::InPlace => ("in-place", None),
+            TrafficGate::Failing(e) => ("failing", Some(e.as_str())),
+        };
+        TrafficView { error, state }
+    }
+}
+
 fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates: &Gates) -> String {
     let Ok(s) = status.lock() else {
         return "{}".into();
     };
+    // A clone is cheap (the peers are shared) and frees the reconciler's lock at once.
     let last = s
         .last_pass
         .as_ref()
@@ -576,27 +620,125 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         .and_then(|h| h.lock().ok().and_then(|h| h.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
     let verdict = gates.verdict();
-    let traffic = match &gates.traffic {
-        TrafficGate::Pending => json!({"state": "pending"}),
-        TrafficGate::InPlace => json!({"state": "in-place"}),
-        TrafficGate::Failing(error) => json!({"state": "failing", "error": error}),
-    };
-    let doc = json!({
-        "node": s.node,
-        "lease": s.lease,
-        "ready": verdict.is_ready(),
-        "waiting_for": verdict.waiting_for,
-        "traffic_rules": traffic,
-        "annotations": {
-            "writes": writes,
-            "heals": heals,
-            "conflicts": conflicts,
-            "errors": errors,
-            "last_heal_ms": last_heal_ms,
-            "last_heal": last_heal,
+    let doc = StatusView {
+        annotations: AnnotationCounts {
+            conflicts,
+            errors,
+            heals,
+            last_heal,
+            last_heal_ms,
+            writes,
         },
-        "drift_repairs": metrics.drift_repairs(),
-        "last_reconcile": last,
-    });
+        drift_repairs: metrics.drift_repairs(),
+        last_reconcile: last,
+        lease: &s.lease,
+        node: &s.node,
+        ready: verdict.is_ready(),
+        traffic_rules: (&gates.traffic).into(),
+        waiting_for: verdict.waiting_for,
+    };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::flanneld::pure::peers::{Peer, PeerEndpoint};
+    use crate::flanneld::reconcile::{DeviceSummary, FailedPeerSummary, PeerList, RejectedSummary};
+    use crate::net::MacAddr;
+
+    /// What `/status` was when it was built as a `serde_json::Value` tree.
+    fn as_value_tree(s: &StatusDoc, metrics: &Metrics, gates: &Gates) -> String {
+        let last = s.last_pass.as_ref().map(|p| p.lock().unwrap().clone());
+        let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
+        let verdict = gates.verdict();
+        let traffic = match &gates.traffic {
+            TrafficGate::Pending => serde_json::json!({"state": "pending"}),
+            TrafficGate::InPlace => serde_json::json!({"state": "in-place"}),
+            TrafficGate::Failing(error) => serde_json::json!({"state": "failing", "error": error}),
+        };
+        let doc = serde_json::json!({
+            "node": s.node,
+            "lease": s.lease,
+            "ready": verdict.is_ready(),
+            "waiting_for": verdict.waiting_for,
+            "traffic_rules": traffic,
+            "annotations": {
+                "writes": writes,
+                "heals": heals,
+                "conflicts": conflicts,
+                "errors": errors,
+                "last_heal_ms": last_heal_ms,
+                "last_heal": null,
+            },
+            "drift_repairs": metrics.drift_repairs(),
+            "last_reconcile": last,
+        });
+        serde_json::to_string_pretty(&doc).unwrap()
+    }
+
+    #[test]
+    fn status_is_rendered_as_the_value_tree_was_byte_for_byte() {
+        let peer = |name: &str, n: u8| Peer {
+            name: name.into(),
+            uid: format!("u-{name}"),
+            created: None,
+            v4: Some(PeerEndpoint {
+                subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, n]),
+                public_ip: format!("192.0.2.{n}").parse().unwrap(),
+                vni: Some(1),
+            }),
+            v6: None,
+        };
+        let summary = PassSummary {
+            devices: vec![DeviceSummary {
+                entries: 6,
+                index: 7,
+                mac: "0e:00:00:00:00:01".into(),
+                mtu: 1450,
+                name: "flannel.1".into(),
+            }],
+            duration_ms: 12.5,
+            errors: vec!["File exists (os error 17)".into()],
+            failed_peers: vec![FailedPeerSummary {
+                error: "replace route 10.244.3.0/24: Invalid argument".into(),
+                node: "d".into(),
+            }],
+            finished_unix_ms: 1_700_000_000_000,
+            operations: 6,
+            peers: PeerList(vec![peer("a", 2), peer("b", 3)].into()),
+            provisional: false,
+            rejected: vec![RejectedSummary {
+                kind: "bad_public_ip".into(),
+                node: "c".into(),
+                reason: "IPv4 public IP \"x\" is unusable: Malformed".into(),
+            }],
+            trigger: Some(Trigger::NodeChange),
+        };
+        let metrics = Metrics::new();
+        metrics.count_annotation_write();
+        metrics.count_annotation_heal(Duration::from_millis(3));
+        let status = Mutex::new(StatusDoc {
+            node: "n1".into(),
+            lease: vec!["10.244.1.0/24".into()],
+            last_pass: None,
+            last_heal: None,
+        });
+        let mut gates = Gates::default();
+        assert_eq!(
+            render_status(&status, &metrics, &gates),
+            as_value_tree(&status.lock().unwrap(), &metrics, &gates)
+        );
+        gates.traffic = TrafficGate::Failing("`iptables` is not installed".into());
+        status.lock().unwrap().last_pass = Some(Arc::new(Mutex::new(summary)));
+        let rendered = render_status(&status, &metrics, &gates);
+        assert_eq!(
+            rendered,
+            as_value_tree(&status.lock().unwrap(), &metrics, &gates)
+        );
+        assert!(rendered.contains("\"vtep_macs\""), "{rendered}");
+    }
 }

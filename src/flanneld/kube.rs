@@ -12,6 +12,7 @@ use kube::{Client, Config};
 
 use super::pure::attribution::FIELD_MANAGER;
 use super::pure::node::SlimNode;
+use super::slim_list::SlimNodeListLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -89,7 +90,10 @@ pub async fn build_client(
     }
     // Fail fast on a dead API server; watches carry their own server-side timeout.
     config.connect_timeout = Some(Duration::from_secs(5));
-    Client::try_from(config).map_err(KubeError::Client)
+    // Node list pages are slimmed as they stream in (see slim_list.rs): kube-rs would hold
+    // each page's full body, twice, while decoding it.
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(KubeError::Client)?;
+    Ok(builder.with_layer(&SlimNodeListLayer).build())
 }
 
 /// Writes to `nodes/NAME/status` — the only write upstream's ClusterRole grants.

@@ -2,7 +2,8 @@
 //!
 //! [`pure`] holds every decision (flags, net-conf, annotations, peers, desired state, the
 //! diff); the modules here do the I/O around it:
-//! - [`daemon`]: start-up order and task wiring, under the [`tasks`] supervisor; [`kube`] the API client, [`node_cache`] the
+//! - [`daemon`]: start-up order and task wiring, under the [`tasks`] supervisor; [`kube`] the API client
+//!   (with [`slim_list`] under it: Node list pages slimmed as they stream in), [`node_cache`] the
 //!   Node watcher and its cache, [`keeper`] re-asserts our annotations;
 //! - [`reconcile`]: the pass (pure pipeline → [`datapath`] → netlink) and its trigger loop;
 //! - [`traffic`]: runs iptables/nft with the text [`pure::masq`] renders;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod node_cache;
 pub mod pure;
 pub mod reconcile;
+pub mod slim_list;
 pub mod status_socket;
 pub mod tasks;
 pub mod traffic;

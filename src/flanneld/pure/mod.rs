@@ -31,6 +31,7 @@ pub mod backoff;
 pub mod config;
 pub mod desired;
 pub mod iface;
+pub mod json_list;
 pub mod lease;
 pub mod masq;
 pub mod netconf;

@@ -7,7 +7,7 @@
 mod summary;
 mod view;
 
-pub use summary::{DeviceSummary, FailedPeerSummary, PassSummary, PeerSummary, RejectedSummary};
+pub use summary::{DeviceSummary, FailedPeerSummary, PassSummary, PeerList, RejectedSummary};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +30,8 @@ use super::pure::desired::{self, FamilyState, KernelEntries, OwnMacs, Underlay};
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::peers::{
-    self, LostAnnotations, ParseMemo, Peer, PeerSelection, RejectionTracker, ValidationContext,
+    self, LostAnnotations, ParseMemo, Peer, PeerSelection, RejectedNode, RejectionTracker,
+    ValidationContext,
 };
 use super::pure::plan;
 use super::pure::readiness::PassEnd;
@@ -181,7 +182,7 @@ impl Reconciler {
         // Before the first complete list, peers are programmed as pages arrive, additively.
         let provisional = !self.cache.is_synced();
         let mut held = self.view.take_held(trigger);
-        let selection = self.select_peers(provisional);
+        let (peers, rejected) = self.select_peers(provisional);
         let selected_us = started.elapsed().as_micros() as u64;
 
         let inputs = &self.inputs;
@@ -190,7 +191,7 @@ impl Reconciler {
             &inputs.underlay,
             &inputs.lease,
             &inputs.own_macs,
-            &selection.peers,
+            &peers,
         )?;
         let desired_us = started.elapsed().as_micros() as u64;
 
@@ -266,23 +267,11 @@ impl Reconciler {
         self.view.record(wanted, held_after);
 
         summary.errors = refused.iter().map(|r| r.error.clone()).collect();
-        summary.failed_peers = self.note_refusals(&selection.peers, &refused, !provisional);
-        self.metrics.set_peers_programmed(
-            selection
-                .peers
-                .len()
-                .saturating_sub(self.failed_peers.len()) as u64,
-        );
-        summary.peers = selection
-            .peers
-            .iter()
-            .map(|p| PeerSummary {
-                node: p.name.clone(),
-                endpoints: p.endpoints().map(|(_, e)| *e).collect(),
-            })
-            .collect();
-        summary.rejected = selection
-            .rejected
+        summary.failed_peers = self.note_refusals(&peers, &refused, !provisional);
+        self.metrics
+            .set_peers_programmed(peers.len().saturating_sub(self.failed_peers.len()) as u64);
+        summary.peers = PeerList(peers);
+        summary.rejected = rejected
             .iter()
             .map(|r| RejectedSummary {
                 node: r.name.clone(),
@@ -344,8 +333,10 @@ impl Reconciler {
     }
 
     /// The peers to program, from the node cache: validated, conflicts settled, peers that
-    /// only lost their annotations kept; new rejections logged and counted.
-    fn select_peers(&mut self, provisional: bool) -> PeerSelection {
+    /// only lost their annotations kept; new rejections logged and counted. The peers are the
+    /// copy kept between passes (the selection's own vector goes at once: at 5000 peers the
+    /// pass would otherwise hold both through programming).
+    fn select_peers(&mut self, provisional: bool) -> (Arc<[Peer]>, Vec<RejectedNode>) {
         let inputs = &self.inputs;
         // The memo lives only while the list is in progress (no memory kept for later).
         let memo = &mut self.parse_memo;
@@ -368,12 +359,15 @@ impl Reconciler {
                 "node lost its flannel annotations; keeping its entries until they are back or the node is deleted"
             );
         }
+        let PeerSelection { peers, rejected } = selection;
+        drop(peers);
+        let peers = self.lost_annotations.programmed();
         // Verdicts on a partial list can change (an older holder of a subnet may be on a later
         // page); they are logged and counted once the list is complete.
         if provisional {
-            return selection;
+            return (peers, rejected);
         }
-        for r in self.rejections.update(&selection.rejected) {
+        for r in self.rejections.update(&rejected) {
             if r.reason.is_benign() {
                 tracing::debug!(peer = %r.name, reason = %r.reason, "node is not a flannel vxlan peer");
             } else {
@@ -382,13 +376,12 @@ impl Reconciler {
             }
         }
         self.metrics.set_peers_rejected(
-            selection
-                .rejected
+            rejected
                 .iter()
                 .filter(|r| !r.reason.is_benign())
                 .map(|r| r.reason.kind()),
         );
-        selection
+        (peers, rejected)
     }
 
     /// Creates the family's VXLAN device, or adopts or recreates the one there.
