@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Netlink, RouteFilter};
 
+use super::events::Events;
 use super::health::{self, HealthState, Readiness};
 use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor, SharedHeal};
 use super::kube::{self as kube_io, NodeStatusWriter};
@@ -243,6 +244,10 @@ async fn run_supervised(
                 .unwrap_or(ReconcileTiming::default().coalesce),
         },
     );
+    // Events on our Node: optional (403 → one warning), never in the way of anything else.
+    let (events, publisher) = Events::new(client.clone(), &node_name, metrics.clone());
+    tasks.spawn("events", publisher.run(shutdown.clone()));
+    reconciler.events = events.clone();
     reconciler.watchdog = health_state.watchdog();
     reconciler.readiness = readiness.clone();
     // The summary of 5000 peers is not kept: it would otherwise live as long as `run`. The
@@ -277,6 +282,7 @@ async fn run_supervised(
         timing: tuning.keeper.clone(),
         readiness: readiness.clone(),
         last_heal: last_heal.clone(),
+        events: events.clone(),
     };
     tasks.spawn(
         "annotation-keeper",
