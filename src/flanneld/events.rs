@@ -227,9 +227,9 @@ impl EventPublisher {
                 return;
             }
         };
-        let code = match &err {
-            kube::Error::Api(status) => Some(status.code),
-            _ => None,
+        let (code, error) = match &err {
+            kube::Error::Api(status) => (Some(status.code), status.message.clone()),
+            other => (None, other.to_string()),
         };
         match code {
             Some(403) => {
@@ -242,13 +242,13 @@ impl EventPublisher {
                 if !std::mem::replace(&mut self.said_forbidden, true) {
                     tracing::warn!(
                         node = %self.node,
-                        error = %err,
+                        error = %error,
                         "not permitted to publish Events (events.k8s.io create/patch): no Node \
                          Events are written, everything else goes on (the optional role is \
                          deploy/kube-flannel-rs-events.yml); trying again every 10 minutes"
                     );
                 } else {
-                    tracing::debug!(node = %self.node, error = %err, "Events still not permitted");
+                    tracing::debug!(node = %self.node, error = %error, "Events still not permitted");
                 }
             }
             Some(404) if matches!(w, Write::Patch { .. }) => {
@@ -256,10 +256,15 @@ impl EventPublisher {
                 // ends; the next occurrence creates a new one.
                 let lost = self.aggregator.forget(&key);
                 self.metrics.count_events_dropped(EventDrop::Error, lost);
-                tracing::debug!(node = %self.node, reason = key.reason.as_str(),
-                    "the Event of this series is gone; the next occurrence starts a new one");
+                if code == Some(404) {
+                    tracing::debug!(node = %self.node, reason = key.reason.as_str(),
+                        "the Event of this series is gone; the next occurrence starts a new one");
+                } else {
+                    tracing::warn!(node = %self.node, reason = key.reason.as_str(), error = %error,
+                        "the API refused an Event write; its series ends, the next occurrence starts a new one");
+                }
             }
-            _ => self.failed(&key, err.to_string()),
+            _ => self.failed(&key, error),
         }
     }
 
@@ -288,7 +293,6 @@ impl EventPublisher {
             }
             Write::Patch {
                 name,
-                note,
                 count,
                 last_observed,
                 ..
@@ -298,7 +302,6 @@ impl EventPublisher {
                     .checked_sub(ago)
                     .unwrap_or(Timestamp::now());
                 let patch = json!({
-                    "note": note,
                     "series": {"count": count, "lastObservedTime": MicroTime(at)},
                 });
                 let params = PatchParams {

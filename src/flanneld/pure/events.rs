@@ -69,7 +69,8 @@ pub struct Key {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Occurrence {
     pub key: Key,
-    /// Human-readable, at most [`MAX_NOTE`] bytes once written (longer notes are cut).
+    /// Human-readable, at most [`MAX_NOTE`] bytes once written (longer notes are cut). An
+    /// Event keeps the note of the occurrence that created it.
     pub note: String,
     /// A second Node involved (the peer), the Event's `related`.
     pub related: Option<String>,
@@ -121,11 +122,11 @@ pub enum Write {
         note: String,
         related: Option<String>,
     },
-    /// Raise an existing Event's series to `count` (≥ 2) as of `last_observed`.
+    /// Raise an existing Event's series to `count` (≥ 2) as of `last_observed`. The note
+    /// stays the first occurrence's (the API does not let it change).
     Patch {
         key: Key,
         name: String,
-        note: String,
         count: u32,
         last_observed: Instant,
     },
@@ -332,18 +333,16 @@ impl Aggregator {
         self.tokens -= 1;
         s.in_flight = true;
         s.last_write = Some(now);
-        let note = truncate(&s.note, MAX_NOTE);
         Some(match &s.name {
             // The create counts one occurrence; a later patch carries the rest.
             None => Write::Create {
                 key: key.clone(),
-                note,
+                note: truncate(&s.note, MAX_NOTE),
                 related: s.related.clone(),
             },
             Some(name) => Write::Patch {
                 key: key.clone(),
                 name: name.clone(),
-                note,
                 count: s.count,
                 last_observed: s.last_seen,
             },
