@@ -267,3 +267,50 @@ fn without_the_events_role_one_warning_and_the_daemon_stays_ready_and_heals() {
     assert_eq!(d.health("/readyz").map(|(c, _)| c), Some(200));
     assert!(d.is_running());
 }
+
+#[test]
+fn a_rejected_peer_and_a_repaired_route_are_events_naming_them() {
+    let (lab, host) = lab_events("ev4", true);
+    let _d = start(&lab, &host);
+
+    // n3 claims our public IP: rejected, nothing programmed for it.
+    let ip = lab.switch.address(3);
+    lab.create_node(
+        "n3",
+        "10.244.3.0/24",
+        ip,
+        frs_testsupport::lab::peer_annotations("0e:00:00:00:00:03", &host.address.to_string()),
+    )
+    .unwrap();
+    wait_until("the PeerRejected Event", Duration::from_secs(10), || {
+        !events_about_n1(&lab, "PeerRejected").is_empty()
+    });
+    let rejected = events_about_n1(&lab, "PeerRejected");
+    println!("Event: {}", rejected[0]);
+    let note = rejected[0]["note"].as_str().unwrap();
+    assert!(note.starts_with("peer n3 rejected: "), "{note}");
+    assert!(note.contains(&host.address.to_string()), "{note}");
+
+    // Someone deletes n2's route: repaired, and the Event says what was missing.
+    host.ns
+        .ip(&["route", "del", "10.244.2.0/24", "dev", "flannel.1"])
+        .unwrap();
+    wait_until(
+        "the DatapathRepaired Event",
+        Duration::from_secs(10),
+        || !events_about_n1(&lab, "DatapathRepaired").is_empty(),
+    );
+    let repaired = events_about_n1(&lab, "DatapathRepaired");
+    println!("Event: {}", repaired[0]);
+    let note = repaired[0]["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("flannel.1: restored missing route 10.244.2.0/24 via 10.244.2.0"),
+        "{note}"
+    );
+    assert!(
+        host.ns
+            .ip(&["route", "show", "10.244.2.0/24", "dev", "flannel.1"])
+            .unwrap()
+            .contains("10.244.2.0/24")
+    );
+}
