@@ -1,7 +1,9 @@
 //! Events on our Node: the real flanneld against the test API server, which enforces the
-//! manifest's ClusterRole and, with `--grant flannel=events`, the optional events role.
+//! manifest's ClusterRole, plus the optional events role's rules when it is "applied" — both
+//! read from deploy/, so a verb the daemon uses but the role lacks fails here.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flannel_rs::flanneld::pure::events::Limits;
@@ -11,21 +13,35 @@ use frs_testsupport::topology::Host;
 use serde_json::Value;
 
 use crate::daemon_control::{FLANNELD, lab_with};
+use crate::deploy_e2e::manifest;
 
 const P: &str = "flannel.alpha.coreos.com/";
 
-/// Node `n1` (ours) and a peer `n2`; the API server grants the events role or not.
-fn lab_events(tag: &str, granted: bool) -> (Lab, Host) {
-    let extra_args = if granted {
-        vec!["--grant".into(), "flannel=events".into()]
-    } else {
-        Vec::new()
-    };
+/// The flannel identity's rules for the test API server: the manifest's ClusterRole, with the
+/// optional events role's rules added when `events_role`.
+fn role_file(dir: &Path, events_role: bool) -> PathBuf {
+    let load = |path| manifest::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut role = load(manifest::MANIFEST).cluster_roles[0].clone();
+    if events_role {
+        let extra = load(manifest::EVENTS_MANIFEST).cluster_roles[0].clone();
+        role.rules
+            .get_or_insert_with(Vec::new)
+            .extend(extra.rules.unwrap_or_default());
+    }
+    let path = dir.join("flannel-clusterrole.json");
+    std::fs::write(&path, serde_json::to_vec(&role).unwrap()).unwrap();
+    path
+}
+
+/// Node `n1` (ours) and a peer `n2`; the events role applied or not.
+fn lab_events(tag: &str, events_role: bool) -> (Lab, Host) {
+    let dir = tempfile::tempdir().unwrap();
+    let role = role_file(dir.path(), events_role);
     let lab = lab_with(
         tag,
         LabOptions {
             server: TestServerOptions {
-                extra_args,
+                extra_args: vec!["--flannel-role".into(), role.display().to_string()],
                 ..TestServerOptions::default()
             },
             ..LabOptions::default()
