@@ -571,6 +571,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         .as_ref()
         .and_then(|h| h.lock().ok().and_then(|h| h.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
+    let (events_written, events_aggregated, events_dropped) = metrics.event_counts();
     let verdict = gates.verdict();
     let traffic = match &gates.traffic {
         TrafficGate::Pending => json!({"state": "pending"}),
@@ -592,6 +593,11 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
             "last_heal": last_heal,
         },
         "drift_repairs": metrics.drift_repairs(),
+        "events": {
+            "written": events_written,
+            "aggregated": events_aggregated,
+            "dropped": events_dropped,
+        },
         "last_reconcile": last,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())

@@ -216,7 +216,8 @@ impl EventPublisher {
                 self.aggregator.settled(&key, Some(carried.0));
                 self.metrics.count_event_written();
                 self.forbidden_until = None;
-                if std::mem::take(&mut self.failing) || std::mem::take(&mut self.said_forbidden) {
+                let was_failing = std::mem::take(&mut self.failing);
+                if std::mem::take(&mut self.said_forbidden) || was_failing {
                     tracing::info!(node = %self.node, "publishing Events again");
                 }
                 return;

@@ -236,6 +236,7 @@ fn a_clobber_storm_is_a_bounded_number_of_event_writes_whose_series_counts_every
         written,
         "the daemon counts what the server accepted"
     );
+    assert_eq!(d.status().unwrap()["events"]["written"], written);
     assert_eq!(
         metric(&d, "flannel_events_aggregated_total"),
         heals - 1,
