@@ -56,14 +56,7 @@ struct Handle {
 impl Events {
     /// A handle and the task that publishes what it reports, about Node `node`.
     pub fn new(client: Client, node: &str, metrics: Arc<Metrics>) -> (Events, EventPublisher) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let events = Events {
-            inner: Some(Arc::new(Handle {
-                tx,
-                node: node.to_string(),
-                metrics: metrics.clone(),
-            })),
-        };
+        let (events, rx) = Events::channel(node, metrics.clone());
         let publisher = EventPublisher {
             api: Api::namespaced(client, NAMESPACE),
             node: node.to_string(),
@@ -75,6 +68,19 @@ impl Events {
             failing: false,
         };
         (events, publisher)
+    }
+
+    /// A handle and the receiving end of its queue.
+    fn channel(node: &str, metrics: Arc<Metrics>) -> (Events, mpsc::Receiver<Occurrence>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let events = Events {
+            inner: Some(Arc::new(Handle {
+                tx,
+                node: node.to_string(),
+                metrics,
+            })),
+        };
+        (events, rx)
     }
 
     /// Our annotations were restored `took_ms` after the difference was noticed; `summary`
@@ -360,5 +366,76 @@ fn node_ref(name: &str) -> ObjectReference {
         name: Some(name.into()),
         uid: Some(name.into()),
         ..ObjectReference::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(rx: &mut mpsc::Receiver<Occurrence>) -> Occurrence {
+        rx.try_recv().expect("an occurrence")
+    }
+
+    #[test]
+    fn each_report_is_keyed_by_what_makes_it_the_same_event() {
+        let metrics = Arc::new(Metrics::new());
+        let (events, mut rx) = Events::channel("n1", metrics.clone());
+
+        events.peer_reachability("n2", false, "3 ICMP probes to 10.244.2.0 unanswered");
+        let o = one(&mut rx);
+        assert_eq!(o.key.reason, Reason::PeerUnreachable);
+        assert_eq!(
+            (o.key.regarding.as_str(), o.key.kind.as_str()),
+            ("n1", "n2")
+        );
+        assert_eq!(o.related.as_deref(), Some("n2"));
+        assert_eq!(
+            o.note,
+            "peer n2 unreachable through the tunnel: 3 ICMP probes to 10.244.2.0 unanswered"
+        );
+        events.peer_reachability("n2", true, "answered in 0.3 ms");
+        let o = one(&mut rx);
+        assert_eq!(o.key.reason, Reason::PeerReachable);
+        assert!(!o.key.reason.is_warning());
+
+        events.peer_rejected("evil", "bad_public_ip", "IPv4 public IP is ours");
+        let o = one(&mut rx);
+        assert_eq!(o.key.kind, "evil/bad_public_ip");
+        assert_eq!(
+            o.note,
+            "peer evil rejected: IPv4 public IP is ours; nothing is programmed for it"
+        );
+
+        events.annotations_restored(None, "flannel annotations were missing", 3);
+        let o = one(&mut rx);
+        assert_eq!(o.key.kind, "unknown");
+        assert_eq!(o.note, "flannel annotations were missing; restored in 3 ms");
+
+        events.datapath_repaired(
+            "flannel.1",
+            "restored missing route 10.244.2.0/24 via 10.244.2.0",
+        );
+        assert_eq!(one(&mut rx).key.kind, "flannel.1");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_a_default_handle_reports_nowhere() {
+        let metrics = Arc::new(Metrics::new());
+        let (events, _rx) = Events::channel("n1", metrics.clone());
+        for _ in 0..QUEUE + 3 {
+            events.datapath_repaired("flannel.1", "x");
+        }
+        assert_eq!(metrics.event_counts(), (0, 0, 3));
+        Events::default().datapath_repaired("flannel.1", "x");
+    }
+
+    #[test]
+    fn nodes_are_referred_to_as_the_kubelet_does() {
+        let r = node_ref("n1");
+        assert_eq!(r.kind.as_deref(), Some("Node"));
+        assert_eq!(r.uid.as_deref(), Some("n1"));
+        assert_eq!(r.api_version.as_deref(), Some("v1"));
+        assert!(r.namespace.is_none());
     }
 }
