@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use frs_testsupport::cluster::{Binaries, Cluster, ClusterOptions, PodWiring, cancel_flag};
+use frs_testsupport::kube_testserver::TestServerOptions;
 use frs_testsupport::lab::LabOptions;
 
 use crate::commands::{self, Request};
@@ -161,6 +162,11 @@ pub fn build(
         underlay: args.underlay,
         netns_prefix: Some(run.netns_prefix()),
         work_dir: Some(run.dir.clone()),
+        // The optional events role (deploy/kube-flannel-rs-events.yml) is applied.
+        server: TestServerOptions {
+            extra_args: vec!["--grant".into(), "flannel=events".into()],
+            ..TestServerOptions::default()
+        },
         ..LabOptions::default()
     };
     let mut opts = ClusterOptions::new(lab, binaries);

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Netlink, RouteFilter};
 
+use super::events::Events;
 use super::health::{self, HealthState, Readiness};
 use super::keeper::{AnnotationKeeper, HealRecord, KeeperTiming, PatchFor, SharedHeal};
 use super::kube::{self as kube_io, NodeStatusWriter};
@@ -132,6 +133,7 @@ async fn run_supervised(
     let client = kube_io::build_client(
         config.kube.kubeconfig_file.as_deref(),
         config.kube.api_url.as_deref(),
+        kube_io::NodeLists::Slim,
     )
     .await?;
     let node_name = resolve_node_name(&client, &config.node, &shutdown).await?;
@@ -231,6 +233,10 @@ async fn run_supervised(
                 .unwrap_or(ReconcileTiming::default().coalesce),
         },
     );
+    // Events on our Node: optional (403 → one warning), never in the way of anything else.
+    let (events, publisher) = Events::new(client.clone(), &node_name, metrics.clone());
+    tasks.spawn("events", publisher.run(shutdown.clone()));
+    reconciler.events = events.clone();
     reconciler.watchdog = health_state.watchdog();
     reconciler.readiness = readiness.clone();
     // The summary of 5000 peers is not kept: it would otherwise live as long as `run`. The
@@ -265,6 +271,7 @@ async fn run_supervised(
         timing: tuning.keeper.clone(),
         readiness: readiness.clone(),
         last_heal: last_heal.clone(),
+        events: events.clone(),
     };
     tasks.spawn(
         "annotation-keeper",
@@ -568,6 +575,7 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
 struct StatusView<'a> {
     annotations: AnnotationCounts,
     drift_repairs: u64,
+    events: EventCounts,
     last_reconcile: Option<PassSummary>,
     lease: &'a [String],
     node: &'a str,
@@ -584,6 +592,14 @@ struct AnnotationCounts {
     last_heal: Option<HealRecord>,
     last_heal_ms: u64,
     writes: u64,
+}
+
+/// Events this daemon wrote, folded into a series, or dropped (limit, 403, errors).
+#[derive(serde::Serialize)]
+struct EventCounts {
+    aggregated: u64,
+    dropped: u64,
+    written: u64,
 }
 
 /// The traffic rules' gate: `pending`, `in-place` or `failing` (with the error).
@@ -619,6 +635,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         .as_ref()
         .and_then(|h| h.lock().ok().and_then(|h| h.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
+    let (events_written, events_aggregated, events_dropped) = metrics.event_counts();
     let verdict = gates.verdict();
     let doc = StatusView {
         annotations: AnnotationCounts {
@@ -630,6 +647,11 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
             writes,
         },
         drift_repairs: metrics.drift_repairs(),
+        events: EventCounts {
+            aggregated: events_aggregated,
+            dropped: events_dropped,
+            written: events_written,
+        },
         last_reconcile: last,
         lease: &s.lease,
         node: &s.node,
@@ -674,6 +696,7 @@ mod tests {
                 "last_heal": null,
             },
             "drift_repairs": metrics.drift_repairs(),
+            "events": {"written": 0, "aggregated": 0, "dropped": 0},
             "last_reconcile": last,
         });
         serde_json::to_string_pretty(&doc).unwrap()

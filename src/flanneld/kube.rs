@@ -52,12 +52,22 @@ impl KubeError {
     }
 }
 
+/// What a client's Node list responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeLists {
+    /// Slimmed as they stream in: only what [`SlimNode`] decodes (the daemon).
+    Slim,
+    /// As the API server sent them (`flanneld diagnose` reads managedFields).
+    Full,
+}
+
 /// Builds the client like upstream's `BuildConfigFromFlags(kubeApiUrl, kubeconfig)`: a
 /// kubeconfig file when given (with the URL overriding its server), else the URL alone, else
 /// the in-cluster service account.
 pub async fn build_client(
     kubeconfig_file: Option<&Path>,
     api_url: Option<&str>,
+    lists: NodeLists,
 ) -> Result<Client, KubeError> {
     let url = api_url
         .filter(|u| !u.is_empty())
@@ -92,6 +102,9 @@ pub async fn build_client(
     config.connect_timeout = Some(Duration::from_secs(5));
     // Node list pages are slimmed as they stream in (see slim_list.rs): kube-rs would hold
     // each page's full body, twice, while decoding it.
+    if lists == NodeLists::Full {
+        return Client::try_from(config).map_err(KubeError::Client);
+    }
     let builder = kube::client::ClientBuilder::try_from(config).map_err(KubeError::Client)?;
     Ok(builder.with_layer(&SlimNodeListLayer).build())
 }
@@ -197,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_api_url_is_a_clear_error() {
-        let err = match build_client(None, Some("http://[::1")).await {
+        let err = match build_client(None, Some("http://[::1"), NodeLists::Slim).await {
             Err(e) => e,
             Ok(_) => panic!("accepted a broken URL"),
         };

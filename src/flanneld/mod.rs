@@ -14,6 +14,7 @@ pub mod caps;
 pub mod daemon;
 pub mod datapath;
 pub mod diagnose;
+pub mod events;
 pub mod explain;
 pub mod health;
 pub mod keeper;

@@ -86,6 +86,7 @@ pub async fn diagnose(config: &DaemonConfig, scope: &Scope) -> Result<Report, Di
     let client = kube_io::build_client(
         config.kube.kubeconfig_file.as_deref(),
         config.kube.api_url.as_deref(),
+        kube_io::NodeLists::Full,
     )
     .await
     .map_err(|e| DiagnoseError::Api(format!("{e:#}")))?;

@@ -30,6 +30,7 @@ pub mod attribution;
 pub mod backoff;
 pub mod config;
 pub mod desired;
+pub mod events;
 pub mod iface;
 pub mod json_list;
 pub mod lease;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::netlink::{Link, Netlink};
 
 use super::datapath::{self, DeviceAction};
+use super::events::Events;
 use super::health::{Readiness, SharedWatchdog};
 use super::memory;
 use super::metrics::Metrics;
@@ -108,6 +109,8 @@ pub struct Reconciler {
     pub readiness: Readiness,
     /// Peers whose entries the kernel refuses.
     failed_peers: FailedPeers,
+    /// New rejections and drift repairs become Events on our Node.
+    pub events: Events,
 }
 
 /// What one device's step of a pass did.
@@ -143,6 +146,7 @@ impl Reconciler {
             watchdog: SharedWatchdog::default(),
             readiness: Readiness::default(),
             failed_peers: FailedPeers::default(),
+            events: Events::default(),
         }
     }
 
@@ -373,6 +377,8 @@ impl Reconciler {
             } else {
                 self.metrics.count_rejection(r.reason.kind());
                 tracing::warn!(peer = %r.name, reason = %r.reason, "rejected peer: nothing is programmed for it");
+                self.events
+                    .peer_rejected(&r.name, r.reason.kind().as_str(), &r.reason.to_string());
             }
         }
         self.metrics.set_peers_rejected(
@@ -452,8 +458,12 @@ impl Reconciler {
             if matches!(trigger, Trigger::Drift | Trigger::Resync)
                 && action == DeviceAction::Adopted
             {
-                self.metrics
-                    .add_drift_repairs((ops.len() - failed.len()) as u64);
+                let repaired = ops.len() - failed.len();
+                self.metrics.add_drift_repairs(repaired as u64);
+                if repaired > 0 {
+                    self.events
+                        .datapath_repaired(&device.name, &plan::describe_repair(&plan));
+                }
             }
             tracing::info!(
                 device = %device.name,
