@@ -968,12 +968,14 @@ fn trends(c: &Cluster, lives: &[Lifetime]) -> (String, Vec<String>) {
         "daemon trends (least squares after each process's first 20 %; per minute):\n",
     );
     let mut failures = Vec::new();
-    for l in lives {
+    // A process a fault restarted within seconds has no trend worth a line.
+    let short = lives.iter().filter(|l| l.span() < 20.0).count();
+    for l in lives.iter().filter(|l| l.span() >= 20.0) {
         let first = l.samples.first().map(|s| s.rss_kib).unwrap_or(0);
         let last = l.samples.last().map(|s| s.rss_kib).unwrap_or(0);
         let fds_last = l.samples.last().map(|s| s.fds).unwrap_or(0);
         let slopes = l.slopes(0.2);
-        let counts = Some(&l.node) == long_lived.as_ref() && l.span() >= 30.0;
+        let counts = Some(&l.node) == long_lived.as_ref() && l.span() >= 20.0;
         text.push_str(&format!(
             "  {:<8} pid {:<7} {:>5.0} s  RSS {:>6} → {:>6} KiB  fds → {:<3} slope {}{}\n",
             l.node,
@@ -1010,6 +1012,17 @@ fn trends(c: &Cluster, lives: &[Lifetime]) -> (String, Vec<String>) {
                 None => failures.push(format!("{}: too few samples for a trend", l.node)),
             }
         }
+    }
+    if short > 0 {
+        text.push_str(&format!(
+            "  (+{short} daemon processes that lived under 20 s between restarts)\n"
+        ));
+    }
+    if !lives
+        .iter()
+        .any(|l| Some(&l.node) == long_lived.as_ref() && l.span() >= 20.0)
+    {
+        failures.push("no daemon lived 20 s: no trend to judge (run longer)".into());
     }
     (text, failures)
 }
