@@ -295,6 +295,9 @@ fn soak(
     )?;
     let result = (|| -> anyhow::Result<()> {
         while start.elapsed() < duration {
+            if cancel.load(Ordering::Relaxed) {
+                bail!(frs_testsupport::cluster::ClusterError::Interrupted);
+            }
             let Some(kind) = deck.next() else { break };
             // Each fault starts from a whole, quiet cluster.
             c.wait_converged(Duration::from_secs(20))
