@@ -44,7 +44,9 @@ const REPAIR_TIMEOUT: Duration = Duration::from_secs(30);
 const API_FAULT_HOLD: Duration = Duration::from_secs(2);
 /// RSS and fd trends the long-lived daemon may show (per minute, after its first 20 %).
 const RSS_SLOPE_BOUND_KIB: f64 = 512.0;
-const FD_SLOPE_BOUND: f64 = 1.0;
+const FD_SLOPE_BOUND: f64 = 2.0;
+/// The trend is fitted to the floor of each window of this many seconds.
+const TREND_WINDOW: f64 = 10.0;
 /// The node whose daemon is never restarted: its process is the one whose trend counts.
 const LONG_LIVED: usize = 0;
 
@@ -639,7 +641,22 @@ fn inject(
                 report.killed_del,
                 report.took.as_secs_f64() * 1000.0
             );
-            o.failures = baseline.node_leaks(c, &node)?;
+            // Only a kill may fail an ADD, and every DEL must succeed in the end.
+            if report.add_failed > report.killed_add {
+                o.failures.push(format!(
+                    "{} ADDs failed but only {} were killed; first error: {}",
+                    report.add_failed,
+                    report.killed_add,
+                    report.add_error.as_deref().unwrap_or("-")
+                ));
+            }
+            if report.del_gave_up > 0 {
+                o.failures.push(format!(
+                    "{} sandboxes' DEL still failed after 5 retries",
+                    report.del_gave_up
+                ));
+            }
+            o.failures.extend(baseline.node_leaks(c, &node)?);
             Ok(o)
         }
     }
@@ -733,6 +750,9 @@ struct StormReport {
     del_retries: u64,
     killed_add: u64,
     killed_del: u64,
+    /// Sandboxes whose DEL still failed after 5 retries.
+    del_gave_up: u64,
+    add_error: Option<String>,
     took: Duration,
 }
 
@@ -798,7 +818,7 @@ fn cni_storm(c: &Cluster, node: &str, plan: &StormPlan) -> anyhow::Result<StormR
     let killed_add = AtomicU64::new(0);
     let killed_del = AtomicU64::new(0);
     let start = Instant::now();
-    let results: Vec<(bool, u64)> = std::thread::scope(|s| {
+    let results: Vec<(Result<serde_json::Value, String>, u64, bool)> = std::thread::scope(|s| {
         let killer = s.spawn(|| {
             let mut done: BTreeSet<(String, String)> = BTreeSet::new();
             while !stop.load(Ordering::Relaxed) {
@@ -825,19 +845,25 @@ fn cni_storm(c: &Cluster, node: &str, plan: &StormPlan) -> anyhow::Result<StormR
             .iter()
             .map(|(_, att)| {
                 s.spawn(|| {
-                    let added = rig.cni.add(&rig.conflist, att).is_ok();
+                    let added = rig.cni.add(&rig.conflist, att).map_err(|e| e.to_string());
                     // kubelet tears a sandbox down with DEL until DEL succeeds.
                     let mut retries = 0;
-                    while rig.cni.del(&rig.conflist, att).is_err() && retries < 5 {
+                    let deleted = loop {
+                        if rig.cni.del(&rig.conflist, att).is_ok() {
+                            break true;
+                        }
+                        if retries == 5 {
+                            break false;
+                        }
                         retries += 1;
-                    }
-                    (added, retries)
+                    };
+                    (added, retries, deleted)
                 })
             })
             .collect();
         let results = workers
             .into_iter()
-            .map(|w| w.join().unwrap_or((false, u64::MAX)))
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect();
         stop.store(true, Ordering::Relaxed);
         let _ = killer.join();
@@ -849,13 +875,18 @@ fn cni_storm(c: &Cluster, node: &str, plan: &StormPlan) -> anyhow::Result<StormR
         took: start.elapsed(),
         ..StormReport::default()
     };
-    for (added, retries) in results {
-        if added {
-            report.add_ok += 1;
-        } else {
-            report.add_failed += 1;
+    for (added, retries, deleted) in results {
+        match added {
+            Ok(_) => report.add_ok += 1,
+            Err(e) => {
+                report.add_failed += 1;
+                report.add_error.get_or_insert(e);
+            }
         }
         report.del_retries += retries;
+        if !deleted {
+            report.del_gave_up += 1;
+        }
     }
     drop(sandboxes);
     Ok(report)
@@ -968,7 +999,7 @@ fn cni_chain_count(ns: &str) -> anyhow::Result<usize> {
 fn trends(c: &Cluster, lives: &[Lifetime]) -> (String, Vec<String>) {
     let long_lived = c.nodes.get(LONG_LIVED).map(|n| n.name.clone());
     let mut text = String::from(
-        "daemon trends (least squares after each process's first 20 %; per minute):\n",
+        "daemon trends (least squares of each 10 s window's floor, after each process's first 20 %):\n",
     );
     let mut failures = Vec::new();
     // A process a fault restarted within seconds has no trend worth a line.
@@ -977,7 +1008,7 @@ fn trends(c: &Cluster, lives: &[Lifetime]) -> (String, Vec<String>) {
         let first = l.samples.first().map(|s| s.rss_kib).unwrap_or(0);
         let last = l.samples.last().map(|s| s.rss_kib).unwrap_or(0);
         let fds_last = l.samples.last().map(|s| s.fds).unwrap_or(0);
-        let slopes = l.slopes(0.2);
+        let slopes = l.slopes(0.2, TREND_WINDOW);
         let counts = Some(&l.node) == long_lived.as_ref() && l.span() >= 20.0;
         text.push_str(&format!(
             "  {:<8} pid {:<7} {:>5.0} s  RSS {:>6} → {:>6} KiB  fds → {:<3} slope {}{}\n",

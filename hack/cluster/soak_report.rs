@@ -143,13 +143,25 @@ impl Lifetime {
         }
     }
 
-    /// (RSS KiB per minute, fds per minute) over the samples after the first `skip` fraction
-    /// of the lifetime (start-up allocations are not a trend).
-    pub fn slopes(&self, skip: f64) -> Option<(f64, f64)> {
+    /// (RSS KiB per minute, fds per minute): the least-squares slope of the floor (minimum)
+    /// of each `window` seconds, after the first `skip` fraction of the lifetime. Start-up
+    /// allocations are not a trend, and a transient fd (an iptables pipe, a reconnect) or
+    /// allocation only lifts a sample, never a window's floor — a leak lifts the floor.
+    pub fn slopes(&self, skip: f64, window: f64) -> Option<(f64, f64)> {
         let start = self.samples.first()?.t + self.span() * skip;
-        let kept: Vec<&Sample> = self.samples.iter().filter(|s| s.t >= start).collect();
-        let rss: Vec<(f64, f64)> = kept.iter().map(|s| (s.t, s.rss_kib as f64)).collect();
-        let fds: Vec<(f64, f64)> = kept.iter().map(|s| (s.t, s.fds as f64)).collect();
+        let mut floors: Vec<(f64, u64, u64)> = Vec::new();
+        for s in self.samples.iter().filter(|s| s.t >= start) {
+            let bucket = ((s.t - start) / window).floor();
+            match floors.last_mut() {
+                Some(f) if ((f.0 - start) / window).floor() == bucket => {
+                    f.1 = f.1.min(s.rss_kib);
+                    f.2 = f.2.min(s.fds);
+                }
+                _ => floors.push((s.t, s.rss_kib, s.fds)),
+            }
+        }
+        let rss: Vec<(f64, f64)> = floors.iter().map(|f| (f.0, f.1 as f64)).collect();
+        let fds: Vec<(f64, f64)> = floors.iter().map(|f| (f.0, f.2 as f64)).collect();
         Some((slope(&rss)? * 60.0, slope(&fds)? * 60.0))
     }
 }
@@ -470,9 +482,23 @@ mod tests {
         let l = lifetimes(&m);
         assert_eq!(l.len(), 2);
         assert_eq!((l[0].pid, l[0].samples.len(), l[1].pid), (1, 4, 2));
-        let (rss, fds) = l[0].slopes(0.3).unwrap_or((f64::NAN, f64::NAN));
+        let (rss, fds) = l[0].slopes(0.3, 1.0).unwrap_or((f64::NAN, f64::NAN));
         assert_eq!((rss, fds), (0.0, 0.0), "the start-up jump is skipped");
-        assert!(l[0].slopes(0.0).is_some_and(|(r, _)| r > 0.0));
+        assert!(l[0].slopes(0.0, 1.0).is_some_and(|(r, _)| r > 0.0));
+        // A transient spike lifts one sample, not its window's floor.
+        let spiky = Lifetime {
+            node: "node-1".into(),
+            pid: 1,
+            samples: (0..40)
+                .map(|i| Sample {
+                    t: f64::from(i) * 0.5,
+                    pid: 1,
+                    rss_kib: 1000,
+                    fds: if i % 7 == 3 { 14 } else { 10 },
+                })
+                .collect(),
+        };
+        assert_eq!(spiky.slopes(0.0, 5.0), Some((0.0, 0.0)));
     }
 
     #[test]
