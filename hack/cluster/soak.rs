@@ -633,7 +633,7 @@ fn inject(
             let mut o = Outcome::new(&node, "-");
             o.detail = format!(
                 "{} sandboxes: {} ADD ok, {} ADD failed, {} DEL retried, SIGKILLed mid-call: {} ADD {} DEL, {:.0} ms",
-                plan.pods,
+                plan.ids.len(),
                 report.add_ok,
                 report.add_failed,
                 report.del_retries,
@@ -727,17 +727,31 @@ fn flannel_chains(ns: &str) -> anyhow::Result<String> {
 /// mid-call with probability `kill_chance` (once per call), and a failed DEL is retried as
 /// kubelet does.
 struct StormPlan {
-    pods: usize,
-    kill_chance: f64,
+    /// Container IDs of the sandboxes.
+    ids: Vec<String>,
+    /// `(CNI_COMMAND, container ID)` of the plugin calls to SIGKILL.
+    doomed: BTreeSet<(String, String)>,
     /// Delay between seeing the plugin process and killing it.
     kill_after: Duration,
 }
 
 impl StormPlan {
+    /// From the soak's generator, so a seed replays the storm's shape and its victims.
     fn random(rng: &mut StdRng) -> Self {
+        let ids: Vec<String> = (0..rng.random_range(4..=10))
+            .map(|_| format!("{:064x}", rng.random::<u128>()))
+            .collect();
+        let mut doomed = BTreeSet::new();
+        for id in &ids {
+            for cmd in ["ADD", "DEL"] {
+                if rng.random_bool(0.4) {
+                    doomed.insert((cmd.to_string(), id.clone()));
+                }
+            }
+        }
         Self {
-            pods: rng.random_range(4..=10),
-            kill_chance: 0.4,
+            ids,
+            doomed,
             kill_after: Duration::from_micros(rng.random_range(0..2000)),
         }
     }
@@ -801,17 +815,11 @@ fn plugin_calls(plugin: &Path) -> Vec<(i32, String, String)> {
 fn cni_storm(c: &Cluster, node: &str, plan: &StormPlan) -> anyhow::Result<StormReport> {
     let rig = c.node(node)?;
     let plugin = std::fs::canonicalize(&c.binaries().flannel_cni)?;
-    let mut doomed: BTreeSet<(String, String)> = BTreeSet::new();
+    let doomed = &plan.doomed;
     let mut sandboxes = Vec::new();
-    for i in 0..plan.pods {
-        let id = format!("{:064x}", rand::random::<u128>());
-        for cmd in ["ADD", "DEL"] {
-            if rand::random::<f64>() < plan.kill_chance {
-                doomed.insert((cmd.to_string(), id.clone()));
-            }
-        }
+    for (i, id) in plan.ids.iter().enumerate() {
         let ns = c.lab.new_netns(&format!("storm-{}-{i}", rig.slot))?;
-        let att = Attachment::pod("default", &format!("storm-{i}"), &id, &ns.path());
+        let att = Attachment::pod("default", &format!("storm-{i}"), id, &ns.path());
         sandboxes.push((ns, att));
     }
     let stop = AtomicBool::new(false);
