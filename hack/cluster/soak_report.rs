@@ -296,6 +296,9 @@ pub fn render_summary(records: &[FaultRecord]) -> String {
     out
 }
 
+/// Faults labelled on the chart's time axis at most.
+const MAX_LABELS: usize = 60;
+
 const COLORS: [&str; 6] = [
     "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#bcbd22",
 ];
@@ -405,7 +408,19 @@ pub fn render_svg(lifetimes: &[Lifetime], faults: &[FaultRecord], duration: f64)
             axis_y - gap + 15.0
         );
     }
-    for f in faults {
+    // Beyond a few dozen faults the labels would only overlap: the table names them.
+    let labelled = if faults.len() <= MAX_LABELS {
+        faults
+    } else {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{left}\" y=\"{:.1}\">{} faults: labels left out, see the fault table</text>",
+            axis_y - gap + 35.0,
+            faults.len()
+        );
+        &[][..]
+    };
+    for f in labelled {
         let (fx, fy) = (x(f.at), axis_y - gap + 25.0);
         let _ = writeln!(
             svg,
