@@ -297,7 +297,7 @@ pub fn render_summary(records: &[FaultRecord]) -> String {
 }
 
 /// Faults labelled on the chart's time axis at most.
-const MAX_LABELS: usize = 60;
+const MAX_LABELS: usize = 40;
 
 const COLORS: [&str; 6] = [
     "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#bcbd22",
@@ -314,7 +314,7 @@ fn escape(text: &str) -> String {
 /// the datapath).
 pub fn render_svg(lifetimes: &[Lifetime], faults: &[FaultRecord], duration: f64) -> String {
     let (w, panel_h, left, right, top, gap) = (1100.0, 230.0, 70.0, 20.0, 40.0, 60.0);
-    let height = top + 2.0 * panel_h + gap + 120.0;
+    let height = top + 2.0 * panel_h + gap + 170.0;
     let span = duration.max(1.0);
     let x = |t: f64| left + (t / span) * (w - left - right);
     let nodes: Vec<&str> = {
@@ -398,15 +398,18 @@ pub fn render_svg(lifetimes: &[Lifetime], faults: &[FaultRecord], duration: f64)
             );
         }
     }
+    // The bottom edge of the lower panel.
     let axis_y = top + 2.0 * panel_h + gap;
     for i in 0..=10 {
         let t = span * f64::from(i) / 10.0;
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.0} s</text>",
-            x(t),
-            axis_y - gap + 15.0
-        );
+        for below in [top + panel_h, axis_y] {
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.0} s</text>",
+                x(t),
+                below + 15.0
+            );
+        }
     }
     // Beyond a few dozen faults the labels would only overlap: the table names them.
     let labelled = if faults.len() <= MAX_LABELS {
@@ -415,13 +418,13 @@ pub fn render_svg(lifetimes: &[Lifetime], faults: &[FaultRecord], duration: f64)
         let _ = writeln!(
             svg,
             "<text x=\"{left}\" y=\"{:.1}\">{} faults: labels left out, see the fault table</text>",
-            axis_y - gap + 35.0,
+            axis_y + 35.0,
             faults.len()
         );
         &[][..]
     };
     for f in labelled {
-        let (fx, fy) = (x(f.at), axis_y - gap + 25.0);
+        let (fx, fy) = (x(f.at), axis_y + 25.0);
         let _ = writeln!(
             svg,
             "<text x=\"{fx:.1}\" y=\"{fy:.1}\" transform=\"rotate(60 {fx:.1} {fy:.1})\" font-size=\"9\" fill=\"{}\">{}</text>",
