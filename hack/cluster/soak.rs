@@ -70,14 +70,7 @@ pub fn run(run: &RunDir, args: &SoakArgs) -> anyhow::Result<()> {
     let cancel = cancel_flag();
     supervisor::install_signal_handler(cancel.clone(), run.clone())?;
     run.write_state(&supervisor::snapshot(run, None, "starting"))?;
-    let mut cluster = match supervisor::build(run, &args.up, cancel.clone(), &mut out) {
-        Ok(c) => c,
-        Err(e) => {
-            let report = crate::rundir::sweep(run, Duration::ZERO);
-            writeln!(out, "bring-up failed; {}", crate::rundir::describe(&report))?;
-            return Err(e);
-        }
-    };
+    let mut cluster = supervisor::build(run, &args.up, cancel.clone(), &mut out)?;
     run.write_state(&supervisor::snapshot(run, Some(&cluster), "soaking"))?;
     // A panic inside unwinds to here so the tear-down below still runs.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

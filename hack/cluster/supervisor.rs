@@ -149,8 +149,22 @@ pub fn snapshot(run: &RunDir, cluster: Option<&Cluster>, phase: &str) -> State {
     state
 }
 
-/// Builds the cluster, printing each step.
+/// [`build_cluster`], and on failure a sweep of whatever it left (the error's unwinding drops
+/// what was built; the sweep takes the rest), said in one line on `out`.
 pub fn build(
+    run: &RunDir,
+    args: &UpArgs,
+    cancel: Arc<AtomicBool>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Cluster> {
+    build_cluster(run, args, cancel, out).inspect_err(|_| {
+        let report = rundir::sweep(run, Duration::ZERO);
+        let _ = writeln!(out, "bring-up failed; {}", rundir::describe(&report));
+    })
+}
+
+/// Builds the cluster, printing each step.
+fn build_cluster(
     run: &RunDir,
     args: &UpArgs,
     cancel: Arc<AtomicBool>,
@@ -404,15 +418,7 @@ pub fn supervise(run: &RunDir, args: &UpArgs, detached: bool) -> anyhow::Result<
         run.netns_prefix(),
         run.dir.display()
     )?;
-    let mut cluster = match build(run, args, cancel.clone(), &mut out) {
-        Ok(c) => c,
-        Err(e) => {
-            // Whatever was built is gone with the error's unwinding; sweep the rest.
-            let report = rundir::sweep(run, Duration::ZERO);
-            writeln!(out, "bring-up failed; {}", rundir::describe(&report))?;
-            return Err(e);
-        }
-    };
+    let mut cluster = build(run, args, cancel.clone(), &mut out)?;
     run.write_state(&snapshot(run, Some(&cluster), "ready"))?;
     write!(out, "{}", cluster.status().render())?;
     writeln!(

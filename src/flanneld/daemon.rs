@@ -667,9 +667,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::flanneld::pure::peers::{Peer, PeerEndpoint};
+    use crate::flanneld::pure::peers::Peer;
     use crate::flanneld::reconcile::{DeviceSummary, FailedPeerSummary, PeerList, RejectedSummary};
-    use crate::net::MacAddr;
 
     /// What `/status` was when it was built as a `serde_json::Value` tree.
     fn as_value_tree(s: &StatusDoc, metrics: &Metrics, gates: &Gates) -> String {
@@ -704,18 +703,7 @@ mod tests {
 
     #[test]
     fn status_is_rendered_as_the_value_tree_was_byte_for_byte() {
-        let peer = |name: &str, n: u8| Peer {
-            name: name.into(),
-            uid: format!("u-{name}"),
-            created: None,
-            v4: Some(PeerEndpoint {
-                subnet: format!("10.244.{n}.0/24").parse().unwrap(),
-                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, n]),
-                public_ip: format!("192.0.2.{n}").parse().unwrap(),
-                vni: Some(1),
-            }),
-            v6: None,
-        };
+        let peer = |name: &str, n: u8| Peer::numbered(name, n, "192.0.2");
         let summary = PassSummary {
             devices: vec![DeviceSummary {
                 entries: 6,

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::daemon_control::{FLANNELD, lab_with};
 use crate::deploy_e2e::manifest;
+use crate::harness::wait_until;
 
 const P: &str = "flannel.alpha.coreos.com/";
 
@@ -72,17 +73,6 @@ fn clobber_as_rancher(lab: &Lab, i: u32) {
         ann.insert("cattle.io/status".into(), format!("synced-{i}"));
     })
     .unwrap();
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The server's Events with `reason` regarding Node n1.

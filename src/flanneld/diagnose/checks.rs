@@ -364,7 +364,6 @@ pub fn probe_finding(
 mod tests {
     use super::*;
     use crate::flanneld::pure::annotations::AnnotationPrefix;
-    use crate::flanneld::pure::peers::PeerEndpoint;
     use crate::net::MacAddr;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, Time};
     use serde_json::json;
@@ -374,22 +373,11 @@ mod tests {
     }
 
     fn mac(last: u8) -> MacAddr {
-        MacAddr([0x02, 0, 0, 0, 0, last])
+        MacAddr([0x0e, 0, 0, 0, 0, last])
     }
 
     fn peer(name: &str, i: u8) -> Peer {
-        Peer {
-            name: name.into(),
-            uid: String::new(),
-            created: None,
-            v4: Some(PeerEndpoint {
-                subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-                vtep_mac: mac(i),
-                public_ip: format!("192.168.0.{i}").parse().unwrap(),
-                vni: Some(1),
-            }),
-            v6: None,
-        }
+        Peer::numbered(name, i, "192.168.0")
     }
 
     fn entries_of(peers: &[Peer]) -> KernelEntries {
@@ -451,7 +439,7 @@ mod tests {
         assert_eq!(codes(&per_peer["n2"]), ["missing-route"]);
         assert_eq!(codes(&per_peer["n3"]), ["wrong-mac"]);
         assert!(
-            per_peer["n3"][0].detail.contains("02:00:00:00:00:63"),
+            per_peer["n3"][0].detail.contains("0e:00:00:00:00:63"),
             "{:?}",
             per_peer["n3"]
         );

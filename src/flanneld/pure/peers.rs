@@ -46,6 +46,26 @@ pub struct Peer {
     pub v6: Option<PeerEndpoint>,
 }
 
+#[cfg(test)]
+impl Peer {
+    /// A test peer: subnet 10.244.`i`.0/24, VTEP MAC 0e:00:00:00:00:`i`, public IP
+    /// `<public_net>.i`, VNI 1.
+    pub(crate) fn numbered(name: &str, i: u8, public_net: &str) -> Peer {
+        Peer {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            created: None,
+            v4: Some(PeerEndpoint {
+                subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, i]),
+                public_ip: format!("{public_net}.{i}").parse().unwrap(),
+                vni: Some(1),
+            }),
+            v6: None,
+        }
+    }
+}
+
 impl Peer {
     pub fn endpoint(&self, family: Family) -> Option<&PeerEndpoint> {
         match family {

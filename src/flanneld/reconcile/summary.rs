@@ -11,18 +11,24 @@ use crate::flanneld::pure::peers::{Peer, PeerEndpoint};
 /// `/status` serializes them as they are, with the sorted keys it always had.)
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PassSummary {
+    /// The VXLAN devices the pass programmed, one per family.
     pub devices: Vec<DeviceSummary>,
     pub duration_ms: f64,
+    /// The kernel's refusals, as it worded them.
     pub errors: Vec<String>,
     /// Peers whose entries the kernel refused (in this pass, or in the last one that
     /// attempted them): retried, reported here and in `flannel_peers_failed`.
     pub failed_peers: Vec<FailedPeerSummary>,
+    /// When the pass ended (wall clock, for operators comparing with logs).
     pub finished_unix_ms: u64,
+    /// Netlink operations applied (0 when the kernel already matched).
     pub operations: usize,
     pub peers: PeerList,
     /// Ran before the first complete node list: only additions were applied.
     pub provisional: bool,
+    /// Nodes not programmed, and why.
     pub rejected: Vec<RejectedSummary>,
+    /// What started the pass.
     pub trigger: Option<Trigger>,
 }
 
