@@ -72,21 +72,23 @@ impl Netlink {
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let mut req = LinkMessage::default();
         req.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self
-            .transport()
-            .request(RouteNetlinkMessage::GetLink(req), 0)
-            .await
-        {
-            Ok(replies) => Ok(single_link(replies)),
-            Err(e) if e.errno() == Some(ENODEV) => Ok(None),
-            Err(e) => Err(e.into_error("get link", name.to_string())),
-        }
+        self.get_link(req, || name.to_string()).await
     }
 
     /// The link with index `index`, or `None`.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
         let mut req = LinkMessage::default();
         req.header.index = index;
+        self.get_link(req, || format!("index {index}")).await
+    }
+
+    /// One GetLink request: the link it names, `None` where the kernel has no such device;
+    /// `what` names the link in an error.
+    async fn get_link(
+        &self,
+        req: LinkMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<Link>, NetlinkError> {
         match self
             .transport()
             .request(RouteNetlinkMessage::GetLink(req), 0)
@@ -94,7 +96,7 @@ impl Netlink {
         {
             Ok(replies) => Ok(single_link(replies)),
             Err(e) if e.errno() == Some(ENODEV) => Ok(None),
-            Err(e) => Err(e.into_error("get link", format!("index {index}"))),
+            Err(e) => Err(e.into_error("get link", what())),
         }
     }
 
