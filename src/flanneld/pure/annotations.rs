@@ -495,31 +495,21 @@ mod tests {
     #[test]
     fn key_set() {
         let k = AnnotationKeys::default();
-        assert_eq!(k.backend_type, "flannel.alpha.coreos.com/backend-type");
-        assert_eq!(k.backend_data, "flannel.alpha.coreos.com/backend-data");
-        assert_eq!(
-            k.backend_v6_data,
-            "flannel.alpha.coreos.com/backend-v6-data"
-        );
-        assert_eq!(
-            k.kube_subnet_manager,
-            "flannel.alpha.coreos.com/kube-subnet-manager"
-        );
-        assert_eq!(k.public_ip, "flannel.alpha.coreos.com/public-ip");
-        assert_eq!(k.public_ipv6, "flannel.alpha.coreos.com/public-ipv6");
-        assert_eq!(
-            k.public_ip_overwrite,
-            "flannel.alpha.coreos.com/public-ip-overwrite"
-        );
-        assert_eq!(
-            k.public_ipv6_overwrite,
-            "flannel.alpha.coreos.com/public-ipv6-overwrite"
-        );
-        assert_eq!(k.node_public_ip, "flannel.alpha.coreos.com/node-public-ip");
-        assert_eq!(
-            k.node_public_ipv6,
-            "flannel.alpha.coreos.com/node-public-ipv6"
-        );
+        let keys = [
+            (&k.backend_type, "backend-type"),
+            (&k.backend_data, "backend-data"),
+            (&k.backend_v6_data, "backend-v6-data"),
+            (&k.kube_subnet_manager, "kube-subnet-manager"),
+            (&k.public_ip, "public-ip"),
+            (&k.public_ipv6, "public-ipv6"),
+            (&k.public_ip_overwrite, "public-ip-overwrite"),
+            (&k.public_ipv6_overwrite, "public-ipv6-overwrite"),
+            (&k.node_public_ip, "node-public-ip"),
+            (&k.node_public_ipv6, "node-public-ipv6"),
+        ];
+        for (key, name) in keys {
+            assert_eq!(*key, format!("flannel.alpha.coreos.com/{name}"));
+        }
         let k =
             AnnotationKeys::new(AnnotationPrefix::new("flannel.alpha.coreos.com/prefix").unwrap());
         assert_eq!(

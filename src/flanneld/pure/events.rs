@@ -370,6 +370,14 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// The write `a` asks for at once for `o` at `now`.
+    fn must_write(a: &mut Aggregator, o: Occurrence, now: Instant) -> Write {
+        match a.observe(o, now) {
+            Verdict::Write(w) => w,
+            v => panic!("expected a write at once, got {v:?}"),
+        }
+    }
+
     fn occ(reason: Reason, kind: &str) -> Occurrence {
         Occurrence {
             key: Key {
@@ -518,9 +526,7 @@ mod tests {
     fn a_quiet_series_ends_and_the_next_occurrence_is_a_new_event() {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
-        let Verdict::Write(w) = a.observe(occ(Reason::PeerUnreachable, "n2"), t0) else {
-            panic!()
-        };
+        let w = must_write(&mut a, occ(Reason::PeerUnreachable, "n2"), t0);
         a.created(w.key(), "ev1".into());
         a.settled(w.key(), Some(1));
         let later = t0 + LIMITS.series_ttl + Duration::from_secs(1);
@@ -535,9 +541,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
         let o = || occ(Reason::AnnotationsRestored, "rancher");
-        let Verdict::Write(w) = a.observe(o(), t0) else {
-            panic!()
-        };
+        let w = must_write(&mut a, o(), t0);
         a.created(w.key(), "ev1".into());
         a.settled(w.key(), Some(1));
         assert_eq!(a.observe(o(), secs(t0, 1.0)), Verdict::Aggregated);
@@ -564,9 +568,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
         let o = || occ(Reason::DatapathRepaired, "flannel.1");
-        let Verdict::Write(w) = a.observe(o(), t0) else {
-            panic!()
-        };
+        let w = must_write(&mut a, o(), t0);
         a.settled(w.key(), None);
         assert_eq!(a.next_due(t0), Some(t0 + LIMITS.per_key));
         let due = a.due(t0 + LIMITS.per_key);
@@ -578,9 +580,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
         let o = || occ(Reason::AnnotationsRestored, "rancher");
-        let Verdict::Write(w) = a.observe(o(), t0) else {
-            panic!()
-        };
+        let w = must_write(&mut a, o(), t0);
         a.settled(w.key(), None);
         a.observe(o(), t0);
         assert_eq!(a.clear(), 2);
