@@ -469,37 +469,12 @@ fn inject(
     baseline: &Baseline,
 ) -> anyhow::Result<Outcome> {
     match kind {
-        FaultKind::Api500 => api_fault(
-            c,
-            cancel,
-            watchers,
-            Fault {
-                identity: Some("flannel".into()),
-                code: Some(500),
-                ..Fault::default()
-            },
-        ),
-        FaultKind::Api429 => api_fault(
-            c,
-            cancel,
-            watchers,
-            Fault {
-                identity: Some("flannel".into()),
-                code: Some(429),
-                retry_after_seconds: Some(1),
-                ..Fault::default()
-            },
-        ),
-        FaultKind::ApiLatency => api_fault(
-            c,
-            cancel,
-            watchers,
-            Fault {
-                identity: Some("flannel".into()),
-                delay_ms: Some(400),
-                ..Fault::default()
-            },
-        ),
+        FaultKind::Api500 => api_fault(c, cancel, watchers, |f| f.code = Some(500)),
+        FaultKind::Api429 => api_fault(c, cancel, watchers, |f| {
+            f.code = Some(429);
+            f.retry_after_seconds = Some(1);
+        }),
+        FaultKind::ApiLatency => api_fault(c, cancel, watchers, |f| f.delay_ms = Some(400)),
         FaultKind::WatchDrop => {
             let seq = next_log_seq(c)?;
             let closed = c.lab.server.close_watches()?;
@@ -677,14 +652,20 @@ fn watches_back(c: &Cluster, seq: u64, n: u64) -> bool {
     opened >= n && c.lab.server.open_watches().is_ok_and(|o| o >= n)
 }
 
-/// API fault held for a while with the watches closed (so every daemon meets it), then
-/// lifted; the repair is measured from the lifting.
+/// API fault on the daemons' requests (identity `flannel`; what it does set by `shape`), held
+/// for a while with the watches closed (so every daemon meets it), then lifted; the repair is
+/// measured from the lifting.
 fn api_fault(
     c: &Cluster,
     cancel: &AtomicBool,
     watchers: u64,
-    fault: Fault,
+    shape: impl FnOnce(&mut Fault),
 ) -> anyhow::Result<Outcome> {
+    let mut fault = Fault {
+        identity: Some("flannel".into()),
+        ..Fault::default()
+    };
+    shape(&mut fault);
     let id = c.lab.server.inject_fault(&fault)?;
     let closed = c.lab.server.close_watches()?;
     std::thread::sleep(API_FAULT_HOLD);

@@ -17,7 +17,7 @@ use flannel_rs::subnet_env::SubnetEnv;
 use nix::sched::{CloneFlags, setns};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{NetnsGuard, ip_json, netns};
+use crate::harness::{NetnsGuard, add_veth, ip_json, netns};
 
 const N4: &str = "10.244.0.0/16";
 const S4: &str = "10.244.1.0/24";
@@ -752,10 +752,7 @@ fn blackholes(ns: &NetnsGuard, family: &str) -> Vec<String> {
 fn blackhole_routes_are_added_kept_and_never_shadow_an_existing_route() {
     let ns = netns("tr-bh");
     // A bridge-plugin-like connected route for another subnet.
-    ns.ip(&[
-        "link", "add", "cni0", "type", "veth", "peer", "name", "cni1",
-    ])
-    .unwrap();
+    add_veth(&ns, "cni0", "cni1");
     ns.ip(&["addr", "add", "10.244.5.1/24", "dev", "cni0"])
         .unwrap();
     ns.ip(&["link", "set", "cni0", "up"]).unwrap();
