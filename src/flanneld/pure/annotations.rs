@@ -99,7 +99,7 @@ pub struct AnnotationKeys {
 
 /// The key of `family` of a per-family pair of keys.
 fn of_family<'a>(family: Family, v4: &'a str, v6: &'a str) -> &'a str {
-    *PerFamily { v4, v6 }.get(family)
+    PerFamily { v4, v6 }.get(family)
 }
 
 impl AnnotationKeys {

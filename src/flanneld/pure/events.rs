@@ -404,13 +404,18 @@ mod tests {
 
     /// Runs one key's writes as the publisher would, all succeeding; returns (creates, patches,
     /// the last count written).
+    /// The API created Event `name` for `key`: the first write of its series, settled.
+    fn created(a: &mut Aggregator, key: &Key, name: &str) {
+        a.created(key, name.into());
+        a.settled(key, Some(1));
+    }
+
     fn settle_all(a: &mut Aggregator, writes: Vec<Write>, stats: &mut (u32, u32, u32)) {
         for w in writes {
             match w {
                 Write::Create { key, .. } => {
                     stats.0 += 1;
-                    a.created(&key, format!("ev-{}", key.kind));
-                    a.settled(&key, Some(1));
+                    created(a, &key, &format!("ev-{}", key.kind));
                     stats.2 = stats.2.max(1);
                 }
                 Write::Patch { key, count, .. } => {
@@ -489,8 +494,7 @@ mod tests {
         let mut writes = 0;
         for i in 0..4 {
             if let Verdict::Write(w) = a.observe(occ(Reason::PeerRejected, &format!("p{i}")), t0) {
-                a.created(w.key(), "x".into());
-                a.settled(w.key(), Some(1));
+                created(&mut a, w.key(), "x");
                 writes += 1;
             }
         }
@@ -527,8 +531,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
         let w = must_write(&mut a, occ(Reason::PeerUnreachable, "n2"), t0);
-        a.created(w.key(), "ev1".into());
-        a.settled(w.key(), Some(1));
+        created(&mut a, w.key(), "ev1");
         let later = t0 + LIMITS.series_ttl + Duration::from_secs(1);
         assert!(matches!(
             a.observe(occ(Reason::PeerUnreachable, "n2"), later),
@@ -542,8 +545,7 @@ mod tests {
         let mut a = Aggregator::new(LIMITS, t0);
         let o = || occ(Reason::AnnotationsRestored, "rancher");
         let w = must_write(&mut a, o(), t0);
-        a.created(w.key(), "ev1".into());
-        a.settled(w.key(), Some(1));
+        created(&mut a, w.key(), "ev1");
         assert_eq!(a.observe(o(), secs(t0, 1.0)), Verdict::Aggregated);
         assert_eq!(a.observe(o(), secs(t0, 2.0)), Verdict::Aggregated);
         assert_eq!(a.next_due(secs(t0, 2.0)), Some(t0 + LIMITS.per_key));
