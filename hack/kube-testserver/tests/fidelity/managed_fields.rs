@@ -51,6 +51,14 @@ async fn put_with_user_agent(client: &kube::Client, path: &str, ua: &str, body: 
     send(client, req).await
 }
 
+/// Patch parameters naming `manager` as the field manager (kube-rs sends `?fieldManager=`).
+fn as_manager(manager: &str) -> PatchParams {
+    PatchParams {
+        field_manager: Some(manager.into()),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
     let server = spawn_nodes(0);
@@ -59,10 +67,7 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
     let nodes: Api<Node> = Api::all(client.clone());
 
     // kube-rs sends ?fieldManager= from PatchParams.
-    let pp = PatchParams {
-        field_manager: Some("rancher".into()),
-        ..Default::default()
-    };
+    let pp = as_manager("rancher");
     let n = nodes
         .patch(
             "n1",
@@ -93,10 +98,7 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
 
     // A status write by flanneld: its own entry, subresource status; a label via the status
     // path is owned there too.
-    let pp = PatchParams {
-        field_manager: Some("flanneld".into()),
-        ..Default::default()
-    };
+    let pp = as_manager("flanneld");
     let n = nodes
         .patch_status(
             "n1",
