@@ -200,9 +200,15 @@ pub fn explain(c: &Cluster, node: &str) -> anyhow::Result<String> {
         .args(["explain".to_string(), daemon.subnet_file_flag()])
         .output()
         .context("run flanneld explain")?;
+    stdout_of(out, || format!("flanneld explain on {node}"))
+}
+
+/// A finished command's stdout; its stderr in the error, after `failed`, where it failed.
+fn stdout_of(out: std::process::Output, failed: impl FnOnce() -> String) -> anyhow::Result<String> {
     if !out.status.success() {
         bail!(
-            "flanneld explain on {node}: {}",
+            "{}: {}",
+            failed(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -260,13 +266,7 @@ fn node_events(c: &Cluster, node: &str, out: &mut dyn Write) -> anyhow::Result<(
             .args(["get", "events", "-A", "--field-selector", &selector])
             .output()
             .context("run kubectl")?;
-        if !output.status.success() {
-            bail!(
-                "kubectl get events failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        for l in String::from_utf8_lossy(&output.stdout).lines() {
+        for l in stdout_of(output, || "kubectl get events failed".into())?.lines() {
             writeln!(out, "    {l}")?;
         }
     } else {

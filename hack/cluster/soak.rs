@@ -469,37 +469,12 @@ fn inject(
     baseline: &Baseline,
 ) -> anyhow::Result<Outcome> {
     match kind {
-        FaultKind::Api500 => api_fault(
-            c,
-            cancel,
-            watchers,
-            Fault {
-                identity: Some("flannel".into()),
-                code: Some(500),
-                ..Fault::default()
-            },
-        ),
-        FaultKind::Api429 => api_fault(
-            c,
-            cancel,
-            watchers,
-            Fault {
-                identity: Some("flannel".into()),
-                code: Some(429),
-                retry_after_seconds: Some(1),
-                ..Fault::default()
-            },
-        ),
-        FaultKind::ApiLatency => api_fault(
-            c,
-            cancel,
-            watchers,
-            Fault {
-                identity: Some("flannel".into()),
-                delay_ms: Some(400),
-                ..Fault::default()
-            },
-        ),
+        FaultKind::Api500 => api_fault(c, cancel, watchers, |f| f.code = Some(500)),
+        FaultKind::Api429 => api_fault(c, cancel, watchers, |f| {
+            f.code = Some(429);
+            f.retry_after_seconds = Some(1);
+        }),
+        FaultKind::ApiLatency => api_fault(c, cancel, watchers, |f| f.delay_ms = Some(400)),
         FaultKind::WatchDrop => {
             let seq = next_log_seq(c)?;
             let closed = c.lab.server.close_watches()?;
@@ -547,36 +522,30 @@ fn inject(
             o.detail = how;
             Ok(o)
         }
-        FaultKind::DeviceDeleted => {
-            let node = pick_node(c, rng, false);
-            let ns = ns_of(c, &node)?;
-            in_ns(&ns, &format!("ip link del {VXLAN_DEVICE}"))?;
-            let t0 = Instant::now();
-            let took = until(cancel, REPAIR_TIMEOUT, || converged(c))?;
-            let mut o = Outcome::new(&node, "kernel entries converged")
-                .repaired("flannel.1", took.map(|_| t0.elapsed()));
-            o.detail = "ip link del flannel.1".into();
-            Ok(o)
-        }
+        FaultKind::DeviceDeleted => kernel_fault(
+            c,
+            rng,
+            cancel,
+            &format!("ip link del {VXLAN_DEVICE}"),
+            "flannel.1",
+            "ip link del flannel.1",
+        ),
         FaultKind::EntriesFlushed => {
-            let node = pick_node(c, rng, false);
-            let ns = ns_of(c, &node)?;
             let dev = VXLAN_DEVICE;
             // One shell: all three go within a few ms.
-            in_ns(
-                &ns,
-                &format!(
-                    "ip route flush dev {dev}; ip neigh flush dev {dev} nud all; \
-                     bridge fdb show dev {dev} | awk '/ dst /{{print $1, $3}}' | while read mac dst; do \
-                     bridge fdb del \"$mac\" dev {dev} dst \"$dst\"; done"
-                ),
-            )?;
-            let t0 = Instant::now();
-            let took = until(cancel, REPAIR_TIMEOUT, || converged(c))?;
-            let mut o = Outcome::new(&node, "kernel entries converged")
-                .repaired("entries", took.map(|_| t0.elapsed()));
-            o.detail = "routes, neighbours, FDB on flannel.1 flushed".into();
-            Ok(o)
+            let script = format!(
+                "ip route flush dev {dev}; ip neigh flush dev {dev} nud all; \
+                 bridge fdb show dev {dev} | awk '/ dst /{{print $1, $3}}' | while read mac dst; do \
+                 bridge fdb del \"$mac\" dev {dev} dst \"$dst\"; done"
+            );
+            kernel_fault(
+                c,
+                rng,
+                cancel,
+                &script,
+                "entries",
+                "routes, neighbours, FDB on flannel.1 flushed",
+            )
         }
         FaultKind::ChainsFlushed => {
             let node = pick_node(c, rng, false);
@@ -677,14 +646,41 @@ fn watches_back(c: &Cluster, seq: u64, n: u64) -> bool {
     opened >= n && c.lab.server.open_watches().is_ok_and(|o| o >= n)
 }
 
-/// API fault held for a while with the watches closed (so every daemon meets it), then
-/// lifted; the repair is measured from the lifting.
+/// `script` run on a random node's host (it breaks the datapath: `what` names the part);
+/// repaired when every node's kernel entries have converged again.
+fn kernel_fault(
+    c: &mut Cluster,
+    rng: &mut StdRng,
+    cancel: &AtomicBool,
+    script: &str,
+    what: &str,
+    detail: &str,
+) -> anyhow::Result<Outcome> {
+    let node = pick_node(c, rng, false);
+    let ns = ns_of(c, &node)?;
+    in_ns(&ns, script)?;
+    let t0 = Instant::now();
+    let took = until(cancel, REPAIR_TIMEOUT, || converged(c))?;
+    let mut o =
+        Outcome::new(&node, "kernel entries converged").repaired(what, took.map(|_| t0.elapsed()));
+    o.detail = detail.into();
+    Ok(o)
+}
+
+/// API fault on the daemons' requests (identity `flannel`; what it does set by `shape`), held
+/// for a while with the watches closed (so every daemon meets it), then lifted; the repair is
+/// measured from the lifting.
 fn api_fault(
     c: &Cluster,
     cancel: &AtomicBool,
     watchers: u64,
-    fault: Fault,
+    shape: impl FnOnce(&mut Fault),
 ) -> anyhow::Result<Outcome> {
+    let mut fault = Fault {
+        identity: Some("flannel".into()),
+        ..Fault::default()
+    };
+    shape(&mut fault);
     let id = c.lab.server.inject_fault(&fault)?;
     let closed = c.lab.server.close_watches()?;
     std::thread::sleep(API_FAULT_HOLD);

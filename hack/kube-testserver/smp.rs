@@ -299,16 +299,17 @@ mod tests {
         })
     }
 
+    /// [`node`] with `patch` applied.
+    fn patched(patch: Value) -> Value {
+        apply_node_patch(&node(), &patch).unwrap()
+    }
+
     #[test]
     fn conditions_merge_by_type() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"status": {"conditions": [
-                {"type": "Ready", "status": "False"},
-                {"type": "NetworkUnavailable", "status": "False"}
-            ]}}),
-        )
-        .unwrap();
+        let out = patched(json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False"},
+            {"type": "NetworkUnavailable", "status": "False"}
+        ]}}));
         let conds = out["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 3);
         assert_eq!(conds[0]["type"], "MemoryPressure");
@@ -321,14 +322,10 @@ mod tests {
 
     #[test]
     fn addresses_merge_by_type_and_delete_directive() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"status": {"addresses": [
-                {"type": "ExternalIP", "address": "1.1.1.1"},
-                {"type": "Hostname", "$patch": "delete"}
-            ]}}),
-        )
-        .unwrap();
+        let out = patched(json!({"status": {"addresses": [
+            {"type": "ExternalIP", "address": "1.1.1.1"},
+            {"type": "Hostname", "$patch": "delete"}
+        ]}}));
         assert_eq!(
             out["status"]["addresses"],
             json!([
@@ -340,14 +337,10 @@ mod tests {
 
     #[test]
     fn replace_directive_on_list_and_map() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({
-                "status": {"conditions": [{"$patch": "replace"}, {"type": "Ready", "status": "True"}]},
-                "metadata": {"labels": {"$patch": "replace", "only": "this"}}
-            }),
-        )
-        .unwrap();
+        let out = patched(json!({
+            "status": {"conditions": [{"$patch": "replace"}, {"type": "Ready", "status": "True"}]},
+            "metadata": {"labels": {"$patch": "replace", "only": "this"}}
+        }));
         assert_eq!(
             out["status"]["conditions"],
             json!([{"type": "Ready", "status": "True"}])
@@ -358,22 +351,16 @@ mod tests {
 
     #[test]
     fn delete_directive_on_map() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"metadata": {"annotations": {"$patch": "delete"}}}),
-        )
-        .unwrap();
+        let out = patched(json!({"metadata": {"annotations": {"$patch": "delete"}}}));
         assert!(out["metadata"].get("annotations").is_none());
         assert_eq!(out["metadata"]["labels"]["a"], "1");
     }
 
     #[test]
     fn null_deletes_and_maps_merge() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"metadata": {"annotations": {"keep": null, "new": "y"}, "labels": {"b": "3"}}}),
-        )
-        .unwrap();
+        let out = patched(
+            json!({"metadata": {"annotations": {"keep": null, "new": "y"}, "labels": {"b": "3"}}}),
+        );
         assert_eq!(
             out["metadata"]["annotations"],
             json!({"flannel.alpha.coreos.com/public-ip": "1.2.3.4", "new": "y"})
@@ -383,33 +370,26 @@ mod tests {
 
     #[test]
     fn lists_without_strategy_replace() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"status": {"images": [{"names": ["c"]}]}, "spec": {"taints": []}}),
-        )
-        .unwrap();
+        let out =
+            patched(json!({"status": {"images": [{"names": ["c"]}]}, "spec": {"taints": []}}));
         assert_eq!(out["status"]["images"], json!([{"names": ["c"]}]));
         assert_eq!(out["spec"]["taints"], json!([]));
     }
 
     #[test]
     fn primitive_merge_lists_union_and_delete() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"spec": {"podCIDRs": ["fd00::/64", "10.0.1.0/24"]}, "metadata": {"finalizers": ["f2"], "$deleteFromPrimitiveList/finalizers": ["f1"]}}),
-        )
-        .unwrap();
+        let out = patched(
+            json!({"spec": {"podCIDRs": ["fd00::/64", "10.0.1.0/24"]}, "metadata": {"finalizers": ["f2"], "$deleteFromPrimitiveList/finalizers": ["f1"]}}),
+        );
         assert_eq!(out["spec"]["podCIDRs"], json!(["10.0.1.0/24", "fd00::/64"]));
         assert_eq!(out["metadata"]["finalizers"], json!(["f2"]));
     }
 
     #[test]
     fn set_element_order() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"status": {"$setElementOrder/conditions": [{"type": "Ready"}, {"type": "MemoryPressure"}]}}),
-        )
-        .unwrap();
+        let out = patched(
+            json!({"status": {"$setElementOrder/conditions": [{"type": "Ready"}, {"type": "MemoryPressure"}]}}),
+        );
         let types: Vec<&str> = out["status"]["conditions"]
             .as_array()
             .unwrap()
@@ -421,11 +401,9 @@ mod tests {
 
     #[test]
     fn retain_keys() {
-        let out = apply_node_patch(
-            &node(),
-            &json!({"status": {"capacity": {"$retainKeys": ["cpu", "pods"], "pods": "110"}}}),
-        )
-        .unwrap();
+        let out = patched(
+            json!({"status": {"capacity": {"$retainKeys": ["cpu", "pods"], "pods": "110"}}}),
+        );
         assert_eq!(
             out["status"]["capacity"],
             json!({"cpu": "4", "pods": "110"})

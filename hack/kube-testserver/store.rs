@@ -518,30 +518,21 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(RESOURCE, name))?;
         let mut node = old.to_node()?;
         if let Some(p) = preconditions {
-            let record_rv = old.rv.to_string();
-            if let Some(rv) = p.resource_version.as_deref()
-                && rv != record_rv
-            {
-                return Err(ApiError::conflict(
-                    RESOURCE,
-                    name,
-                    &format!(
-                        "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({record_rv}). The object might have been modified"
-                    ),
-                ));
-            }
             let record_uid = node.metadata.uid.clone().unwrap_or_default();
-            if let Some(uid) = p.uid.as_deref()
-                && uid != record_uid
-            {
-                return Err(ApiError::conflict(
-                    RESOURCE,
-                    name,
-                    &format!(
-                        "the UID in the precondition ({uid}) does not match the UID in record ({record_uid}). The object might have been deleted and then recreated"
-                    ),
-                ));
-            }
+            precondition_holds(
+                name,
+                "ResourceVersion",
+                p.resource_version.as_deref(),
+                &old.rv.to_string(),
+                "modified",
+            )?;
+            precondition_holds(
+                name,
+                "UID",
+                p.uid.as_deref(),
+                &record_uid,
+                "deleted and then recreated",
+            )?;
         }
         let has_finalizers = node
             .metadata
@@ -691,6 +682,27 @@ pub fn validate_node(node: &Node, old: Option<&Node>) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid(KIND, &name, causes))
+    }
+}
+
+/// A delete precondition on `field` (`want`, if given) against the record's value; the
+/// conflict says what likely happened to the object (`hint`), in upstream's words.
+fn precondition_holds(
+    name: &str,
+    field: &str,
+    want: Option<&str>,
+    record: &str,
+    hint: &str,
+) -> Result<(), ApiError> {
+    match want {
+        Some(want) if want != record => Err(ApiError::conflict(
+            RESOURCE,
+            name,
+            &format!(
+                "the {field} in the precondition ({want}) does not match the {field} in record ({record}). The object might have been {hint}"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -90,6 +90,15 @@ pub fn column_definitions() -> Value {
     ])
 }
 
+/// `{big}{big_unit}` followed by `{small}{small_unit}` unless `small` is zero (`5m30s`, `5m`).
+fn two_units(big: i64, big_unit: &str, small: i64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit}{small}{small_unit}")
+    }
+}
+
 /// apimachinery's `duration.HumanDuration`.
 pub fn human_duration(secs: i64) -> String {
     let secs = secs.max(0);
@@ -97,30 +106,15 @@ pub fn human_duration(secs: i64) -> String {
     if secs < 120 {
         format!("{secs}s")
     } else if m < 10 {
-        let s = secs % 60;
-        if s == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{s}s")
-        }
+        two_units(m, "m", secs % 60, "s")
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        let mm = m % 60;
-        if mm == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{mm}m")
-        }
+        two_units(h, "h", m % 60, "m")
     } else if h < 48 {
         format!("{h}h")
     } else if d < 8 {
-        let hh = h % 24;
-        if hh == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{hh}h")
-        }
+        two_units(d, "d", h % 24, "h")
     } else if d < 365 * 2 {
         format!("{d}d")
     } else {

@@ -347,14 +347,25 @@ fn del(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
     record.remove().map_err(state_error)
 }
 
-fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
+/// The config of a verb that came with a later CNI version: refused where the config's
+/// version predates `verb`.
+fn parse_for_verb(
+    stdin: &[u8],
+    verb: &str,
+    allows: fn(CniVersion) -> bool,
+) -> Result<NetConf, CniError> {
     let conf = NetConf::parse(stdin)?;
-    if !conf.version.allows_check() {
+    if !allows(conf.version) {
         return Err(CniError::new(
             ErrorCode::IncompatibleVersion,
-            "config version does not allow CHECK",
+            format!("config version does not allow {verb}"),
         ));
     }
+    Ok(conf)
+}
+
+fn check(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = parse_for_verb(stdin, "CHECK", CniVersion::allows_check)?;
     let at = env::require_attachment(env)?;
     cni_args(env)?;
     let netns = env::open_netns(env)?;
@@ -423,13 +434,7 @@ fn gc_candidates(
 }
 
 fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
-    let conf = NetConf::parse(stdin)?;
-    if !conf.version.allows_gc_and_status() {
-        return Err(CniError::new(
-            ErrorCode::IncompatibleVersion,
-            "config version does not allow GC",
-        ));
-    }
+    let conf = parse_for_verb(stdin, "GC", CniVersion::allows_gc_and_status)?;
     // Without the list, "release everything not listed" would release everything.
     let valid = conf.valid_attachments.clone().ok_or_else(|| {
         CniError::new(
@@ -592,13 +597,7 @@ fn gc(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
 }
 
 fn status(env: &RuntimeEnv, stdin: &[u8]) -> Result<(), CniError> {
-    let conf = NetConf::parse(stdin)?;
-    if !conf.version.allows_gc_and_status() {
-        return Err(CniError::new(
-            ErrorCode::IncompatibleVersion,
-            "config version does not allow STATUS",
-        ));
-    }
+    let conf = parse_for_verb(stdin, "STATUS", CniVersion::allows_gc_and_status)?;
     let subnet_env = load_subnet_env(&conf.subnet_file, ErrorCode::PluginNotAvailable)?;
     let delegate = conf.render_delegate(&subnet_env)?;
     let bridge = BridgeConf::from_delegate(&delegate)?;

@@ -79,28 +79,23 @@ impl RuntimeEnv {
     }
 }
 
-fn missing(var: &str) -> CniError {
-    CniError::new(
-        ErrorCode::InvalidEnvironment,
-        format!("required environment variable {var} is missing or empty"),
-    )
+/// A variable the verb needs: set and not empty.
+fn required(value: &Option<String>, var: &str) -> Result<String, CniError> {
+    value.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!("required environment variable {var} is missing or empty"),
+        )
+    })
 }
 
 pub use super::config::Attachment;
 
 /// The runtime's attachment, validated: safe to use in file names and as an interface name.
 pub fn require_attachment(env: &RuntimeEnv) -> Result<Attachment, CniError> {
-    let container_id = env
-        .container_id
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("CNI_CONTAINERID"))?;
+    let container_id = required(&env.container_id, "CNI_CONTAINERID")?;
     validate_container_id(&container_id)?;
-    let ifname = env
-        .ifname
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("CNI_IFNAME"))?;
+    let ifname = required(&env.ifname, "CNI_IFNAME")?;
     validate_ifname(&ifname)?;
     Ok(Attachment {
         container_id,
@@ -147,11 +142,7 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
 
 /// Opens `CNI_NETNS`, checks it is a network namespace and not the plugin's own one.
 pub fn open_netns(env: &RuntimeEnv) -> Result<NetnsFile, CniError> {
-    let path = env
-        .netns
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("CNI_NETNS"))?;
+    let path = required(&env.netns, "CNI_NETNS")?;
     let ns = NetnsFile::open(&path).map_err(|e| match e {
         NetnsError::NotNetns { .. } => CniError::new(
             ErrorCode::InvalidEnvironment,

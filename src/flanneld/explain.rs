@@ -269,52 +269,47 @@ mod tests {
             }
         });
         let text = render(&status, Some(true));
-        assert!(
-            text.contains("node n1  lease 10.244.1.0/24  ready: yes"),
-            "{text}"
+        assert_says(
+            &text,
+            &[
+                "node n1  lease 10.244.1.0/24  ready: yes",
+                "1 heal(s)",
+                "someone removed or changed",
+                "last heal: flannel annotations removed by field manager \"rancher\" (Update) at 10:14:02Z; restored in 3 ms",
+                "drift repairs so far: 2",
+                "node Events: 2 write(s), 5 occurrence(s) folded into series, 0 dropped",
+                "n2",
+                "192.168.50.2",
+                "1 refused as unsafe or broken",
+                "peers failed (the kernel refuses their entries; retried): 1",
+                "n3",
+                "Invalid argument",
+                "evil",
+                "overlaps our own",
+            ],
         );
-        assert!(text.contains("1 heal(s)"), "{text}");
-        assert!(text.contains("someone removed or changed"), "{text}");
-        assert!(
-            text.contains(
-                "last heal: flannel annotations removed by field manager \"rancher\" (Update) at 10:14:02Z; restored in 3 ms"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("drift repairs so far: 2"), "{text}");
-        assert!(
-            text.contains("node Events: 2 write(s), 5 occurrence(s) folded into series, 0 dropped"),
-            "{text}"
-        );
-        assert!(
-            text.contains("n2") && text.contains("192.168.50.2"),
-            "{text}"
-        );
-        assert!(text.contains("1 refused as unsafe or broken"), "{text}");
-        assert!(
-            text.contains("peers failed (the kernel refuses their entries; retried): 1")
-                && text.contains("n3")
-                && text.contains("Invalid argument"),
-            "{text}"
-        );
-        assert!(
-            text.contains("evil") && text.contains("overlaps our own"),
-            "{text}"
-        );
+    }
+
+    /// Every one of `parts` is in `text`.
+    fn assert_says(text: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(text.contains(part), "no {part:?} in:\n{text}");
+        }
     }
 
     #[test]
     fn a_daemon_still_waiting_says_so() {
         let status = json!({"node": "n1", "lease": [], "annotations": {}, "last_reconcile": null,
             "waiting_for": ["traffic rules (--ip-masq): `iptables` is not installed or not on PATH"]});
-        let text = render(&status, Some(false));
-        assert!(
-            text.contains("  waiting for traffic rules (--ip-masq): `iptables` is not installed"),
-            "{text}"
+        assert_says(
+            &render(&status, Some(false)),
+            &[
+                "  waiting for traffic rules (--ip-masq): `iptables` is not installed",
+                "(not assigned yet)",
+                "ready: NO",
+                "no reconcile has finished yet",
+            ],
         );
-        assert!(text.contains("(not assigned yet)"), "{text}");
-        assert!(text.contains("ready: NO"), "{text}");
-        assert!(text.contains("no reconcile has finished yet"), "{text}");
     }
 
     #[test]

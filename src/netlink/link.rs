@@ -72,21 +72,23 @@ impl Netlink {
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let mut req = LinkMessage::default();
         req.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self
-            .transport()
-            .request(RouteNetlinkMessage::GetLink(req), 0)
-            .await
-        {
-            Ok(replies) => Ok(single_link(replies)),
-            Err(e) if e.errno() == Some(ENODEV) => Ok(None),
-            Err(e) => Err(e.into_error("get link", name.to_string())),
-        }
+        self.get_link(req, || name.to_string()).await
     }
 
     /// The link with index `index`, or `None`.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
         let mut req = LinkMessage::default();
         req.header.index = index;
+        self.get_link(req, || format!("index {index}")).await
+    }
+
+    /// One GetLink request: the link it names, `None` where the kernel has no such device;
+    /// `what` names the link in an error.
+    async fn get_link(
+        &self,
+        req: LinkMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<Link>, NetlinkError> {
         match self
             .transport()
             .request(RouteNetlinkMessage::GetLink(req), 0)
@@ -94,7 +96,7 @@ impl Netlink {
         {
             Ok(replies) => Ok(single_link(replies)),
             Err(e) if e.errno() == Some(ENODEV) => Ok(None),
-            Err(e) => Err(e.into_error("get link", format!("index {index}"))),
+            Err(e) => Err(e.into_error("get link", what())),
         }
     }
 
@@ -356,13 +358,8 @@ impl Netlink {
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self
-            .transport()
-            .request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.errno() == Some(ENODEV) => Ok(()),
+        match self.del_link(msg).await {
+            Ok(()) => Ok(()),
             Err(e) => Err(self.link_error("delete", index, e).await),
         }
     }
@@ -371,6 +368,13 @@ impl Netlink {
     pub async fn delete_link_by_name(&self, name: &str) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.del_link(msg)
+            .await
+            .map_err(|e| e.into_error("delete", format!("link {name}")))
+    }
+
+    /// One DelLink request; a link that is already gone is no error.
+    async fn del_link(&self, msg: LinkMessage) -> Result<(), RawError> {
         match self
             .transport()
             .request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
@@ -378,7 +382,7 @@ impl Netlink {
         {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Some(ENODEV) => Ok(()),
-            Err(e) => Err(e.into_error("delete", format!("link {name}"))),
+            Err(e) => Err(e),
         }
     }
 }
@@ -596,15 +600,9 @@ mod tests {
     #[test]
     fn vxlan_message_carries_every_spec_field() {
         let spec = VxlanSpec {
-            name: "flannel.1".into(),
-            vni: 1,
-            local: "192.168.77.1".parse().unwrap(),
-            underlay_index: Some(3),
-            port: 8472,
-            learning: false,
             gbp: true,
-            mtu: Some(1450),
             mac: Some(MacAddr([0x0e, 0, 0, 0, 1, 1])),
+            ..spec()
         };
         let msg = vxlan_message(&spec);
         let link = Link::from_message(&msg).unwrap();

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::cni_support::*;
-use crate::harness::{bridge_json, ip_json};
+use crate::harness::{add_veth, bridge_json, ip_json};
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -236,11 +236,7 @@ fn del_is_idempotent_and_survives_missing_pieces() {
 fn del_refuses_the_node_namespace_itself() {
     let node = Node::new("dn");
     // A link named like the pod interface in the node namespace must survive.
-    node.ns
-        .ip(&[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-        ])
-        .unwrap();
+    add_veth(&node.ns, "eth0", "eth0p");
     let out = node.ours(
         &Call::new("DEL", "c1", "/proc/self/ns/net"),
         &node.conf("0.4.0"),
@@ -844,11 +840,7 @@ fn other_delegate_types_are_executed_from_cni_path() {
 #[test]
 fn a_non_bridge_named_cni0_fails_the_add_cleanly() {
     let node = Node::new("nb");
-    node.ns
-        .ip(&[
-            "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
-        ])
-        .unwrap();
+    add_veth(&node.ns, "cni0", "cni0p");
     let p = pod("nbp");
     let out = node.ours(&Call::new("ADD", "c1", &path_of(&p)), &node.conf("0.3.1"));
     assert!(

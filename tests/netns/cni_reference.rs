@@ -129,6 +129,21 @@ fn snapshot(node: &Node, pod: &NetnsGuard, result: &Value) -> Value {
     })
 }
 
+/// `verb` for `cid` in `pod` by the reference chain (upstream's bridge plugin, given
+/// `delegate`), which must succeed.
+fn by_reference(node: &Node, verb: &str, cid: &str, pod: &NetnsGuard, delegate: &Value) -> Outcome {
+    let out = node.reference(&Call::new(verb, cid, &path_of(pod)), delegate);
+    out.expect_ok();
+    out
+}
+
+/// `verb` for `cid` in `pod` by our plugin (given `conf`), which must succeed.
+fn by_ours(node: &Node, verb: &str, cid: &str, pod: &NetnsGuard, conf: &Value) -> Outcome {
+    let out = node.ours(&Call::new(verb, cid, &path_of(pod)), conf);
+    out.expect_ok();
+    out
+}
+
 #[test]
 fn the_same_add_leaves_the_same_state_as_the_reference_chain() {
     require_reference();
@@ -139,20 +154,10 @@ fn the_same_add_leaves_the_same_state_as_the_reference_chain() {
         let ref_pod = pod("rfp");
         let our_pod = pod("oup");
         let cid = "diff-1";
-        let r_ref = ref_node
-            .reference(
-                &Call::new("ADD", cid, &path_of(&ref_pod)),
-                &ref_node.reference_delegate(version),
-            )
-            .expect_ok()
-            .json();
-        let r_ours = our_node
-            .ours(
-                &Call::new("ADD", cid, &path_of(&our_pod)),
-                &our_node.conf(version),
-            )
-            .expect_ok()
-            .json();
+        let delegate = ref_node.reference_delegate(version);
+        let conf = our_node.conf(version);
+        let r_ref = by_reference(&ref_node, "ADD", cid, &ref_pod, &delegate).json();
+        let r_ours = by_ours(&our_node, "ADD", cid, &our_pod, &conf).json();
         // The bridge port reaches "forwarding" asynchronously in both cases.
         std::thread::sleep(std::time::Duration::from_millis(100));
         let a = snapshot(&ref_node, &ref_pod, &r_ref);
@@ -169,18 +174,8 @@ fn the_same_add_leaves_the_same_state_as_the_reference_chain() {
             serde_json::from_slice(&std::fs::read(our_node.data_dir().join(cid)).unwrap()).unwrap();
         assert_eq!(record, our_node.reference_delegate(version));
 
-        ref_node
-            .reference(
-                &Call::new("DEL", cid, &path_of(&ref_pod)),
-                &ref_node.reference_delegate(version),
-            )
-            .expect_ok();
-        our_node
-            .ours(
-                &Call::new("DEL", cid, &path_of(&our_pod)),
-                &our_node.conf(version),
-            )
-            .expect_ok();
+        by_reference(&ref_node, "DEL", cid, &ref_pod, &delegate);
+        by_ours(&our_node, "DEL", cid, &our_pod, &conf);
         assert!(ref_node.veths().is_empty() && ref_node.reservations().is_empty());
         our_node.assert_clean("after DEL");
         assert_eq!(
@@ -200,28 +195,13 @@ fn reference_and_ours_share_a_node_in_both_directions() {
     let ip_of = |r: &Value| r["ips"][0]["address"].as_str().unwrap().to_string();
 
     // Pods made by the reference first (a node running upstream flannel) ...
-    let r0 = node
-        .reference(&Call::new("ADD", "ref-0", &path_of(&pods[0])), &delegate)
-        .expect_ok()
-        .json();
-    let r1 = node
-        .reference(&Call::new("ADD", "ref-1", &path_of(&pods[1])), &delegate)
-        .expect_ok()
-        .json();
+    let r0 = by_reference(&node, "ADD", "ref-0", &pods[0], &delegate).json();
+    let r1 = by_reference(&node, "ADD", "ref-1", &pods[1], &delegate).json();
     // ... then ours (the node switched): reservations and the cursor are respected.
-    let o0 = node
-        .ours(&Call::new("ADD", "our-0", &path_of(&pods[2])), &conf)
-        .expect_ok()
-        .json();
-    let o1 = node
-        .ours(&Call::new("ADD", "our-1", &path_of(&pods[3])), &conf)
-        .expect_ok()
-        .json();
+    let o0 = by_ours(&node, "ADD", "our-0", &pods[2], &conf).json();
+    let o1 = by_ours(&node, "ADD", "our-1", &pods[3], &conf).json();
     // ... and back: the reference respects ours.
-    let r2 = node
-        .reference(&Call::new("ADD", "ref-2", &path_of(&pods[4])), &delegate)
-        .expect_ok()
-        .json();
+    let r2 = by_reference(&node, "ADD", "ref-2", &pods[4], &delegate).json();
     assert_eq!(
         [ip_of(&r0), ip_of(&r1), ip_of(&o0), ip_of(&o1), ip_of(&r2)],
         [
@@ -242,33 +222,24 @@ fn reference_and_ours_share_a_node_in_both_directions() {
     );
 
     // Ours tears down a reference pod (no flannel record: the current config is used).
-    node.ours(&Call::new("DEL", "ref-0", &path_of(&pods[0])), &conf)
-        .expect_ok();
+    by_ours(&node, "DEL", "ref-0", &pods[0], &conf);
     assert!(links_of_kind(&pods[0], "veth").is_empty());
     assert!(!node.reservations().contains(&"10.244.1.2".to_string()));
     // The reference tears down one of ours, replaying our record like upstream flannel does.
     let record: Value =
         serde_json::from_slice(&std::fs::read(node.data_dir().join("our-0")).unwrap()).unwrap();
-    node.reference(&Call::new("DEL", "our-0", &path_of(&pods[2])), &record)
-        .expect_ok();
+    by_reference(&node, "DEL", "our-0", &pods[2], &record);
     std::fs::remove_file(node.data_dir().join("our-0")).unwrap();
     assert!(links_of_kind(&pods[2], "veth").is_empty());
     assert!(!node.reservations().contains(&"10.244.1.4".to_string()));
 
     // A later allocation continues the shared round-robin cursor.
-    let o2 = node
-        .ours(&Call::new("ADD", "our-2", &path_of(&pods[5])), &conf)
-        .expect_ok()
-        .json();
+    let o2 = by_ours(&node, "ADD", "our-2", &pods[5], &conf).json();
     assert_eq!(ip_of(&o2), "10.244.1.7/24");
 
-    node.ours(&Call::new("DEL", "our-1", &path_of(&pods[3])), &conf)
-        .expect_ok();
-    node.ours(&Call::new("DEL", "our-2", &path_of(&pods[5])), &conf)
-        .expect_ok();
-    node.ours(&Call::new("DEL", "ref-1", &path_of(&pods[1])), &conf)
-        .expect_ok();
-    node.reference(&Call::new("DEL", "ref-2", &path_of(&pods[4])), &delegate)
-        .expect_ok();
+    by_ours(&node, "DEL", "our-1", &pods[3], &conf);
+    by_ours(&node, "DEL", "our-2", &pods[5], &conf);
+    by_ours(&node, "DEL", "ref-1", &pods[1], &conf);
+    by_reference(&node, "DEL", "ref-2", &pods[4], &delegate);
     node.assert_clean("after mixed teardown");
 }

@@ -31,13 +31,13 @@ const DEV: &str = "flannel.1";
 
 /// Everything on flannel.1 as iproute2 reports it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Entries {
+pub(crate) struct Entries {
     /// (gateway IP, MAC)
-    neigh: BTreeSet<(String, String)>,
+    pub(crate) neigh: BTreeSet<(String, String)>,
     /// (MAC, underlay destination)
-    fdb: BTreeSet<(String, String)>,
+    pub(crate) fdb: BTreeSet<(String, String)>,
     /// (destination, gateway)
-    routes: BTreeSet<(String, String)>,
+    pub(crate) routes: BTreeSet<(String, String)>,
 }
 
 impl Entries {
@@ -71,28 +71,7 @@ pub(crate) fn str_of(v: &Value) -> String {
 /// `self` FDB entry; onlink unicast route, proto boot, scope global) — anything else on the
 /// device is reported as a foreign entry.
 fn kernel_entries(ns: &NetnsGuard) -> Entries {
-    let mut e = Entries::default();
-    for n in ip_json(ns, &["neigh", "show", "dev", DEV])
-        .as_array()
-        .unwrap()
-    {
-        assert_eq!(
-            n["state"],
-            json!(["PERMANENT"]),
-            "foreign neighbour on {DEV}: {n}"
-        );
-        e.neigh.insert((str_of(&n["dst"]), str_of(&n["lladdr"])));
-    }
-    for f in bridge_json(ns, &["fdb", "show", "dev", DEV])
-        .as_array()
-        .unwrap()
-    {
-        assert!(
-            f["flags"] == json!(["self"]) && f["state"] == "permanent",
-            "foreign fdb entry on {DEV}: {f}"
-        );
-        e.fdb.insert((str_of(&f["mac"]), str_of(&f["dst"])));
-    }
+    let mut e = neighbours_and_fdb(ns, DEV, &[]);
     for r in ip_json(ns, &["-d", "route", "show", "dev", DEV])
         .as_array()
         .unwrap()
@@ -105,6 +84,37 @@ fn kernel_entries(ns: &NetnsGuard) -> Entries {
             "foreign route on {DEV}: {r}"
         );
         e.routes.insert((str_of(&r["dst"]), str_of(&r["gateway"])));
+    }
+    e
+}
+
+/// The neighbours (`ip FAMILY_ARGS neigh`) and FDB entries on `dev`, routes left empty,
+/// checking that each has the attributes flannel gives its own (permanent neighbour;
+/// permanent `self` FDB entry).
+pub(crate) fn neighbours_and_fdb(ns: &NetnsGuard, dev: &str, family_args: &[&str]) -> Entries {
+    let mut e = Entries::default();
+    let neigh_args: Vec<&str> = family_args
+        .iter()
+        .copied()
+        .chain(["neigh", "show", "dev", dev])
+        .collect();
+    for n in ip_json(ns, &neigh_args).as_array().unwrap() {
+        assert_eq!(
+            n["state"],
+            json!(["PERMANENT"]),
+            "foreign neighbour on {dev}: {n}"
+        );
+        e.neigh.insert((str_of(&n["dst"]), str_of(&n["lladdr"])));
+    }
+    for f in bridge_json(ns, &["fdb", "show", "dev", dev])
+        .as_array()
+        .unwrap()
+    {
+        assert!(
+            f["flags"] == json!(["self"]) && f["state"] == "permanent",
+            "foreign fdb entry on {dev}: {f}"
+        );
+        e.fdb.insert((str_of(&f["mac"]), str_of(&f["dst"])));
     }
     e
 }
@@ -1381,6 +1391,18 @@ pub(crate) fn link_stats(ns: &NetnsGuard, dev: &str) -> (u64, u64) {
     )
 }
 
+/// n1's `dev` sent and n2's `dev` received packet counters: a tunnel from n1 to n2.
+pub(crate) fn tunnel_counters(h1: &Host, h2: &Host, dev: &str) -> (u64, u64) {
+    (link_stats(&h1.ns, dev).0, link_stats(&h2.ns, dev).1)
+}
+
+/// Since `before` ([`tunnel_counters`]), n1's `dev` sent and n2's received at least `n` packets.
+pub(crate) fn assert_tunnelled(h1: &Host, h2: &Host, dev: &str, before: (u64, u64), n: u64) {
+    let (tx1, rx2) = tunnel_counters(h1, h2, dev);
+    assert!(tx1 >= before.0 + n, "n1's {dev} sent the pings");
+    assert!(rx2 >= before.1 + n, "n2's {dev} received them");
+}
+
 #[test]
 fn pods_on_two_nodes_ping_each_other_across_vxlan() {
     let lab = lab("dd10");
@@ -1445,12 +1467,7 @@ fn pods_on_two_nodes_ping_each_other_across_vxlan() {
         .unwrap();
     assert!(back.status.success(), "pod2 → pod1: {back:?}");
 
-    let out = tcpdump.wait_with_output().unwrap();
-    let captured = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tcpdump saw no VXLAN datagram: {captured}"
-    );
+    let captured = captured(tcpdump, "VXLAN datagram");
     // tcpdump decodes UDP 8472 as OTV (same header as VXLAN) and shows the inner packet.
     assert!(
         captured.contains(&format!("IP {}.", h1.address))
@@ -1559,6 +1576,14 @@ fn routes_to(ns: &NetnsGuard, dst: &str) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// What a [`tcpdump_first`] printed, which must have seen its packet (`what`).
+pub(crate) fn captured(tcpdump: Child, what: &str) -> String {
+    let out = tcpdump.wait_with_output().unwrap();
+    let captured = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tcpdump saw no {what}: {captured}");
+    captured
 }
 
 /// Starts `tcpdump -c 1` with `filter` on `iface` in `ns` and returns once it is listening;
@@ -1699,8 +1724,7 @@ fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() 
         );
     }
     let tcpdump = tcpdump_first(&h2.ns, "eth0", 15, &["udp", "dst", "port", "8472"]);
-    let (tx1, _) = link_stats(&h1.ns, DEV);
-    let (_, rx2) = link_stats(&h2.ns, DEV);
+    let before = tunnel_counters(&h1, &h2, DEV);
     ping_ok(
         &pod1,
         &["-c", "3", "-i", "0.2", "-W", "2", "10.244.2.2"],
@@ -1714,14 +1738,7 @@ fn direct_routing_goes_straight_over_the_underlay_and_reverts_when_turned_off() 
             && captured.contains("IP 10.244.1.2 > 10.244.2.2: ICMP echo request"),
         "pod1's ping in a VXLAN datagram from n1: {captured}"
     );
-    assert!(
-        link_stats(&h1.ns, DEV).0 >= tx1 + 3,
-        "n1's {DEV} sent the pings"
-    );
-    assert!(
-        link_stats(&h2.ns, DEV).1 >= rx2 + 3,
-        "n2's {DEV} received them"
-    );
+    assert_tunnelled(&h1, &h2, DEV, before, 3);
 
     // And on again: the tunnel entries of the near peer go (neighbour and FDB too).
     d1.stop();

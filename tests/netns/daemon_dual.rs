@@ -14,7 +14,10 @@ use frs_testsupport::lab::{Lab, LabOptions};
 use frs_testsupport::topology::Host;
 
 use crate::daemon_control::lab_with;
-use crate::daemon_data::{add_pod_with, link_stats, metric, ping_ok, start, str_of, tcpdump_first};
+use crate::daemon_data::{
+    Entries, add_pod_with, assert_tunnelled, captured, link_stats, metric, neighbours_and_fdb,
+    ping_ok, start, str_of, tcpdump_first, tunnel_counters,
+};
 use crate::harness::*;
 
 const P: &str = "flannel.alpha.coreos.com/";
@@ -28,33 +31,9 @@ fn pod_cidr_v6(k: u8) -> String {
 }
 
 /// Neighbours, FDB entries and main-table routes on one VXLAN device as iproute2 shows them
-/// (kernel-made routes such as fe80::/64 left out): (ip, MAC), (MAC, dst), (dst, gateway).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct DevEntries {
-    neigh: BTreeSet<(String, String)>,
-    fdb: BTreeSet<(String, String)>,
-    routes: BTreeSet<(String, String)>,
-}
-
-fn dev_entries(ns: &NetnsGuard, dev: &str, family: &str) -> DevEntries {
-    let mut e = DevEntries::default();
-    for n in ip_json(ns, &[family, "neigh", "show", "dev", dev])
-        .as_array()
-        .unwrap()
-    {
-        assert_eq!(n["state"], json!(["PERMANENT"]), "neighbour on {dev}: {n}");
-        e.neigh.insert((str_of(&n["dst"]), str_of(&n["lladdr"])));
-    }
-    for f in bridge_json(ns, &["fdb", "show", "dev", dev])
-        .as_array()
-        .unwrap()
-    {
-        assert!(
-            f["flags"] == json!(["self"]) && f["state"] == "permanent",
-            "fdb entry on {dev}: {f}"
-        );
-        e.fdb.insert((str_of(&f["mac"]), str_of(&f["dst"])));
-    }
+/// (kernel-made routes such as fe80::/64 left out).
+fn dev_entries(ns: &NetnsGuard, dev: &str, family: &str) -> Entries {
+    let mut e = neighbours_and_fdb(ns, dev, &[family]);
     for r in ip_json(ns, &[family, "route", "show", "table", "main", "dev", dev])
         .as_array()
         .unwrap()
@@ -70,8 +49,8 @@ fn dev_entries(ns: &NetnsGuard, dev: &str, family: &str) -> DevEntries {
     e
 }
 
-fn wait_dev_entries(ns: &NetnsGuard, dev: &str, family: &str, want: &DevEntries) {
-    let mut last = DevEntries::default();
+fn wait_dev_entries(ns: &NetnsGuard, dev: &str, family: &str, want: &Entries) {
+    let mut last = Entries::default();
     let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_until(
             &format!("{dev} entries in {}", ns.name()),
@@ -90,8 +69,8 @@ fn wait_dev_entries(ns: &NetnsGuard, dev: &str, family: &str, want: &DevEntries)
 }
 
 /// The entries upstream programs on the peer's side for a node (upstream's pkg/backend/vxlan).
-fn tunnel_entries(subnet_net: &str, prefix: u8, mac: &str, public_ip: &str) -> DevEntries {
-    DevEntries {
+fn tunnel_entries(subnet_net: &str, prefix: u8, mac: &str, public_ip: &str) -> Entries {
+    Entries {
         neigh: BTreeSet::from([(subnet_net.to_string(), mac.to_string())]),
         fdb: BTreeSet::from([(mac.to_string(), public_ip.to_string())]),
         routes: BTreeSet::from([(format!("{subnet_net}/{prefix}"), subnet_net.to_string())]),
@@ -248,8 +227,7 @@ fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
         15,
         &["ip6", "and", "udp", "dst", "port", "8472"],
     );
-    let (tx1, _) = link_stats(&h1.ns, DEV6);
-    let (_, rx2) = link_stats(&h2.ns, DEV6);
+    let before = tunnel_counters(&h1, &h2, DEV6);
     ping_ok(
         &pod1,
         &["-6", "-c", "3", "-i", "0.2", "-W", "2", "fd10:244:0:2::2"],
@@ -260,12 +238,7 @@ fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
         &["-6", "-c", "1", "-W", "2", "fd10:244:0:1::2"],
         "pod2 → pod1 over IPv6",
     );
-    let out = tcpdump.wait_with_output().unwrap();
-    let captured = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tcpdump saw no IPv6 VXLAN datagram: {captured}"
-    );
+    let captured = captured(tcpdump, "IPv6 VXLAN datagram");
     assert!(
         captured.contains(&format!("IP6 {u1}."))
             && captured.contains(&format!("> {u2}.8472:"))
@@ -276,14 +249,7 @@ fn dual_stack_nodes_program_both_families_and_pods_ping_over_ipv6() {
         captured.contains("IP6 fd10:244:0:1::2 > fd10:244:0:2::2: ICMP6, echo request"),
         "carrying pod1's ping: {captured}"
     );
-    assert!(
-        link_stats(&h1.ns, DEV6).0 >= tx1 + 3,
-        "n1's {DEV6} sent the pings"
-    );
-    assert!(
-        link_stats(&h2.ns, DEV6).1 >= rx2 + 3,
-        "n2's {DEV6} received them"
-    );
+    assert_tunnelled(&h1, &h2, DEV6, before, 3);
     println!("tcpdump on n2 eth0: {}", captured.trim());
 
     // IPv4 still works from the same pods, through flannel.1.

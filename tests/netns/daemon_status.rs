@@ -26,6 +26,13 @@ fn flanneld_cmd(host: &Host, args: &[&str]) -> std::process::Output {
     host.ns.exec(FLANNELD, args).unwrap()
 }
 
+/// `flanneld ARGS…` that must succeed: its stdout.
+fn flanneld_stdout(host: &Host, args: &[&str]) -> String {
+    let out = flanneld_cmd(host, args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn status_is_served_only_on_a_root_only_socket_that_explain_reads() {
     let (lab, host) = lab_with_two_nodes("ds1");
@@ -52,22 +59,17 @@ fn status_is_served_only_on_a_root_only_socket_that_explain_reads() {
 
     // explain finds it from the daemon's flag; --json is the document plus readiness.
     let flag = d.subnet_file_flag();
-    let out = flanneld_cmd(&host, &["explain", "--json", &flag]);
-    assert!(out.status.success(), "{out:?}");
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value =
+        serde_json::from_str(&flanneld_stdout(&host, &["explain", "--json", &flag])).unwrap();
     assert_eq!(doc["ready"], true);
     assert_eq!(doc["node"], "n1");
     // The daemon's flags before the subcommand work too.
-    let out = flanneld_cmd(&host, &["--kube-subnet-mgr", &flag, "explain"]);
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = flanneld_stdout(&host, &["--kube-subnet-mgr", &flag, "explain"]);
     assert!(
         text.contains("node n1") && text.contains("peers programmed: 1"),
         "{text}"
     );
-    let help = flanneld_cmd(&host, &["explain", "--help"]);
-    assert!(help.status.success(), "{help:?}");
-    let help = String::from_utf8_lossy(&help.stdout);
+    let help = flanneld_stdout(&host, &["explain", "--help"]);
     assert!(
         help.contains("--json") && help.contains("status socket"),
         "{help}"

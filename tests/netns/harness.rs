@@ -25,6 +25,12 @@ pub fn netns(tag: &str) -> NetnsGuard {
     }
 }
 
+/// A veth pair `a`/`b` inside `ns`, both ends left down.
+pub fn add_veth(ns: &NetnsGuard, a: &str, b: &str) {
+    ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+        .unwrap();
+}
+
 /// Joins two namespaces with a veth pair (`a_if` in `a`, `b_if` in `b`), both up, with the
 /// given addresses (CIDR notation) when not empty.
 pub fn veth_between(

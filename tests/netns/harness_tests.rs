@@ -49,10 +49,7 @@ fn veth_pair_connects_two_namespaces() {
 #[test]
 fn helper_thread_runs_inside_the_namespace() {
     let ns = netns("t");
-    ns.ip(&[
-        "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
-    ])
-    .unwrap();
+    add_veth(&ns, "probe0", "probe1");
     let file = ns.open().unwrap();
     let inside = file
         .run(|| {

@@ -10,8 +10,7 @@ use crate::netlink_util::*;
 #[test]
 fn vxlan_is_created_then_adopted() {
     let ns = &netns("vx");
-    let under = underlay(ns);
-    let spec = flannel_spec(under);
+    let spec = flannel_spec(underlay(ns));
     with_netlink(ns, |nl| async move {
         let created = match nl.ensure_vxlan(&spec).await.unwrap() {
             VxlanOutcome::Created(link) => link,
@@ -68,8 +67,7 @@ fn vxlan_is_created_then_adopted() {
 #[test]
 fn vxlan_with_other_parameters_needs_recreate() {
     let ns = &netns("vr");
-    let under = underlay(ns);
-    let spec = flannel_spec(under);
+    let spec = flannel_spec(underlay(ns));
     with_netlink(ns, |nl| async move {
         nl.create_vxlan(&spec).await.unwrap();
         let cases = [

@@ -9,7 +9,7 @@ use flannel_rs::netlink::{Netlink, VxlanSpec};
 use flannel_rs::net::MacAddr;
 use serde_json::Value;
 
-use crate::harness::{NetnsGuard, ip_json, runtime};
+use crate::harness::{NetnsGuard, add_veth, ip_json, runtime};
 
 /// Runs `body` on a fresh runtime with a `Netlink` bound to `ns`.
 pub fn with_netlink<F, Fut>(ns: &NetnsGuard, body: F)
@@ -56,10 +56,7 @@ pub fn has_flag(link: &Value, flag: &str) -> bool {
 /// An underlay for VXLAN devices: veth `under0` (192.168.77.1/24, up) whose peer stays in the
 /// same namespace (this kernel has no dummy driver). Returns `under0`'s index.
 pub fn underlay(ns: &NetnsGuard) -> u32 {
-    ns.ip(&[
-        "link", "add", "under0", "type", "veth", "peer", "name", "under1",
-    ])
-    .unwrap();
+    add_veth(ns, "under0", "under1");
     ns.ip(&["addr", "add", "192.168.77.1/24", "dev", "under0"])
         .unwrap();
     ns.ip(&["link", "set", "under0", "up"]).unwrap();
@@ -69,8 +66,7 @@ pub fn underlay(ns: &NetnsGuard) -> u32 {
 
 /// A throwaway veth pair `a`/`b` in `ns`, both up; returns `a`'s index.
 pub fn veth_pair(ns: &NetnsGuard, a: &str, b: &str) -> u32 {
-    ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
-        .unwrap();
+    add_veth(ns, a, b);
     ns.ip(&["link", "set", a, "up"]).unwrap();
     ns.ip(&["link", "set", b, "up"]).unwrap();
     ifindex(ns, a)

@@ -17,7 +17,7 @@ use flannel_rs::subnet_env::SubnetEnv;
 use nix::sched::{CloneFlags, setns};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{NetnsGuard, ip_json, netns};
+use crate::harness::{NetnsGuard, add_veth, ip_json, netns};
 
 const N4: &str = "10.244.0.0/16";
 const S4: &str = "10.244.1.0/24";
@@ -107,6 +107,27 @@ fn repaired(outcome: EnsureOutcome) -> Vec<String> {
     }
 }
 
+/// One `ensure` of `rules` repairs exactly `want`, in that order.
+async fn assert_repairs(rules: &TrafficRules, want: &[&str]) {
+    assert_eq!(repaired(rules.ensure().await.unwrap()), want);
+}
+
+/// With everything in place, `ensure` changes nothing, again and again (the figure: how long
+/// one takes, for `setup`), and a restarted daemon (new instance, `config`) adopts the rules as
+/// they are.
+async fn assert_steady(rules: &TrafficRules, config: TrafficConfig, setup: &str) {
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(rules.ensure().await.unwrap(), EnsureOutcome::Unchanged);
+    }
+    eprintln!(
+        "figure: ensure() with everything in place ({setup}): {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0 / 20.0
+    );
+    let restarted = TrafficRules::new(config).unwrap();
+    assert_eq!(restarted.ensure().await.unwrap(), EnsureOutcome::Unchanged);
+}
+
 // Golden text from upstream (upstream's pkg/trafficmngr), written out literally on purpose.
 const MASQ_JUMP: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#;
 const FWD_JUMP: &str = r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#;
@@ -177,6 +198,14 @@ fn ipt(ns: &NetnsGuard, bin: &str, table: &str) -> Vec<String> {
     lines(&sh(ns, bin, &["-t", table, "-S"]))
 }
 
+/// The nat and filter tables of both families, as listed.
+fn all_iptables(ns: &NetnsGuard) -> Vec<Vec<String>> {
+    ["nat", "filter"]
+        .iter()
+        .flat_map(|t| [ipt(ns, "iptables", t), ipt(ns, "ip6tables", t)])
+        .collect()
+}
+
 fn assert_all_golden(ns: &NetnsGuard, foreign: bool) {
     let (nat4, nat6, fwd): (Vec<&str>, Vec<&str>, Vec<&str>) = if foreign {
         (
@@ -228,38 +257,29 @@ fn iptables_rules_match_upstream_layout_and_second_ensure_changes_nothing() {
     add_foreign_rules(&ns);
     in_netns(&ns, || async {
         let rules = TrafficRules::new(config(true, true, false)).unwrap();
-        let what = repaired(rules.ensure().await.unwrap());
-        assert_eq!(
-            what,
-            [
+        assert_repairs(
+            &rules,
+            &[
                 "IPv4 nat FLANNEL-POSTRTG: chain missing",
                 "IPv4 filter FLANNEL-FWD: chain missing",
                 "IPv6 nat FLANNEL-POSTRTG: chain missing",
                 "IPv6 filter FLANNEL-FWD: chain missing",
-            ]
-        );
+            ],
+        )
+        .await;
         assert_all_golden(&ns, true);
-        let before: Vec<_> = ["nat", "filter"]
-            .iter()
-            .flat_map(|t| [ipt(&ns, "iptables", t), ipt(&ns, "ip6tables", t)])
-            .collect();
-
-        let started = Instant::now();
-        for _ in 0..20 {
-            assert_eq!(rules.ensure().await.unwrap(), EnsureOutcome::Unchanged);
-        }
-        eprintln!(
-            "figure: ensure() with everything in place (IPv4+IPv6, masq+forward, iptables-nft): {:.1} ms",
-            started.elapsed().as_secs_f64() * 1000.0 / 20.0
+        let before = all_iptables(&ns);
+        assert_steady(
+            &rules,
+            config(true, true, false),
+            "IPv4+IPv6, masq+forward, iptables-nft",
+        )
+        .await;
+        assert_eq!(
+            before,
+            all_iptables(&ns),
+            "nothing rewritten, nothing duplicated"
         );
-        // A restarted daemon (new instance) adopts the rules as they are.
-        let restarted = TrafficRules::new(config(true, true, false)).unwrap();
-        assert_eq!(restarted.ensure().await.unwrap(), EnsureOutcome::Unchanged);
-        let after: Vec<_> = ["nat", "filter"]
-            .iter()
-            .flat_map(|t| [ipt(&ns, "iptables", t), ipt(&ns, "ip6tables", t)])
-            .collect();
-        assert_eq!(before, after, "nothing rewritten, nothing duplicated");
     });
 }
 
@@ -296,10 +316,7 @@ fn deleted_rules_jumps_chains_and_intruders_are_repaired_in_order() {
             "iptables",
             &["-t", "nat", "-D", "FLANNEL-POSTRTG", "3"],
         );
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["IPv4 nat FLANNEL-POSTRTG: rule list differs"]
-        );
+        assert_repairs(&rules, &["IPv4 nat FLANNEL-POSTRTG: rule list differs"]).await;
         assert_all_golden(&ns, true);
 
         // Someone inserts a rule into our chain.
@@ -308,10 +325,7 @@ fn deleted_rules_jumps_chains_and_intruders_are_repaired_in_order() {
             "ip6tables",
             &["-t", "nat", "-I", "FLANNEL-POSTRTG", "1", "-j", "RETURN"],
         );
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["IPv6 nat FLANNEL-POSTRTG: rule list differs"]
-        );
+        assert_repairs(&rules, &["IPv6 nat FLANNEL-POSTRTG: rule list differs"]).await;
         assert_all_golden(&ns, true);
 
         // The jump deleted while a foreign rule was appended after it: jump re-appended.
@@ -340,10 +354,11 @@ fn deleted_rules_jumps_chains_and_intruders_are_repaired_in_order() {
                 "RETURN",
             ],
         );
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["IPv4 nat FLANNEL-POSTRTG: jump from POSTROUTING missing"]
-        );
+        assert_repairs(
+            &rules,
+            &["IPv4 nat FLANNEL-POSTRTG: jump from POSTROUTING missing"],
+        )
+        .await;
         let later = "-A POSTROUTING -d 198.51.100.0/24 -j RETURN";
         assert_eq!(
             ipt(&ns, "iptables", "nat"),
@@ -357,10 +372,11 @@ fn deleted_rules_jumps_chains_and_intruders_are_repaired_in_order() {
         let mut dup = vec!["-t", "nat", "-A", "POSTROUTING"];
         dup.extend(jump_args);
         sh(&ns, "iptables", &dup);
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["IPv4 nat FLANNEL-POSTRTG: 1 stale rule(s) in POSTROUTING"]
-        );
+        assert_repairs(
+            &rules,
+            &["IPv4 nat FLANNEL-POSTRTG: 1 stale rule(s) in POSTROUTING"],
+        )
+        .await;
         let nat = ipt(&ns, "iptables", "nat");
         assert_eq!(
             nat.iter().filter(|l| *l == MASQ_JUMP).count(),
@@ -386,10 +402,7 @@ fn deleted_rules_jumps_chains_and_intruders_are_repaired_in_order() {
         );
         sh(&ns, "iptables", &["-F", "FLANNEL-FWD"]);
         sh(&ns, "iptables", &["-X", "FLANNEL-FWD"]);
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["IPv4 filter FLANNEL-FWD: chain missing"]
-        );
+        assert_repairs(&rules, &["IPv4 filter FLANNEL-FWD: chain missing"]).await;
         assert_eq!(
             ipt(&ns, "iptables", "filter"),
             filter_listing(&[FOREIGN_FWD, FWD_JUMP], &golden_fwd(N4))
@@ -467,13 +480,14 @@ fn disabling_masquerade_removes_only_our_masquerade_chain() {
     in_netns(&ns, || async {
         ensure_once(config(true, true, false)).await;
         let rules = TrafficRules::new(config(false, true, false)).unwrap();
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            [
+        assert_repairs(
+            &rules,
+            &[
                 "IPv4 nat FLANNEL-POSTRTG: removed",
-                "IPv6 nat FLANNEL-POSTRTG: removed"
-            ]
-        );
+                "IPv6 nat FLANNEL-POSTRTG: removed",
+            ],
+        )
+        .await;
         assert_eq!(
             ipt(&ns, "iptables", "nat"),
             lines(
@@ -560,17 +574,18 @@ fn nftables_mode_creates_tables_cleans_iptables_leftovers_and_resyncs() {
         ensure_once(config(true, true, false)).await;
 
         let rules = TrafficRules::new(config(true, true, true)).unwrap();
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            [
+        assert_repairs(
+            &rules,
+            &[
                 "nft ip flannel-ipv4: table missing",
                 "nft ip6 flannel-ipv6: table missing",
                 "IPv4 nat FLANNEL-POSTRTG: removed",
                 "IPv4 filter FLANNEL-FWD: removed",
                 "IPv6 nat FLANNEL-POSTRTG: removed",
                 "IPv6 filter FLANNEL-FWD: removed",
-            ]
-        );
+            ],
+        )
+        .await;
         assert_eq!(nft_table(&ns, "ip", "flannel-ipv4"), NFT_V4);
         assert_eq!(nft_table(&ns, "ip6", "flannel-ipv6"), NFT_V6);
         no_flannel_iptables(&ns);
@@ -579,16 +594,7 @@ fn nftables_mode_creates_tables_cleans_iptables_leftovers_and_resyncs() {
         assert!(ipt(&ns, "ip6tables", "nat").contains(&FOREIGN_NAT6.to_string()));
         assert!(ipt(&ns, "iptables", "filter").contains(&FOREIGN_FWD.to_string()));
 
-        let started = Instant::now();
-        for _ in 0..20 {
-            assert_eq!(rules.ensure().await.unwrap(), EnsureOutcome::Unchanged);
-        }
-        eprintln!(
-            "figure: ensure() with everything in place (IPv4+IPv6 nft tables): {:.1} ms",
-            started.elapsed().as_secs_f64() * 1000.0 / 20.0
-        );
-        let restarted = TrafficRules::new(config(true, true, true)).unwrap();
-        assert_eq!(restarted.ensure().await.unwrap(), EnsureOutcome::Unchanged);
+        assert_steady(&rules, config(true, true, true), "IPv4+IPv6 nft tables").await;
 
         // Resync (beyond upstream): a flushed chain and a deleted table come back.
         sh(
@@ -596,16 +602,10 @@ fn nftables_mode_creates_tables_cleans_iptables_leftovers_and_resyncs() {
             "nft",
             &["flush", "chain", "ip", "flannel-ipv4", "postrtg"],
         );
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["nft ip flannel-ipv4: table differs"]
-        );
+        assert_repairs(&rules, &["nft ip flannel-ipv4: table differs"]).await;
         assert_eq!(nft_table(&ns, "ip", "flannel-ipv4"), NFT_V4);
         sh(&ns, "nft", &["delete", "table", "ip6", "flannel-ipv6"]);
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["nft ip6 flannel-ipv6: table missing"]
-        );
+        assert_repairs(&rules, &["nft ip6 flannel-ipv6: table missing"]).await;
         assert_eq!(nft_table(&ns, "ip6", "flannel-ipv6"), NFT_V6);
         // A rule someone adds to our table is removed.
         sh(
@@ -623,10 +623,7 @@ fn nftables_mode_creates_tables_cleans_iptables_leftovers_and_resyncs() {
                 "drop",
             ],
         );
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["nft ip flannel-ipv4: table differs"]
-        );
+        assert_repairs(&rules, &["nft ip flannel-ipv4: table differs"]).await;
         assert_eq!(nft_table(&ns, "ip", "flannel-ipv4"), NFT_V4);
         assert_eq!(rules.ensure().await.unwrap(), EnsureOutcome::Unchanged);
     });
@@ -690,10 +687,7 @@ fn legacy_iptables_backend_gets_the_same_rules() {
             "iptables-legacy",
             &["-t", "nat", "-D", "FLANNEL-POSTRTG", "1"],
         );
-        assert_eq!(
-            repaired(rules.ensure().await.unwrap()),
-            ["IPv4 nat FLANNEL-POSTRTG: rule list differs"]
-        );
+        assert_repairs(&rules, &["IPv4 nat FLANNEL-POSTRTG: rule list differs"]).await;
         assert_eq!(
             ipt(&ns, "iptables-legacy", "nat"),
             nat_listing(&[MASQ_JUMP], &golden_postrtg_v4(" --random-fully"))
@@ -758,10 +752,7 @@ fn blackholes(ns: &NetnsGuard, family: &str) -> Vec<String> {
 fn blackhole_routes_are_added_kept_and_never_shadow_an_existing_route() {
     let ns = netns("tr-bh");
     // A bridge-plugin-like connected route for another subnet.
-    ns.ip(&[
-        "link", "add", "cni0", "type", "veth", "peer", "name", "cni1",
-    ])
-    .unwrap();
+    add_veth(&ns, "cni0", "cni1");
     ns.ip(&["addr", "add", "10.244.5.1/24", "dev", "cni0"])
         .unwrap();
     ns.ip(&["link", "set", "cni0", "up"]).unwrap();

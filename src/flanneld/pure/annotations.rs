@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::net::{Excerpt, Family, MacAddr, MacError, go_ip_string};
+use crate::net::{Excerpt, Family, MacAddr, MacError, PerFamily, go_ip_string};
 
 /// Upstream's default `--kube-annotation-prefix`.
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -97,6 +97,11 @@ pub struct AnnotationKeys {
     pub node_public_ipv6: String,
 }
 
+/// The key of `family` of a per-family pair of keys.
+fn of_family<'a>(family: Family, v4: &'a str, v6: &'a str) -> &'a str {
+    PerFamily { v4, v6 }.get(family)
+}
+
 impl AnnotationKeys {
     pub fn new(prefix: AnnotationPrefix) -> AnnotationKeys {
         AnnotationKeys {
@@ -115,31 +120,23 @@ impl AnnotationKeys {
     }
 
     pub fn backend_data_for(&self, family: Family) -> &str {
-        match family {
-            Family::V4 => &self.backend_data,
-            Family::V6 => &self.backend_v6_data,
-        }
+        of_family(family, &self.backend_data, &self.backend_v6_data)
     }
 
     pub fn public_ip_for(&self, family: Family) -> &str {
-        match family {
-            Family::V4 => &self.public_ip,
-            Family::V6 => &self.public_ipv6,
-        }
+        of_family(family, &self.public_ip, &self.public_ipv6)
     }
 
     pub fn public_ip_overwrite_for(&self, family: Family) -> &str {
-        match family {
-            Family::V4 => &self.public_ip_overwrite,
-            Family::V6 => &self.public_ipv6_overwrite,
-        }
+        of_family(
+            family,
+            &self.public_ip_overwrite,
+            &self.public_ipv6_overwrite,
+        )
     }
 
     pub fn node_public_ip_for(&self, family: Family) -> &str {
-        match family {
-            Family::V4 => &self.node_public_ip,
-            Family::V6 => &self.node_public_ipv6,
-        }
+        of_family(family, &self.node_public_ip, &self.node_public_ipv6)
     }
 }
 
@@ -498,31 +495,21 @@ mod tests {
     #[test]
     fn key_set() {
         let k = AnnotationKeys::default();
-        assert_eq!(k.backend_type, "flannel.alpha.coreos.com/backend-type");
-        assert_eq!(k.backend_data, "flannel.alpha.coreos.com/backend-data");
-        assert_eq!(
-            k.backend_v6_data,
-            "flannel.alpha.coreos.com/backend-v6-data"
-        );
-        assert_eq!(
-            k.kube_subnet_manager,
-            "flannel.alpha.coreos.com/kube-subnet-manager"
-        );
-        assert_eq!(k.public_ip, "flannel.alpha.coreos.com/public-ip");
-        assert_eq!(k.public_ipv6, "flannel.alpha.coreos.com/public-ipv6");
-        assert_eq!(
-            k.public_ip_overwrite,
-            "flannel.alpha.coreos.com/public-ip-overwrite"
-        );
-        assert_eq!(
-            k.public_ipv6_overwrite,
-            "flannel.alpha.coreos.com/public-ipv6-overwrite"
-        );
-        assert_eq!(k.node_public_ip, "flannel.alpha.coreos.com/node-public-ip");
-        assert_eq!(
-            k.node_public_ipv6,
-            "flannel.alpha.coreos.com/node-public-ipv6"
-        );
+        let keys = [
+            (&k.backend_type, "backend-type"),
+            (&k.backend_data, "backend-data"),
+            (&k.backend_v6_data, "backend-v6-data"),
+            (&k.kube_subnet_manager, "kube-subnet-manager"),
+            (&k.public_ip, "public-ip"),
+            (&k.public_ipv6, "public-ipv6"),
+            (&k.public_ip_overwrite, "public-ip-overwrite"),
+            (&k.public_ipv6_overwrite, "public-ipv6-overwrite"),
+            (&k.node_public_ip, "node-public-ip"),
+            (&k.node_public_ipv6, "node-public-ipv6"),
+        ];
+        for (key, name) in keys {
+            assert_eq!(*key, format!("flannel.alpha.coreos.com/{name}"));
+        }
         let k =
             AnnotationKeys::new(AnnotationPrefix::new("flannel.alpha.coreos.com/prefix").unwrap());
         assert_eq!(

@@ -370,6 +370,14 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// The write `a` asks for at once for `o` at `now`.
+    fn must_write(a: &mut Aggregator, o: Occurrence, now: Instant) -> Write {
+        match a.observe(o, now) {
+            Verdict::Write(w) => w,
+            v => panic!("expected a write at once, got {v:?}"),
+        }
+    }
+
     fn occ(reason: Reason, kind: &str) -> Occurrence {
         Occurrence {
             key: Key {
@@ -396,13 +404,18 @@ mod tests {
 
     /// Runs one key's writes as the publisher would, all succeeding; returns (creates, patches,
     /// the last count written).
+    /// The API created Event `name` for `key`: the first write of its series, settled.
+    fn created(a: &mut Aggregator, key: &Key, name: &str) {
+        a.created(key, name.into());
+        a.settled(key, Some(1));
+    }
+
     fn settle_all(a: &mut Aggregator, writes: Vec<Write>, stats: &mut (u32, u32, u32)) {
         for w in writes {
             match w {
                 Write::Create { key, .. } => {
                     stats.0 += 1;
-                    a.created(&key, format!("ev-{}", key.kind));
-                    a.settled(&key, Some(1));
+                    created(a, &key, &format!("ev-{}", key.kind));
                     stats.2 = stats.2.max(1);
                 }
                 Write::Patch { key, count, .. } => {
@@ -481,8 +494,7 @@ mod tests {
         let mut writes = 0;
         for i in 0..4 {
             if let Verdict::Write(w) = a.observe(occ(Reason::PeerRejected, &format!("p{i}")), t0) {
-                a.created(w.key(), "x".into());
-                a.settled(w.key(), Some(1));
+                created(&mut a, w.key(), "x");
                 writes += 1;
             }
         }
@@ -518,11 +530,8 @@ mod tests {
     fn a_quiet_series_ends_and_the_next_occurrence_is_a_new_event() {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
-        let Verdict::Write(w) = a.observe(occ(Reason::PeerUnreachable, "n2"), t0) else {
-            panic!()
-        };
-        a.created(w.key(), "ev1".into());
-        a.settled(w.key(), Some(1));
+        let w = must_write(&mut a, occ(Reason::PeerUnreachable, "n2"), t0);
+        created(&mut a, w.key(), "ev1");
         let later = t0 + LIMITS.series_ttl + Duration::from_secs(1);
         assert!(matches!(
             a.observe(occ(Reason::PeerUnreachable, "n2"), later),
@@ -535,11 +544,8 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
         let o = || occ(Reason::AnnotationsRestored, "rancher");
-        let Verdict::Write(w) = a.observe(o(), t0) else {
-            panic!()
-        };
-        a.created(w.key(), "ev1".into());
-        a.settled(w.key(), Some(1));
+        let w = must_write(&mut a, o(), t0);
+        created(&mut a, w.key(), "ev1");
         assert_eq!(a.observe(o(), secs(t0, 1.0)), Verdict::Aggregated);
         assert_eq!(a.observe(o(), secs(t0, 2.0)), Verdict::Aggregated);
         assert_eq!(a.next_due(secs(t0, 2.0)), Some(t0 + LIMITS.per_key));
@@ -564,9 +570,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
         let o = || occ(Reason::DatapathRepaired, "flannel.1");
-        let Verdict::Write(w) = a.observe(o(), t0) else {
-            panic!()
-        };
+        let w = must_write(&mut a, o(), t0);
         a.settled(w.key(), None);
         assert_eq!(a.next_due(t0), Some(t0 + LIMITS.per_key));
         let due = a.due(t0 + LIMITS.per_key);
@@ -578,9 +582,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(LIMITS, t0);
         let o = || occ(Reason::AnnotationsRestored, "rancher");
-        let Verdict::Write(w) = a.observe(o(), t0) else {
-            panic!()
-        };
+        let w = must_write(&mut a, o(), t0);
         a.settled(w.key(), None);
         a.observe(o(), t0);
         assert_eq!(a.clear(), 2);

@@ -602,46 +602,6 @@ mod tests {
                 r#""Backend.Type": expected a string, got 7"#,
             ),
             (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","VNI":16777216}}"#,
-                r#""Backend.VNI": 16777216 is out of range 0..=16777215"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","VNI":-1}}"#,
-                r#""Backend.VNI": -1 is out of range"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","VNI":1.5}}"#,
-                r#""Backend.VNI": expected an integer, got 1.5"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","VNI":"1"}}"#,
-                r#""Backend.VNI": expected an integer, got "1""#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","Port":65536}}"#,
-                r#""Backend.Port": 65536 is out of range 0..=65535"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","MTU":70000}}"#,
-                r#""Backend.MTU": 70000 is out of range"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","GBP":"true"}}"#,
-                r#""Backend.GBP": expected true or false"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","DirectRouting":0}}"#,
-                r#""Backend.DirectRouting": expected true or false"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","Learning":[]}}"#,
-                r#""Backend.Learning": expected true or false, got an array"#,
-            ),
-            (
-                r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","MacPrefix":1}}"#,
-                r#""Backend.MacPrefix": expected a string"#,
-            ),
-            (
                 r#"{"Network":"10.0.0.0/8","SubnetLen":"24","Backend":{"Type":"vxlan"}}"#,
                 r#""SubnetLen": expected an integer"#,
             ),
@@ -650,7 +610,56 @@ mod tests {
                 r#""SubnetMin": expected a string"#,
             ),
         ];
-        for (input, want) in cases {
+        // Fields of a vxlan backend, each in a config otherwise valid.
+        let backend_cases: &[(&str, &str)] = &[
+            (
+                r#""VNI":16777216"#,
+                r#""Backend.VNI": 16777216 is out of range 0..=16777215"#,
+            ),
+            (r#""VNI":-1"#, r#""Backend.VNI": -1 is out of range"#),
+            (
+                r#""VNI":1.5"#,
+                r#""Backend.VNI": expected an integer, got 1.5"#,
+            ),
+            (
+                r#""VNI":"1""#,
+                r#""Backend.VNI": expected an integer, got "1""#,
+            ),
+            (
+                r#""Port":65536"#,
+                r#""Backend.Port": 65536 is out of range 0..=65535"#,
+            ),
+            (r#""MTU":70000"#, r#""Backend.MTU": 70000 is out of range"#),
+            (
+                r#""GBP":"true""#,
+                r#""Backend.GBP": expected true or false"#,
+            ),
+            (
+                r#""DirectRouting":0"#,
+                r#""Backend.DirectRouting": expected true or false"#,
+            ),
+            (
+                r#""Learning":[]"#,
+                r#""Backend.Learning": expected true or false, got an array"#,
+            ),
+            (
+                r#""MacPrefix":1"#,
+                r#""Backend.MacPrefix": expected a string"#,
+            ),
+        ];
+        let backend_inputs: Vec<(String, &str)> = backend_cases
+            .iter()
+            .map(|(field, want)| {
+                let input =
+                    format!(r#"{{"Network":"10.0.0.0/8","Backend":{{"Type":"vxlan",{field}}}}}"#);
+                (input, *want)
+            })
+            .collect();
+        let all = cases
+            .iter()
+            .copied()
+            .chain(backend_inputs.iter().map(|(i, w)| (i.as_str(), *w)));
+        for (input, want) in all {
             let got = err(input);
             assert!(got.contains(want), "{input}\n got: {got}\nwant: {want}");
             assert!(got.starts_with("net-conf.json: "), "{got}");

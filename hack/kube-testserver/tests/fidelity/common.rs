@@ -122,6 +122,12 @@ pub async fn merge_patch(client: &kube::Client, path: &str, body: &str) -> Resp 
     patch(client, path, MERGE, body).await
 }
 
+/// Sets one label of the object at `path` by a merge patch.
+pub async fn label(client: &kube::Client, path: &str, key: &str, value: &str) -> Resp {
+    let body = serde_json::json!({"metadata": {"labels": {key: value}}});
+    merge_patch(client, path, &body.to_string()).await
+}
+
 pub const MERGE: &str = "application/merge-patch+json";
 pub const STRATEGIC: &str = "application/strategic-merge-patch+json";
 pub const JSONPATCH: &str = "application/json-patch+json";

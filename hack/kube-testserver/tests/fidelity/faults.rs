@@ -22,12 +22,7 @@ async fn injected_errors_are_counted_and_shaped_like_upstream() {
         )
         .unwrap();
     for _ in 0..2 {
-        let r = merge_patch(
-            &c,
-            "/api/v1/nodes/node-00000/status",
-            r#"{"metadata":{"labels":{"a":"1"}}}"#,
-        )
-        .await;
+        let r = label(&c, "/api/v1/nodes/node-00000/status", "a", "1").await;
         assert_status(&r, 429, "TooManyRequests");
         assert_eq!(r.headers.get("retry-after").unwrap(), "3");
         assert_eq!(r.json["details"]["retryAfterSeconds"], 3);
@@ -40,12 +35,7 @@ async fn injected_errors_are_counted_and_shaped_like_upstream() {
             .status,
         200
     );
-    let r = merge_patch(
-        &c,
-        "/api/v1/nodes/node-00000/status",
-        r#"{"metadata":{"labels":{"a":"1"}}}"#,
-    )
-    .await;
+    let r = label(&c, "/api/v1/nodes/node-00000/status", "a", "1").await;
     assert_eq!(r.status, 200);
 
     for (code, reason) in [
@@ -113,12 +103,7 @@ async fn close_watches_ends_every_stream() {
     assert!(matches!(b.next(Duration::from_secs(5)).await, Next::End));
     // New watches work and see later writes.
     let mut again = watch_nodes_from(&c, rv).await;
-    merge_patch(
-        &c,
-        "/api/v1/nodes/node-00000",
-        r#"{"metadata":{"labels":{"x":"1"}}}"#,
-    )
-    .await;
+    label(&c, "/api/v1/nodes/node-00000", "x", "1").await;
     assert_eq!(again.expect_event().await["type"], "MODIFIED");
 }
 
@@ -126,12 +111,7 @@ async fn close_watches_ends_every_stream() {
 async fn outage_refuses_connections_and_keeps_state() {
     let server = spawn_nodes(3);
     let c = client(&server, "admin").await;
-    merge_patch(
-        &c,
-        "/api/v1/nodes/node-00001",
-        r#"{"metadata":{"labels":{"kept":"yes"}}}"#,
-    )
-    .await;
+    label(&c, "/api/v1/nodes/node-00001", "kept", "yes").await;
     let rv = server.resource_version().unwrap();
     let mut w = watch_nodes_from(&c, rv).await;
     server.wait_for_watches(1, Duration::from_secs(5)).unwrap();
@@ -163,12 +143,7 @@ async fn outage_refuses_connections_and_keeps_state() {
     assert_eq!(n.json["metadata"]["labels"]["kept"], "yes");
     assert_eq!(server.resource_version().unwrap(), rv);
     let mut resumed = watch_nodes_from(&fresh, rv).await;
-    merge_patch(
-        &fresh,
-        "/api/v1/nodes/node-00002",
-        r#"{"metadata":{"labels":{"after":"1"}}}"#,
-    )
-    .await;
+    label(&fresh, "/api/v1/nodes/node-00002", "after", "1").await;
     assert_eq!(rv_of(&resumed.expect_event().await["object"]), rv + 1);
 }
 

@@ -51,6 +51,14 @@ async fn put_with_user_agent(client: &kube::Client, path: &str, ua: &str, body: 
     send(client, req).await
 }
 
+/// Patch parameters naming `manager` as the field manager (kube-rs sends `?fieldManager=`).
+fn as_manager(manager: &str) -> PatchParams {
+    PatchParams {
+        field_manager: Some(manager.into()),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
     let server = spawn_nodes(0);
@@ -59,10 +67,7 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
     let nodes: Api<Node> = Api::all(client.clone());
 
     // kube-rs sends ?fieldManager= from PatchParams.
-    let pp = PatchParams {
-        field_manager: Some("rancher".into()),
-        ..Default::default()
-    };
+    let pp = as_manager("rancher");
     let n = nodes
         .patch(
             "n1",
@@ -93,10 +98,7 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
 
     // A status write by flanneld: its own entry, subresource status; a label via the status
     // path is owned there too.
-    let pp = PatchParams {
-        field_manager: Some("flanneld".into()),
-        ..Default::default()
-    };
+    let pp = as_manager("flanneld");
     let n = nodes
         .patch_status(
             "n1",
@@ -147,17 +149,19 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
 
     // An explicit fieldManager wins over the User-Agent; an invalid one is 422.
     let long = "m".repeat(129);
-    let r = merge_patch(
+    let r = label(
         &client,
         &format!("/api/v1/nodes/n1?fieldManager={long}"),
-        r#"{"metadata":{"labels":{"x":"1"}}}"#,
+        "x",
+        "1",
     )
     .await;
     assert_status(&r, 422, "Invalid");
-    let r = merge_patch(
+    let r = label(
         &client,
         "/api/v1/nodes/n1?fieldManager=ops%20team",
-        r#"{"metadata":{"labels":{"x":"1"}}}"#,
+        "x",
+        "1",
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -167,10 +171,11 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
         Some(&json!({"f:metadata": {"f:labels": {"f:x": {}}}}))
     );
     // A write that changes nothing leaves managedFields (and the revision) alone.
-    let again = merge_patch(
+    let again = label(
         &client,
         "/api/v1/nodes/n1?fieldManager=someone-else",
-        r#"{"metadata":{"labels":{"x":"1"}}}"#,
+        "x",
+        "1",
     )
     .await;
     assert_eq!(rv_of(&again.json), rv_of(&r.json));
@@ -187,12 +192,7 @@ async fn managed_fields_follow_field_manager_user_agent_and_subresource() {
         reset.json["metadata"].get("managedFields").is_none(),
         "{reset:?}"
     );
-    let next = merge_patch(
-        &client,
-        "/api/v1/nodes/n1?fieldManager=after",
-        r#"{"metadata":{"labels":{"z":"1"}}}"#,
-    )
-    .await;
+    let next = label(&client, "/api/v1/nodes/n1?fieldManager=after", "z", "1").await;
     let mf = entries(&next.json);
     assert_eq!(mf.len(), 1, "{mf:?}");
     assert_eq!(

@@ -90,12 +90,7 @@ async fn global_resource_version_and_noop_writes() {
         after_write,
         "no-op PUT keeps the revision"
     );
-    let real = merge_patch(
-        &c,
-        "/api/v1/nodes/b",
-        r#"{"metadata":{"labels":{"x":"1"}}}"#,
-    )
-    .await;
+    let real = label(&c, "/api/v1/nodes/b", "x", "1").await;
     let ev = w.expect_event().await;
     assert_eq!(ev["type"], "MODIFIED");
     assert_eq!(
@@ -118,12 +113,7 @@ async fn uid_creation_timestamp_and_generation() {
         .as_str()
         .unwrap()
         .to_string();
-    let labels = merge_patch(
-        &c,
-        "/api/v1/nodes/a",
-        r#"{"metadata":{"labels":{"x":"1"}}}"#,
-    )
-    .await;
+    let labels = label(&c, "/api/v1/nodes/a", "x", "1").await;
     assert_eq!(
         labels.json["metadata"]["generation"], 1,
         "metadata changes keep generation"
@@ -270,12 +260,7 @@ async fn bookmarks_only_when_allowed_and_timeout_seconds_ends_watch() {
     .await;
     let mut without = watch_nodes_from(&c, rv).await;
     server.wait_for_watches(2, Duration::from_secs(5)).unwrap();
-    let p = merge_patch(
-        &c,
-        "/api/v1/nodes/node-00000",
-        r#"{"metadata":{"labels":{"b":"1"}}}"#,
-    )
-    .await;
+    let p = label(&c, "/api/v1/nodes/node-00000", "b", "1").await;
     assert_eq!(with.expect_event().await["type"], "MODIFIED");
     assert_eq!(without.expect_event().await["type"], "MODIFIED");
     let bookmark_rv = server.bookmark().unwrap();
@@ -318,12 +303,7 @@ async fn send_initial_events_ends_with_annotated_bookmark() {
         "true"
     );
     assert_eq!(rv_of(&end["object"]), current);
-    merge_patch(
-        &c,
-        "/api/v1/nodes/node-00001",
-        r#"{"metadata":{"labels":{"z":"1"}}}"#,
-    )
-    .await;
+    label(&c, "/api/v1/nodes/node-00001", "z", "1").await;
     assert_eq!(w.expect_event().await["type"], "MODIFIED");
 
     // Validation as upstream: sendInitialEvents needs NotOlderThan and bookmarks.
@@ -370,12 +350,7 @@ async fn watch_with_label_selector_sees_selection_transitions() {
         r#"{"metadata":{"annotations":{"noise":"1"}}}"#,
     )
     .await;
-    merge_patch(
-        &c,
-        "/api/v1/nodes/node-00000",
-        r#"{"metadata":{"labels":{"team":"blue"}}}"#,
-    )
-    .await;
+    label(&c, "/api/v1/nodes/node-00000", "team", "blue").await;
     let added = w.expect_event().await;
     assert_eq!(
         added["type"], "ADDED",
@@ -389,12 +364,7 @@ async fn watch_with_label_selector_sees_selection_transitions() {
     )
     .await;
     assert_eq!(w.expect_event().await["type"], "MODIFIED");
-    let left = merge_patch(
-        &c,
-        "/api/v1/nodes/node-00000",
-        r#"{"metadata":{"labels":{"team":"red"}}}"#,
-    )
-    .await;
+    let left = label(&c, "/api/v1/nodes/node-00000", "team", "red").await;
     let deleted = w.expect_event().await;
     assert_eq!(
         deleted["type"], "DELETED",
@@ -420,12 +390,7 @@ async fn paginated_list_is_a_consistent_snapshot() {
         .unwrap()
         .to_string();
     // Writes between pages must not show up in later pages.
-    merge_patch(
-        &c,
-        "/api/v1/nodes/node-00022",
-        r#"{"metadata":{"labels":{"late":"1"}}}"#,
-    )
-    .await;
+    label(&c, "/api/v1/nodes/node-00022", "late", "1").await;
     create_node(&c, "node-00030", json!({})).await;
     call(&c, "DELETE", "/api/v1/nodes/node-00015", None, None).await;
     let p2 = get(&c, &format!("/api/v1/nodes?limit=10&continue={cont}")).await;
@@ -475,12 +440,7 @@ async fn list_resource_version_semantics() {
     let server = spawn_nodes(2);
     let c = client(&server, "admin").await;
     let before = server.resource_version().unwrap();
-    merge_patch(
-        &c,
-        "/api/v1/nodes/node-00000",
-        r#"{"metadata":{"labels":{"v":"2"}}}"#,
-    )
-    .await;
+    label(&c, "/api/v1/nodes/node-00000", "v", "2").await;
     let exact = get(
         &c,
         &format!("/api/v1/nodes?resourceVersion={before}&resourceVersionMatch=Exact"),
