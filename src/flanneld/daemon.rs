@@ -25,6 +25,7 @@ use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
 use super::node_cache::{self, NodeCache};
+use super::prober::{OurEnd, Prober, ProberTiming, SharedProbeStatus};
 use super::pure::annotations::{self, AnnotationKeys, OwnAdvertisement};
 use super::pure::config::{DaemonConfig, NodeIdentity};
 use super::pure::desired::{self, OwnMacs};
@@ -50,6 +51,7 @@ pub struct DaemonTuning {
     pub coalesce: Option<Duration>,
     /// How long a requested reconcile pass may take before `/healthz` fails.
     pub pass_bound: Option<Duration>,
+    pub prober: ProberTiming,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, or until one of its tasks stops.
@@ -321,11 +323,29 @@ async fn run_supervised(
 
     // The long-running reconciler, which also owns the kernel monitor it waits on for drift.
     let last_pass = reconciler.last.clone();
-    set_status(&status, |s| s.last_pass = Some(last_pass));
+    set_status(&status, |s| s.last_pass = Some(last_pass.clone()));
     tasks.spawn(
         "reconciler",
         reconciler.run(signals.peers_changed.clone(), shutdown.clone()),
     );
+
+    // Every programmed peer probed through the tunnel (IPv4: the probes are ICMPv4).
+    if let (Some(subnet), Some(local)) = (lease.v4, ext.underlay().local_v4) {
+        let probes = SharedProbeStatus::default();
+        set_status(&status, |s| s.probes = Some(probes.clone()));
+        let prober = Prober {
+            end: OurEnd {
+                device: desired::device_name(Family::V4, netconf.backend.vni),
+                vtep: subnet.network(),
+                local,
+            },
+            last_pass,
+            metrics: metrics.clone(),
+            status: probes,
+            timing: test_faults::prober_timing().unwrap_or(tuning.prober),
+        };
+        tasks.spawn("tunnel-prober", prober.run(shutdown.clone()));
+    }
 
     // subnet.env for the CNI plugin, once the rules its pods need are in place.
     let mut gates = readiness.subscribe();
@@ -544,6 +564,7 @@ struct StatusDoc {
     lease: Vec<String>,
     last_pass: Option<Arc<std::sync::Mutex<PassSummary>>>,
     last_heal: Option<SharedHeal>,
+    probes: Option<SharedProbeStatus>,
 }
 
 fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDoc)) {
@@ -564,6 +585,10 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         .last_heal
         .as_ref()
         .and_then(|h| h.lock().ok().and_then(|h| h.clone()));
+    let probes = s
+        .probes
+        .as_ref()
+        .and_then(|p| p.lock().ok().map(|p| p.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
     let verdict = gates.verdict();
     let traffic = match &gates.traffic {
@@ -587,6 +612,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         },
         "drift_repairs": metrics.drift_repairs(),
         "last_reconcile": last,
+        "probes": probes,
     });
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
 }

@@ -5,6 +5,7 @@
 //! - [`daemon`]: start-up order and task wiring, under the [`tasks`] supervisor; [`kube`] the API client, [`node_cache`] the
 //!   Node watcher and its cache, [`keeper`] re-asserts our annotations;
 //! - [`reconcile`]: the pass (pure pipeline → [`datapath`] → netlink) and its trigger loop;
+//! - [`probe`]: the ICMP probe engine `diagnose` and the daemon's [`prober`] share;
 //! - [`traffic`]: runs iptables/nft with the text [`pure::masq`] renders;
 //! - [`health`] (`/healthz`, `/readyz`, `/metrics` on the health port; `/status` as well on
 //!   the root-only [`status_socket`]), [`metrics`], [`explain`] (`flanneld explain`), [`memory`] (allocator tuning), [`caps`] (the NET_ADMIN start-up check).
@@ -20,6 +21,8 @@ pub mod kube;
 pub mod memory;
 pub mod metrics;
 pub mod node_cache;
+pub mod probe;
+pub mod prober;
 pub mod pure;
 pub mod reconcile;
 pub mod status_socket;

@@ -10,6 +10,7 @@ mod daemon_control;
 mod daemon_data;
 mod daemon_dual;
 mod daemon_outage;
+mod daemon_probes;
 mod daemon_readiness;
 mod daemon_status;
 mod daemon_supervision;

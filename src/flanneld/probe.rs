@@ -1,7 +1,9 @@
-//! One-shot ICMP probes through and around the tunnel, for `flanneld diagnose`.
+//! ICMP probes through and around the tunnel, for `flanneld diagnose` (one shot) and the
+//! daemon's prober (every round): one engine, one reading of the answers
+//! ([`TunnelVerdict::classify`]).
 //!
-//! Each peer gets up to four IPv4 echo requests, sent on raw sockets so that the source
-//! address and the DF bit are ours to choose:
+//! A peer gets up to four IPv4 echo requests, sent on raw sockets so that the source address
+//! and the DF bit are ours to choose:
 //! - `Tunnel`: from our VTEP address to the peer's; the answer needs the peer's entries for
 //!   us (its route, neighbour and FDB entry), so it proves the path both ways;
 //! - `TunnelMtu`: the same at the full device MTU with DF set: lost alone, the underlay path
@@ -13,44 +15,22 @@
 //!   would rewrite its source to our VTEP address and make it a plain `Tunnel` probe;
 //! - `Underlay`: plain ping of the peer's public IP: whether the node is up at all.
 //!
-//! The peer's kernel answers all four; no daemon is needed on the far side.
+//! The first two go to every peer; the last two only to those whose `Tunnel` probe went
+//! unanswered ([`probe_peers`]). The peer's kernel answers all four; no daemon is needed on
+//! the far side.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read as _;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use nix::libc;
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
 
+pub use super::pure::reachability::{ProbeKind, TunnelVerdict};
 use crate::net::MacAddr;
-
-/// What one echo request is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProbeKind {
-    Tunnel,
-    TunnelMtu,
-    TunnelFromUnderlay,
-    Underlay,
-}
-
-impl ProbeKind {
-    const ALL: [ProbeKind; 4] = [
-        ProbeKind::Tunnel,
-        ProbeKind::TunnelMtu,
-        ProbeKind::TunnelFromUnderlay,
-        ProbeKind::Underlay,
-    ];
-
-    fn tag(self) -> u8 {
-        self as u8
-    }
-
-    fn from_tag(tag: u8) -> Option<ProbeKind> {
-        ProbeKind::ALL.into_iter().find(|k| k.tag() == tag)
-    }
-}
-
 /// How a probe leaves this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
@@ -92,35 +72,50 @@ pub enum ProbeError {
 pub const MIN_PROBE_SIZE: u16 = 20 + 8 + 16;
 const MAGIC: &[u8; 8] = b"frs-diag";
 
-/// Sends every probe (at most `rate` per second) and waits up to `wait` after the last one
-/// for the answers; returns the probes that were answered.
-pub fn run(
+/// An answered probe: which one, and its round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub target: usize,
+    pub kind: ProbeKind,
+    pub rtt: Duration,
+}
+
+/// Sends every probe, one every `gap`, and waits up to `wait` after the last one for the
+/// answers; returns the answered probes. Async (non-blocking raw sockets): dropping the
+/// future stops it.
+pub async fn run(
     probes: &[Probe],
-    rate: u32,
+    gap: Duration,
     wait: Duration,
-) -> Result<Vec<(usize, ProbeKind)>, ProbeError> {
+) -> Result<Vec<Answer>, ProbeError> {
+    let open = |domain, protocol| -> Result<Socket, ProbeError> {
+        let s = Socket::new(domain, Type::RAW, protocol).map_err(ProbeError::Socket)?;
+        s.set_nonblocking(true).map_err(ProbeError::Socket)?;
+        Ok(s)
+    };
     // IPPROTO_RAW: we write the IP header (source address, DF); such a socket never receives.
-    let send = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255)))
-        .map_err(ProbeError::Socket)?;
+    let send = open(Domain::IPV4, Some(Protocol::from(255)))?;
     let frames = if probes.iter().any(|p| p.path != Path::Routed) {
-        Some(Socket::new(Domain::PACKET, Type::RAW, None).map_err(ProbeError::Socket)?)
+        Some(open(Domain::PACKET, None)?)
     } else {
         None
     };
-    let mut recv =
-        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(ProbeError::Socket)?;
-    recv.set_read_timeout(Some(Duration::from_millis(20)))
-        .map_err(ProbeError::Socket)?;
+    let recv = open(Domain::IPV4, Some(Protocol::ICMPV4))?;
+    // SAFETY: the socket owns its descriptor, which nothing else closes or replaces while
+    // the AsyncFd holds it.
+    let recv = unsafe { AsyncFd::register_with_interest(recv, tokio::io::Interest::READABLE) }
+        .map_err(|e| ProbeError::Socket(e.into()))?;
     let ident: u16 = rand::random();
-    let gap = Duration::from_secs(1) / rate.max(1);
-    let mut answered = HashMap::new();
+    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
+    let mut answered: BTreeMap<usize, Answer> = BTreeMap::new();
     let mut buf = vec![0u8; 65536];
-    let mut next_send = Instant::now();
+    let start = Instant::now();
+    let mut sent = 0usize;
     let mut deadline = None;
-    let mut sent = 0;
     loop {
         let now = Instant::now();
-        if sent < probes.len() && now >= next_send {
+        // Everything due by now (the timer may have woken late).
+        while sent < probes.len() && start + gap * (sent as u32) <= now {
             let p = &probes[sent];
             let packet = echo_request(p, ident, sent as u32);
             let result = match (p.path, &frames) {
@@ -142,49 +137,223 @@ pub fn run(
                 _ => send.send_to(&packet, &SockAddr::from(SocketAddrV4::new(p.dst, 0))),
             };
             match result {
-                Ok(_) => {}
-                // No route, or larger than the device: this probe is simply not answered.
+                Ok(_) => {
+                    sent_at.insert(sent, now);
+                }
+                // No route, larger than the device, a full queue: this probe is not answered.
                 Err(e) if is_local_refusal(&e) => {}
                 Err(source) => return Err(ProbeError::Send { dst: p.dst, source }),
             }
             sent += 1;
-            next_send += gap;
-            if sent == probes.len() {
-                deadline = Some(Instant::now() + wait);
-            }
-            continue;
         }
-        if deadline.is_some_and(|d| now >= d) || (sent == probes.len() && answered.len() == sent) {
+        if sent == probes.len() && deadline.is_none() {
+            deadline = Some(now + wait);
+        }
+        if deadline.is_some_and(|d| now >= d)
+            || (sent == probes.len() && answered.len() == sent_at.len())
+        {
             break;
         }
-        match recv.read(&mut buf) {
-            Ok(n) => {
-                if let Some(index) = echo_reply_index(&buf[..n], ident)
-                    && let Some(p) = probes.get(index as usize)
-                    && reply_matches(&buf[..n], p)
-                {
-                    answered.insert(index as usize, (p.target, p.kind));
+        let wake = match deadline {
+            Some(d) => d,
+            None => start + gap * (sent as u32),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            ready = recv.readable() => {
+                let mut guard = ready.map_err(ProbeError::Socket)?;
+                loop {
+                    match guard.try_io(|s| (&mut s.get_ref()).read(&mut buf)) {
+                        Ok(Ok(n)) => {
+                            let at = Instant::now();
+                            if let Some(index) = echo_reply_index(&buf[..n], ident)
+                                && let Some(p) = probes.get(index as usize)
+                                && reply_matches(&buf[..n], p)
+                                && let Some(t) = sent_at.get(&(index as usize))
+                            {
+                                answered.insert(index as usize, Answer {
+                                    target: p.target,
+                                    kind: p.kind,
+                                    rtt: at.duration_since(*t),
+                                });
+                            }
+                        }
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => return Err(ProbeError::Socket(e)),
+                        // Drained: the guard cleared readiness.
+                        Err(_would_block) => break,
+                    }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(ProbeError::Socket(e)),
         }
     }
-    let mut out: Vec<_> = answered.into_values().collect();
-    out.sort();
-    Ok(out)
+    Ok(answered.into_values().collect())
+}
+
+/// Our end of the IPv4 tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// Our VTEP address (the network address of our pod subnet, on the device).
+    pub vtep: Ipv4Addr,
+    /// Our underlay address.
+    pub local: Ipv4Addr,
+    pub mtu: u32,
+    pub ifindex: u32,
+    pub mac: MacAddr,
+}
+
+/// A peer's end: its VTEP address (the gateway of its subnet), public IP and VTEP MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub name: String,
+    pub gateway: Ipv4Addr,
+    pub public: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// How fast the two phases send, and how long each waits for late answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Between two probes of the first phase (two per peer).
+    pub first_gap: Duration,
+    /// Between two probes of the escalation (two per silent peer).
+    pub second_gap: Duration,
+    pub wait: Duration,
+}
+
+/// What one peer answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAnswers {
+    pub answered: BTreeSet<ProbeKind>,
+    /// Round trip of the small tunnel probe, when answered.
+    pub rtt: Option<Duration>,
+}
+
+impl PeerAnswers {
+    pub fn verdict(&self) -> TunnelVerdict {
+        TunnelVerdict::classify(&self.answered)
+    }
+}
+
+/// Probes every target: the tunnel probes first, then, for the peers that did not answer
+/// through the tunnel, the two that tell why. One entry per target, in order, and the
+/// number of probes sent.
+pub async fn probe_peers(
+    targets: &[ProbeTarget],
+    end: &TunnelEnd,
+    pacing: Pacing,
+) -> Result<(Vec<PeerAnswers>, usize), ProbeError> {
+    let mut out = vec![PeerAnswers::default(); targets.len()];
+    if targets.is_empty() {
+        return Ok((out, 0));
+    }
+    let full = u16::try_from(end.mtu).unwrap_or(u16::MAX);
+    let small = MIN_PROBE_SIZE;
+    let probe = |target, kind, src, dst, size, path| Probe {
+        target,
+        kind,
+        src,
+        dst,
+        size,
+        path,
+    };
+    let mut first = Vec::with_capacity(2 * targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        first.push(probe(
+            i,
+            ProbeKind::Tunnel,
+            end.vtep,
+            t.gateway,
+            small,
+            Path::Routed,
+        ));
+        first.push(probe(
+            i,
+            ProbeKind::TunnelMtu,
+            end.vtep,
+            t.gateway,
+            full,
+            Path::Routed,
+        ));
+    }
+    let take = |answers: Vec<Answer>, out: &mut [PeerAnswers]| {
+        for a in answers {
+            let slot = &mut out[a.target];
+            slot.answered.insert(a.kind);
+            if a.kind == ProbeKind::Tunnel {
+                slot.rtt = Some(a.rtt);
+            }
+        }
+    };
+    take(run(&first, pacing.first_gap, pacing.wait).await?, &mut out);
+    // Only the silent ones get the probes that tell why.
+    let mut second = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        if out[i].answered.contains(&ProbeKind::Tunnel) {
+            continue;
+        }
+        let injected = Path::Injected {
+            ifindex: end.ifindex,
+            src_mac: end.mac,
+            dst_mac: t.mac,
+        };
+        second.push(probe(
+            i,
+            ProbeKind::TunnelFromUnderlay,
+            end.local,
+            t.gateway,
+            small,
+            injected,
+        ));
+        second.push(probe(
+            i,
+            ProbeKind::Underlay,
+            end.local,
+            t.public,
+            small,
+            Path::Routed,
+        ));
+    }
+    if !second.is_empty() {
+        take(
+            run(&second, pacing.second_gap, pacing.wait).await?,
+            &mut out,
+        );
+    }
+    Ok((out, first.len() + second.len()))
+}
+
+/// The targets of `peers` with an IPv4 endpoint (the tunnel probes are IPv4).
+pub fn targets_of<'a>(
+    peers: impl IntoIterator<Item = &'a super::pure::peers::Peer>,
+) -> Vec<ProbeTarget> {
+    peers
+        .into_iter()
+        .filter_map(|p| {
+            let ep = p.v4?;
+            match (ep.subnet.network(), ep.public_ip) {
+                (IpAddr::V4(gateway), IpAddr::V4(public)) => Some(ProbeTarget {
+                    name: p.name.clone(),
+                    gateway,
+                    public,
+                    mac: ep.vtep_mac,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 fn is_local_refusal(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc_errno::ENETUNREACH | libc_errno::EHOSTUNREACH | libc_errno::EMSGSIZE)
+        Some(
+            libc_errno::ENETUNREACH
+                | libc_errno::EHOSTUNREACH
+                | libc_errno::EMSGSIZE
+                | libc_errno::ENOBUFS
+                | libc_errno::EAGAIN
+        )
     )
 }
 
@@ -192,6 +361,8 @@ mod libc_errno {
     pub const EHOSTUNREACH: i32 = nix::errno::Errno::EHOSTUNREACH as i32;
     pub const ENETUNREACH: i32 = nix::errno::Errno::ENETUNREACH as i32;
     pub const EMSGSIZE: i32 = nix::errno::Errno::EMSGSIZE as i32;
+    pub const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
+    pub const EAGAIN: i32 = nix::errno::Errno::EAGAIN as i32;
 }
 
 /// `sockaddr_ll` for sending a frame to `dst` on device `ifindex`.
