@@ -456,11 +456,11 @@ impl Metrics {
         let name = "flannel_annotation_heals_by_manager_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Annotation heals by the field manager blamed (\"\" when managedFields do not tell; \"{OTHER_MANAGER}\" past {MAX_FIELD_MANAGERS} names).\n# TYPE {name} counter"
+            "# HELP {name} Annotation heals by the field manager blamed (\"{UNKNOWN_MANAGER}\" when managedFields do not tell; \"{OTHER_MANAGER}\" past {MAX_FIELD_MANAGERS} names).\n# TYPE {name} counter"
         );
         if let Ok(m) = self.heals_by_manager.lock() {
             for (manager, n) in m.iter() {
-                let label = escape_label(manager.as_deref().unwrap_or(""));
+                let label = escape_label(manager.as_deref().unwrap_or(UNKNOWN_MANAGER));
                 let _ = writeln!(out, "{name}{{field_manager=\"{label}\"}} {n}");
             }
         }
@@ -550,6 +550,8 @@ impl Metrics {
 
 /// The label of heals blamed on a manager past [`MAX_FIELD_MANAGERS`].
 pub const OTHER_MANAGER: &str = "other";
+/// The label of heals managedFields do not explain.
+pub const UNKNOWN_MANAGER: &str = "unknown";
 
 /// A label value in the exposition format: backslash, quote and newline escaped.
 fn escape_label(v: &str) -> String {
@@ -680,6 +682,74 @@ mod tests {
                 .count(),
             RejectKind::ALL.len()
         );
+    }
+
+    #[test]
+    fn heals_by_manager_are_capped_and_probe_figures_rendered() {
+        let m = Metrics::new();
+        m.count_annotation_heal(Duration::from_millis(2), None);
+        for i in 0..MAX_FIELD_MANAGERS + 3 {
+            m.count_annotation_heal(Duration::from_millis(2), Some(&format!("ctl-{i}")));
+        }
+        m.count_annotation_heal(Duration::from_millis(2), Some("ctl-0"));
+        m.count_annotation_heal(Duration::from_secs(1), Some("we\"ird"));
+        let t = m.render();
+        let name = "flannel_annotation_heals_by_manager_total";
+        assert!(
+            t.contains(&format!("{name}{{field_manager=\"unknown\"}} 1\n")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("{name}{{field_manager=\"ctl-0\"}} 2\n")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("{name}{{field_manager=\"other\"}} 4\n")),
+            "{t}"
+        );
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with(name)).count(),
+            MAX_FIELD_MANAGERS + 2
+        );
+        assert!(
+            t.contains("flannel_annotation_heal_duration_seconds_count 22\n"),
+            "{t}"
+        );
+        assert!(t.contains("flannel_annotation_heal_duration_seconds_bucket{le=\"0.5\"} 21\n"));
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+
+        let mut unreachable = BTreeMap::new();
+        unreachable.insert(TunnelVerdict::UdpDropped, 2);
+        m.observe_probe_round(
+            10,
+            ProbeCounts {
+                reachable: 3,
+                unknown: 1,
+                unreachable,
+            },
+            [Duration::from_micros(300), Duration::from_millis(2)],
+            Duration::from_millis(4500),
+        );
+        m.count_reachability_change(PeerState::Unreachable);
+        m.count_reachability_change(PeerState::Unreachable);
+        m.count_reachability_change(PeerState::Reachable);
+        let t = m.render();
+        assert!(t.contains("flannel_probe_peers_reachable 3\n"));
+        assert!(t.contains("flannel_probe_peers_unknown 1\n"));
+        assert!(t.contains("flannel_probe_peers_unreachable{reason=\"udp_dropped\"} 2\n"));
+        assert!(t.contains("flannel_probe_peers_unreachable{reason=\"mtu_blackhole\"} 0\n"));
+        assert!(t.contains("flannel_probe_packets_sent_total 10\n"));
+        assert!(t.contains("flannel_probe_rounds_total 1\n"));
+        assert!(t.contains("flannel_probe_round_interval_seconds 4.5\n"));
+        assert!(t.contains("flannel_probe_rtt_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(t.contains("flannel_probe_rtt_seconds_bucket{le=\"0.0025\"} 2\n"));
+        assert!(
+            t.contains("flannel_probe_reachability_changes_total{to=\"unreachable\"} 2\n"),
+            "{t}"
+        );
+        assert!(t.contains("flannel_probe_reachability_changes_total{to=\"reachable\"} 1\n"));
+        assert_eq!(m.probe_packets_sent(), 10);
+        assert!(t.contains("flannel_rs_build_info{version=\""));
     }
 
     #[test]

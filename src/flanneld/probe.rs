@@ -81,13 +81,13 @@ pub struct Answer {
 }
 
 /// Sends every probe, one every `gap`, and waits up to `wait` after the last one for the
-/// answers; returns the answered probes. Async (non-blocking raw sockets): dropping the
-/// future stops it.
+/// answers; returns the answered probes and how many left (those the kernel did not refuse).
+/// Async (non-blocking raw sockets): dropping the future stops it.
 pub async fn run(
     probes: &[Probe],
     gap: Duration,
     wait: Duration,
-) -> Result<Vec<Answer>, ProbeError> {
+) -> Result<(Vec<Answer>, usize), ProbeError> {
     let open = |domain, protocol| -> Result<Socket, ProbeError> {
         let s = Socket::new(domain, Type::RAW, protocol).map_err(ProbeError::Socket)?;
         s.set_nonblocking(true).map_err(ProbeError::Socket)?;
@@ -187,7 +187,7 @@ pub async fn run(
             }
         }
     }
-    Ok(answered.into_values().collect())
+    Ok((answered.into_values().collect(), sent_at.len()))
 }
 
 /// Our end of the IPv4 tunnel.
@@ -237,7 +237,7 @@ impl PeerAnswers {
 
 /// Probes every target: the tunnel probes first, then, for the peers that did not answer
 /// through the tunnel, the two that tell why. One entry per target, in order, and the
-/// number of probes sent.
+/// number of probes that left.
 pub async fn probe_peers(
     targets: &[ProbeTarget],
     end: &TunnelEnd,
@@ -276,7 +276,7 @@ pub async fn probe_peers(
             Path::Routed,
         ));
     }
-    let take = |answers: Vec<Answer>, out: &mut [PeerAnswers]| {
+    let take = |(answers, sent): (Vec<Answer>, usize), out: &mut [PeerAnswers]| {
         for a in answers {
             let slot = &mut out[a.target];
             slot.answered.insert(a.kind);
@@ -284,8 +284,9 @@ pub async fn probe_peers(
                 slot.rtt = Some(a.rtt);
             }
         }
+        sent
     };
-    take(run(&first, pacing.first_gap, pacing.wait).await?, &mut out);
+    let mut sent = take(run(&first, pacing.first_gap, pacing.wait).await?, &mut out);
     // Only the silent ones get the probes that tell why.
     let mut second = Vec::new();
     for (i, t) in targets.iter().enumerate() {
@@ -315,12 +316,12 @@ pub async fn probe_peers(
         ));
     }
     if !second.is_empty() {
-        take(
+        sent += take(
             run(&second, pacing.second_gap, pacing.wait).await?,
             &mut out,
         );
     }
-    Ok((out, first.len() + second.len()))
+    Ok((out, sent))
 }
 
 /// The targets of `peers` with an IPv4 endpoint (the tunnel probes are IPv4).
