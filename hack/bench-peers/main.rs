@@ -154,6 +154,7 @@ struct Row {
     probe_round_secs: f64,
     probe_cpu_pct: f64,
     probe_pps: f64,
+    rss_after_probes_kib: u64,
     join_ms: Vec<f64>,
     join_client_ms: Vec<f64>,
     pass_ms: Vec<f64>,
@@ -364,6 +365,7 @@ fn run_one(
         row.probe_round_secs = wall / args.probe_rounds as f64;
         row.probe_cpu_pct = (ticks1 - ticks0) as f64 / clock_ticks_per_sec() / wall * 100.0;
         row.probe_pps = sent as f64 / wall;
+        (row.rss_after_probes_kib, _) = rss(pid)?;
         eprintln!(
             "# N={n}: probes: {} round(s) of {:.1} s, {sent} packets ({:.0}/s), CPU {:.2} %",
             args.probe_rounds, row.probe_round_secs, row.probe_pps, row.probe_cpu_pct
@@ -880,6 +882,9 @@ fn print_table(args: &Args, rows: &[Row]) {
     });
     line("tunnel probes: flanneld CPU (% of one core, ≤ 1)", &|r| {
         format!("{:.2}", r.probe_cpu_pct)
+    });
+    line("tunnel probes: VmRSS after (MiB)", &|r| {
+        format!("{:.1}", r.rss_after_probes_kib as f64 / 1024.0)
     });
     line("churn: VmRSS after (MiB)", &|r| {
         format!("{:.1}", r.rss_after_churn_kib as f64 / 1024.0)

@@ -15,8 +15,8 @@
 //!   would rewrite its source to our VTEP address and make it a plain `Tunnel` probe;
 //! - `Underlay`: plain ping of the peer's public IP: whether the node is up at all.
 //!
-//! The first two go to every peer; the last two only to those whose `Tunnel` probe went
-//! unanswered ([`probe_peers`]). The peer's kernel answers all four; no daemon is needed on
+//! `TunnelMtu` goes to every peer; the other three only to those it did not come back from
+//! ([`probe_peers`]). The peer's kernel answers all four; no daemon is needed on
 //! the far side.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -67,6 +67,9 @@ pub enum ProbeError {
         source: std::io::Error,
     },
 }
+
+/// The shortest sleep between two batches of sends.
+const SEND_TICK: Duration = Duration::from_millis(20);
 
 /// Smallest probe: IPv4 header, ICMP header and our 16-byte payload.
 pub const MIN_PROBE_SIZE: u16 = 20 + 8 + 16;
@@ -154,9 +157,11 @@ pub async fn run(
         {
             break;
         }
+        // Sends are batched to one wake-up per tick at most: at hundreds of probes a second,
+        // a timer per probe would cost more than the probes.
         let wake = match deadline {
             Some(d) => d,
-            None => start + gap * (sent as u32),
+            None => (start + gap * (sent as u32)).max(now + SEND_TICK),
         };
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
@@ -214,9 +219,9 @@ pub struct ProbeTarget {
 /// How fast the two phases send, and how long each waits for late answers.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
-    /// Between two probes of the first phase (two per peer).
+    /// Between two probes of the first phase (one per peer).
     pub first_gap: Duration,
-    /// Between two probes of the escalation (two per silent peer).
+    /// Between two probes of the escalation (three per silent peer).
     pub second_gap: Duration,
     pub wait: Duration,
 }
@@ -225,7 +230,7 @@ pub struct Pacing {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerAnswers {
     pub answered: BTreeSet<ProbeKind>,
-    /// Round trip of the small tunnel probe, when answered.
+    /// Round trip of the tunnel probe answered (full-size, else small).
     pub rtt: Option<Duration>,
 }
 
@@ -235,8 +240,8 @@ impl PeerAnswers {
     }
 }
 
-/// Probes every target: the tunnel probes first, then, for the peers that did not answer
-/// through the tunnel, the two that tell why. One entry per target, in order, and the
+/// Probes every target: the full-size tunnel probe first, then, for the peers that did not
+/// answer it, the three that tell why. One entry per target, in order, and the
 /// number of probes that left.
 pub async fn probe_peers(
     targets: &[ProbeTarget],
@@ -257,9 +262,41 @@ pub async fn probe_peers(
         size,
         path,
     };
-    let mut first = Vec::with_capacity(2 * targets.len());
+    // A full-size answer proves the path both ways at the device MTU: one probe per healthy
+    // peer per round.
+    let first: Vec<Probe> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            probe(
+                i,
+                ProbeKind::TunnelMtu,
+                end.vtep,
+                t.gateway,
+                full,
+                Path::Routed,
+            )
+        })
+        .collect();
+    let take = |(answers, sent): (Vec<Answer>, usize), out: &mut [PeerAnswers]| {
+        for a in answers {
+            let slot = &mut out[a.target];
+            slot.answered.insert(a.kind);
+            if matches!(a.kind, ProbeKind::Tunnel | ProbeKind::TunnelMtu) {
+                slot.rtt = Some(a.rtt);
+            }
+        }
+        sent
+    };
+    let mut sent = take(run(&first, pacing.first_gap, pacing.wait).await?, &mut out);
+    // Only the silent ones get the probes that tell why: a small one through the tunnel (an
+    // MTU black hole if it alone is answered), then the two that tell one-way from dropped.
+    let mut second = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        first.push(probe(
+        if out[i].answered.contains(&ProbeKind::TunnelMtu) {
+            continue;
+        }
+        second.push(probe(
             i,
             ProbeKind::Tunnel,
             end.vtep,
@@ -267,32 +304,6 @@ pub async fn probe_peers(
             small,
             Path::Routed,
         ));
-        first.push(probe(
-            i,
-            ProbeKind::TunnelMtu,
-            end.vtep,
-            t.gateway,
-            full,
-            Path::Routed,
-        ));
-    }
-    let take = |(answers, sent): (Vec<Answer>, usize), out: &mut [PeerAnswers]| {
-        for a in answers {
-            let slot = &mut out[a.target];
-            slot.answered.insert(a.kind);
-            if a.kind == ProbeKind::Tunnel {
-                slot.rtt = Some(a.rtt);
-            }
-        }
-        sent
-    };
-    let mut sent = take(run(&first, pacing.first_gap, pacing.wait).await?, &mut out);
-    // Only the silent ones get the probes that tell why.
-    let mut second = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        if out[i].answered.contains(&ProbeKind::Tunnel) {
-            continue;
-        }
         let injected = Path::Injected {
             ifindex: end.ifindex,
             src_mac: end.mac,

@@ -36,7 +36,7 @@ impl Default for ProberTiming {
     fn default() -> Self {
         ProberTiming {
             base: Duration::from_secs(2),
-            max_rate: 400,
+            max_rate: 200,
             wait: Duration::from_secs(1),
             threshold: 3,
         }
@@ -99,7 +99,7 @@ impl Prober {
                 let pacing = Pacing {
                     first_gap: reachability::probe_gap(
                         interval,
-                        2 * targets.len(),
+                        targets.len(),
                         self.timing.max_rate,
                     ),
                     second_gap: reachability::probe_gap(Duration::ZERO, 0, self.timing.max_rate),
