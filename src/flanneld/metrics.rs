@@ -531,7 +531,7 @@ impl Metrics {
         self.probe_rtt.render(
             &mut out,
             "flannel_probe_rtt_seconds",
-            "Round trip of answered tunnel probes (small, VTEP to VTEP).",
+            "Round trip of answered tunnel probes (VTEP to VTEP; full-size, or the small one when only it was answered).",
         );
         let name = "flannel_rs_build_info";
         let _ = writeln!(

@@ -36,7 +36,7 @@ impl Default for ProberTiming {
     fn default() -> Self {
         ProberTiming {
             base: Duration::from_secs(2),
-            max_rate: 200,
+            max_rate: 120,
             wait: Duration::from_secs(1),
             threshold: 3,
         }
