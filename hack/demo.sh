@@ -4,7 +4,8 @@
 # (the real flanneld per node against an HTTPS test API server, pods wired by the real
 # flannel CNI plugin with the stock kube-flannel conflist), the pod-to-pod ping matrix, a
 # stale unconditional update that drops node-2's flannel annotations while pods keep
-# pinging node-2's pods, the heal, `flanneld explain`, and tear-down. Everything lives in
+# pinging node-2's pods, the heal, `kubectl get events` for node-2 (the Event flanneld wrote),
+# `flanneld explain`, and tear-down. Everything lives in
 # namespaces frs-demo-* and /tmp/frs-cluster-demo/ and is removed at the end, on Ctrl-C, and
 # (if a previous run was killed hard) at the start.
 set -euo pipefail

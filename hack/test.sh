@@ -23,6 +23,8 @@ cargo build --workspace --all-targets --locked
 # The image the manifest's end-to-end test runs (release binaries: quicker to build than dist).
 FRS_IMAGE_PROFILE="${FRS_IMAGE_PROFILE:-release}" hack/image.sh
 cargo test --workspace --all-targets --locked -- --test-threads="${TEST_THREADS:-4}" "$@"
+# The chaos soak, 2 minutes on the debug build just made (hack/soak.sh; 10 minutes by default).
+FRS_SOAK_PROFILE=dev hack/soak.sh --minutes "${SOAK_MINUTES:-2}"
 
 # A leftover namespace is a bug: fail loudly.
 leaks_after=$(ip netns list | grep -c '^frs-' || true)

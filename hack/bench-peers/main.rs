@@ -7,7 +7,8 @@
 //!   the programming window (first entry → last entry) within it;
 //! - the same 3N entries through `ip -batch` / `bridge -batch` into a fresh namespace in the same
 //!   run (median of `--batch-reps`) → ratios;
-//! - flanneld's RSS (VmRSS, and VmHWM = peak) after convergence;
+//! - flanneld's RSS (VmRSS, split into anonymous and file-backed, and VmHWM = the start-up
+//!   peak) after convergence;
 //! - `--churn-rate` irrelevant Node updates/s (kubelet-heartbeat-like status writes) for
 //!   `--churn-secs`: netlink writes and reconcile passes (from /metrics) and flanneld's CPU share
 //!   (utime+stime from /proc/PID/stat);
@@ -36,6 +37,7 @@ use frs_testsupport::iproute;
 use frs_testsupport::kube_testserver::{LogFilter, TestServerOptions};
 use frs_testsupport::lab::{Flanneld, Lab, LabOptions, peer_annotations};
 use frs_testsupport::procfs::{clock_ticks_per_sec, cpu_ticks, status_kib};
+use frs_testsupport::topology::Host;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 
@@ -145,6 +147,8 @@ struct Row {
     start_to_ready: f64,
     batch: f64,
     rss_kib: u64,
+    rss_anon_kib: u64,
+    rss_file_kib: u64,
     hwm_kib: u64,
     churn_events: u64,
     churn_ops: u64,
@@ -158,6 +162,9 @@ struct Row {
     join_ms: Vec<f64>,
     join_client_ms: Vec<f64>,
     pass_ms: Vec<f64>,
+    /// `flanneld diagnose` wall seconds: this node (probes included), then `--cluster`.
+    diagnose_node: f64,
+    diagnose_cluster: f64,
 }
 
 fn run_one(
@@ -286,6 +293,10 @@ fn run_one(
     // Memory after convergence.
     std::thread::sleep(Duration::from_secs(2));
     (row.rss_kib, row.hwm_kib) = rss(pid)?;
+    (row.rss_anon_kib, row.rss_file_kib) = (
+        status_kib(pid, "RssAnon").context("no RssAnon in /proc/PID/status")?,
+        status_kib(pid, "RssFile").context("no RssFile in /proc/PID/status")?,
+    );
     if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
         let parts: Vec<&str> = text
             .lines()
@@ -429,6 +440,10 @@ fn run_one(
         row.join_ms.len(),
         args.joins
     );
+
+    // Last: its probes to the lab's addressless peers fill the neighbour table of the
+    // underlay, which the daemon hears about (a real cluster's peers are there already).
+    (row.diagnose_node, row.diagnose_cluster) = time_diagnose(&lab, flanneld, &host, n)?;
 
     d.stop();
     if let Some(dir) = &args.keep_log {
@@ -798,6 +813,51 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// Runs `flanneld diagnose --json` on our node (every peer checked and probed; the lab's
+/// peers are API objects only, so every probe goes unanswered: the slowest case) and
+/// `--cluster`; wall seconds of each, and what they found.
+fn time_diagnose(lab: &Lab, flanneld: &Path, host: &Host, n: u32) -> Result<(f64, f64)> {
+    let mut secs = [0.0; 2];
+    for (i, extra) in [&[][..], &["--cluster"][..]].into_iter().enumerate() {
+        let t = Instant::now();
+        let out = lab
+            .flanneld_command(
+                flanneld,
+                host,
+                SELF_NODE,
+                &lab.default_subnet_file(SELF_NODE),
+                Some("diagnose"),
+            )
+            .arg("--json")
+            .args(extra)
+            .output()?;
+        secs[i] = t.elapsed().as_secs_f64();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("diagnose: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let mut codes = std::collections::BTreeMap::<String, usize>::new();
+        let peers = doc["peers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for p in peers
+            .iter()
+            .flat_map(|p| p["problems"].as_array().into_iter().flatten())
+        {
+            *codes
+                .entry(p["code"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        eprintln!(
+            "# N={n}: diagnose{} {:.2} s, exit {:?}, {} peers, problems {codes:?}",
+            extra.first().map(|a| format!(" {a}")).unwrap_or_default(),
+            secs[i],
+            out.status.code(),
+            peers.len()
+        );
+    }
+    Ok((secs[0], secs[1]))
+}
+
 fn print_table(args: &Args, rows: &[Row]) {
     println!();
     println!(
@@ -845,6 +905,12 @@ fn print_table(args: &Args, rows: &[Row]) {
     line("start → /readyz 200 (s)", &|r| {
         format!("{:.3}", r.start_to_ready)
     });
+    line("flanneld diagnose, every peer probed (s)", &|r| {
+        format!("{:.2}", r.diagnose_node)
+    });
+    line("flanneld diagnose --cluster (s)", &|r| {
+        format!("{:.2}", r.diagnose_cluster)
+    });
     line(
         "ip -batch, same 3N entries, fresh netns (s, median)",
         &|r| format!("{:.3}", r.batch),
@@ -856,10 +922,17 @@ fn print_table(args: &Args, rows: &[Row]) {
         format!("{:.2}", r.start_to_programmed / r.batch)
     });
     line(
-        "flanneld VmRSS after convergence (MiB, ≤ 25 @5000)",
+        "flanneld VmRSS after convergence (MiB, ≤ 20 @5000)",
         &|r| format!("{:.1}", r.rss_kib as f64 / 1024.0),
     );
-    line("flanneld VmHWM peak (MiB)", &|r| {
+    line("  of it anonymous / file-backed (MiB)", &|r| {
+        format!(
+            "{:.1} / {:.1}",
+            r.rss_anon_kib as f64 / 1024.0,
+            r.rss_file_kib as f64 / 1024.0
+        )
+    });
+    line("flanneld VmHWM, start-up peak (MiB, ≤ 25 @5000)", &|r| {
         format!("{:.1}", r.hwm_kib as f64 / 1024.0)
     });
     line(

@@ -220,6 +220,77 @@ fn flannel_annotations(c: &Cluster, node: &str) -> anyhow::Result<BTreeMap<Strin
         .collect())
 }
 
+/// kubectl as the demo runs it (Debian's kubernetes-client).
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// The Events on `node` as an operator sees them: `kubectl get events` for the Node, run in
+/// the API host's namespace (where the server listens) with the admin kubeconfig; without
+/// kubectl, the same Events from the API.
+fn node_events(c: &Cluster, node: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let restored = |c: &Cluster| -> Option<()> {
+        let summary = c.lab.server.events().ok()?;
+        summary["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "AnnotationsRestored" && e["regarding"]["name"] == node)
+            .then_some(())
+    };
+    if poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        restored(c)
+    })
+    .is_none()
+    {
+        bail!("no AnnotationsRestored Event on {node} within 5 s");
+    }
+    let selector = format!("involvedObject.kind=Node,involvedObject.name={node}");
+    if std::path::Path::new(KUBECTL).exists() {
+        let server = &c.lab.server;
+        writeln!(out, "  $ kubectl get events -A --field-selector {selector}")?;
+        let output = c
+            .lab
+            .api
+            .ns
+            .command(KUBECTL)
+            .env("HOME", server.dir())
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig_admin())
+            .arg("--cache-dir")
+            .arg(server.dir().join("kubectl-cache"))
+            .args(["get", "events", "-A", "--field-selector", &selector])
+            .output()
+            .context("run kubectl")?;
+        if !output.status.success() {
+            bail!(
+                "kubectl get events failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        for l in String::from_utf8_lossy(&output.stdout).lines() {
+            writeln!(out, "    {l}")?;
+        }
+    } else {
+        writeln!(
+            out,
+            "  Events on {node} (from the API; install kubectl to see them as `kubectl get events`):"
+        )?;
+        let summary = c.lab.server.events()?;
+        for e in summary["items"].as_array().into_iter().flatten() {
+            if e["regarding"]["name"] == node {
+                writeln!(
+                    out,
+                    "    {} {} x{}: {}",
+                    e["type"].as_str().unwrap_or(""),
+                    e["reason"].as_str().unwrap_or(""),
+                    e["count"],
+                    e["note"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the incident showed.
 pub struct IncidentReport {
     pub heal_ms_server: u64,
@@ -377,6 +448,7 @@ pub fn incident(
     for l in &log_lines {
         writeln!(out, "    {}", l.trim())?;
     }
+    node_events(c, node, out)?;
     writeln!(out, "  pings to {node}'s pods during the incident:")?;
     for s in &pings {
         writeln!(out, "    {s}")?;

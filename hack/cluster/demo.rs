@@ -2,7 +2,7 @@
 //! incident on node-2 under continuous ping, the heal, `flanneld explain`, tear-down.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::bail;
 
@@ -32,14 +32,7 @@ pub fn run(run: &RunDir, args: &UpArgs) -> anyhow::Result<()> {
         ),
     )?;
     let t = Instant::now();
-    let mut cluster = match supervisor::build(run, args, cancel.clone(), &mut out) {
-        Ok(c) => c,
-        Err(e) => {
-            let report = crate::rundir::sweep(run, Duration::ZERO);
-            writeln!(out, "bring-up failed; {}", crate::rundir::describe(&report))?;
-            return Err(e);
-        }
-    };
+    let mut cluster = supervisor::build(run, args, cancel.clone(), &mut out)?;
     run.write_state(&supervisor::snapshot(run, Some(&cluster), "ready"))?;
     writeln!(out, "  cluster up in {:.1} s", t.elapsed().as_secs_f64())?;
 

@@ -6,6 +6,7 @@
 //! cluster remove-pod POD | restart-daemon NODE | incident NODE | explain NODE
 //! cluster down                                    # also cleans up after a crashed run
 //! cluster demo                                    # the README's demo (hack/demo.sh)
+//! cluster soak [--minutes 10] [--seed N]          # the chaos soak (hack/soak.sh)
 //! ```
 //!
 //! One process — the supervisor, started by `up` — owns the cluster and serves the other
@@ -15,6 +16,8 @@
 mod commands;
 mod demo;
 mod rundir;
+mod soak;
+mod soak_report;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -115,6 +118,27 @@ enum Cmd {
         #[command(flatten)]
         up: BringUp,
     },
+    /// The chaos soak: 3 nodes × 1 pod pinging across nodes every 10 ms while faults are
+    /// injected one after another in a seeded random order; prints the fault table and
+    /// writes it with an SVG chart of the daemons' RSS and fds (foreground; exits non-zero
+    /// naming the failing fault).
+    Soak {
+        /// How long to inject faults (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Replays a run's fault order (every run prints its seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the fault table and the chart go.
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+        /// First three octets of the underlay /24.
+        #[arg(long, default_value = "192.168.101")]
+        underlay: String,
+        /// Where flanneld, flannel and kube-testserver are (default: next to this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     #[command(hide = true, name = "__supervise")]
     Supervise {
         #[command(flatten)]
@@ -170,10 +194,10 @@ fn require_root() -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     require_root()?;
-    let default_name = if matches!(cli.command, Cmd::Demo { .. }) {
-        "demo"
-    } else {
-        "local"
+    let default_name = match cli.command {
+        Cmd::Demo { .. } => "demo",
+        Cmd::Soak { .. } => "soak",
+        _ => "local",
     };
     let run = RunDir::new(cli.name.as_deref().unwrap_or(default_name))?;
     let req = match cli.command {
@@ -193,6 +217,34 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Cmd::Demo { up } => {
             demo::run(&run, &up_args(&up)?)?;
+            return Ok(true);
+        }
+        Cmd::Soak {
+            minutes,
+            seed,
+            out,
+            underlay,
+            bin_dir,
+        } => {
+            if !(minutes > 0.0 && minutes <= 120.0) {
+                bail!("--minutes {minutes}: expected more than 0 and at most 120");
+            }
+            let up = up_args(&BringUp {
+                nodes: 3,
+                pods: 1,
+                reference_nodes: 0,
+                underlay,
+                bin_dir,
+            })?;
+            soak::run(
+                &run,
+                &soak::SoakArgs {
+                    minutes,
+                    seed,
+                    out_dir: out,
+                    up,
+                },
+            )?;
             return Ok(true);
         }
         Cmd::Down => {

@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use frs_testsupport::cluster::{Binaries, Cluster, ClusterOptions, PodWiring, cancel_flag};
+use frs_testsupport::kube_testserver::TestServerOptions;
 use frs_testsupport::lab::LabOptions;
 
 use crate::commands::{self, Request};
@@ -148,8 +149,22 @@ pub fn snapshot(run: &RunDir, cluster: Option<&Cluster>, phase: &str) -> State {
     state
 }
 
-/// Builds the cluster, printing each step.
+/// [`build_cluster`], and on failure a sweep of whatever it left (the error's unwinding drops
+/// what was built; the sweep takes the rest), said in one line on `out`.
 pub fn build(
+    run: &RunDir,
+    args: &UpArgs,
+    cancel: Arc<AtomicBool>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Cluster> {
+    build_cluster(run, args, cancel, out).inspect_err(|_| {
+        let report = rundir::sweep(run, Duration::ZERO);
+        let _ = writeln!(out, "bring-up failed; {}", rundir::describe(&report));
+    })
+}
+
+/// Builds the cluster, printing each step.
+fn build_cluster(
     run: &RunDir,
     args: &UpArgs,
     cancel: Arc<AtomicBool>,
@@ -161,6 +176,11 @@ pub fn build(
         underlay: args.underlay,
         netns_prefix: Some(run.netns_prefix()),
         work_dir: Some(run.dir.clone()),
+        // The optional events role (deploy/kube-flannel-rs-events.yml) is applied.
+        server: TestServerOptions {
+            extra_args: vec!["--grant".into(), "flannel=events".into()],
+            ..TestServerOptions::default()
+        },
         ..LabOptions::default()
     };
     let mut opts = ClusterOptions::new(lab, binaries);
@@ -398,15 +418,7 @@ pub fn supervise(run: &RunDir, args: &UpArgs, detached: bool) -> anyhow::Result<
         run.netns_prefix(),
         run.dir.display()
     )?;
-    let mut cluster = match build(run, args, cancel.clone(), &mut out) {
-        Ok(c) => c,
-        Err(e) => {
-            // Whatever was built is gone with the error's unwinding; sweep the rest.
-            let report = rundir::sweep(run, Duration::ZERO);
-            writeln!(out, "bring-up failed; {}", rundir::describe(&report))?;
-            return Err(e);
-        }
-    };
+    let mut cluster = build(run, args, cancel.clone(), &mut out)?;
     run.write_state(&snapshot(run, Some(&cluster), "ready"))?;
     write!(out, "{}", cluster.status().render())?;
     writeln!(

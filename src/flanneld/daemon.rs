@@ -13,24 +13,25 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use rand::SeedableRng;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::netlink::{Netlink, RouteFilter};
 
+use super::events::Events;
 use super::health::{self, HealthState, Readiness};
-use super::keeper::{AnnotationKeeper, KeeperTiming, PatchFor, SharedHeal};
+use super::keeper::{AnnotationKeeper, HealRecord, KeeperTiming, PatchFor, SharedHeal};
 use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
 use super::node_cache::{self, NodeCache};
-use super::prober::{OurEnd, Prober, ProberTiming, SharedProbeStatus};
-use super::pure::annotations::{self, AnnotationKeys, OwnAdvertisement};
+use super::prober::{OurEnd, ProbeStatus, Prober, ProberTiming, SharedProbeStatus};
+use super::pure::annotations::{self, AnnotationKeys, AnnotationWarning, OwnAdvertisement};
 use super::pure::config::{DaemonConfig, NodeIdentity};
 use super::pure::desired::{self, OwnMacs};
 use super::pure::iface::{
-    self, AddrFlags, HostNetwork, LinkAddress, LinkInfo, RouteHint, SelectionRequest,
+    self, AddrFlags, ExternalInterface, HostNetwork, LinkAddress, LinkInfo, RouteHint,
+    SelectionRequest,
 };
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
@@ -134,6 +135,7 @@ async fn run_supervised(
     let client = kube_io::build_client(
         config.kube.kubeconfig_file.as_deref(),
         config.kube.api_url.as_deref(),
+        kube_io::NodeLists::Slim,
     )
     .await?;
     let node_name = resolve_node_name(&client, &config.node, &shutdown).await?;
@@ -184,22 +186,10 @@ async fn run_supervised(
 
     // The underlay: interface and addresses, honouring node-public-ip annotations.
     let nl = Netlink::current().context("open netlink")?;
-    let (override_v4, override_v6, warnings) =
-        annotations::node_public_ip_override(&keys, &own.annotations.to_map());
+    let (ext, warnings) = external_interface(&nl, &config, &netconf, &own).await?;
     for w in warnings {
         tracing::warn!(node = %node_name, warning = ?w, "ignoring node-public-ip annotation");
     }
-    let host = host_network(&nl, config.selectors.can_reach).await?;
-    let ext = iface::select_external_interface(
-        &SelectionRequest {
-            selectors: &config.selectors,
-            public_ip: override_v4.or(config.public_ip),
-            public_ipv6: override_v6.or(config.public_ipv6),
-            enable_v4: netconf.enabled(Family::V4),
-            enable_v6: netconf.enabled(Family::V6),
-        },
-        &host,
-    )?;
     tracing::info!(iface = %ext.name, public_ip = ?ext.ext_addr_v4, public_ipv6 = ?ext.ext_addr_v6, "using interface");
 
     // VTEP MACs: the existing device's, else our annotation's, else a fresh random one.
@@ -245,6 +235,10 @@ async fn run_supervised(
                 .unwrap_or(ReconcileTiming::default().coalesce),
         },
     );
+    // Events on our Node: optional (403 → one warning), never in the way of anything else.
+    let (events, publisher) = Events::new(client.clone(), &node_name, metrics.clone());
+    tasks.spawn("events", publisher.run(shutdown.clone()));
+    reconciler.events = events.clone();
     reconciler.watchdog = health_state.watchdog();
     reconciler.readiness = readiness.clone();
     // The summary of 5000 peers is not kept: it would otherwise live as long as `run`. The
@@ -279,6 +273,7 @@ async fn run_supervised(
         timing: tuning.keeper.clone(),
         readiness: readiness.clone(),
         last_heal: last_heal.clone(),
+        events: events.clone(),
     };
     tasks.spawn(
         "annotation-keeper",
@@ -343,6 +338,7 @@ async fn run_supervised(
             metrics: metrics.clone(),
             status: probes,
             timing: test_faults::prober_timing().unwrap_or(tuning.prober),
+            events: events.clone(),
         };
         tasks.spawn("tunnel-prober", prober.run(shutdown.clone()));
     }
@@ -482,11 +478,32 @@ async fn wait_for_lease(
     }
 }
 
-/// Links, addresses and default routes of this namespace, for interface selection.
-pub(crate) async fn host_network(
+/// The underlay interface the daemon uses: the flags, our Node's node-public-ip annotations
+/// (with what was wrong with them) and this namespace's links and routes.
+pub(crate) async fn external_interface(
     nl: &Netlink,
-    can_reach: Option<IpAddr>,
-) -> anyhow::Result<HostNetwork> {
+    config: &DaemonConfig,
+    netconf: &NetConf,
+    own: &NodeInfo,
+) -> anyhow::Result<(ExternalInterface, Vec<AnnotationWarning>)> {
+    let (override_v4, override_v6, warnings) =
+        annotations::node_public_ip_override(&config.annotation_keys, &own.annotations.to_map());
+    let host = host_network(nl, config.selectors.can_reach).await?;
+    let ext = iface::select_external_interface(
+        &SelectionRequest {
+            selectors: &config.selectors,
+            public_ip: override_v4.or(config.public_ip),
+            public_ipv6: override_v6.or(config.public_ipv6),
+            enable_v4: netconf.enabled(Family::V4),
+            enable_v6: netconf.enabled(Family::V6),
+        },
+        &host,
+    )?;
+    Ok((ext, warnings))
+}
+
+/// Links, addresses and default routes of this namespace, for interface selection.
+async fn host_network(nl: &Netlink, can_reach: Option<IpAddr>) -> anyhow::Result<HostNetwork> {
     let mut host = HostNetwork::default();
     for link in nl.links().await? {
         if link.name == "lo" {
@@ -573,10 +590,65 @@ fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDo
     }
 }
 
+/// `/status` as serialized: straight to text, since a `serde_json::Value` tree of the last
+/// pass (5000 peers) took ~5 MB for an instant, and the text again as much. Keys in name order
+/// at every level (here and in the pass summary's types), as the document always had them.
+#[derive(serde::Serialize)]
+struct StatusView<'a> {
+    annotations: AnnotationCounts,
+    drift_repairs: u64,
+    events: EventCounts,
+    last_reconcile: Option<PassSummary>,
+    lease: &'a [String],
+    node: &'a str,
+    probes: Option<ProbeStatus>,
+    ready: bool,
+    traffic_rules: TrafficView<'a>,
+    waiting_for: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct AnnotationCounts {
+    conflicts: u64,
+    errors: u64,
+    heals: u64,
+    last_heal: Option<HealRecord>,
+    last_heal_ms: u64,
+    writes: u64,
+}
+
+/// Events this daemon wrote, folded into a series, or dropped (limit, 403, errors).
+#[derive(serde::Serialize)]
+struct EventCounts {
+    aggregated: u64,
+    dropped: u64,
+    written: u64,
+}
+
+/// The traffic rules' gate: `pending`, `in-place` or `failing` (with the error).
+#[derive(serde::Serialize)]
+struct TrafficView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    state: &'static str,
+}
+
+impl<'a> From<&'a TrafficGate> for TrafficView<'a> {
+    fn from(gate: &'a TrafficGate) -> Self {
+        let (state, error) = match gate {
+            TrafficGate::Pending => ("pending", None),
+            TrafficGate::InPlace => ("in-place", None),
+            TrafficGate::Failing(e) => ("failing", Some(e.as_str())),
+        };
+        TrafficView { error, state }
+    }
+}
+
 fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates: &Gates) -> String {
     let Ok(s) = status.lock() else {
         return "{}".into();
     };
+    // A clone is cheap (the peers are shared) and frees the reconciler's lock at once.
     let last = s
         .last_pass
         .as_ref()
@@ -590,29 +662,124 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         .as_ref()
         .and_then(|p| p.lock().ok().map(|p| p.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
+    let (events_written, events_aggregated, events_dropped) = metrics.event_counts();
     let verdict = gates.verdict();
-    let traffic = match &gates.traffic {
-        TrafficGate::Pending => json!({"state": "pending"}),
-        TrafficGate::InPlace => json!({"state": "in-place"}),
-        TrafficGate::Failing(error) => json!({"state": "failing", "error": error}),
-    };
-    let doc = json!({
-        "node": s.node,
-        "lease": s.lease,
-        "ready": verdict.is_ready(),
-        "waiting_for": verdict.waiting_for,
-        "traffic_rules": traffic,
-        "annotations": {
-            "writes": writes,
-            "heals": heals,
-            "conflicts": conflicts,
-            "errors": errors,
-            "last_heal_ms": last_heal_ms,
-            "last_heal": last_heal,
+    let doc = StatusView {
+        annotations: AnnotationCounts {
+            conflicts,
+            errors,
+            heals,
+            last_heal,
+            last_heal_ms,
+            writes,
         },
-        "drift_repairs": metrics.drift_repairs(),
-        "last_reconcile": last,
-        "probes": probes,
-    });
+        drift_repairs: metrics.drift_repairs(),
+        events: EventCounts {
+            aggregated: events_aggregated,
+            dropped: events_dropped,
+            written: events_written,
+        },
+        last_reconcile: last,
+        lease: &s.lease,
+        node: &s.node,
+        probes,
+        ready: verdict.is_ready(),
+        traffic_rules: (&gates.traffic).into(),
+        waiting_for: verdict.waiting_for,
+    };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::flanneld::pure::peers::Peer;
+    use crate::flanneld::reconcile::{DeviceSummary, FailedPeerSummary, PeerList, RejectedSummary};
+
+    /// What `/status` was when it was built as a `serde_json::Value` tree.
+    fn as_value_tree(s: &StatusDoc, metrics: &Metrics, gates: &Gates) -> String {
+        let last = s.last_pass.as_ref().map(|p| p.lock().unwrap().clone());
+        let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
+        let verdict = gates.verdict();
+        let traffic = match &gates.traffic {
+            TrafficGate::Pending => serde_json::json!({"state": "pending"}),
+            TrafficGate::InPlace => serde_json::json!({"state": "in-place"}),
+            TrafficGate::Failing(error) => serde_json::json!({"state": "failing", "error": error}),
+        };
+        let doc = serde_json::json!({
+            "node": s.node,
+            "lease": s.lease,
+            "ready": verdict.is_ready(),
+            "waiting_for": verdict.waiting_for,
+            "traffic_rules": traffic,
+            "annotations": {
+                "writes": writes,
+                "heals": heals,
+                "conflicts": conflicts,
+                "errors": errors,
+                "last_heal_ms": last_heal_ms,
+                "last_heal": null,
+            },
+            "drift_repairs": metrics.drift_repairs(),
+            "events": {"written": 0, "aggregated": 0, "dropped": 0},
+            "last_reconcile": last,
+            "probes": null,
+        });
+        serde_json::to_string_pretty(&doc).unwrap()
+    }
+
+    #[test]
+    fn status_is_rendered_as_the_value_tree_was_byte_for_byte() {
+        let peer = |name: &str, n: u8| Peer::numbered(name, n, "192.0.2");
+        let summary = PassSummary {
+            devices: vec![DeviceSummary {
+                entries: 6,
+                index: 7,
+                mac: "0e:00:00:00:00:01".into(),
+                mtu: 1450,
+                name: "flannel.1".into(),
+            }],
+            duration_ms: 12.5,
+            errors: vec!["File exists (os error 17)".into()],
+            failed_peers: vec![FailedPeerSummary {
+                error: "replace route 10.244.3.0/24: Invalid argument".into(),
+                node: "d".into(),
+            }],
+            finished_unix_ms: 1_700_000_000_000,
+            operations: 6,
+            peers: PeerList(vec![peer("a", 2), peer("b", 3)].into()),
+            provisional: false,
+            rejected: vec![RejectedSummary {
+                kind: "bad_public_ip".into(),
+                node: "c".into(),
+                reason: "IPv4 public IP \"x\" is unusable: Malformed".into(),
+            }],
+            trigger: Some(Trigger::NodeChange),
+        };
+        let metrics = Metrics::new();
+        metrics.count_annotation_write();
+        metrics.count_annotation_heal(Duration::from_millis(3), None);
+        let status = Mutex::new(StatusDoc {
+            node: "n1".into(),
+            lease: vec!["10.244.1.0/24".into()],
+            last_pass: None,
+            last_heal: None,
+            probes: None,
+        });
+        let mut gates = Gates::default();
+        assert_eq!(
+            render_status(&status, &metrics, &gates),
+            as_value_tree(&status.lock().unwrap(), &metrics, &gates)
+        );
+        gates.traffic = TrafficGate::Failing("`iptables` is not installed".into());
+        status.lock().unwrap().last_pass = Some(Arc::new(Mutex::new(summary)));
+        let rendered = render_status(&status, &metrics, &gates);
+        assert_eq!(
+            rendered,
+            as_value_tree(&status.lock().unwrap(), &metrics, &gates)
+        );
+        assert!(rendered.contains("\"vtep_macs\""), "{rendered}");
+    }
 }

@@ -170,6 +170,16 @@ pub fn render(status: &Value, ready: Option<bool>) -> String {
         ));
     }
 
+    let ev = &status["events"];
+    if ev.is_object() {
+        line(format!(
+            "node Events: {} write(s), {} occurrence(s) folded into series, {} dropped",
+            n(&ev["written"]),
+            n(&ev["aggregated"]),
+            n(&ev["dropped"])
+        ));
+    }
+
     let last = &status["last_reconcile"];
     if last.is_null() {
         line("datapath: no reconcile has finished yet".into());
@@ -274,6 +284,7 @@ mod tests {
                 "last_heal": {"at": "2026-03-01T10:14:02.5Z", "took_ms": 3,
                     "summary": "flannel annotations removed by field manager \"rancher\" (Update) at 10:14:02Z",
                     "by": {"manager": "rancher"}}},
+            "events": {"written": 2, "aggregated": 5, "dropped": 0},
             "last_reconcile": {
                 "trigger": "drift", "duration_ms": 1.5, "operations": 2, "errors": [],
                 "devices": [{"name": "flannel.1", "index": 4, "mac": "0e:00:00:00:00:01", "mtu": 1450, "entries": 3}],
@@ -299,6 +310,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("drift repairs so far: 2"), "{text}");
+        assert!(
+            text.contains("node Events: 2 write(s), 5 occurrence(s) folded into series, 0 dropped"),
+            "{text}"
+        );
         assert!(
             text.contains("n2") && text.contains("192.168.50.2"),
             "{text}"

@@ -310,7 +310,7 @@ fn router(state: Arc<HealthState>, exposure: Exposure) -> Router {
             "/metrics",
             any(move || {
                 let state = metrics_state.clone();
-                async move { text(&(state.metrics)(), "text/plain; version=0.0.4") }
+                async move { text((state.metrics)(), "text/plain; version=0.0.4") }
             }),
         );
     match exposure {
@@ -319,14 +319,14 @@ fn router(state: Arc<HealthState>, exposure: Exposure) -> Router {
             "/status",
             any(move || {
                 let state = status_state.clone();
-                async move { text(&(state.status)(), "application/json") }
+                async move { text((state.status)(), "application/json") }
             }),
         ),
     }
 }
 
-fn text(body: &str, content_type: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type)], body.to_owned()).into_response()
+fn text(body: String, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use rand::SeedableRng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::events::Events;
 use super::health::Readiness;
 use super::kube::NodeStatusWriter;
 use super::metrics::Metrics;
@@ -111,6 +112,8 @@ pub struct AnnotationKeeper {
     /// Told (its annotations gate) once our annotations are published as desired.
     pub readiness: Readiness,
     pub last_heal: SharedHeal,
+    /// Each heal is an `AnnotationsRestored` Event on our Node.
+    pub events: Events,
 }
 
 impl AnnotationKeeper {
@@ -214,6 +217,7 @@ impl AnnotationKeeper {
                             field_manager = by.map(|a| a.manager.as_str()),
                             "{summary}; restored in {took_ms} ms"
                         );
+                        self.events.annotations_restored(by, &summary, took_ms);
                         if let Ok(mut last) = self.last_heal.lock() {
                             *last = Some(HealRecord {
                                 at: Timestamp::now().to_string(),

@@ -12,6 +12,7 @@ use kube::{Client, Config};
 
 use super::pure::attribution::FIELD_MANAGER;
 use super::pure::node::SlimNode;
+use super::slim_list::SlimNodeListLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -51,12 +52,22 @@ impl KubeError {
     }
 }
 
+/// What a client's Node list responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeLists {
+    /// Slimmed as they stream in: only what [`SlimNode`] decodes (the daemon).
+    Slim,
+    /// As the API server sent them (`flanneld diagnose` reads managedFields).
+    Full,
+}
+
 /// Builds the client like upstream's `BuildConfigFromFlags(kubeApiUrl, kubeconfig)`: a
 /// kubeconfig file when given (with the URL overriding its server), else the URL alone, else
 /// the in-cluster service account.
 pub async fn build_client(
     kubeconfig_file: Option<&Path>,
     api_url: Option<&str>,
+    lists: NodeLists,
 ) -> Result<Client, KubeError> {
     let url = api_url
         .filter(|u| !u.is_empty())
@@ -89,7 +100,13 @@ pub async fn build_client(
     }
     // Fail fast on a dead API server; watches carry their own server-side timeout.
     config.connect_timeout = Some(Duration::from_secs(5));
-    Client::try_from(config).map_err(KubeError::Client)
+    // Node list pages are slimmed as they stream in (see slim_list.rs): kube-rs would hold
+    // each page's full body, twice, while decoding it.
+    if lists == NodeLists::Full {
+        return Client::try_from(config).map_err(KubeError::Client);
+    }
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(KubeError::Client)?;
+    Ok(builder.with_layer(&SlimNodeListLayer).build())
 }
 
 /// Writes to `nodes/NAME/status` — the only write upstream's ClusterRole grants.
@@ -193,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_api_url_is_a_clear_error() {
-        let err = match build_client(None, Some("http://[::1")).await {
+        let err = match build_client(None, Some("http://[::1"), NodeLists::Slim).await {
             Err(e) => e,
             Ok(_) => panic!("accepted a broken URL"),
         };

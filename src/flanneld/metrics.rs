@@ -80,6 +80,33 @@ pub struct ProbeCounts {
 
 const KINDS: usize = RejectKind::ALL.len();
 
+/// Why an Event occurrence was never published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventDrop {
+    /// The limiter: too many series at once, or the queue to the events task was full.
+    Limit,
+    /// The API server answered 403 (the optional events role is not granted).
+    Forbidden,
+    /// The write failed in a way that ended its series (its Event was gone).
+    Error,
+}
+
+impl EventDrop {
+    pub const ALL: [EventDrop; 3] = [EventDrop::Limit, EventDrop::Forbidden, EventDrop::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventDrop::Limit => "limit",
+            EventDrop::Forbidden => "forbidden",
+            EventDrop::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// All daemon metrics. Share one instance (e.g. in an `Arc`); every method takes `&self`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -98,6 +125,9 @@ pub struct Metrics {
     /// Milliseconds from noticing our annotations were gone to the patch that restored them.
     annotation_last_heal_ms: AtomicU64,
     netlink_ops_total: AtomicU64,
+    events_written_total: AtomicU64,
+    events_aggregated_total: AtomicU64,
+    events_dropped_total: [AtomicU64; EventDrop::ALL.len()],
     reconciles_total: AtomicU64,
     reconcile_errors_total: AtomicU64,
     reconcile_duration: Histogram,
@@ -139,6 +169,9 @@ impl Metrics {
             annotation_errors_total: zero(),
             annotation_last_heal_ms: zero(),
             netlink_ops_total: zero(),
+            events_written_total: zero(),
+            events_aggregated_total: zero(),
+            events_dropped_total: Default::default(),
             reconciles_total: zero(),
             reconcile_errors_total: zero(),
             reconcile_duration: Histogram::new(&RECONCILE_BUCKETS),
@@ -291,6 +324,32 @@ impl Metrics {
         self.netlink_ops_total.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counter: an Event write (a create or a series patch) the API server accepted.
+    pub fn count_event_written(&self) {
+        self.events_written_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counter: an occurrence counted into an existing Event's series without a write of its
+    /// own (a later series patch carries it).
+    pub fn count_event_aggregated(&self) {
+        self.events_aggregated_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counter: occurrences never published, by cause.
+    pub fn count_events_dropped(&self, cause: EventDrop, n: u64) {
+        self.events_dropped_total[cause.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `(written, aggregated, dropped)` Event counts.
+    pub fn event_counts(&self) -> (u64, u64, u64) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            get(&self.events_written_total),
+            get(&self.events_aggregated_total),
+            self.events_dropped_total.iter().map(get).sum(),
+        )
+    }
+
     /// One reconcile pass finished.
     pub fn observe_reconcile(&self, took: Duration, ok: bool) {
         self.reconciles_total.fetch_add(1, Ordering::Relaxed);
@@ -409,6 +468,18 @@ impl Metrics {
             get(&self.netlink_ops_total),
         );
         simple(
+            "flannel_events_written_total",
+            "counter",
+            "Event writes (creates and series patches) the API server accepted.",
+            get(&self.events_written_total),
+        );
+        simple(
+            "flannel_events_aggregated_total",
+            "counter",
+            "Event occurrences counted into an existing series without a write of their own.",
+            get(&self.events_aggregated_total),
+        );
+        simple(
             "flannel_reconciles_total",
             "counter",
             "Reconcile passes.",
@@ -443,6 +514,19 @@ impl Metrics {
             "Node rejections (counted once per change), by reason.",
             &self.rejections_total,
         );
+        let name = "flannel_events_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Event occurrences never published, by cause.\n# TYPE {name} counter"
+        );
+        for c in EventDrop::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{cause=\"{}\"}} {}",
+                c.as_str(),
+                get(&self.events_dropped_total[c.index()])
+            );
+        }
         self.reconcile_duration.render(
             &mut out,
             "flannel_reconcile_duration_seconds",
@@ -594,6 +678,12 @@ mod tests {
         m.count_annotation_write();
         m.count_annotation_error();
         assert_eq!(m.annotation_counts(), (2, 1, 1, 1, 3));
+        m.count_event_written();
+        m.count_event_aggregated();
+        m.count_event_aggregated();
+        m.count_events_dropped(EventDrop::Forbidden, 4);
+        m.count_events_dropped(EventDrop::Limit, 1);
+        assert_eq!(m.event_counts(), (1, 2, 5));
         m.observe_reconcile(Duration::from_micros(500), true);
         m.observe_reconcile(Duration::from_millis(30), true);
         m.observe_reconcile(Duration::from_secs(60), false);
@@ -619,6 +709,11 @@ mod tests {
             "flannel_peer_rejections_total{reason=\"bad_vtep_mac\"} 1"
         );
         assert!(t.contains("flannel_drift_repairs_total 3\n"));
+        assert!(t.contains("flannel_events_written_total 1\n"));
+        assert!(t.contains("flannel_events_aggregated_total 2\n"));
+        assert!(t.contains("flannel_events_dropped_total{cause=\"forbidden\"} 4\n"));
+        assert!(t.contains("flannel_events_dropped_total{cause=\"limit\"} 1\n"));
+        assert!(t.contains("flannel_events_dropped_total{cause=\"error\"} 0\n"));
         assert!(t.contains("flannel_peers_failed 1\n"));
         assert!(t.contains("flannel_peer_failures_total 1\n"));
         assert!(t.contains("flannel_traffic_rules_in_place 1\n"));

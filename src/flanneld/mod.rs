@@ -2,7 +2,8 @@
 //!
 //! [`pure`] holds every decision (flags, net-conf, annotations, peers, desired state, the
 //! diff); the modules here do the I/O around it:
-//! - [`daemon`]: start-up order and task wiring, under the [`tasks`] supervisor; [`kube`] the API client, [`node_cache`] the
+//! - [`daemon`]: start-up order and task wiring, under the [`tasks`] supervisor; [`kube`] the API client
+//!   (with [`slim_list`] under it: Node list pages slimmed as they stream in), [`node_cache`] the
 //!   Node watcher and its cache, [`keeper`] re-asserts our annotations;
 //! - [`reconcile`]: the pass (pure pipeline → [`datapath`] → netlink) and its trigger loop;
 //! - [`probe`]: the ICMP probe engine `diagnose` and the daemon's [`prober`] share;
@@ -14,6 +15,7 @@ pub mod caps;
 pub mod daemon;
 pub mod datapath;
 pub mod diagnose;
+pub mod events;
 pub mod explain;
 pub mod health;
 pub mod keeper;
@@ -25,6 +27,7 @@ pub mod probe;
 pub mod prober;
 pub mod pure;
 pub mod reconcile;
+pub mod slim_list;
 pub mod status_socket;
 pub mod tasks;
 pub mod traffic;

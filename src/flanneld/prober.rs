@@ -4,7 +4,7 @@
 //! `base · ln(1 + peers)` and never sends faster than `max_rate` packets per second, so the
 //! cost per peer falls as the cluster grows and the packet rate stays bounded. The results go
 //! to the metrics, to `/status` and, on a change after `threshold` failed rounds, to a log
-//! line and [`on_peer_reachability_change`].
+//! line and an Event ([`on_peer_reachability_change`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::events::Events;
 use super::metrics::{Metrics, ProbeCounts};
 use super::probe::{self, Pacing, ProbeTarget, TunnelEnd};
 use super::pure::reachability::{self, PeerState, Reachability, ReachabilityChange, TunnelVerdict};
@@ -85,6 +86,7 @@ pub struct Prober {
     pub metrics: Arc<Metrics>,
     pub status: SharedProbeStatus,
     pub timing: ProberTiming,
+    pub events: Events,
 }
 
 impl Prober {
@@ -146,23 +148,12 @@ impl Prober {
             return (Vec::new(), None);
         };
         let failed: BTreeSet<&str> = last.failed_peers.iter().map(|f| f.node.as_str()).collect();
-        let targets = last
-            .peers
-            .iter()
-            .filter(|p| !failed.contains(p.node.as_str()))
-            .filter_map(|p| {
-                let ep = p.endpoints.iter().find(|e| e.subnet.is_ipv4())?;
-                match (ep.subnet.network(), ep.public_ip) {
-                    (IpAddr::V4(gateway), IpAddr::V4(public)) => Some(ProbeTarget {
-                        name: p.node.clone(),
-                        gateway,
-                        public,
-                        mac: ep.vtep_mac,
-                    }),
-                    _ => None,
-                }
-            })
-            .collect();
+        let targets = probe::targets_of(
+            last.peers
+                .0
+                .iter()
+                .filter(|p| !failed.contains(p.name.as_str())),
+        );
         let end = last
             .devices
             .iter()
@@ -204,7 +195,11 @@ impl Prober {
         };
         for change in &changes {
             self.metrics.count_reachability_change(change.to);
-            on_peer_reachability_change(change, &detail_of(&change.node, change.verdict));
+            on_peer_reachability_change(
+                &self.events,
+                change,
+                &detail_of(&change.node, change.verdict),
+            );
         }
         let details: Vec<(String, String)> = results
             .iter()
@@ -269,9 +264,22 @@ fn counts(reach: &Reachability) -> ProbeCounts {
 }
 
 /// A peer became unreachable through the tunnel, or reachable again: the one place that
-/// tells it. It logs the change; a Node Event (`peer unreachable` / `reachable again`)
-/// belongs here too once the daemon records Events.
-pub fn on_peer_reachability_change(change: &ReachabilityChange, detail: &str) {
+/// tells it — a log line and an Event on our Node (`PeerUnreachable` / `PeerReachable`,
+/// aggregated and rate-limited by the events task, so a flapping peer is a handful a minute).
+pub fn on_peer_reachability_change(events: &Events, change: &ReachabilityChange, detail: &str) {
+    match change.to {
+        PeerState::Unreachable => events.peer_reachability(
+            &change.node,
+            false,
+            &format!("{} ({})", detail, change.verdict.as_str()),
+        ),
+        PeerState::Reachable => events.peer_reachability(
+            &change.node,
+            true,
+            "answers through the tunnel at full size",
+        ),
+        PeerState::Unknown => {}
+    }
     match change.to {
         PeerState::Unreachable => tracing::warn!(
             peer = %change.node,

@@ -147,31 +147,22 @@ pub(crate) mod test_faults {
     /// `FLANNELD_TEST_PASS_BOUND_MS`: a shorter liveness bound for a test (None outside
     /// test builds).
     pub(crate) fn pass_bound() -> Option<std::time::Duration> {
-        #[cfg(debug_assertions)]
-        {
-            if let Some(ms) = std::env::var("FLANNELD_TEST_PASS_BOUND_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                return Some(std::time::Duration::from_millis(ms));
-            }
-        }
-        None
+        millis("FLANNELD_TEST_PASS_BOUND_MS")
     }
 
     /// `FLANNELD_TEST_HEADER_TIMEOUT_MS`: another header-read timeout for the health port, so
     /// a test can tell the connection cap's work from the timeout's (None outside test builds).
     pub(crate) fn header_read_timeout() -> Option<std::time::Duration> {
-        #[cfg(debug_assertions)]
-        {
-            if let Some(ms) = std::env::var("FLANNELD_TEST_HEADER_TIMEOUT_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                return Some(std::time::Duration::from_millis(ms));
-            }
+        millis("FLANNELD_TEST_HEADER_TIMEOUT_MS")
+    }
+
+    /// A duration knob in milliseconds from `var` (never read outside test builds).
+    fn millis(var: &str) -> Option<std::time::Duration> {
+        if !cfg!(debug_assertions) {
+            return None;
         }
-        None
+        let ms = std::env::var(var).ok()?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
     }
 
     /// `FLANNELD_TEST_PROBE_BASE_MS` / `FLANNELD_TEST_PROBE_WAIT_MS`: a quicker tunnel

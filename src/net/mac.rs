@@ -7,30 +7,33 @@ use std::str::FromStr;
 use rand::Rng;
 use thiserror::Error;
 
+use super::Excerpt;
+
 /// A 48-bit Ethernet MAC address. Displays (and debugs) as lowercase, colon-separated hex
 /// (`0e:00:00:00:01:01`), Go's `HardwareAddr.String()` and `ip link`'s form alike.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct MacAddr(pub [u8; 6]);
 
-/// Why a text is not a usable MAC address.
+/// Why a text is not a usable MAC address (quoting a bounded [`Excerpt`] of it: the text may be
+/// a peer's annotation).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MacError {
     /// Not in the kernel's form ([`FromStr`]).
     #[error(
         "invalid MAC address {0:?}: expected six colon-separated hex octets like 0e:00:00:00:01:01"
     )]
-    NotColonHex(String),
+    NotColonHex(Excerpt),
     /// Not in any form Go's `net.ParseMAC` accepts ([`MacAddr::parse_go`]).
     #[error("malformed MAC address {0:?}")]
-    Malformed(String),
+    Malformed(Excerpt),
     /// A Go form, but not 48 bits long.
     #[error("MAC address {0:?} is not 48 bits long")]
-    NotEui48(String),
+    NotEui48(Excerpt),
 }
 
 impl MacError {
-    /// The text that was refused.
-    pub fn input(&self) -> &str {
+    /// The text that was refused (its first [`super::EXCERPT_BYTES`]).
+    pub fn input(&self) -> &Excerpt {
         match self {
             MacError::NotColonHex(s) | MacError::Malformed(s) | MacError::NotEui48(s) => s,
         }
@@ -91,10 +94,10 @@ impl MacAddr {
     /// `aabb.ccdd.eeff` (hex in any case). 64-bit and 20-octet forms parse in Go but are
     /// refused here as [`MacError::NotEui48`].
     pub fn parse_go(text: &str) -> Result<MacAddr, MacError> {
-        let bytes = parse_go_mac(text).ok_or_else(|| MacError::Malformed(text.to_string()))?;
+        let bytes = parse_go_mac(text).ok_or_else(|| MacError::Malformed(text.into()))?;
         let octets: [u8; 6] = bytes
             .try_into()
-            .map_err(|_| MacError::NotEui48(text.to_string()))?;
+            .map_err(|_| MacError::NotEui48(text.into()))?;
         Ok(MacAddr(octets))
     }
 }
@@ -121,7 +124,7 @@ impl FromStr for MacAddr {
 
     /// Accepts `aa:bb:cc:dd:ee:ff` in either case (the form `ip link` prints).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacError::NotColonHex(s.to_string());
+        let err = || MacError::NotColonHex(s.into());
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for octet in out.iter_mut() {
@@ -221,7 +224,7 @@ mod tests {
             "0eab0001ff10",
         ] {
             let err = bad.parse::<MacAddr>().unwrap_err();
-            assert_eq!(err.input(), bad);
+            assert_eq!(err.input().as_str(), bad);
             assert!(err.to_string().contains("invalid MAC address"));
         }
     }

@@ -3,6 +3,7 @@
 //! as Go parses and prints them. Pure: no I/O.
 
 mod cidr;
+mod excerpt;
 mod family;
 mod mac;
 
@@ -11,5 +12,6 @@ pub use cidr::{
     network_address, normalize, normalize_v4, normalize_v6, overlaps, parse_cidr, parse_cidr_addr,
     parse_cidr_v4, parse_cidr_v6,
 };
+pub use excerpt::{EXCERPT_BYTES, Excerpt};
 pub use family::{Family, PerFamily};
 pub use mac::{MacAddr, MacError};

@@ -84,18 +84,6 @@ fn datapath_listing(host: &Host) -> (String, String, String) {
     )
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
 fn start(lab: &Lab, host: &Host) -> Flanneld {
     let mut d = lab.start_flanneld(FLANNELD, host, "n1", &[]).unwrap();
     d.wait_ready(Duration::from_secs(30)).unwrap();

@@ -109,18 +109,6 @@ fn kernel_entries(ns: &NetnsGuard) -> Entries {
     e
 }
 
-pub(crate) fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
-}
-
 /// Waits until flannel.1 holds exactly `want`; on timeout, shows the difference.
 fn wait_entries(ns: &NetnsGuard, want: &Entries, timeout: Duration) -> Duration {
     let start = Instant::now();

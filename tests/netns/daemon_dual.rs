@@ -14,9 +14,7 @@ use frs_testsupport::lab::{Lab, LabOptions};
 use frs_testsupport::topology::Host;
 
 use crate::daemon_control::lab_with;
-use crate::daemon_data::{
-    add_pod_with, link_stats, metric, ping_ok, start, str_of, tcpdump_first, wait_until,
-};
+use crate::daemon_data::{add_pod_with, link_stats, metric, ping_ok, start, str_of, tcpdump_first};
 use crate::harness::*;
 
 const P: &str = "flannel.alpha.coreos.com/";

@@ -42,9 +42,7 @@ fn metric(d: &Flanneld, name: &str) -> Option<u64> {
 }
 
 fn status(d: &Flanneld) -> Value {
-    let (code, body) = d.health("/status").expect("GET /status");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).expect("status is JSON")
+    d.status().expect("GET /status on the status socket")
 }
 
 fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
@@ -94,7 +92,14 @@ fn with_ip_masq_a_missing_or_broken_iptables_keeps_the_node_unready_until_it_wor
     link_into(&bin, "ip");
     let path = bin.to_str().expect("utf-8 temp path");
     let mut d = lab
-        .start_flanneld_env(FLANNELD, &host, "n1", &[], &[("PATH", path)])
+        .start_flanneld_at(
+            FLANNELD,
+            &host,
+            "n1",
+            &lab.default_subnet_file("n1"),
+            &[],
+            &[("PATH", path)],
+        )
         .unwrap();
 
     // Several attempts, each retried after a backoff.

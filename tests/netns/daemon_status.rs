@@ -14,17 +14,7 @@ use frs_testsupport::topology::Host;
 use serde_json::Value;
 
 use crate::daemon_control::{FLANNELD, lab, lab_with_two_nodes};
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::harness::wait_until;
 
 fn ready(mut d: Flanneld) -> Flanneld {
     d.wait_ready(Duration::from_secs(30)).unwrap();
@@ -203,10 +193,11 @@ fn idle_and_slow_clients_do_not_stop_the_health_probe() {
     // First the cap alone: a header-read timeout longer than the test, so only the cap can
     // close anything.
     let mut d = ready(
-        lab.start_flanneld_env(
+        lab.start_flanneld_at(
             FLANNELD,
             &host,
             "n1",
+            &lab.default_subnet_file("n1"),
             &[],
             &[("FLANNELD_TEST_HEADER_TIMEOUT_MS", "3600000")],
         )

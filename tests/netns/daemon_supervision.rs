@@ -22,7 +22,14 @@ fn start_with_faults(lab: &Lab, host: &Host, envs: &[(&str, &str)]) -> Flanneld 
     let mut all = vec![("FLANNELD_TEST_FAULT_FILE", faults)];
     all.extend_from_slice(envs);
     let mut d = lab
-        .start_flanneld_env(FLANNELD, host, "n1", &[], &all)
+        .start_flanneld_at(
+            FLANNELD,
+            host,
+            "n1",
+            &lab.default_subnet_file("n1"),
+            &[],
+            &all,
+        )
         .unwrap();
     d.wait_ready(Duration::from_secs(30)).unwrap();
     d

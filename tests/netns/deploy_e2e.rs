@@ -314,6 +314,25 @@ fn deploy_manifest_three_nodes_ping_and_rolling_restart() {
         assert!(node.path("/run/flannel/subnet.env").is_file());
     }
 
+    // One command on a node: the daemon's own binary in its pod, with only the pod's
+    // environment (in-cluster config, POD_NAME): a healthy mesh, exit 0.
+    let out = rig.podman.output(&[
+        "exec".into(),
+        daemons[0].name.clone(),
+        "/opt/bin/flanneld".into(),
+        "diagnose".into(),
+        "--json".into(),
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "diagnose --json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{doc}");
+    assert_eq!(doc["node"], "node-1", "{doc}");
+    assert_eq!(doc["peers"].as_array().map(Vec::len), Some(2), "{doc}");
+
     // Containers on every node, wired through what the init containers installed.
     let pods: Vec<TestPod> = nodes
         .iter()

@@ -35,11 +35,17 @@ fn codes(doc: &Value, peer: &str) -> Vec<String> {
             .unwrap_or_else(|| panic!("no peer {peer} in {doc}"));
         &p["problems"]
     };
-    problems
+    field_of_each(problems, "code")
+}
+
+/// `key` of every object in the array `list`.
+fn field_of_each(list: &Value, key: &str) -> Vec<String> {
+    let items = list
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("not an array: {list}"));
+    items
         .iter()
-        .map(|p| p["code"].as_str().unwrap().to_string())
+        .map(|p| p[key].as_str().unwrap().to_string())
         .collect()
 }
 
@@ -72,13 +78,7 @@ fn a_healthy_cluster_is_one_line_and_exit_0_and_a_pod_ip_finds_its_node() {
     assert_eq!(doc["node"], "node-1");
     assert_eq!(doc["ok"], true, "{doc}");
     assert_eq!(doc["problems"], serde_json::json!([]));
-    let peers: Vec<&str> = doc["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["node"].as_str().unwrap())
-        .collect();
-    assert_eq!(peers, ["node-2", "node-3"]);
+    assert_eq!(field_of_each(&doc["peers"], "node"), ["node-2", "node-3"]);
 
     let (code, text, _) = c.diagnose("node-1", &[]).unwrap();
     assert_eq!(code, 0, "{text}");
@@ -106,7 +106,7 @@ fn a_healthy_cluster_is_one_line_and_exit_0_and_a_pod_ip_finds_its_node() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("\"no-such-node\" is not in the API"), "{err}");
     let (code, _, err) = c
-        .diagnose("node-1", &["--kubeconfig-file=/nonexistent/kubeconfig"])
+        .diagnose("node-1", &["--kube-api-url=https://127.0.0.1:1"])
         .unwrap();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("could not diagnose"), "{err}");

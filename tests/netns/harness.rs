@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 pub use flannel_rs::netns::NetnsGuard;
 use serde_json::Value;
@@ -92,4 +93,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// Polls `ok` until it holds; panics naming `what` after `timeout`. Returns the time taken.
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
 }

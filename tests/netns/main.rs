@@ -9,6 +9,7 @@ mod cni_support;
 mod daemon_control;
 mod daemon_data;
 mod daemon_dual;
+mod daemon_events;
 mod daemon_outage;
 mod daemon_probes;
 mod daemon_readiness;

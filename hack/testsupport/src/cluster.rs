@@ -543,10 +543,12 @@ impl Cluster {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let d = self.lab.start_flanneld_env(
+        let subnet_file = self.lab.default_subnet_file(node);
+        let d = self.lab.start_flanneld_at(
             &self.binaries.flanneld,
             &self.nodes[rig].host,
             node,
+            &subnet_file,
             &args,
             &envs,
         )?;
@@ -564,7 +566,13 @@ impl Cluster {
         let rig = self.node(node)?;
         let out = self
             .lab
-            .flanneld_command(&self.binaries.flanneld, &rig.host, node, Some("diagnose"))
+            .flanneld_command(
+                &self.binaries.flanneld,
+                &rig.host,
+                node,
+                &self.lab.default_subnet_file(node),
+                Some("diagnose"),
+            )
             .args(args)
             .output()
             .map_err(|e| ClusterError::Invalid(format!("run flanneld diagnose: {e}")))?;

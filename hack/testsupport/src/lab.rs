@@ -327,18 +327,23 @@ impl Lab {
         })
     }
 
+    /// The subnet.env of `node`'s daemon unless a test gives another one.
+    pub fn default_subnet_file(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node).join("subnet.env")
+    }
+
     /// `flanneld [SUBCOMMAND]` in `host` with the flags the DaemonSet passes (`--ip-masq
     /// --kube-subnet-mgr --healthz-port=8081`, the flannel RBAC kubeconfig, the lab's
-    /// net-conf.json, the node's subnet.env) and `NODE_NAME`: the daemon's own command line,
-    /// which its subcommands (`diagnose`, `explain`) take too.
+    /// net-conf.json, `subnet_file`) and `NODE_NAME`: the daemon's own command line, which its
+    /// subcommands (`diagnose`, `explain`) take too.
     pub fn flanneld_command(
         &self,
         bin: &Path,
         host: &Host,
         node: &str,
+        subnet_file: &Path,
         subcommand: Option<&str>,
     ) -> Command {
-        let subnet_file = self.dir.path().join(node).join("subnet.env");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", host.ns.name()])
             .arg(bin)
@@ -367,24 +372,13 @@ impl Lab {
         node: &str,
         extra_args: &[&str],
     ) -> Result<Flanneld, LabError> {
-        self.start_flanneld_env(bin, host, node, extra_args, &[])
+        let subnet_file = self.default_subnet_file(node);
+        self.start_flanneld_at(bin, host, node, &subnet_file, extra_args, &[])
     }
 
-    /// [`Lab::start_flanneld`] with extra environment variables (a test build's fault knobs).
-    pub fn start_flanneld_env(
-        &self,
-        bin: impl AsRef<Path>,
-        host: &Host,
-        node: &str,
-        extra_args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Result<Flanneld, LabError> {
-        let subnet_file = self.dir.path().join(node).join("subnet.env");
-        self.start_flanneld_at(bin, host, node, &subnet_file, extra_args, envs)
-    }
-
-    /// [`Lab::start_flanneld_env`] with `--subnet-file=subnet_file` (its status socket sits
-    /// next to it); logs still go into the node's dir of the lab.
+    /// [`Lab::start_flanneld`] with `--subnet-file=subnet_file` (its status socket sits next
+    /// to it; [`Lab::default_subnet_file`] is the usual one) and extra environment variables
+    /// (a test build's fault knobs); logs still go into the node's dir of the lab.
     pub fn start_flanneld_at(
         &self,
         bin: impl AsRef<Path>,
@@ -420,7 +414,7 @@ impl Lab {
             context: "dup log".into(),
             source,
         })?;
-        let mut cmd = self.flanneld_command(bin.as_ref(), host, node, None);
+        let mut cmd = self.flanneld_command(bin.as_ref(), host, node, &subnet_file, None);
         cmd.args(extra_args)
             // FRS_FLANNELD_LOG=debug shows e.g. the reconcile passes' step timings.
             .env(

@@ -15,6 +15,11 @@ use crate::flanneld::pure::node::NodeInfo;
 use crate::flanneld::pure::peers::{Peer, PeerSelection, RejectKind, Rejection};
 use crate::flanneld::pure::reachability::TunnelVerdict;
 
+/// Rejections that mean only "no (complete) flannel annotations": the node may have lost
+/// them, and flanneld keeps such a node's entries while it exists.
+pub const LOST_ANNOTATIONS: [RejectKind; 2] =
+    [RejectKind::NotManaged, RejectKind::MissingAnnotation];
+
 /// A Node as diagnose reads it: what flanneld decides on, plus who wrote it (for attribution).
 #[derive(Debug, Clone, Default)]
 pub struct NodeRecord {
@@ -91,7 +96,7 @@ fn rejection_problem(
     match reason.kind() {
         // Waiting for a podCIDR, or another backend / a node flannel does not run on.
         RejectKind::NoPodCidr | RejectKind::BackendType => None,
-        RejectKind::NotManaged | RejectKind::MissingAnnotation if has_cidr => {
+        kind if LOST_ANNOTATIONS.contains(&kind) && has_cidr => {
             let what = if no_flannel {
                 "no flannel annotations".to_string()
             } else {
@@ -109,7 +114,7 @@ fn rejection_problem(
                 format!("check the kube-flannel pod on {name} and whoever writes its Node object"),
             ))
         }
-        RejectKind::NotManaged | RejectKind::MissingAnnotation => None,
+        kind if LOST_ANNOTATIONS.contains(&kind) => None,
         _ => Some(Problem::new(
             Code::Rejected,
             format!("flanneld does not program it: {reason}"),
@@ -328,7 +333,6 @@ pub fn probe_finding(verdict: TunnelVerdict, mtu: u32, public_ip: IpAddr) -> Opt
 mod tests {
     use super::*;
     use crate::flanneld::pure::annotations::AnnotationPrefix;
-    use crate::flanneld::pure::peers::PeerEndpoint;
     use crate::net::MacAddr;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, Time};
     use serde_json::json;
@@ -338,22 +342,11 @@ mod tests {
     }
 
     fn mac(last: u8) -> MacAddr {
-        MacAddr([0x02, 0, 0, 0, 0, last])
+        MacAddr([0x0e, 0, 0, 0, 0, last])
     }
 
     fn peer(name: &str, i: u8) -> Peer {
-        Peer {
-            name: name.into(),
-            uid: String::new(),
-            created: None,
-            v4: Some(PeerEndpoint {
-                subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-                vtep_mac: mac(i),
-                public_ip: format!("192.168.0.{i}").parse().unwrap(),
-                vni: Some(1),
-            }),
-            v6: None,
-        }
+        Peer::numbered(name, i, "192.168.0")
     }
 
     fn entries_of(peers: &[Peer]) -> KernelEntries {
@@ -415,7 +408,7 @@ mod tests {
         assert_eq!(codes(&per_peer["n2"]), ["missing-route"]);
         assert_eq!(codes(&per_peer["n3"]), ["wrong-mac"]);
         assert!(
-            per_peer["n3"][0].detail.contains("02:00:00:00:00:63"),
+            per_peer["n3"][0].detail.contains("0e:00:00:00:00:63"),
             "{:?}",
             per_peer["n3"]
         );

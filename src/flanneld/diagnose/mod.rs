@@ -27,11 +27,10 @@ use super::pure::annotations::{self, AnnotationKeys};
 use super::pure::attribution::{self, FIELD_MANAGER};
 use super::pure::config::{DaemonConfig, NodeIdentity, status_socket_path};
 use super::pure::desired::{self, OwnMacs};
-use super::pure::iface::{self, SelectionRequest};
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::node::NodeInfo;
-use super::pure::peers::{self, PeerSelection, RejectKind, ValidationContext};
+use super::pure::peers::{self, PeerSelection, ValidationContext};
 use crate::net::Family;
 use crate::netlink::Netlink;
 
@@ -69,7 +68,7 @@ pub enum DiagnoseError {
     )]
     Netlink(String),
     #[error("interface: {0}")]
-    Iface(#[from] super::pure::iface::IfaceError),
+    Iface(String),
     #[error("probes: {0}")]
     Probe(#[from] super::probe::ProbeError),
 }
@@ -89,6 +88,7 @@ pub async fn diagnose(config: &DaemonConfig, scope: &Scope) -> Result<Report, Di
     let client = kube_io::build_client(
         config.kube.kubeconfig_file.as_deref(),
         config.kube.api_url.as_deref(),
+        kube_io::NodeLists::Full,
     )
     .await
     .map_err(|e| DiagnoseError::Api(format!("{e:#}")))?;
@@ -185,20 +185,9 @@ async fn node_report(
         .map_err(|e| DiagnoseError::Lease(e.to_string()))?;
     let nl = Netlink::current().map_err(|e| DiagnoseError::Netlink(e.to_string()))?;
     let own_map = own.info.annotations.to_map();
-    let (override_v4, override_v6, _) = annotations::node_public_ip_override(keys, &own_map);
-    let host = super::daemon::host_network(&nl, config.selectors.can_reach)
+    let (ext, _) = super::daemon::external_interface(&nl, config, netconf, &own.info)
         .await
-        .map_err(|e| DiagnoseError::Netlink(format!("{e:#}")))?;
-    let ext = iface::select_external_interface(
-        &SelectionRequest {
-            selectors: &config.selectors,
-            public_ip: override_v4.or(config.public_ip),
-            public_ipv6: override_v6.or(config.public_ipv6),
-            enable_v4: netconf.enabled(Family::V4),
-            enable_v6: netconf.enabled(Family::V6),
-        },
-        &host,
-    )?;
+        .map_err(|e| DiagnoseError::Iface(format!("{e:#}")))?;
 
     let mut problems = Vec::new();
     let mut macs = OwnMacs::default();
@@ -387,12 +376,7 @@ fn kept_nodes<'a>(nodes: &'a [NodeRecord], selection: &PeerSelection) -> Vec<&'a
     let lost: BTreeSet<&str> = selection
         .rejected
         .iter()
-        .filter(|r| {
-            matches!(
-                r.reason.kind(),
-                RejectKind::NotManaged | RejectKind::MissingAnnotation
-            )
-        })
+        .filter(|r| checks::LOST_ANNOTATIONS.contains(&r.reason.kind()))
         .map(|r| r.name.as_str())
         .collect();
     nodes

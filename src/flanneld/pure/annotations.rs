@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::net::{Family, MacAddr, MacError, go_ip_string};
+use crate::net::{Excerpt, Family, MacAddr, MacError, go_ip_string};
 
 /// Upstream's default `--kube-annotation-prefix`.
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -165,15 +165,15 @@ pub struct BackendData {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BackendDataError {
     #[error("not valid JSON: {0}")]
-    Json(String),
+    Json(Excerpt),
     #[error("not a JSON object")]
     NotAnObject,
     #[error("\"VNI\" is not an unsigned 32-bit integer: {0}")]
-    Vni(String),
+    Vni(Excerpt),
     #[error("\"VtepMAC\" is missing")]
     MissingMac,
     #[error("\"VtepMAC\" is not a string: {0}")]
-    MacNotString(String),
+    MacNotString(Excerpt),
     #[error("\"VtepMAC\": {0}")]
     Mac(#[from] MacError),
 }
@@ -188,7 +188,7 @@ impl BackendData {
     /// unknown keys ignored, `VNI` optional, `VtepMAC` in any `net.ParseMAC` form.
     pub fn decode(text: &str) -> Result<BackendData, BackendDataError> {
         let v: Value =
-            serde_json::from_str(text).map_err(|e| BackendDataError::Json(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| BackendDataError::Json(e.to_string().into()))?;
         let Value::Object(map) = v else {
             return Err(BackendDataError::NotAnObject);
         };
@@ -197,14 +197,14 @@ impl BackendData {
             Some(Value::Number(n)) => Some(
                 n.as_u64()
                     .and_then(|v| u32::try_from(v).ok())
-                    .ok_or_else(|| BackendDataError::Vni(n.to_string()))?,
+                    .ok_or_else(|| BackendDataError::Vni(n.to_string().into()))?,
             ),
-            Some(other) => return Err(BackendDataError::Vni(other.to_string())),
+            Some(other) => return Err(BackendDataError::Vni(other.to_string().into())),
         };
         let mac = match lookup(&map, "VtepMAC") {
             None | Some(Value::Null) => return Err(BackendDataError::MissingMac),
             Some(Value::String(s)) => MacAddr::parse_go(s)?,
-            Some(other) => return Err(BackendDataError::MacNotString(other.to_string())),
+            Some(other) => return Err(BackendDataError::MacNotString(other.to_string().into())),
         };
         Ok(BackendData { vni, vtep_mac: mac })
     }

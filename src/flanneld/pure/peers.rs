@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use k8s_openapi::jiff::Timestamp;
@@ -21,7 +22,7 @@ use super::annotations::{
 use super::lease::{PodCidrError, PodSubnets};
 use super::netconf::NetConf;
 use super::node::NodeInfo;
-use crate::net::{Family, MacAddr, is_within, overlaps, parse_cidr};
+use crate::net::{Excerpt, Family, MacAddr, is_within, overlaps, parse_cidr};
 
 /// One family's tunnel endpoint of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +44,26 @@ pub struct Peer {
     pub created: Option<Timestamp>,
     pub v4: Option<PeerEndpoint>,
     pub v6: Option<PeerEndpoint>,
+}
+
+#[cfg(test)]
+impl Peer {
+    /// A test peer: subnet 10.244.`i`.0/24, VTEP MAC 0e:00:00:00:00:`i`, public IP
+    /// `<public_net>.i`, VNI 1.
+    pub(crate) fn numbered(name: &str, i: u8, public_net: &str) -> Peer {
+        Peer {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            created: None,
+            v4: Some(PeerEndpoint {
+                subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, i]),
+                public_ip: format!("{public_net}.{i}").parse().unwrap(),
+                vni: Some(1),
+            }),
+            v6: None,
+        }
+    }
 }
 
 impl Peer {
@@ -143,13 +164,14 @@ pub enum PublicIpProblem {
     InsidePodNetwork,
 }
 
-/// Why a node is not (or not entirely) programmed as a peer.
+/// Why a node is not (or not entirely) programmed as a peer. Values from the Node are quoted
+/// as bounded [`Excerpt`]s: rejections are kept (tracker, memo, `/status`) and logged.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Rejection {
     #[error("not managed by a kube subnet manager (kube-subnet-manager = {value:?})")]
-    NotManaged { value: Option<String> },
+    NotManaged { value: Option<Excerpt> },
     #[error("backend-type is {found:?}, not \"vxlan\"")]
-    BackendType { found: Option<String> },
+    BackendType { found: Option<Excerpt> },
     #[error("{0}")]
     PodCidr(PodCidrError),
     #[error("no {family} podCIDR assigned")]
@@ -206,7 +228,7 @@ pub enum Rejection {
     #[error("{family} public IP {value:?} is unusable: {problem:?}")]
     PublicIp {
         family: Family,
-        value: String,
+        value: Excerpt,
         problem: PublicIpProblem,
     },
 }
@@ -326,7 +348,7 @@ pub fn parse_peer(
         Some(v) if v == KUBE_SUBNET_MANAGER_TRUE => {}
         other => {
             return Err(Rejection::NotManaged {
-                value: other.map(str::to_string),
+                value: other.map(Excerpt::new),
             });
         }
     }
@@ -334,7 +356,7 @@ pub fn parse_peer(
         Some(v) if v == BACKEND_TYPE_VXLAN => {}
         other => {
             return Err(Rejection::BackendType {
-                found: other.map(str::to_string),
+                found: other.map(Excerpt::new),
             });
         }
     }
@@ -446,7 +468,7 @@ fn check_public_ip(
 ) -> Result<IpAddr, Rejection> {
     let reject = |problem| Rejection::PublicIp {
         family,
-        value: raw.to_string(),
+        value: Excerpt::new(raw),
         problem,
     };
     let ip = parse_family_ip(raw, family).ok_or_else(|| reject(PublicIpProblem::Malformed))?;
@@ -526,7 +548,10 @@ where
     I: IntoIterator<Item = &'a NodeInfo>,
 {
     let mut out = PeerSelection::default();
-    let mut candidates = Vec::new();
+    // Sized up front: at 5000 nodes, doubling would leave both vectors up to twice the bytes
+    // at the start-up peak. (Names are unique, so the unstable sorts below are exact.)
+    let nodes = nodes.into_iter();
+    let mut candidates = Vec::with_capacity(nodes.size_hint().0);
     for node in nodes {
         if node.name == ctx.own_node {
             continue;
@@ -540,9 +565,10 @@ where
         }
     }
     // Age order; nodes without a creationTimestamp count as youngest.
-    candidates.sort_by(|a, b| {
+    candidates.sort_unstable_by(|a, b| {
         (a.created.is_none(), a.created, &a.name).cmp(&(b.created.is_none(), b.created, &b.name))
     });
+    out.peers.reserve_exact(candidates.len());
     let mut held = Holdings::default();
     for cand in candidates {
         match held.conflict(&cand, &out.peers) {
@@ -556,8 +582,8 @@ where
             }
         }
     }
-    out.peers.sort_by(|a, b| a.name.cmp(&b.name));
-    out.rejected.sort_by(|a, b| a.name.cmp(&b.name));
+    out.peers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    out.rejected.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -569,8 +595,9 @@ where
 /// not conflict (the same rule as [`select_peers`]) with any accepted or kept one.
 #[derive(Debug, Default)]
 pub struct LostAnnotations {
-    /// The last accepted form of every programmed peer.
-    last_good: HashMap<String, Peer>,
+    /// The last accepted form of every programmed peer, by name. Shared (the last pass's
+    /// summary shows the same peers): one copy of every peer lives between passes.
+    last_good: Arc<[Peer]>,
     /// Peers currently kept this way.
     kept: HashSet<String>,
 }
@@ -596,7 +623,11 @@ impl LostAnnotations {
             if r.reason.kind() != RejectKind::NotManaged {
                 return true;
             }
-            let (Some(prev), Some(node)) = (last_good.get(&r.name), node(&r.name)) else {
+            let prev = last_good
+                .binary_search_by(|p| p.name.as_str().cmp(&r.name))
+                .ok()
+                .map(|i| &last_good[i]);
+            let (Some(prev), Some(node)) = (prev, node(&r.name)) else {
                 return true;
             };
             let same_node = node.uid == prev.uid
@@ -617,13 +648,14 @@ impl LostAnnotations {
         let newly: Vec<String> = kept_names.difference(&self.kept).cloned().collect();
         self.kept = kept_names;
         selection.peers.extend(kept);
-        selection.peers.sort_by(|a, b| a.name.cmp(&b.name));
-        self.last_good = selection
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.clone()))
-            .collect();
+        selection.peers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        self.last_good = selection.peers.as_slice().into();
         newly
+    }
+
+    /// The peers of the last [`LostAnnotations::keep`] (the programmed ones), in name order.
+    pub fn programmed(&self) -> Arc<[Peer]> {
+        self.last_good.clone()
     }
 }
 
@@ -637,9 +669,19 @@ pub struct ParseMemo {
 
 #[derive(Debug)]
 struct MemoEntry {
-    uid: String,
-    resource_version: String,
-    verdict: Result<Peer, Rejection>,
+    /// The node's uid and resourceVersion as one digest (two strings per node less at the
+    /// start-up peak). Only provisional passes use the memo and the first complete pass parses
+    /// every node afresh, so even a digest collision could only delay a change to that pass.
+    version: u64,
+    /// Boxed: a map's spare slots (up to half of them) then cost a pointer, not a verdict.
+    verdict: Box<Result<Peer, Rejection>>,
+}
+
+fn memo_version(node: &NodeInfo) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    (&node.uid, &node.resource_version).hash(&mut h);
+    h.finish()
 }
 
 impl ParseMemo {
@@ -650,19 +692,18 @@ impl ParseMemo {
         keys: &AnnotationKeys,
         ctx: &ValidationContext,
     ) -> Result<Peer, Rejection> {
+        let version = memo_version(node);
         if let Some(e) = self.by_name.get(&node.name)
-            && e.uid == node.uid
-            && e.resource_version == node.resource_version
+            && e.version == version
         {
-            return e.verdict.clone();
+            return (*e.verdict).clone();
         }
         let verdict = parse_peer(node, keys, ctx);
         self.by_name.insert(
             node.name.clone(),
             MemoEntry {
-                uid: node.uid.clone(),
-                resource_version: node.resource_version.clone(),
-                verdict: verdict.clone(),
+                version,
+                verdict: Box::new(verdict.clone()),
             },
         );
         verdict
@@ -852,6 +893,59 @@ mod tests {
             None => n.annotations.remove(&format!("{K}{key}")),
         };
         n
+    }
+
+    #[test]
+    fn a_256_kib_annotation_is_kept_and_shown_only_as_a_bounded_excerpt() {
+        // The API server allows 256 KiB of annotations; control characters make a Debug
+        // rendering six times longer. Every copy the daemon keeps of a rejection (tracker,
+        // memo, the pass summary's text) must stay small.
+        let hostile = "\u{1}".repeat(256 << 10);
+        let json_hostile = format!(
+            r#"{{"VNI":1,"VtepMAC":{{"x":"{}"}}}}"#,
+            "y".repeat(256 << 10)
+        );
+        let cases = [
+            (
+                "kube-subnet-manager",
+                hostile.as_str(),
+                RejectKind::NotManaged,
+            ),
+            ("backend-type", hostile.as_str(), RejectKind::BackendType),
+            ("backend-data", hostile.as_str(), RejectKind::BadBackendData),
+            (
+                "backend-data",
+                json_hostile.as_str(),
+                RejectKind::BadBackendData,
+            ),
+            ("public-ip", hostile.as_str(), RejectKind::BadPublicIp),
+        ];
+        let mut tracker = RejectionTracker::default();
+        let mut memo = ParseMemo::default();
+        for (key, value, kind) in cases {
+            let n = with(node("h", 9, 0), key, Some(value));
+            let reason = judge(&n).unwrap_err();
+            assert_eq!(reason.kind(), kind, "{key}");
+            let shown = reason.to_string();
+            assert!(shown.len() < 2048, "{key}: {} bytes shown", shown.len());
+            assert!(format!("{reason:?}").len() < 2048, "{key}: Debug");
+            assert!(memo.parse(&n, &keys(), &ctx(false)).is_err());
+            let rejected = [RejectedNode {
+                name: "h".into(),
+                reason,
+            }];
+            tracker.update(&rejected);
+        }
+        let kept: usize = tracker.last.values().map(|r| format!("{r:?}").len()).sum();
+        assert!(kept < 2048, "{kept} bytes");
+        // A different hostile value past the excerpt is still a change: logged again.
+        let other = format!("{}x", "\u{1}".repeat(256 << 10));
+        let again = [RejectedNode {
+            name: "h".into(),
+            reason: judge(&with(node("h", 9, 0), "public-ip", Some(&other))).unwrap_err(),
+        }];
+        assert_eq!(tracker.update(&again).len(), 1);
+        assert!(tracker.update(&again).is_empty());
     }
 
     #[test]

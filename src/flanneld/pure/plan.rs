@@ -271,6 +271,66 @@ where
     out
 }
 
+/// A drift repair in words, for the Event: what was missing, wrong or stale (a few entries
+/// named, the rest counted).
+pub fn describe_repair(plan: &Plan) -> String {
+    const NAMED: usize = 4;
+    let route = |r: &RouteEntry| format!("route {} via {}", r.dst, r.gateway);
+    let neigh = |n: &NeighbourEntry| format!("neighbour {} → {}", n.ip, n.mac);
+    let fdb = |f: &FdbEntry| format!("FDB {} → {}", f.mac, f.dst);
+    let mut clauses = Vec::new();
+    let mut clause = |what: &str, items: Vec<String>| {
+        if items.is_empty() {
+            return;
+        }
+        let mut text = items
+            .iter()
+            .take(NAMED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if items.len() > NAMED {
+            text.push_str(&format!(" and {} more", items.len() - NAMED));
+        }
+        clauses.push(format!("{what} {text}"));
+    };
+    let p = plan;
+    clause(
+        "restored missing",
+        p.routes
+            .add
+            .iter()
+            .map(route)
+            .chain(p.neighbours.add.iter().map(neigh))
+            .chain(p.fdb.add.iter().map(fdb))
+            .collect(),
+    );
+    clause(
+        "corrected",
+        p.routes
+            .replace
+            .iter()
+            .map(|(_, n)| route(n))
+            .chain(p.neighbours.replace.iter().map(|(_, n)| neigh(n)))
+            .chain(p.fdb.replace.iter().map(|(_, n)| fdb(n)))
+            .collect(),
+    );
+    clause(
+        "removed stale",
+        p.routes
+            .remove
+            .iter()
+            .map(route)
+            .chain(p.neighbours.remove.iter().map(neigh))
+            .chain(p.fdb.remove.iter().map(fdb))
+            .collect(),
+    );
+    format!(
+        "{} (kernel entries changed behind flanneld's back)",
+        clauses.join("; ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,5 +761,33 @@ mod tests {
         let routes: Vec<String> = early.routes.add.iter().map(|r| r.dst.to_string()).collect();
         assert_eq!(routes, ["10.244.6.0/24"], "{early:?}");
         assert!(early.neighbours.replace.is_empty() && early.fdb.replace.is_empty());
+    }
+
+    #[test]
+    fn a_repair_names_what_was_missing_and_what_was_stale() {
+        let want = entries(&[(2, mac(2), "192.168.1.2"), (3, mac(3), "192.168.1.3")]);
+        let mut actual = want.clone();
+        actual
+            .routes
+            .retain(|r| r.dst.to_string() != "10.244.2.0/24");
+        peer_entries(&mut actual, 9, mac(9), "192.168.1.9");
+        actual
+            .routes
+            .retain(|r| r.dst.to_string() != "10.244.9.0/24");
+        let text = describe_repair(&diff(&actual, &want));
+        assert_eq!(
+            text,
+            "restored missing route 10.244.2.0/24 via 10.244.2.0; removed stale neighbour \
+             10.244.9.0 → 02:00:00:00:01:09, FDB 02:00:00:00:01:09 → 192.168.1.9 (kernel \
+             entries changed behind flanneld's back)"
+        );
+        let mut many = KernelEntries::default();
+        peer_entries(&mut many, 9, mac(9), "192.168.1.9");
+        let text = describe_repair(&diff(&many, &want));
+        assert!(
+            text.starts_with("restored missing route 10.244.2.0/24 via 10.244.2.0, "),
+            "{text}"
+        );
+        assert!(text.contains(" and 2 more;"), "{text}");
     }
 }

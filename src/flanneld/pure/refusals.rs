@@ -148,21 +148,9 @@ impl FailedPeers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flanneld::pure::peers::PeerEndpoint;
 
     fn peer(name: &str, i: u8) -> Peer {
-        Peer {
-            name: name.into(),
-            uid: format!("uid-{i}"),
-            created: None,
-            v4: Some(PeerEndpoint {
-                subnet: format!("10.244.{i}.0/24").parse().unwrap(),
-                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, i]),
-                public_ip: format!("192.168.50.{i}").parse().unwrap(),
-                vni: Some(1),
-            }),
-            v6: None,
-        }
+        Peer::numbered(name, i, "192.168.50")
     }
 
     fn refusal(key: Option<EntryKey>, error: &str) -> Refusal {

@@ -7,7 +7,7 @@
 mod summary;
 mod view;
 
-pub use summary::{DeviceSummary, FailedPeerSummary, PassSummary, PeerSummary, RejectedSummary};
+pub use summary::{DeviceSummary, FailedPeerSummary, PassSummary, PeerList, RejectedSummary};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::netlink::{Link, Netlink};
 
 use super::datapath::{self, DeviceAction};
+use super::events::Events;
 use super::health::{Readiness, SharedWatchdog};
 use super::memory;
 use super::metrics::Metrics;
@@ -30,7 +31,8 @@ use super::pure::desired::{self, FamilyState, KernelEntries, OwnMacs, Underlay};
 use super::pure::lease::PodSubnets;
 use super::pure::netconf::NetConf;
 use super::pure::peers::{
-    self, LostAnnotations, ParseMemo, Peer, PeerSelection, RejectionTracker, ValidationContext,
+    self, LostAnnotations, ParseMemo, Peer, PeerSelection, RejectedNode, RejectionTracker,
+    ValidationContext,
 };
 use super::pure::plan;
 use super::pure::readiness::PassEnd;
@@ -107,6 +109,8 @@ pub struct Reconciler {
     pub readiness: Readiness,
     /// Peers whose entries the kernel refuses.
     failed_peers: FailedPeers,
+    /// New rejections and drift repairs become Events on our Node.
+    pub events: Events,
 }
 
 /// What one device's step of a pass did.
@@ -142,6 +146,7 @@ impl Reconciler {
             watchdog: SharedWatchdog::default(),
             readiness: Readiness::default(),
             failed_peers: FailedPeers::default(),
+            events: Events::default(),
         }
     }
 
@@ -181,7 +186,7 @@ impl Reconciler {
         // Before the first complete list, peers are programmed as pages arrive, additively.
         let provisional = !self.cache.is_synced();
         let mut held = self.view.take_held(trigger);
-        let selection = self.select_peers(provisional);
+        let (peers, rejected) = self.select_peers(provisional);
         let selected_us = started.elapsed().as_micros() as u64;
 
         let inputs = &self.inputs;
@@ -190,7 +195,7 @@ impl Reconciler {
             &inputs.underlay,
             &inputs.lease,
             &inputs.own_macs,
-            &selection.peers,
+            &peers,
         )?;
         let desired_us = started.elapsed().as_micros() as u64;
 
@@ -266,23 +271,11 @@ impl Reconciler {
         self.view.record(wanted, held_after);
 
         summary.errors = refused.iter().map(|r| r.error.clone()).collect();
-        summary.failed_peers = self.note_refusals(&selection.peers, &refused, !provisional);
-        self.metrics.set_peers_programmed(
-            selection
-                .peers
-                .len()
-                .saturating_sub(self.failed_peers.len()) as u64,
-        );
-        summary.peers = selection
-            .peers
-            .iter()
-            .map(|p| PeerSummary {
-                node: p.name.clone(),
-                endpoints: p.endpoints().map(|(_, e)| *e).collect(),
-            })
-            .collect();
-        summary.rejected = selection
-            .rejected
+        summary.failed_peers = self.note_refusals(&peers, &refused, !provisional);
+        self.metrics
+            .set_peers_programmed(peers.len().saturating_sub(self.failed_peers.len()) as u64);
+        summary.peers = PeerList(peers);
+        summary.rejected = rejected
             .iter()
             .map(|r| RejectedSummary {
                 node: r.name.clone(),
@@ -344,8 +337,10 @@ impl Reconciler {
     }
 
     /// The peers to program, from the node cache: validated, conflicts settled, peers that
-    /// only lost their annotations kept; new rejections logged and counted.
-    fn select_peers(&mut self, provisional: bool) -> PeerSelection {
+    /// only lost their annotations kept; new rejections logged and counted. The peers are the
+    /// copy kept between passes (the selection's own vector goes at once: at 5000 peers the
+    /// pass would otherwise hold both through programming).
+    fn select_peers(&mut self, provisional: bool) -> (Arc<[Peer]>, Vec<RejectedNode>) {
         let inputs = &self.inputs;
         // The memo lives only while the list is in progress (no memory kept for later).
         let memo = &mut self.parse_memo;
@@ -368,27 +363,31 @@ impl Reconciler {
                 "node lost its flannel annotations; keeping its entries until they are back or the node is deleted"
             );
         }
+        let PeerSelection { peers, rejected } = selection;
+        drop(peers);
+        let peers = self.lost_annotations.programmed();
         // Verdicts on a partial list can change (an older holder of a subnet may be on a later
         // page); they are logged and counted once the list is complete.
         if provisional {
-            return selection;
+            return (peers, rejected);
         }
-        for r in self.rejections.update(&selection.rejected) {
+        for r in self.rejections.update(&rejected) {
             if r.reason.is_benign() {
                 tracing::debug!(peer = %r.name, reason = %r.reason, "node is not a flannel vxlan peer");
             } else {
                 self.metrics.count_rejection(r.reason.kind());
                 tracing::warn!(peer = %r.name, reason = %r.reason, "rejected peer: nothing is programmed for it");
+                self.events
+                    .peer_rejected(&r.name, r.reason.kind().as_str(), &r.reason.to_string());
             }
         }
         self.metrics.set_peers_rejected(
-            selection
-                .rejected
+            rejected
                 .iter()
                 .filter(|r| !r.reason.is_benign())
                 .map(|r| r.reason.kind()),
         );
-        selection
+        (peers, rejected)
     }
 
     /// Creates the family's VXLAN device, or adopts or recreates the one there.
@@ -459,8 +458,12 @@ impl Reconciler {
             if matches!(trigger, Trigger::Drift | Trigger::Resync)
                 && action == DeviceAction::Adopted
             {
-                self.metrics
-                    .add_drift_repairs((ops.len() - failed.len()) as u64);
+                let repaired = ops.len() - failed.len();
+                self.metrics.add_drift_repairs(repaired as u64);
+                if repaired > 0 {
+                    self.events
+                        .datapath_repaired(&device.name, &plan::describe_repair(&plan));
+                }
             }
             tracing::info!(
                 device = %device.name,
