@@ -20,7 +20,7 @@ const P: &str = "flannel.alpha.coreos.com/";
 
 /// The flannel identity's rules for the test API server: the manifest's ClusterRole, with the
 /// optional events role's rules added when `events_role`.
-fn role_file(dir: &Path, events_role: bool) -> PathBuf {
+pub(crate) fn role_file(dir: &Path, events_role: bool) -> PathBuf {
     let load = |path| manifest::load(path).unwrap_or_else(|e| panic!("{e}"));
     let mut role = load(manifest::MANIFEST).cluster_roles[0].clone();
     if events_role {

@@ -9,20 +9,28 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use frs_testsupport::cluster::{Cluster, ClusterOptions, NodeSpec, VXLAN_DEVICE, poll};
-use frs_testsupport::kube_testserver::Clobber;
+use frs_testsupport::kube_testserver::{Clobber, TestServerOptions};
 use frs_testsupport::lab::LabOptions;
 use serde_json::Value;
 
+use crate::daemon_events::role_file;
 use crate::e2e_cluster::{binaries, ip_in};
 use crate::harness::netns;
 
 /// `n` nodes, no pods; `env` for every daemon.
 fn probe_cluster(tag: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
     drop(netns("probe"));
+    // The optional events role granted, so that reachability changes become Events.
+    let dir = tempfile::tempdir().unwrap();
+    let role = role_file(dir.path(), true);
     let mut opts = ClusterOptions::new(
         LabOptions {
             tag: tag.into(),
             underlay: frs_testsupport::topology::next_underlay(),
+            server: TestServerOptions {
+                extra_args: vec!["--flannel-role".into(), role.display().to_string()],
+                ..TestServerOptions::default()
+            },
             ..LabOptions::default()
         },
         binaries(),
@@ -133,6 +141,33 @@ fn udp_8472_dropped_on_a_peer_shows_in_the_unreachable_metric_and_status() {
          (default pacing: 2 s·ln(1+2) rounds, 3 failed rounds)",
         blocked.elapsed().as_secs_f64()
     );
+    // The Event on node-1's Node names the peer and how it fails.
+    let event = poll(Duration::from_secs(20), Duration::from_millis(50), || {
+        let all = c.lab.server.events().ok()?;
+        all["items"]
+            .as_array()?
+            .iter()
+            .find(|e| {
+                e["reason"] == "PeerUnreachable"
+                    && e["regarding"]["name"] == "node-1"
+                    && e["note"].as_str().is_some_and(|n| n.contains("node-2"))
+            })
+            .cloned()
+    });
+    let (event, _) = event.unwrap_or_else(|| {
+        panic!(
+            "no PeerUnreachable Event for node-2: {:?}",
+            c.lab.server.events()
+        )
+    });
+    assert!(
+        event["note"].as_str().unwrap().contains("udp_dropped"),
+        "{event}"
+    );
+    eprintln!(
+        "FIGURE probes: UDP 8472 dropped on node-2 → node-1's PeerUnreachable Event after {:.2} s",
+        blocked.elapsed().as_secs_f64()
+    );
     let p = wait_state(
         &c,
         "node-2",
@@ -183,6 +218,19 @@ fn udp_8472_dropped_on_a_peer_shows_in_the_unreachable_metric_and_status() {
         daemon_log(&c, "node-1").contains("peer node-2 reachable through the tunnel again"),
         "{}",
         daemon_log(&c, "node-1")
+    );
+    let back = poll(Duration::from_secs(20), Duration::from_millis(50), || {
+        let all = c.lab.server.events().ok()?;
+        all["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "PeerReachable" && e["regarding"]["name"] == "node-1")
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "no PeerReachable Event: {:?}",
+        c.lab.server.events()
     );
 }
 
