@@ -168,28 +168,19 @@ pub(crate) mod test_faults {
     /// `FLANNELD_TEST_PROBE_BASE_MS` / `FLANNELD_TEST_PROBE_WAIT_MS`: a quicker tunnel
     /// prober for a test (None outside test builds, or when neither is set).
     pub(crate) fn prober_timing() -> Option<crate::flanneld::prober::ProberTiming> {
-        #[cfg(debug_assertions)]
-        {
-            let ms = |name| {
-                std::env::var(name)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .map(std::time::Duration::from_millis)
-            };
-            let (base, wait) = (
-                ms("FLANNELD_TEST_PROBE_BASE_MS"),
-                ms("FLANNELD_TEST_PROBE_WAIT_MS"),
-            );
-            if base.is_some() || wait.is_some() {
-                let d = crate::flanneld::prober::ProberTiming::default();
-                return Some(crate::flanneld::prober::ProberTiming {
-                    base: base.unwrap_or(d.base),
-                    wait: wait.unwrap_or(d.wait),
-                    ..d
-                });
-            }
+        let (base, wait) = (
+            millis("FLANNELD_TEST_PROBE_BASE_MS"),
+            millis("FLANNELD_TEST_PROBE_WAIT_MS"),
+        );
+        if base.is_none() && wait.is_none() {
+            return None;
         }
-        None
+        let d = crate::flanneld::prober::ProberTiming::default();
+        Some(crate::flanneld::prober::ProberTiming {
+            base: base.unwrap_or(d.base),
+            wait: wait.unwrap_or(d.wait),
+            ..d
+        })
     }
 
     #[cfg(debug_assertions)]
