@@ -13,6 +13,8 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v curl >/dev/null || need+=(curl)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
+# promtool checks /metrics in the tests (tests/netns/daemon_probes.rs).
+command -v promtool >/dev/null || need+=(prometheus)
 # The image (hack/image.sh) and the manifest's end-to-end test (tests/netns/deploy_e2e.rs).
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)

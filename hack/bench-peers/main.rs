@@ -60,6 +60,10 @@ struct Args {
     churn_rate: f64,
     #[arg(long, default_value_t = 10)]
     churn_secs: u64,
+    /// Whole tunnel probe rounds to measure (CPU and packet rate of the prober; every fake
+    /// peer is silent, so every round escalates for all of them: the worst case).
+    #[arg(long, default_value_t = 1)]
+    probe_rounds: u64,
     /// Repetitions of the `ip -batch` reference (median reported).
     #[arg(long, default_value_t = 3)]
     batch_reps: usize,
@@ -151,6 +155,10 @@ struct Row {
     churn_passes: u64,
     churn_cpu_pct: f64,
     rss_after_churn_kib: u64,
+    probe_round_secs: f64,
+    probe_cpu_pct: f64,
+    probe_pps: f64,
+    rss_after_probes_kib: u64,
     join_ms: Vec<f64>,
     join_client_ms: Vec<f64>,
     pass_ms: Vec<f64>,
@@ -338,6 +346,44 @@ fn run_one(
         "# N={n}: churn {} events: {} netlink ops, {} passes, CPU {:.1} %",
         row.churn_events, row.churn_ops, row.churn_passes, row.churn_cpu_pct
     );
+
+    // Tunnel probes: from the end of one round to the end of `--probe-rounds` more.
+    if args.probe_rounds > 0 {
+        let wait_rounds = |above: u64| -> Result<u64> {
+            let t = Instant::now();
+            loop {
+                let r = metric(&d, "flannel_probe_rounds_total")?;
+                if r > above {
+                    return Ok(r);
+                }
+                ensure!(
+                    t.elapsed() < Duration::from_secs(600),
+                    "no probe round in 600 s"
+                );
+                // Rarely: each scrape costs the daemon CPU, which would count as the probes'.
+                // A round at 5000 lasts tens of seconds, so ±0.25 s on each end is noise.
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        };
+        let r0 = wait_rounds(metric(&d, "flannel_probe_rounds_total")?)?;
+        let (sent0, ticks0, t) = (
+            metric(&d, "flannel_probe_packets_sent_total")?,
+            cpu_ticks(pid).context("read /proc/PID/stat")?,
+            Instant::now(),
+        );
+        wait_rounds(r0 + args.probe_rounds - 1)?;
+        let wall = t.elapsed().as_secs_f64();
+        let ticks1 = cpu_ticks(pid).context("read /proc/PID/stat")?;
+        let sent = metric(&d, "flannel_probe_packets_sent_total")? - sent0;
+        row.probe_round_secs = wall / args.probe_rounds as f64;
+        row.probe_cpu_pct = (ticks1 - ticks0) as f64 / clock_ticks_per_sec() / wall * 100.0;
+        row.probe_pps = sent as f64 / wall;
+        (row.rss_after_probes_kib, _) = rss(pid)?;
+        eprintln!(
+            "# N={n}: probes: {} round(s) of {:.1} s, {sent} packets ({:.0}/s), CPU {:.2} %",
+            args.probe_rounds, row.probe_round_secs, row.probe_pps, row.probe_cpu_pct
+        );
+    }
 
     // Joins, one at a time.
     let log_seq = lab.server.reset_request_log()?;
@@ -902,6 +948,18 @@ fn print_table(args: &Args, rows: &[Row]) {
     line("churn: reconcile passes", &|r| r.churn_passes.to_string());
     line("churn: flanneld CPU (% of one core)", &|r| {
         format!("{:.1}", r.churn_cpu_pct)
+    });
+    line("tunnel probes: one round, all peers silent (s)", &|r| {
+        format!("{:.1}", r.probe_round_secs)
+    });
+    line("tunnel probes: packets sent per second", &|r| {
+        format!("{:.0}", r.probe_pps)
+    });
+    line("tunnel probes: flanneld CPU (% of one core, ≤ 1)", &|r| {
+        format!("{:.2}", r.probe_cpu_pct)
+    });
+    line("tunnel probes: VmRSS after (MiB)", &|r| {
+        format!("{:.1}", r.rss_after_probes_kib as f64 / 1024.0)
     });
     line("churn: VmRSS after (MiB)", &|r| {
         format!("{:.1}", r.rss_after_churn_kib as f64 / 1024.0)

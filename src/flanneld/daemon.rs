@@ -25,6 +25,7 @@ use super::kube::{self as kube_io, NodeStatusWriter};
 use super::memory;
 use super::metrics::Metrics;
 use super::node_cache::{self, NodeCache};
+use super::prober::{OurEnd, ProbeStatus, Prober, ProberTiming, SharedProbeStatus};
 use super::pure::annotations::{self, AnnotationKeys, AnnotationWarning, OwnAdvertisement};
 use super::pure::config::{DaemonConfig, NodeIdentity};
 use super::pure::desired::{self, OwnMacs};
@@ -51,6 +52,7 @@ pub struct DaemonTuning {
     pub coalesce: Option<Duration>,
     /// How long a requested reconcile pass may take before `/healthz` fails.
     pub pass_bound: Option<Duration>,
+    pub prober: ProberTiming,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, or until one of its tasks stops.
@@ -316,11 +318,30 @@ async fn run_supervised(
 
     // The long-running reconciler, which also owns the kernel monitor it waits on for drift.
     let last_pass = reconciler.last.clone();
-    set_status(&status, |s| s.last_pass = Some(last_pass));
+    set_status(&status, |s| s.last_pass = Some(last_pass.clone()));
     tasks.spawn(
         "reconciler",
         reconciler.run(signals.peers_changed.clone(), shutdown.clone()),
     );
+
+    // Every programmed peer probed through the tunnel (IPv4: the probes are ICMPv4).
+    if let (Some(subnet), Some(local)) = (lease.v4, ext.underlay().local_v4) {
+        let probes = SharedProbeStatus::default();
+        set_status(&status, |s| s.probes = Some(probes.clone()));
+        let prober = Prober {
+            end: OurEnd {
+                device: desired::device_name(Family::V4, netconf.backend.vni),
+                vtep: subnet.network(),
+                local,
+            },
+            last_pass,
+            metrics: metrics.clone(),
+            status: probes,
+            timing: test_faults::prober_timing().unwrap_or(tuning.prober),
+            events: events.clone(),
+        };
+        tasks.spawn("tunnel-prober", prober.run(shutdown.clone()));
+    }
 
     // subnet.env for the CNI plugin, once the rules its pods need are in place.
     let mut gates = readiness.subscribe();
@@ -560,6 +581,7 @@ struct StatusDoc {
     lease: Vec<String>,
     last_pass: Option<Arc<std::sync::Mutex<PassSummary>>>,
     last_heal: Option<SharedHeal>,
+    probes: Option<SharedProbeStatus>,
 }
 
 fn set_status(status: &std::sync::Mutex<StatusDoc>, f: impl FnOnce(&mut StatusDoc)) {
@@ -579,6 +601,7 @@ struct StatusView<'a> {
     last_reconcile: Option<PassSummary>,
     lease: &'a [String],
     node: &'a str,
+    probes: Option<ProbeStatus>,
     ready: bool,
     traffic_rules: TrafficView<'a>,
     waiting_for: Vec<String>,
@@ -634,6 +657,10 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         .last_heal
         .as_ref()
         .and_then(|h| h.lock().ok().and_then(|h| h.clone()));
+    let probes = s
+        .probes
+        .as_ref()
+        .and_then(|p| p.lock().ok().map(|p| p.clone()));
     let (writes, heals, conflicts, errors, last_heal_ms) = metrics.annotation_counts();
     let (events_written, events_aggregated, events_dropped) = metrics.event_counts();
     let verdict = gates.verdict();
@@ -655,6 +682,7 @@ fn render_status(status: &std::sync::Mutex<StatusDoc>, metrics: &Metrics, gates:
         last_reconcile: last,
         lease: &s.lease,
         node: &s.node,
+        probes,
         ready: verdict.is_ready(),
         traffic_rules: (&gates.traffic).into(),
         waiting_for: verdict.waiting_for,
@@ -697,6 +725,7 @@ mod tests {
             "drift_repairs": metrics.drift_repairs(),
             "events": {"written": 0, "aggregated": 0, "dropped": 0},
             "last_reconcile": last,
+            "probes": null,
         });
         serde_json::to_string_pretty(&doc).unwrap()
     }
@@ -731,12 +760,13 @@ mod tests {
         };
         let metrics = Metrics::new();
         metrics.count_annotation_write();
-        metrics.count_annotation_heal(Duration::from_millis(3));
+        metrics.count_annotation_heal(Duration::from_millis(3), None);
         let status = Mutex::new(StatusDoc {
             node: "n1".into(),
             lease: vec!["10.244.1.0/24".into()],
             last_pass: None,
             last_heal: None,
+            probes: None,
         });
         let mut gates = Gates::default();
         assert_eq!(

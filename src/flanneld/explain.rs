@@ -243,6 +243,31 @@ pub fn render(status: &Value, ready: Option<bool>) -> String {
     for r in &rejected {
         line(format!("  {:<24} {}", s(&r["node"]), s(&r["reason"])));
     }
+    let probes = &status["probes"];
+    if !probes.is_null() {
+        line(format!(
+            "tunnel probes: {} round(s) of {:.1} s; {} reachable, {} unreachable, {} not yet known",
+            n(&probes["rounds"]),
+            n(&probes["interval_ms"]) as f64 / 1000.0,
+            n(&probes["reachable"]),
+            n(&probes["unreachable"]),
+            n(&probes["unknown"])
+        ));
+        if let Some(e) = probes["error"].as_str() {
+            line(format!("  ! probes cannot run: {e}"));
+        }
+        for p in probes["peers"].as_array().into_iter().flatten() {
+            if p["state"] == "unreachable" {
+                line(format!(
+                    "  ! {:<22} {} ({} rounds): {}",
+                    s(&p["node"]),
+                    s(&p["verdict"]),
+                    n(&p["consecutive_failures"]),
+                    s(&p["detail"])
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -266,7 +291,10 @@ mod tests {
                 "peers": [{"node": "n2", "subnets": ["10.244.2.0/24"], "public_ips": ["192.168.50.2"], "vtep_macs": ["0e:00:00:00:00:02"]}],
                 "failed_peers": [{"node": "n3", "error": "replace route 10.244.3.0/24: Invalid argument"}],
                 "rejected": [{"node": "evil", "kind": "subnet_overlaps_own", "reason": "subnet 10.244.1.0/24 overlaps our own"}]
-            }
+            },
+            "probes": {"rounds": 7, "interval_ms": 2197, "reachable": 0, "unreachable": 1, "unknown": 0,
+                "peers": [{"node": "n2", "state": "unreachable", "verdict": "udp_dropped",
+                    "consecutive_failures": 3, "detail": "no answer through the tunnel while 192.168.50.2 answers"}]}
         });
         let text = render(&status, Some(true));
         assert_says(
@@ -287,6 +315,14 @@ mod tests {
                 "evil",
                 "overlaps our own",
             ],
+        );
+        assert!(
+            text.contains("tunnel probes: 7 round(s) of 2.2 s; 0 reachable, 1 unreachable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("n2                     udp_dropped (3 rounds): no answer through"),
+            "{text}"
         );
     }
 

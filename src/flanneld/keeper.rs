@@ -201,9 +201,10 @@ impl AnnotationKeeper {
                     self.timing.errors.reset();
                     if converged_once {
                         let took = noticed_at.elapsed();
-                        self.metrics.count_annotation_heal(took);
                         let took_ms = took.as_millis() as u64;
                         let by = blame.as_ref().and_then(Option::as_ref);
+                        self.metrics
+                            .count_annotation_heal(took, by.map(|a| a.manager.as_str()));
                         let summary = by.map(Attribution::to_string).unwrap_or_else(|| {
                             "flannel annotations were missing or changed on our Node (managedFields \
                              do not say by whom)"

@@ -6,6 +6,7 @@
 //!   (with [`slim_list`] under it: Node list pages slimmed as they stream in), [`node_cache`] the
 //!   Node watcher and its cache, [`keeper`] re-asserts our annotations;
 //! - [`reconcile`]: the pass (pure pipeline → [`datapath`] → netlink) and its trigger loop;
+//! - [`probe`]: the ICMP probe engine `diagnose` and the daemon's [`prober`] share;
 //! - [`traffic`]: runs iptables/nft with the text [`pure::masq`] renders;
 //! - [`health`] (`/healthz`, `/readyz`, `/metrics` on the health port; `/status` as well on
 //!   the root-only [`status_socket`]), [`metrics`], [`explain`] (`flanneld explain`), [`memory`] (allocator tuning), [`caps`] (the NET_ADMIN start-up check).
@@ -22,6 +23,8 @@ pub mod kube;
 pub mod memory;
 pub mod metrics;
 pub mod node_cache;
+pub mod probe;
+pub mod prober;
 pub mod pure;
 pub mod reconcile;
 pub mod slim_list;

@@ -165,6 +165,24 @@ pub(crate) mod test_faults {
         Some(std::time::Duration::from_millis(ms))
     }
 
+    /// `FLANNELD_TEST_PROBE_BASE_MS` / `FLANNELD_TEST_PROBE_WAIT_MS`: a quicker tunnel
+    /// prober for a test (None outside test builds, or when neither is set).
+    pub(crate) fn prober_timing() -> Option<crate::flanneld::prober::ProberTiming> {
+        let (base, wait) = (
+            millis("FLANNELD_TEST_PROBE_BASE_MS"),
+            millis("FLANNELD_TEST_PROBE_WAIT_MS"),
+        );
+        if base.is_none() && wait.is_none() {
+            return None;
+        }
+        let d = crate::flanneld::prober::ProberTiming::default();
+        Some(crate::flanneld::prober::ProberTiming {
+            base: base.unwrap_or(d.base),
+            wait: wait.unwrap_or(d.wait),
+            ..d
+        })
+    }
+
     #[cfg(debug_assertions)]
     pub(crate) async fn wrap<F>(name: &'static str, fut: F)
     where

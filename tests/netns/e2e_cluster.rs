@@ -20,7 +20,7 @@ const FLANNEL_CNI: &str = env!("CARGO_BIN_EXE_flannel");
 /// Ping interval of the continuous pings (the issue asks for ≤ 20 ms).
 const PING_EVERY: Duration = Duration::from_millis(10);
 
-fn binaries() -> Binaries {
+pub(crate) fn binaries() -> Binaries {
     Binaries {
         flanneld: FLANNELD.into(),
         testserver: testserver(),

@@ -11,6 +11,7 @@ mod daemon_data;
 mod daemon_dual;
 mod daemon_events;
 mod daemon_outage;
+mod daemon_probes;
 mod daemon_readiness;
 mod daemon_status;
 mod daemon_supervision;

@@ -128,6 +128,8 @@ pub struct ClusterOptions {
     pub binaries: Binaries,
     /// Extra flanneld arguments (after the DaemonSet's own).
     pub flanneld_args: Vec<String>,
+    /// Extra environment for every flanneld (a test build's knobs).
+    pub flanneld_env: Vec<(String, String)>,
     /// How long a daemon may take to become ready.
     pub ready_timeout: Duration,
     /// Set from outside (a signal handler) to abort waits with [`ClusterError::Interrupted`].
@@ -140,6 +142,7 @@ impl ClusterOptions {
             lab,
             binaries,
             flanneld_args: Vec::new(),
+            flanneld_env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             cancel: None,
         }
@@ -314,6 +317,7 @@ pub struct Cluster {
     pub lab: Lab,
     binaries: Binaries,
     flanneld_args: Vec<String>,
+    flanneld_env: Vec<(String, String)>,
     ready_timeout: Duration,
     cancel: Arc<AtomicBool>,
     tag: String,
@@ -354,6 +358,7 @@ impl Cluster {
             lab,
             binaries: opts.binaries,
             flanneld_args: opts.flanneld_args,
+            flanneld_env: opts.flanneld_env,
             ready_timeout: opts.ready_timeout,
             cancel: opts.cancel.unwrap_or_default(),
             tag,
@@ -533,9 +538,20 @@ impl Cluster {
                 "flanneld already runs on {node}"
             )));
         }
-        let d =
-            self.lab
-                .start_flanneld(&self.binaries.flanneld, &self.nodes[rig].host, node, &args)?;
+        let envs: Vec<(&str, &str)> = self
+            .flanneld_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let subnet_file = self.lab.default_subnet_file(node);
+        let d = self.lab.start_flanneld_at(
+            &self.binaries.flanneld,
+            &self.nodes[rig].host,
+            node,
+            &subnet_file,
+            &args,
+            &envs,
+        )?;
         self.nodes[rig].flanneld = Some(d);
         Ok(())
     }

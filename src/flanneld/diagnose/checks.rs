@@ -7,13 +7,13 @@ use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
-use super::probe::ProbeKind;
 use super::report::{Code, Problem};
 use crate::flanneld::pure::annotations::AnnotationKeys;
 use crate::flanneld::pure::attribution::{self, FIELD_MANAGER};
 use crate::flanneld::pure::desired::{FdbEntry, KernelEntries, NeighbourEntry, RouteEntry};
 use crate::flanneld::pure::node::NodeInfo;
 use crate::flanneld::pure::peers::{Peer, PeerSelection, RejectKind, Rejection};
+use crate::flanneld::pure::reachability::TunnelVerdict;
 
 /// Rejections that mean only "no (complete) flannel annotations": the node may have lost
 /// them, and flanneld keeps such a node's entries while it exists.
@@ -313,51 +313,20 @@ pub fn entry_findings(
     (per_peer, stale)
 }
 
-/// What a peer's probe answers mean; `None` when the tunnel works at full size.
-pub fn probe_finding(
-    answered: &BTreeSet<ProbeKind>,
-    mtu: u32,
-    public_ip: IpAddr,
-) -> Option<Problem> {
-    let has = |k| answered.contains(&k);
-    if has(ProbeKind::Tunnel) {
-        if has(ProbeKind::TunnelMtu) {
-            return None;
+/// What a peer's probe answers mean, as a problem; `None` when the tunnel works at full size.
+pub fn probe_finding(verdict: TunnelVerdict, mtu: u32, public_ip: IpAddr) -> Option<Problem> {
+    let code = match verdict {
+        TunnelVerdict::Reachable => return None,
+        TunnelVerdict::MtuBlackhole => Code::MtuBlackhole,
+        TunnelVerdict::OneWay | TunnelVerdict::UdpDropped | TunnelVerdict::NoAnswer => {
+            Code::TunnelUnreachable
         }
-        return Some(Problem::new(
-            Code::MtuBlackhole,
-            format!(
-                "small packets cross the tunnel but {mtu}-byte ones (the device MTU) with DF set \
-                 do not: the underlay path carries less than {} bytes",
-                mtu + 50
-            ),
-            "lower Backend.MTU in net-conf.json (or raise the underlay MTU on the path)",
-        ));
-    }
-    let (detail, fix) = if has(ProbeKind::TunnelFromUnderlay) {
-        (
-            "one-way: it receives our tunnel packets (it answers those sent from our underlay \
-             address) but its answers through the tunnel never arrive — it lacks its route, \
-             neighbour or FDB entry for this node"
-                .to_string(),
-            "check flanneld on that node (its log, `flanneld diagnose` there) and that this \
-             node's annotations are valid",
-        )
-    } else if has(ProbeKind::Underlay) {
-        (
-            format!(
-                "no answer through the tunnel while {public_ip} answers on the underlay: VXLAN \
-                 (UDP) to or from it is dropped — a firewall on the path or on that node"
-            ),
-            "allow UDP port Backend.Port (8472 by default) between the nodes",
-        )
-    } else {
-        (
-            format!("no answer through the tunnel, nor from {public_ip} on the underlay"),
-            "the node is down or unreachable on the underlay (or drops ICMP)",
-        )
     };
-    Some(Problem::new(Code::TunnelUnreachable, detail, fix))
+    Some(Problem::new(
+        code,
+        verdict.detail(mtu, public_ip),
+        verdict.fix(),
+    ))
 }
 
 #[cfg(test)]
@@ -464,20 +433,19 @@ mod tests {
     }
 
     #[test]
-    fn probe_answers_tell_the_failure_modes_apart() {
+    fn probe_verdicts_become_the_stable_codes() {
         let ip: IpAddr = "192.168.0.2".parse().unwrap();
-        let set = |ks: &[ProbeKind]| ks.iter().copied().collect::<BTreeSet<_>>();
-        use ProbeKind::*;
-        assert_eq!(probe_finding(&set(&[Tunnel, TunnelMtu]), 1450, ip), None);
-        let code = |ks: &[ProbeKind]| probe_finding(&set(ks), 1450, ip).unwrap();
-        assert_eq!(code(&[Tunnel, Underlay]).code, Code::MtuBlackhole);
-        let one_way = code(&[TunnelFromUnderlay, Underlay]);
+        use TunnelVerdict::*;
+        assert_eq!(probe_finding(Reachable, 1450, ip), None);
+        let code = |v| probe_finding(v, 1450, ip).unwrap();
+        assert_eq!(code(MtuBlackhole).code, Code::MtuBlackhole);
+        let one_way = code(OneWay);
         assert_eq!(one_way.code, Code::TunnelUnreachable);
         assert!(one_way.detail.starts_with("one-way"), "{one_way:?}");
-        let dropped = code(&[Underlay]);
-        assert!(dropped.detail.contains("UDP"), "{dropped:?}");
-        let down = code(&[]);
-        assert!(down.detail.contains("nor from 192.168.0.2"), "{down:?}");
+        let dropped = code(UdpDropped);
+        assert_eq!(dropped.code, Code::TunnelUnreachable);
+        assert!(dropped.fix.contains("8472"), "{dropped:?}");
+        assert_eq!(code(NoAnswer).code, Code::TunnelUnreachable);
     }
 
     fn record(

@@ -5,25 +5,24 @@
 //! It works whether the daemon runs or not.
 //!
 //! - [`checks`]: the judgements (pure); [`report`]: codes, JSON and text (pure);
-//! - [`probe`]: the ICMP probes; this module gathers the inputs.
+//! - the ICMP probes are the daemon's ([`super::probe`]); this module gathers the inputs.
 
 pub mod checks;
-pub mod probe;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 
 use self::checks::{DeviceCheck, NodeRecord};
-use self::probe::{Path, Probe, ProbeKind};
 use self::report::{Code, PeerReport, Problem, Report};
 use super::datapath;
 use super::explain;
 use super::kube as kube_io;
+use super::probe::{self, Pacing, TunnelEnd};
 use super::pure::annotations::{self, AnnotationKeys};
 use super::pure::attribution::{self, FIELD_MANAGER};
 use super::pure::config::{DaemonConfig, NodeIdentity, status_socket_path};
@@ -71,12 +70,15 @@ pub enum DiagnoseError {
     #[error("interface: {0}")]
     Iface(String),
     #[error("probes: {0}")]
-    Probe(#[from] probe::ProbeError),
+    Probe(#[from] super::probe::ProbeError),
 }
 
 /// Packets per second the probes may send, and how long to wait for late answers.
-const PROBE_RATE: u32 = 5000;
-const PROBE_WAIT: Duration = Duration::from_millis(1000);
+const PACING: Pacing = Pacing {
+    first_gap: Duration::from_micros(200),
+    second_gap: Duration::from_micros(200),
+    wait: Duration::from_millis(1000),
+};
 
 pub async fn diagnose(config: &DaemonConfig, scope: &Scope) -> Result<Report, DiagnoseError> {
     let path = config.net_config_path.display().to_string();
@@ -318,25 +320,18 @@ async fn node_report(
 
     // Probes for peers whose entries here are complete (the rest are explained already).
     if let Some(end) = probes_for.first().copied() {
-        let targets: Vec<ProbeTarget> = selection
-            .peers
-            .iter()
-            .filter(|p| in_scope(&p.name) && !per_peer.contains_key(&p.name))
-            .filter_map(|p| {
-                let ep = p.v4?;
-                match (ep.subnet.network(), ep.public_ip) {
-                    (IpAddr::V4(gateway), IpAddr::V4(public)) => Some(ProbeTarget {
-                        name: p.name.clone(),
-                        gateway,
-                        public,
-                        mac: ep.vtep_mac,
-                    }),
-                    _ => None,
-                }
-            })
-            .collect();
-        for (name, problem) in probe_peers(&targets, &end)? {
-            per_peer.entry(name).or_default().push(problem);
+        let targets = probe::targets_of(
+            selection
+                .peers
+                .iter()
+                .filter(|p| in_scope(&p.name) && !per_peer.contains_key(&p.name)),
+        );
+        let (answers, _) = probe::probe_peers(&targets, &end, PACING).await?;
+        for (t, a) in targets.iter().zip(answers) {
+            if let Some(problem) = checks::probe_finding(a.verdict(), end.mtu, IpAddr::V4(t.public))
+            {
+                per_peer.entry(t.name.clone()).or_default().push(problem);
+            }
         }
     }
 
@@ -434,122 +429,25 @@ fn own_annotations_problem(
     ))
 }
 
-/// Our end of the IPv4 tunnel.
-#[derive(Debug, Clone, Copy)]
-struct TunnelEnd {
-    vtep: Ipv4Addr,
-    local: Ipv4Addr,
-    mtu: u32,
-    ifindex: u32,
-    mac: crate::net::MacAddr,
-}
-
-/// A peer's end: its VTEP address (the gateway of its subnet), public IP and VTEP MAC.
-struct ProbeTarget {
-    name: String,
-    gateway: Ipv4Addr,
-    public: Ipv4Addr,
-    mac: crate::net::MacAddr,
-}
-
-/// Sends the tunnel probes; escalates for the peers that do not answer; one finding per
-/// peer with a problem.
-fn probe_peers(
-    targets: &[ProbeTarget],
-    end: &TunnelEnd,
-) -> Result<Vec<(String, Problem)>, DiagnoseError> {
-    if targets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let full = u16::try_from(end.mtu).unwrap_or(u16::MAX);
-    let small = probe::MIN_PROBE_SIZE;
-    let probe = |target, kind, src, dst, size, path| Probe {
-        target,
-        kind,
-        src,
-        dst,
-        size,
-        path,
-    };
-    let mut first = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        first.push(probe(
-            i,
-            ProbeKind::Tunnel,
-            end.vtep,
-            t.gateway,
-            small,
-            Path::Routed,
-        ));
-        first.push(probe(
-            i,
-            ProbeKind::TunnelMtu,
-            end.vtep,
-            t.gateway,
-            full,
-            Path::Routed,
-        ));
-    }
-    let mut answered: BTreeMap<usize, BTreeSet<ProbeKind>> = BTreeMap::new();
-    for (i, k) in probe::run(&first, PROBE_RATE, PROBE_WAIT)? {
-        answered.entry(i).or_default().insert(k);
-    }
-    // Only the silent ones get the probes that tell why.
-    let mut second = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        if answered
-            .get(&i)
-            .is_some_and(|a| a.contains(&ProbeKind::Tunnel))
-        {
-            continue;
-        }
-        let injected = Path::Injected {
-            ifindex: end.ifindex,
-            src_mac: end.mac,
-            dst_mac: t.mac,
-        };
-        second.push(probe(
-            i,
-            ProbeKind::TunnelFromUnderlay,
-            end.local,
-            t.gateway,
-            small,
-            injected,
-        ));
-        second.push(probe(
-            i,
-            ProbeKind::Underlay,
-            end.local,
-            t.public,
-            small,
-            Path::Routed,
-        ));
-    }
-    for (i, k) in probe::run(&second, PROBE_RATE, PROBE_WAIT)? {
-        answered.entry(i).or_default().insert(k);
-    }
-    let none = BTreeSet::new();
-    Ok(targets
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| {
-            let got = answered.get(&i).unwrap_or(&none);
-            checks::probe_finding(got, end.mtu, IpAddr::V4(t.public)).map(|p| (t.name.clone(), p))
-        })
-        .collect())
-}
-
 /// Whether the daemon answers on this node's status socket, and if so whether it is ready
 /// (its own reasons when not).
 fn daemon_view(config: &DaemonConfig) -> (Option<Problem>, String) {
     let socket = status_socket_path(&config.subnet_file);
+    let probes = || {
+        explain::get(&socket, "/status")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .map(|doc| daemon_probes_line(&doc["probes"]))
+            .unwrap_or_default()
+    };
     match explain::get(&socket, "/readyz") {
-        Ok((200, _)) => (None, "daemon: running, ready".into()),
+        Ok((200, _)) => (None, format!("daemon: running, ready{}", probes())),
         Ok((_, body)) => (
             None,
             format!(
-                "daemon: running, not ready — {}",
-                body.trim().replace('\n', ";")
+                "daemon: running, not ready — {}{}",
+                body.trim().replace('\n', ";"),
+                probes()
             ),
         ),
         Err(e) => (
@@ -564,5 +462,51 @@ fn daemon_view(config: &DaemonConfig) -> (Option<Problem>, String) {
             )),
             "daemon: not running".into(),
         ),
+    }
+}
+
+/// The daemon's own view of its peers' reachability (its probe rounds), as a clause.
+fn daemon_probes_line(probes: &serde_json::Value) -> String {
+    if probes.is_null() {
+        return String::new();
+    }
+    let n = |k: &str| probes[k].as_u64().unwrap_or(0);
+    let down: Vec<String> = probes["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["state"] == "unreachable")
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["node"].as_str().unwrap_or("?"),
+                p["verdict"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let mut line = format!(
+        "; its tunnel probes: {} reachable, {} unreachable, {} not yet known",
+        n("reachable"),
+        n("unreachable"),
+        n("unknown")
+    );
+    if !down.is_empty() {
+        line.push_str(&format!(" ({})", down.join(", ")));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_daemons_probe_view_is_one_clause() {
+        let doc = serde_json::json!({"reachable": 1, "unreachable": 1, "unknown": 0, "peers": [
+            {"node": "n2", "state": "reachable", "verdict": "reachable"},
+            {"node": "n3", "state": "unreachable", "verdict": "udp_dropped"}]});
+        assert_eq!(
+            super::daemon_probes_line(&doc),
+            "; its tunnel probes: 1 reachable, 1 unreachable, 0 not yet known (n3 udp_dropped)"
+        );
+        assert_eq!(super::daemon_probes_line(&serde_json::Value::Null), "");
     }
 }

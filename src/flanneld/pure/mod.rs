@@ -7,7 +7,8 @@
 //! actual state). Our own Node's annotations are computed via [`annotations`]; the lease via
 //! [`lease`]; the underlay interface is chosen by [`iface`] on plain data; [`masq`] renders the
 //! ip-masq rules as text; [`backoff`] decides delays (the caller sleeps); [`readiness`] is the
-//! one readiness rule and [`refusals`] tells which peer a refused kernel entry belongs to.
+//! one readiness rule and [`refusals`] tells which peer a refused kernel entry belongs to;
+//! [`reachability`] reads tunnel probe answers and keeps each peer's reachability.
 //!
 //! Wiring recipe (what the I/O layer does around these functions):
 //! 1. `Flags::parse_with_env` → `Flags::resolve` → [`config::DaemonConfig`];
@@ -39,6 +40,7 @@ pub mod netconf;
 pub mod node;
 pub mod peers;
 pub mod plan;
+pub mod reachability;
 pub mod readiness;
 pub mod refusals;
 pub mod watchdog;
