@@ -418,3 +418,20 @@ fn a_peer_whose_annotations_vanish_keeps_its_entries_until_it_is_deleted() {
     lab.delete_node("n2").unwrap();
     wait_until("n2's route removed", Duration::from_secs(5), || !route());
 }
+
+/// Starts flanneld on `host` as node n1 with extra environment (test knobs) and waits until
+/// it is ready.
+pub(crate) fn start_n1_ready(lab: &Lab, host: &Host, envs: &[(&str, &str)]) -> Flanneld {
+    let mut d = lab
+        .start_flanneld_at(
+            FLANNELD,
+            host,
+            "n1",
+            &lab.default_subnet_file("n1"),
+            &[],
+            envs,
+        )
+        .unwrap();
+    d.wait_ready(Duration::from_secs(30)).unwrap();
+    d
+}

@@ -12,7 +12,7 @@ use frs_testsupport::lab::{Flanneld, Lab, LabOptions};
 use frs_testsupport::topology::Host;
 use serde_json::Value;
 
-use crate::daemon_control::{FLANNELD, lab_with};
+use crate::daemon_control::{lab_with, start_n1_ready};
 use crate::deploy_e2e::manifest;
 use crate::harness::wait_until;
 
@@ -59,19 +59,7 @@ fn start(lab: &Lab, host: &Host) -> Flanneld {
     // The peers here are API objects only, so the tunnel prober would find them unreachable
     // and write Events of its own, which these counts are not about (daemon_probes tests
     // those): a round too long to end within a test keeps it quiet.
-    let quiet_prober = [("FLANNELD_TEST_PROBE_BASE_MS", "3600000")];
-    let mut d = lab
-        .start_flanneld_at(
-            FLANNELD,
-            host,
-            "n1",
-            &lab.default_subnet_file("n1"),
-            &[],
-            &quiet_prober,
-        )
-        .unwrap();
-    d.wait_ready(Duration::from_secs(30)).unwrap();
-    d
+    start_n1_ready(lab, host, &[("FLANNELD_TEST_PROBE_BASE_MS", "3600000")])
 }
 
 fn ours(lab: &Lab) -> BTreeMap<String, String> {

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use frs_testsupport::cluster::{Cluster, ClusterOptions, NodeSpec, VXLAN_DEVICE, poll};
-use frs_testsupport::kube_testserver::{Clobber, TestServerOptions};
+use frs_testsupport::kube_testserver::TestServerOptions;
 use frs_testsupport::lab::LabOptions;
 use serde_json::Value;
 
@@ -91,7 +91,16 @@ fn daemon_log(c: &Cluster, node: &str) -> String {
         .unwrap_or_default()
 }
 
-fn nft(c: &Cluster, node: &str, rules: &str) {
+/// Stops `node`'s daemon and deletes its route to `peer`'s pod subnet: `node` still receives
+/// `peer`'s tunnel packets but cannot answer through the tunnel (one-way).
+pub(crate) fn make_one_way(c: &mut Cluster, node: &str, peer: &str) {
+    c.stop_daemon(node).unwrap();
+    let subnet = c.peer_facts(peer).unwrap().subnet.to_string();
+    ip_in(c, node, &["route", "del", &subnet, "dev", VXLAN_DEVICE]);
+}
+
+/// `nft -f -` with `rules` in `node`'s namespace.
+pub(crate) fn nft(c: &Cluster, node: &str, rules: &str) {
     let ns = &c.node(node).unwrap().host.ns;
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
@@ -107,7 +116,8 @@ fn nft(c: &Cluster, node: &str, rules: &str) {
     assert!(child.wait().unwrap().success(), "nft {rules}");
 }
 
-const DROP_VXLAN: &str = "table inet frs_drop {\n chain in {\n type filter hook input priority 0; udp dport 8472 drop\n }\n}\n";
+/// Drops VXLAN (UDP 8472) arriving at a node.
+pub(crate) const DROP_VXLAN: &str = "table inet frs_drop {\n chain in {\n type filter hook input priority 0; udp dport 8472 drop\n }\n}\n";
 
 /// Production pacing (no knobs): the time from dropping UDP 8472 on a peer to the
 /// unreachable metric is printed, and the peer comes back once the rule is gone.
@@ -247,13 +257,7 @@ fn one_way_a_stopped_daemon_and_an_mtu_black_hole_are_told_apart() {
     wait_state(&c, "node-3", "reachable", "reachable", quick);
 
     // node-3 without its daemon, and without its route to node-1: one-way.
-    c.stop_daemon("node-3").unwrap();
-    let one = c.peer_facts("node-1").unwrap();
-    ip_in(
-        &c,
-        "node-3",
-        &["route", "del", &one.subnet.to_string(), "dev", VXLAN_DEVICE],
-    );
+    make_one_way(&mut c, "node-3", "node-1");
     let p = wait_state(&c, "node-3", "unreachable", "one_way", quick);
     assert!(p["detail"].as_str().unwrap().starts_with("one-way"), "{p}");
     assert_eq!(
@@ -312,13 +316,7 @@ fn a_running_daemons_metrics_pass_promtool() {
     })
     .expect("a probe round");
     // A clobber by a named field manager, healed and attributed.
-    let stale = [("example.com/synced-by".to_string(), "rancher".to_string())].into();
-    let answer = c
-        .lab
-        .server
-        .clobber_as("node-1", &Clobber::Annotations(stale), Some("rancher"))
-        .unwrap();
-    assert_eq!(answer["code"], 200, "{answer}");
+    c.lab.server.stale_write_by("node-1", "rancher");
     let series = "flannel_annotation_heals_by_manager_total{field_manager=\"rancher\"}";
     poll(Duration::from_secs(10), Duration::from_millis(50), || {
         metric(&c, "node-1", series).filter(|v| *v >= 1.0)

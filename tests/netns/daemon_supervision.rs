@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use frs_testsupport::lab::{Flanneld, Lab};
 use frs_testsupport::topology::Host;
 
-use crate::daemon_control::{FLANNELD, lab_with_two_nodes};
+use crate::daemon_control::{lab_with_two_nodes, start_n1_ready};
 
 const ROUTE_TO_N2: &str = "via 10.244.2.0 dev flannel.1";
 
@@ -21,18 +21,7 @@ fn start_with_faults(lab: &Lab, host: &Host, envs: &[(&str, &str)]) -> Flanneld 
     let faults = faults.to_str().expect("utf-8 temp path");
     let mut all = vec![("FLANNELD_TEST_FAULT_FILE", faults)];
     all.extend_from_slice(envs);
-    let mut d = lab
-        .start_flanneld_at(
-            FLANNELD,
-            host,
-            "n1",
-            &lab.default_subnet_file("n1"),
-            &[],
-            &all,
-        )
-        .unwrap();
-    d.wait_ready(Duration::from_secs(30)).unwrap();
-    d
+    start_n1_ready(lab, host, &all)
 }
 
 /// Route, neighbour and device of peer n2, as `ip` shows them.

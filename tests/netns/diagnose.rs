@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use frs_testsupport::cluster::{Cluster, VXLAN_DEVICE};
-use frs_testsupport::kube_testserver::Clobber;
 use frs_testsupport::lab::peer_annotations;
 use serde_json::Value;
 
+use crate::daemon_probes::{DROP_VXLAN, make_one_way, nft};
 use crate::e2e_cluster::{cluster, ip_in, pod_ip};
 
 /// `diagnose --json ARGS` on `node`: (exit code, the document).
@@ -216,15 +216,8 @@ fn each_missing_or_wrong_kernel_entry_and_a_stopped_daemon_is_named() {
 fn a_clobbered_node_names_the_field_manager_and_a_conflicting_node_is_rejected() {
     let mut c = cluster("dg3", 3, 0);
     c.stop_daemon("node-3").unwrap();
-    // The incident: a controller writes back its own copy of the annotations (one key of its
-    // own, none of flannel's) without a resourceVersion.
-    let stale = [("example.com/synced-by".to_string(), "rancher".to_string())].into();
-    let answer = c
-        .lab
-        .server
-        .clobber_as("node-3", &Clobber::Annotations(stale), Some("rancher"))
-        .unwrap();
-    assert_eq!(answer["code"], 200, "{answer}");
+    // The incident, by a controller named "rancher".
+    c.lab.server.stale_write_by("node-3", "rancher");
     // A newcomer claiming node-2's subnet.
     std::thread::sleep(Duration::from_millis(1100));
     let addr = c.lab.switch.address(201);
@@ -282,26 +275,8 @@ fn probes_tell_udp_dropped_one_way_and_an_mtu_black_hole_apart() {
     assert_eq!(code, 0, "{doc}");
 
     // UDP 8472 dropped on node-2.
-    let nft = |node: &str, rules: &str| {
-        let ns = &c.node(node).unwrap().host.ns;
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(rules.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "nft {rules}");
-    };
-    nft(
-        "node-2",
-        "table inet frs_drop {\n chain in {\n type filter hook input priority 0; udp dport 8472 drop\n }\n}\n",
-    );
+    let nft = |node: &str, rules: &str| nft(&c, node, rules);
+    nft("node-2", DROP_VXLAN);
     let (code, doc) = diagnose_json(&c, "node-1", &["--peer", "node-2"]);
     assert_eq!(code, 1, "{doc}");
     assert_eq!(codes(&doc, "node-2"), ["tunnel-unreachable"]);
@@ -312,13 +287,7 @@ fn probes_tell_udp_dropped_one_way_and_an_mtu_black_hole_apart() {
     nft("node-2", "delete table inet frs_drop");
 
     // node-3 without its daemon loses its entries for node-1: one-way.
-    c.stop_daemon("node-3").unwrap();
-    let one = c.peer_facts("node-1").unwrap();
-    ip_in(
-        &c,
-        "node-3",
-        &["route", "del", &one.subnet.to_string(), "dev", VXLAN_DEVICE],
-    );
+    make_one_way(&mut c, "node-3", "node-1");
     let (code, doc) = diagnose_json(&c, "node-1", &["--peer", "node-3"]);
     assert_eq!(code, 1, "{doc}");
     assert_eq!(codes(&doc, "node-3"), ["tunnel-unreachable"], "{doc}");

@@ -489,6 +489,17 @@ impl KubeTestServer {
         self.clobber_as(node, how, None)
     }
 
+    /// The incident as a test makes it: `manager` writes `node` back from a stale copy without
+    /// a resourceVersion, its annotations only one key of its own (`example.com/synced-by`),
+    /// none of flannel's. Panics unless the server took the write.
+    pub fn stale_write_by(&self, node: &str, manager: &str) {
+        let stale = [("example.com/synced-by".to_string(), manager.to_string())].into();
+        let answer = self
+            .clobber_as(node, &Clobber::Annotations(stale), Some(manager))
+            .unwrap_or_else(|e| panic!("stale write of {node} by {manager}: {e}"));
+        assert_eq!(answer["code"], 200, "{answer}");
+    }
+
     /// `clobber` recorded in managedFields under `field_manager` (server default: `clobber`).
     pub fn clobber_as(
         &self,
