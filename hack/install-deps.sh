@@ -26,6 +26,14 @@ if [ "${#need[@]}" -gt 0 ]; then
         exit 1
     fi
     echo "install-deps: installing ${need[*]}"
+    # The packages install; their services do not start (prometheus, wanted only for promtool,
+    # would listen on :9090): a policy-rc.d that refuses, for the length of the install.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
