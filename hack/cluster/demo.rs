@@ -1,5 +1,6 @@
 //! The README's demo, in one foreground process: 3 nodes × 2 pods, the ping matrix, the
-//! incident on node-2 under continuous ping, the heal, `flanneld explain`, tear-down.
+//! incident on node-2 under continuous ping, the heal, `flanneld explain` and `flanneld
+//! diagnose`, tear-down.
 
 use std::io::Write;
 use std::time::Instant;
@@ -61,6 +62,15 @@ pub fn run(run: &RunDir, args: &UpArgs) -> anyhow::Result<()> {
         let text = commands::explain(&cluster, node)?;
         for l in text.lines() {
             writeln!(out, "  {l}")?;
+        }
+        // The one command for an operator on any node: every peer's entries and tunnel.
+        writeln!(out, "\n  `flanneld diagnose` on node-1:")?;
+        let (code, text, err) = cluster.diagnose("node-1", &[])?;
+        for l in text.lines() {
+            writeln!(out, "  {l}")?;
+        }
+        if code != 0 {
+            bail!("flanneld diagnose on node-1 exited {code}: {}", err.trim());
         }
 
         step(&mut out, 5, "ping matrix after the incident")?;
