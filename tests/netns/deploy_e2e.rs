@@ -28,10 +28,11 @@ const PING_EVERY: Duration = Duration::from_millis(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Rig {
-    // Drop order: containers (in the tests) before the lab's namespaces.
+    // Drop order: containers (in the tests), then podman's own processes, before the lab's
+    // namespaces and the run's dir.
+    podman: Podman,
     lab: Lab,
     dir: tempfile::TempDir,
-    podman: Podman,
 }
 
 fn rig() -> Rig {
@@ -57,7 +58,7 @@ fn rig() -> Rig {
         testserver(),
     )
     .expect("lab");
-    Rig { lab, dir, podman }
+    Rig { podman, lab, dir }
 }
 
 /// A pod on a node: a network namespace wired by the installed conflist and plugin (as the

@@ -28,6 +28,47 @@ pub struct Podman {
     prefix: String,
 }
 
+impl Drop for Podman {
+    /// Waits (up to 10 s) for the podman processes still working with this conf to end: the
+    /// `container cleanup` conmon starts when a container exits runs on after `podman rm`
+    /// returns and recreates the network config dir in the run's dir (its lock file) after
+    /// the test removed it.
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.processes_left() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Podman {
+    /// Whether a process other than this test has our containers.conf in its environment or
+    /// our run dir on its command line.
+    fn processes_left(&self) -> bool {
+        let conf = self.conf.to_string_lossy().into_owned();
+        let dir = self
+            .conf
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let me = std::process::id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
+                return false;
+            }
+            let has = |file: &str, needle: &str| {
+                std::fs::read(e.path().join(file))
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+            };
+            has("environ", &conf) || (!dir.is_empty() && has("cmdline", &dir))
+        })
+    }
+}
+
 /// `Max open files`-style row of /proc/self/limits: (soft, hard).
 fn limit(row: &str) -> Option<(String, String)> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
