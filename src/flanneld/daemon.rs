@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use rand::SeedableRng;
 use tokio::sync::watch;
@@ -421,15 +420,11 @@ async fn resolve_node_name(
         NodeIdentity::Named(n) => return Ok(n.clone()),
         NodeIdentity::Pod { namespace, name } => (namespace, name),
     };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut delay = Duration::from_millis(500);
     loop {
-        match pods.get(name).await {
-            Ok(pod) => {
-                return pod
-                    .spec
-                    .and_then(|s| s.node_name)
-                    .filter(|n| !n.is_empty())
+        match kube_io::node_of_pod(client, namespace, name).await {
+            Ok(node) => {
+                return node
                     .with_context(|| format!("pod {namespace}/{name} has no spec.nodeName"));
             }
             Err(err) => {

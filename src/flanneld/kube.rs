@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -107,6 +108,19 @@ pub async fn build_client(
     }
     let builder = kube::client::ClientBuilder::try_from(config).map_err(KubeError::Client)?;
     Ok(builder.with_layer(&SlimNodeListLayer).build())
+}
+
+/// `spec.nodeName` of pod `namespace/name` (`None` while it has none): how a DaemonSet pod
+/// given only POD_NAME and POD_NAMESPACE learns its node.
+pub async fn node_of_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, kube::Error> {
+    let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await?;
+    Ok(pod.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()))
 }
 
 /// Writes to `nodes/NAME/status` — the only write upstream's ClusterRole grants.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 
 use self::checks::{DeviceCheck, NodeRecord};
@@ -135,18 +135,12 @@ async fn node_name(
 ) -> Result<String, DiagnoseError> {
     match identity {
         NodeIdentity::Named(n) => Ok(n.clone()),
-        NodeIdentity::Pod { namespace, name } => {
-            let pod = Api::<Pod>::namespaced(client.clone(), namespace)
-                .get(name)
-                .await
-                .map_err(|e| DiagnoseError::Api(format!("get pod {namespace}/{name}: {e}")))?;
-            pod.spec
-                .and_then(|s| s.node_name)
-                .filter(|n| !n.is_empty())
-                .ok_or_else(|| {
-                    DiagnoseError::Api(format!("pod {namespace}/{name} has no spec.nodeName"))
-                })
-        }
+        NodeIdentity::Pod { namespace, name } => kube_io::node_of_pod(client, namespace, name)
+            .await
+            .map_err(|e| DiagnoseError::Api(format!("get pod {namespace}/{name}: {e}")))?
+            .ok_or_else(|| {
+                DiagnoseError::Api(format!("pod {namespace}/{name} has no spec.nodeName"))
+            }),
     }
 }
 
