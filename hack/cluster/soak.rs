@@ -762,14 +762,8 @@ struct StormReport {
 /// `(pid, CNI_COMMAND, CNI_CONTAINERID)` of our children running `plugin`.
 fn plugin_calls(plugin: &Path) -> Vec<(i32, String, String)> {
     let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
+    for pid in frs_testsupport::procfs::other_pids() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Field 4 (after the parenthesised comm) is the parent pid.
         let ppid = stat
@@ -796,7 +790,8 @@ fn plugin_calls(plugin: &Path) -> Vec<(i32, String, String)> {
                 id = v.to_string();
             }
         }
-        out.push((pid, command, id));
+        // pid_max is at most 2^22: a pid always fits the i32 kill(2) takes.
+        out.push((pid as i32, command, id));
     }
     out
 }

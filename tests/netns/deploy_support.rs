@@ -51,21 +51,15 @@ impl Podman {
             .parent()
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let me = std::process::id().to_string();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
-                return false;
-            }
-            let has = |file: &str, needle: &str| {
-                std::fs::read(e.path().join(file))
-                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
-            };
-            has("environ", &conf) || (!dir.is_empty() && has("cmdline", &dir))
-        })
+        frs_testsupport::procfs::other_pids()
+            .into_iter()
+            .any(|pid| {
+                let has = |file: &str, needle: &str| {
+                    std::fs::read(format!("/proc/{pid}/{file}"))
+                        .is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+                };
+                has("environ", &conf) || (!dir.is_empty() && has("cmdline", &dir))
+            })
     }
 }
 

@@ -30,6 +30,19 @@ pub fn clock_ticks_per_sec() -> f64 {
     }
 }
 
+/// The pids of every process but this one (an unreadable /proc gives none).
+pub fn other_pids() -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| *pid != me)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
