@@ -165,6 +165,9 @@ struct Row {
     /// `flanneld diagnose` wall seconds: this node (probes included), then `--cluster`.
     diagnose_node: f64,
     diagnose_cluster: f64,
+    /// Peak RSS (KiB) of each of those runs.
+    diagnose_node_kib: u64,
+    diagnose_cluster_kib: u64,
 }
 
 fn run_one(
@@ -443,7 +446,10 @@ fn run_one(
 
     // Last: its probes to the lab's addressless peers fill the neighbour table of the
     // underlay, which the daemon hears about (a real cluster's peers are there already).
-    (row.diagnose_node, row.diagnose_cluster) = time_diagnose(&lab, flanneld, &host, n)?;
+    [
+        (row.diagnose_node, row.diagnose_node_kib),
+        (row.diagnose_cluster, row.diagnose_cluster_kib),
+    ] = time_diagnose(&lab, flanneld, &host, n)?;
 
     d.stop();
     if let Some(dir) = &args.keep_log {
@@ -816,22 +822,20 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
 /// Runs `flanneld diagnose --json` on our node (every peer checked and probed; the lab's
 /// peers are API objects only, so every probe goes unanswered: the slowest case) and
 /// `--cluster`; wall seconds of each, and what they found.
-fn time_diagnose(lab: &Lab, flanneld: &Path, host: &Host, n: u32) -> Result<(f64, f64)> {
-    let mut secs = [0.0; 2];
+fn time_diagnose(lab: &Lab, flanneld: &Path, host: &Host, n: u32) -> Result<[(f64, u64); 2]> {
+    let mut runs = [(0.0, 0); 2];
     for (i, extra) in [&[][..], &["--cluster"][..]].into_iter().enumerate() {
         let t = Instant::now();
-        let out = lab
-            .flanneld_command(
-                flanneld,
-                host,
-                SELF_NODE,
-                &lab.default_subnet_file(SELF_NODE),
-                Some("diagnose"),
-            )
-            .arg("--json")
-            .args(extra)
-            .output()?;
-        secs[i] = t.elapsed().as_secs_f64();
+        let mut cmd = lab.flanneld_command(
+            flanneld,
+            host,
+            SELF_NODE,
+            &lab.default_subnet_file(SELF_NODE),
+            Some("diagnose"),
+        );
+        cmd.arg("--json").args(extra);
+        let (out, peak_kib) = output_with_peak_rss(cmd)?;
+        runs[i] = (t.elapsed().as_secs_f64(), peak_kib);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("diagnose: {}", String::from_utf8_lossy(&out.stderr)))?;
         let mut codes = std::collections::BTreeMap::<String, usize>::new();
@@ -848,14 +852,51 @@ fn time_diagnose(lab: &Lab, flanneld: &Path, host: &Host, n: u32) -> Result<(f64
                 .or_default() += 1;
         }
         eprintln!(
-            "# N={n}: diagnose{} {:.2} s, exit {:?}, {} peers, problems {codes:?}",
+            "# N={n}: diagnose{} {:.2} s, peak RSS {:.1} MiB, exit {:?}, {} peers, problems {codes:?}",
             extra.first().map(|a| format!(" {a}")).unwrap_or_default(),
-            secs[i],
+            runs[i].0,
+            peak_kib as f64 / 1024.0,
             out.status.code(),
             peers.len()
         );
     }
-    Ok((secs[0], secs[1]))
+    Ok(runs)
+}
+
+/// Runs `cmd` to its end like `Command::output`, plus its peak resident size (KiB, the
+/// kernel's `ru_maxrss` of that child alone: it is reaped with `wait4`).
+fn output_with_peak_rss(mut cmd: std::process::Command) -> Result<(std::process::Output, u64)> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut stderr = child.stderr.take().context("no stderr pipe")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stderr.read_to_end(&mut buf).map(|_| buf)
+    });
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .context("no stdout pipe")?
+        .read_to_end(&mut stdout)?;
+    let stderr = err_reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("stderr reader panicked"))??;
+    let pid = i32::try_from(child.id())?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 writes both out-parameters.
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our unreaped child; the pointers are to live locals.
+    let rc = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(rc == pid, "wait4: {}", std::io::Error::last_os_error());
+    let output = std::process::Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout,
+        stderr,
+    };
+    Ok((output, u64::try_from(usage.ru_maxrss).unwrap_or(0)))
 }
 
 fn print_table(args: &Args, rows: &[Row]) {
@@ -908,8 +949,14 @@ fn print_table(args: &Args, rows: &[Row]) {
     line("flanneld diagnose, every peer probed (s)", &|r| {
         format!("{:.2}", r.diagnose_node)
     });
+    line("flanneld diagnose, peak RSS (MiB)", &|r| {
+        format!("{:.1}", r.diagnose_node_kib as f64 / 1024.0)
+    });
     line("flanneld diagnose --cluster (s)", &|r| {
         format!("{:.2}", r.diagnose_cluster)
+    });
+    line("flanneld diagnose --cluster, peak RSS (MiB)", &|r| {
+        format!("{:.1}", r.diagnose_cluster_kib as f64 / 1024.0)
     });
     line(
         "ip -batch, same 3N entries, fresh netns (s, median)",

@@ -563,10 +563,22 @@ impl Cluster {
         node: &str,
         args: &[&str],
     ) -> Result<(i32, String, String), ClusterError> {
+        self.diagnose_under(&[], node, args)
+    }
+
+    /// [`Cluster::diagnose`] with `wrapper` in front of the binary inside the node's namespace
+    /// (e.g. `setpriv` dropping every capability).
+    pub fn diagnose_under(
+        &self,
+        wrapper: &[&str],
+        node: &str,
+        args: &[&str],
+    ) -> Result<(i32, String, String), ClusterError> {
         let rig = self.node(node)?;
         let out = self
             .lab
-            .flanneld_command(
+            .flanneld_command_under(
+                wrapper,
                 &self.binaries.flanneld,
                 &rig.host,
                 node,

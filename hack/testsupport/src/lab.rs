@@ -344,8 +344,23 @@ impl Lab {
         subnet_file: &Path,
         subcommand: Option<&str>,
     ) -> Command {
+        self.flanneld_command_under(&[], bin, host, node, subnet_file, subcommand)
+    }
+
+    /// [`Lab::flanneld_command`] with `wrapper` run inside the namespace in front of the
+    /// binary (e.g. `setpriv` to drop capabilities).
+    pub fn flanneld_command_under(
+        &self,
+        wrapper: &[&str],
+        bin: &Path,
+        host: &Host,
+        node: &str,
+        subnet_file: &Path,
+        subcommand: Option<&str>,
+    ) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", host.ns.name()])
+            .args(wrapper)
             .arg(bin)
             .args(subcommand)
             .args(["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"])

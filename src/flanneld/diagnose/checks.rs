@@ -20,11 +20,24 @@ use crate::flanneld::pure::reachability::TunnelVerdict;
 pub const LOST_ANNOTATIONS: [RejectKind; 2] =
     [RejectKind::NotManaged, RejectKind::MissingAnnotation];
 
-/// A Node as diagnose reads it: what flanneld decides on, plus who wrote it (for attribution).
+/// A Node as diagnose reads it: what flanneld decides on, plus who wrote its metadata last
+/// (for attribution). Only that clause is kept of `managedFields`: they are several KB per
+/// Node, and diagnose reads every Node of the cluster.
 #[derive(Debug, Clone, Default)]
 pub struct NodeRecord {
     pub info: NodeInfo,
-    pub managed_fields: Vec<ManagedFieldsEntry>,
+    pub last_writer: Option<String>,
+}
+
+impl NodeRecord {
+    pub fn new(
+        info: NodeInfo,
+        managed_fields: &[ManagedFieldsEntry],
+        keys: &AnnotationKeys,
+    ) -> Self {
+        let last_writer = last_writer(&info, managed_fields, keys);
+        NodeRecord { info, last_writer }
+    }
 }
 
 /// Problems per Node name, from the API alone (the `--cluster` view, also part of every other).
@@ -65,14 +78,18 @@ fn flannel_keys(keys: &AnnotationKeys) -> [&str; 4] {
 }
 
 /// Who last wrote a Node's metadata after flanneld did, as a clause for a detail text.
-fn last_writer(node: &NodeRecord, keys: &AnnotationKeys) -> Option<String> {
+fn last_writer(
+    node: &NodeInfo,
+    managed_fields: &[ManagedFieldsEntry],
+    keys: &AnnotationKeys,
+) -> Option<String> {
     let ours = flannel_keys(keys);
     let had: BTreeMap<String, String> = ours
         .iter()
         .map(|k| (k.to_string(), String::new()))
         .collect();
-    let now: BTreeMap<String, String> = node.info.annotations.to_map();
-    let a = attribution::attribute(&node.managed_fields, &had, &now, &ours, FIELD_MANAGER, None)?;
+    let now: BTreeMap<String, String> = node.annotations.to_map();
+    let a = attribution::attribute(managed_fields, &had, &now, &ours, FIELD_MANAGER, None)?;
     let when = a
         .time
         .map(|t| format!(" at {}", t.strftime("%Y-%m-%dT%H:%M:%SZ")))
@@ -102,7 +119,7 @@ fn rejection_problem(
             } else {
                 format!("incomplete flannel annotations ({reason})")
             };
-            let writer = last_writer(node, keys)
+            let writer = (node.last_writer.as_ref())
                 .map(|w| format!(" ({w})"))
                 .unwrap_or_default();
             Some(Problem::new(
@@ -453,19 +470,17 @@ mod tests {
         annotations: &[(&str, &str)],
         managed: Vec<ManagedFieldsEntry>,
     ) -> NodeRecord {
-        NodeRecord {
-            info: NodeInfo {
-                name: name.into(),
-                pod_cidrs: vec!["10.244.5.0/24".into()],
-                annotations: annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                internal_ips: vec!["192.168.0.5".into()],
-                ..NodeInfo::default()
-            },
-            managed_fields: managed,
-        }
+        let info = NodeInfo {
+            name: name.into(),
+            pod_cidrs: vec!["10.244.5.0/24".into()],
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            internal_ips: vec!["192.168.0.5".into()],
+            ..NodeInfo::default()
+        };
+        NodeRecord::new(info, &managed, &keys())
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, ListParams};
 
 use self::checks::{DeviceCheck, NodeRecord};
@@ -93,32 +94,47 @@ pub async fn diagnose(config: &DaemonConfig, scope: &Scope) -> Result<Report, Di
     .await
     .map_err(|e| DiagnoseError::Api(format!("{e:#}")))?;
     let keys = &config.annotation_keys;
-    let nodes = list_nodes(&client, keys).await?;
     if *scope == Scope::Cluster {
-        return Ok(cluster_report(&netconf, keys, &nodes));
+        let listed = list_nodes(&client, keys, None).await?;
+        return Ok(cluster_report(&netconf, keys, &listed.nodes));
     }
     let name = node_name(&client, &config.node).await?;
-    node_report(config, &netconf, &nodes, &name, scope).await
+    let listed = list_nodes(&client, keys, Some(&name)).await?;
+    node_report(config, &netconf, &listed, &name, scope).await
 }
 
-/// Every Node, page by page, with the fields attribution needs.
+/// Every Node, and the whole `managedFields` of one (this node's: its own clobber check
+/// attributes each of its keys).
+struct ListedNodes {
+    nodes: Vec<NodeRecord>,
+    own_managed_fields: Vec<ManagedFieldsEntry>,
+}
+
+/// Every Node, page by page, with who last wrote each (attribution). Small pages: a full
+/// Node (managedFields included) is ~16 KB of JSON, and the client holds a page whole, in
+/// several copies, before it is decoded; 100 a page keeps that to a few MB at any cluster size.
 async fn list_nodes(
     client: &kube::Client,
     keys: &AnnotationKeys,
-) -> Result<Vec<NodeRecord>, DiagnoseError> {
+    own: Option<&str>,
+) -> Result<ListedNodes, DiagnoseError> {
     let api: Api<Node> = Api::all(client.clone());
     let mut out = Vec::new();
-    let mut params = ListParams::default().limit(500);
+    let mut own_managed_fields = Vec::new();
+    let mut params = ListParams::default().limit(100);
     loop {
         let page = api
             .list(&params)
             .await
             .map_err(|e| DiagnoseError::Api(format!("list nodes: {e}")))?;
-        for node in &page.items {
-            out.push(NodeRecord {
-                info: NodeInfo::from_node(node, &keys.prefix),
-                managed_fields: node.metadata.managed_fields.clone().unwrap_or_default(),
-            });
+        for mut node in page.items {
+            let managed = node.metadata.managed_fields.take().unwrap_or_default();
+            let info = NodeInfo::from_node(&node, &keys.prefix);
+            let record = NodeRecord::new(info, &managed, keys);
+            if own == Some(record.info.name.as_str()) {
+                own_managed_fields = managed;
+            }
+            out.push(record);
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
@@ -126,7 +142,10 @@ async fn list_nodes(
         }
     }
     out.sort_by(|a, b| a.info.name.cmp(&b.info.name));
-    Ok(out)
+    Ok(ListedNodes {
+        nodes: out,
+        own_managed_fields,
+    })
 }
 
 async fn node_name(
@@ -165,11 +184,12 @@ fn cluster_report(netconf: &NetConf, keys: &AnnotationKeys, nodes: &[NodeRecord]
 async fn node_report(
     config: &DaemonConfig,
     netconf: &NetConf,
-    nodes: &[NodeRecord],
+    listed: &ListedNodes,
     name: &str,
     scope: &Scope,
 ) -> Result<Report, DiagnoseError> {
     let keys = &config.annotation_keys;
+    let nodes = &listed.nodes;
     let own = nodes
         .iter()
         .find(|n| n.info.name == name)
@@ -186,6 +206,7 @@ async fn node_report(
     let mut problems = Vec::new();
     let mut macs = OwnMacs::default();
     let mut devices = Vec::new();
+    let mut unusable = Vec::new();
     for family in netconf.families() {
         let dev = desired::device_name(family, netconf.backend.vni);
         let link = nl
@@ -197,16 +218,24 @@ async fn node_report(
                 *macs.get_mut(family) = l.mac;
                 devices.push((family, l));
             }
-            Some(_) => problems.push(Problem::new(
-                Code::NoDevice,
-                format!("{dev} exists but is down"),
-                "flanneld brings it up when it runs; check its log",
-            )),
-            None => problems.push(Problem::new(
-                Code::NoDevice,
-                format!("{dev} does not exist: no pod traffic leaves this node through the tunnel"),
-                "start flanneld on this node (it creates the device)",
-            )),
+            Some(_) => {
+                problems.push(Problem::new(
+                    Code::NoDevice,
+                    format!("{dev} exists but is down"),
+                    "flanneld brings it up when it runs; check its log",
+                ));
+                unusable.push(dev);
+            }
+            None => {
+                problems.push(Problem::new(
+                    Code::NoDevice,
+                    format!(
+                        "{dev} does not exist: no pod traffic leaves this node through the tunnel"
+                    ),
+                    "start flanneld on this node (it creates the device)",
+                ));
+                unusable.push(dev);
+            }
         }
     }
 
@@ -231,7 +260,9 @@ async fn node_report(
         let v4 = ads.iter().find(|(f, _)| *f == Family::V4).map(|(_, a)| a);
         let v6 = ads.iter().find(|(f, _)| *f == Family::V6).map(|(_, a)| a);
         let want = annotations::desired_annotations(keys, v4, v6, &own_map);
-        if let Some(p) = own_annotations_problem(own, &want.annotations, name) {
+        if let Some(p) =
+            own_annotations_problem(own, &listed.own_managed_fields, &want.annotations, name)
+        {
             problems.push(p);
         }
     }
@@ -345,15 +376,19 @@ async fn node_report(
             PeerReport::new(n, problems)
         })
         .collect();
+    let devices_line = if devices.is_empty() {
+        "no VXLAN device up".to_string()
+    } else {
+        devices
+            .iter()
+            .map(|(_, l)| format!("{} (MTU {})", l.name, l.mtu))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     context.insert(
         0,
         format!(
-            "node {name}: {}; {} peers programmable, {} other Nodes not",
-            devices
-                .iter()
-                .map(|(_, l)| format!("{} (MTU {})", l.name, l.mtu))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "node {name}: {devices_line}; {} peers programmable, {} other Nodes not",
             selection.peers.len(),
             selection.rejected.len()
         ),
@@ -361,6 +396,9 @@ async fn node_report(
     context.insert(1, daemon_line);
     let mut report = Report::new(name, problems, peers);
     report.context = context;
+    if !unusable.is_empty() {
+        report.peers_unchecked = Some(format!("{} is not up", unusable.join(", ")));
+    }
     Ok(report)
 }
 
@@ -393,6 +431,7 @@ fn owner_of(nodes: &[NodeRecord], ip: IpAddr) -> Option<(&str, String)> {
 
 fn own_annotations_problem(
     own: &NodeRecord,
+    managed_fields: &[ManagedFieldsEntry],
     want: &BTreeMap<String, String>,
     name: &str,
 ) -> Option<Problem> {
@@ -406,7 +445,7 @@ fn own_annotations_problem(
         return None;
     }
     let keys: Vec<&str> = want.keys().map(String::as_str).collect();
-    let who = attribution::attribute(&own.managed_fields, want, &have, &keys, FIELD_MANAGER, None)
+    let who = attribution::attribute(managed_fields, want, &have, &keys, FIELD_MANAGER, None)
         .map(|a| format!(" ({a})"))
         .unwrap_or_default();
     Some(Problem::new(
@@ -465,6 +504,10 @@ fn daemon_probes_line(probes: &serde_json::Value) -> String {
         return String::new();
     }
     let n = |k: &str| probes[k].as_u64().unwrap_or(0);
+    // Before its first round the counts are all zero, which would read as "no peers".
+    if n("rounds") == 0 {
+        return "; its tunnel probes: no round finished yet".into();
+    }
     let down: Vec<String> = probes["peers"]
         .as_array()
         .into_iter()
@@ -494,7 +537,7 @@ fn daemon_probes_line(probes: &serde_json::Value) -> String {
 mod tests {
     #[test]
     fn the_daemons_probe_view_is_one_clause() {
-        let doc = serde_json::json!({"reachable": 1, "unreachable": 1, "unknown": 0, "peers": [
+        let doc = serde_json::json!({"rounds": 3, "reachable": 1, "unreachable": 1, "unknown": 0, "peers": [
             {"node": "n2", "state": "reachable", "verdict": "reachable"},
             {"node": "n3", "state": "unreachable", "verdict": "udp_dropped"}]});
         assert_eq!(
@@ -502,5 +545,10 @@ mod tests {
             "; its tunnel probes: 1 reachable, 1 unreachable, 0 not yet known (n3 udp_dropped)"
         );
         assert_eq!(super::daemon_probes_line(&serde_json::Value::Null), "");
+        let fresh = serde_json::json!({"rounds": 0, "reachable": 0, "unreachable": 0, "unknown": 0, "peers": []});
+        assert_eq!(
+            super::daemon_probes_line(&fresh),
+            "; its tunnel probes: no round finished yet"
+        );
     }
 }

@@ -97,6 +97,10 @@ pub struct Report {
     /// Context printed above the findings (what was checked), not part of the JSON.
     #[serde(skip)]
     pub context: Vec<String>,
+    /// Why the peers' kernel entries and tunnels were not checked (this node has no usable
+    /// VXLAN device): their lack of problems then means "none in the API", not healthy.
+    #[serde(skip)]
+    pub peers_unchecked: Option<String>,
 }
 
 impl Report {
@@ -108,6 +112,7 @@ impl Report {
             problems,
             peers,
             context: Vec::new(),
+            peers_unchecked: None,
         }
     }
 
@@ -147,7 +152,19 @@ impl Report {
             if healthy.len() > SHOWN {
                 let _ = write!(names, ", … {} more", healthy.len() - SHOWN);
             }
-            let _ = writeln!(out, "ok: {} peers healthy ({names})", healthy.len());
+            match &self.peers_unchecked {
+                None => {
+                    let _ = writeln!(out, "ok: {} peers healthy ({names})", healthy.len());
+                }
+                Some(why) => {
+                    let _ = writeln!(
+                        out,
+                        "not checked: {} peers without problems in the API ({names}); their \
+                         entries and tunnels from here were not checked: {why}",
+                        healthy.len()
+                    );
+                }
+            }
         }
         let problems =
             self.problems.len() + self.peers.iter().map(|p| p.problems.len()).sum::<usize>();
@@ -244,6 +261,26 @@ mod tests {
         assert_eq!(
             Report::new("me", vec![], vec![]).to_text(),
             "no problem found\n"
+        );
+    }
+
+    #[test]
+    fn peers_are_not_called_healthy_when_their_entries_were_not_checked() {
+        let mut r = Report::new(
+            "me",
+            vec![Problem::new(
+                Code::NoDevice,
+                "flannel.1 does not exist",
+                "start it",
+            )],
+            vec![PeerReport::new("n2", vec![])],
+        );
+        r.peers_unchecked = Some("flannel.1 is not up".into());
+        assert_eq!(
+            r.to_text(),
+            "me: no-device — flannel.1 does not exist; start it\n\
+             not checked: 1 peers without problems in the API (n2); their entries and tunnels \
+             from here were not checked: flannel.1 is not up\n1 problem(s) found\n"
         );
     }
 }
