@@ -20,13 +20,14 @@
 //! the far side.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 use nix::libc;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
-use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 pub use super::pure::reachability::{ProbeKind, TunnelVerdict};
@@ -68,8 +69,11 @@ pub enum ProbeError {
     },
 }
 
-/// The shortest sleep between two batches of sends.
-const SEND_TICK: Duration = Duration::from_millis(20);
+/// How often a run wakes: it sends what is due and reads what has arrived, then sleeps.
+/// Answers are not waited for one by one (the kernel's receive timestamp gives each its round
+/// trip), so at hundreds of probes a second the daemon wakes 20 times a second, not once per
+/// packet sent or received.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Smallest probe: IPv4 header, ICMP header and our 16-byte payload.
 pub const MIN_PROBE_SIZE: u16 = 20 + 8 + 16;
@@ -104,12 +108,11 @@ pub async fn run(
         None
     };
     let recv = open(Domain::IPV4, Some(Protocol::ICMPV4))?;
-    // SAFETY: the socket owns its descriptor, which nothing else closes or replaces while
-    // the AsyncFd holds it.
-    let recv = unsafe { AsyncFd::register_with_interest(recv, tokio::io::Interest::READABLE) }
+    setsockopt(&recv, sockopt::ReceiveTimestampns, &true)
         .map_err(|e| ProbeError::Socket(e.into()))?;
     let ident: u16 = rand::random();
-    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
+    // When each probe left, by the clock the kernel stamps arrivals with.
+    let mut sent_at: HashMap<usize, Duration> = HashMap::new();
     let mut answered: BTreeMap<usize, Answer> = BTreeMap::new();
     let mut buf = vec![0u8; 65536];
     let start = Instant::now();
@@ -121,6 +124,9 @@ pub async fn run(
         while sent < probes.len() && start + gap * (sent as u32) <= now {
             let p = &probes[sent];
             let packet = echo_request(p, ident, sent as u32);
+            // Before the send: in a namespace lab the answer can arrive (and be stamped)
+            // before send_to returns.
+            let leaves = realtime_now();
             let result = match (p.path, &frames) {
                 (
                     Path::Injected {
@@ -141,13 +147,29 @@ pub async fn run(
             };
             match result {
                 Ok(_) => {
-                    sent_at.insert(sent, now);
+                    sent_at.insert(sent, leaves);
                 }
                 // No route, larger than the device, a full queue: this probe is not answered.
                 Err(e) if is_local_refusal(&e) => {}
                 Err(source) => return Err(ProbeError::Send { dst: p.dst, source }),
             }
             sent += 1;
+        }
+        while let Some((n, arrived)) = receive(&recv, &mut buf)? {
+            if let Some(index) = echo_reply_index(&buf[..n], ident)
+                && let Some(p) = probes.get(index as usize)
+                && reply_matches(&buf[..n], p)
+                && let Some(t) = sent_at.get(&(index as usize))
+            {
+                answered.insert(
+                    index as usize,
+                    Answer {
+                        target: p.target,
+                        kind: p.kind,
+                        rtt: elapsed(*t, arrived),
+                    },
+                );
+            }
         }
         if sent == probes.len() && deadline.is_none() {
             deadline = Some(now + wait);
@@ -157,42 +179,66 @@ pub async fn run(
         {
             break;
         }
-        // Sends are batched to one wake-up per tick at most: at hundreds of probes a second,
-        // a timer per probe would cost more than the probes.
-        let wake = match deadline {
-            Some(d) => d,
-            None => (start + gap * (sent as u32)).max(now + SEND_TICK),
+        let next = match deadline {
+            Some(d) => d.min(now + TICK),
+            None => (start + gap * (sent as u32)).max(now + TICK),
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
-            ready = recv.readable() => {
-                let mut guard = ready.map_err(ProbeError::Socket)?;
-                loop {
-                    match guard.try_io(|s| (&mut s.get_ref()).read(&mut buf)) {
-                        Ok(Ok(n)) => {
-                            let at = Instant::now();
-                            if let Some(index) = echo_reply_index(&buf[..n], ident)
-                                && let Some(p) = probes.get(index as usize)
-                                && reply_matches(&buf[..n], p)
-                                && let Some(t) = sent_at.get(&(index as usize))
-                            {
-                                answered.insert(index as usize, Answer {
-                                    target: p.target,
-                                    kind: p.kind,
-                                    rtt: at.duration_since(*t),
-                                });
-                            }
-                        }
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => return Err(ProbeError::Socket(e)),
-                        // Drained: the guard cleared readiness.
-                        Err(_would_block) => break,
-                    }
-                }
-            }
-        }
+        tokio::time::sleep_until(next).await;
     }
     Ok((answered.into_values().collect(), sent_at.len()))
+}
+
+/// The next datagram waiting on `socket` (non-blocking): its length in `buf` and the kernel's
+/// time of its arrival; None when none is waiting.
+fn receive(socket: &Socket, buf: &mut [u8]) -> Result<Option<(usize, Duration)>, ProbeError> {
+    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        ) {
+            Ok(msg) => {
+                // Without the stamp (never on Linux once asked for), now is near enough.
+                let arrived = msg
+                    .cmsgs()
+                    .ok()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| match c {
+                        ControlMessageOwned::ScmTimestampns(ts) => Some(since_epoch(ts)),
+                        _ => None,
+                    })
+                    .unwrap_or_else(realtime_now);
+                return Ok(Some((msg.bytes, arrived)));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(ProbeError::Socket(e.into())),
+        }
+    }
+}
+
+/// From `from` to `to` (zero if the clock stepped back in between).
+fn elapsed(from: Duration, to: Duration) -> Duration {
+    to.saturating_sub(from)
+}
+
+/// The clock the kernel stamps arrivals with (`SO_TIMESTAMPNS`: the real-time clock), as
+/// the time since the epoch.
+fn realtime_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A kernel time stamp as the time since the epoch.
+fn since_epoch(ts: TimeSpec) -> Duration {
+    let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec()).unwrap_or(0);
+    Duration::new(secs, nanos)
 }
 
 /// Our end of the IPv4 tunnel.

@@ -6,7 +6,7 @@
 //! to the metrics, to `/status` and, on a change after `threshold` failed rounds, to a log
 //! line and an Event ([`on_peer_reachability_change`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,7 +132,7 @@ impl Prober {
                 // No peer (or no device yet): forget what was, keep the metrics true.
                 let present = BTreeSet::new();
                 reach.record_round([], &present);
-                self.publish(&reach, &[], 0, interval);
+                self.publish(&reach, &HashMap::new(), 0, interval);
             }
             // A round takes at least its interval, however quickly it was answered.
             tokio::select! {
@@ -186,11 +186,15 @@ impl Prober {
             .map(|(t, a)| (t.name.as_str(), a.verdict(), a.rtt))
             .collect();
         let changes = reach.record_round(results.iter().copied(), &present);
+        // By name: at thousands of failing peers a scan per lookup would be quadratic.
+        let public_of: HashMap<&str, Ipv4Addr> = targets
+            .iter()
+            .map(|t| (t.name.as_str(), t.public))
+            .collect();
         let detail_of = |name: &str, v: TunnelVerdict| {
-            targets
-                .iter()
-                .find(|t| t.name == name)
-                .map(|t| v.detail(end.mtu, IpAddr::V4(t.public)))
+            public_of
+                .get(name)
+                .map(|public| v.detail(end.mtu, IpAddr::V4(*public)))
                 .unwrap_or_default()
         };
         for change in &changes {
@@ -201,10 +205,10 @@ impl Prober {
                 &detail_of(&change.node, change.verdict),
             );
         }
-        let details: Vec<(String, String)> = results
+        let details: HashMap<&str, String> = results
             .iter()
             .filter(|(_, v, _)| !v.is_reachable())
-            .map(|(n, v, _)| (n.to_string(), detail_of(n, *v)))
+            .map(|(n, v, _)| (*n, detail_of(n, *v)))
             .collect();
         self.metrics.observe_probe_round(
             sent as u64,
@@ -218,7 +222,7 @@ impl Prober {
     fn publish(
         &self,
         reach: &Reachability,
-        details: &[(String, String)],
+        details: &HashMap<&str, String>,
         rounds: u64,
         interval: Duration,
     ) {
@@ -245,10 +249,7 @@ impl Prober {
                 verdict: p.last,
                 consecutive_failures: p.consecutive_failures,
                 rtt_ms: p.rtt_us.map(|us| us as f64 / 1000.0),
-                detail: details
-                    .iter()
-                    .find(|(n, _)| n == node)
-                    .map(|(_, d)| d.clone()),
+                detail: details.get(node.as_str()).cloned(),
             })
             .collect();
     }
